@@ -1,0 +1,204 @@
+"""The four component interfaces of a distillation benchmark: Teacher, Student, Loss, Evaluator.
+
+Plugins register implementations through the hooks in :mod:`benchbase.hookspecs`. Tensor shapes
+use B = batch, C = channels, H/W = image height/width, N = patches, T = tokens (prefix + patches),
+D = embedding width, Hd = attention heads.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from benchbase.capture import Captures, ModelInput, Tap, run_vit
+
+
+class VitModel(nn.Module):
+    """A timm ``VisionTransformer`` plus the capture API; the wrapped model stays unmodified.
+
+    ``model`` is the plain timm model, ``run(inp, taps)`` returns the requested tensors.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.embed_dim
+
+    @property
+    def depth(self) -> int:
+        return len(self.model.blocks)
+
+    @property
+    def num_heads(self) -> int:
+        return self.model.blocks[-1].attn.num_heads
+
+    @property
+    def patch_size(self) -> int:
+        return self.model.patch_embed.patch_size[0]
+
+    @property
+    def num_patches(self) -> int:
+        return self.model.patch_embed.num_patches
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.model.num_prefix_tokens
+
+    def run(self, inp: ModelInput | Tensor, taps: Sequence[Tap]) -> Captures:
+        """Forward ``inp`` ([B, C, H, W] or a :class:`ModelInput`) and capture ``taps``."""
+        return run_vit(self.model, inp, taps)
+
+
+class Student(VitModel):
+    """The model being trained (a timm ViT by default)."""
+
+    def export(self) -> nn.Module:
+        """The trained network as a plain timm/torch model for evaluation."""
+        return self.model
+
+
+class Teacher(VitModel):
+    """A frozen model run in inference mode.
+
+    It only runs as deep as the deepest tensor any loss asks of it (see :func:`run_vit`).
+    ``source`` says where the weights came from (checkpoint path, timm name or recipe hash).
+    """
+
+    def __init__(self, model: nn.Module, source: str = ""):
+        super().__init__(model)
+        self.source = source
+        self.model.eval()
+        self.model.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Teacher:  # a teacher never leaves eval mode
+        return super().train(False)
+
+    def run(self, inp: ModelInput | Tensor, taps: Sequence[Tap]) -> Captures:
+        with torch.inference_mode():
+            return super().run(inp, taps)
+
+
+@dataclass
+class StepInputs:
+    """What a loss asks the harness to feed both models in one step.
+
+    ``student``/``teacher`` are one :class:`ModelInput` or a list of them (views); the harness
+    returns captures in the same structure. ``labels`` is [B] long. ``extras`` holds anything the
+    loss needs again in ``forward`` (e.g. MAE's shuffle order).
+    """
+
+    student: ModelInput | list[ModelInput]
+    teacher: ModelInput | list[ModelInput] | None
+    labels: Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Loss(nn.Module, ABC):
+    """A distillation objective.
+
+    A loss declares the tensors it needs (``student_taps``, ``teacher_taps``), builds both
+    models' inputs from a batch (``make_inputs``), returns its terms by name from ``forward``
+    (the total is their sum; every term is logged), may own parameters (projection heads,
+    decoders: build them in ``setup``) and may act after each optimiser step (``after_step``).
+    Constructor keyword arguments are the method's config keys (``method.params``).
+    """
+
+    name: ClassVar[str]
+    uses_teacher: ClassVar[bool] = True
+    student_taps: Sequence[Tap] = ()
+    teacher_taps: Sequence[Tap] = ()
+
+    def setup(self, student: Student, teacher: Teacher | None) -> None:
+        """Called once before training, before the optimiser is built: size heads to the models."""
+
+    def make_inputs(self, images: Tensor, labels: Tensor) -> StepInputs:
+        """Inputs for one step from a batch ([B, C, H, W] images, [B] labels): the same view for both."""
+        view = ModelInput(images)
+        return StepInputs(student=view, teacher=view if self.uses_teacher else None, labels=labels)
+
+    @abstractmethod
+    def forward(
+        self, student: Captures | list[Captures], teacher: Captures | list[Captures] | None, inputs: StepInputs
+    ) -> dict[str, Tensor]:
+        """Loss terms by name, each a scalar tensor."""
+
+    def after_step(self, student: Student, progress: float) -> None:
+        """Called after every optimiser step; ``progress`` runs from 0 to 1 over training."""
+
+
+@dataclass
+class Metric:
+    """One measured number and how it was measured.
+
+    ``ci95`` is the half-width of a 95% confidence interval where the value is a mean over
+    episodes (or seeds); ``n`` is the number of samples (images, pixels or episodes) behind it;
+    ``protocol`` describes exactly how it was produced so tables never mix protocols.
+    """
+
+    name: str
+    value: float
+    n: int
+    protocol: str
+    ci95: float | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def mean_ci95(values: Sequence[float] | Tensor) -> tuple[float, float]:
+    """Mean and the half-width of its 95% normal-approximation interval, 1.96·std/sqrt(n)."""
+    values = torch.as_tensor(values, dtype=torch.float64)
+    if values.numel() < 2:
+        return float(values.mean()), float("nan")
+    return float(values.mean()), float(1.96 * values.std(unbiased=True) / math.sqrt(values.numel()))
+
+
+class LabeledImages(Dataset):
+    """A dataset of ([C, H, W] float image, int label) pairs with its labels in ``targets``."""
+
+    targets: Sequence[int]
+    classes: Sequence[str]
+
+
+@dataclass
+class DataBundle:
+    """Named splits of one dataset plus what models need to know about its images."""
+
+    name: str
+    splits: Mapping[str, LabeledImages]
+    image_size: int
+    in_chans: int
+    num_classes: int
+    description: str = ""
+
+    def split(self, name: str) -> LabeledImages:
+        from benchbase.errors import BenchbaseError
+
+        if name not in self.splits:
+            raise BenchbaseError(
+                f"dataset {self.name!r} has no split {name!r}; available: {', '.join(self.splits)}"
+            )
+        return self.splits[name]
+
+
+class Evaluator(ABC):
+    """Turns a trained student plus data into metrics.
+
+    Constructor keyword arguments are the task's config keys. ``evaluate`` receives the student
+    (call ``student.run`` for features, ``student.export()`` for the plain model) and the task's
+    data, and returns :class:`Metric` objects, each with its protocol description.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def evaluate(self, student: VitModel, data: DataBundle, device: torch.device) -> list[Metric]:
+        """Metrics of ``student`` on ``data``."""

@@ -1,0 +1,195 @@
+"""Structured configs (validated dataclasses) and Hydra composition with plugin config dirs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from benchbase.errors import BenchbaseError
+
+CONF_DIR = Path(__file__).parent / "conf"
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation of one distillation run (AdamW, linear warm-up then cosine decay)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: float = 1.0
+    clip_grad: Optional[float] = 3.0
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = 0
+    progress: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """A ViT: a timm model name plus size overrides (None keeps timm's value)."""
+
+    arch: str = "vit"
+    model: str = "vit_tiny_patch16_224"
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    patch_size: Optional[int] = None
+    mlp_ratio: Optional[float] = None
+    drop_path: float = 0.0
+    checkpoint: Optional[str] = None  # path to a state dict (weights_only)
+    pretrained: bool = False  # timm pretrained weights (needs the hub)
+
+
+@dataclass
+class RecipeConfig:
+    """The suite's teacher recipe: MAE pre-training, then supervised fine-tuning, cached."""
+
+    pretrain_method: str = "mae"
+    pretrain_epochs: int = 40
+    finetune_epochs: int = 30
+    lr: float = 1e-3
+    batch_size: int = 64
+
+
+@dataclass
+class TeacherConfig(ModelConfig):
+    """Where the teacher comes from: ``recipe`` (trained by the harness), ``checkpoint`` or ``timm``."""
+
+    source: str = "recipe"
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+
+
+@dataclass
+class MethodConfig:
+    """A distillation method: the registered loss name and its keyword arguments."""
+
+    name: str = MISSING
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskConfig:
+    """One evaluation task of a suite: an evaluator on a dataset, with its keyword arguments."""
+
+    evaluator: str = MISSING
+    dataset: str = MISSING
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DistillDataConfig:
+    dataset: str = MISSING
+    split: str = "train"
+
+
+@dataclass
+class SuiteConfig:
+    """Which data a run distils on and which tasks score it, over which seeds."""
+
+    name: str = MISSING
+    description: str = ""
+    distill: DistillDataConfig = field(default_factory=DistillDataConfig)
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class DatasetConfig:
+    """Where a dataset lives and how its images are prepared."""
+
+    root: Optional[str] = None
+    image_size: Optional[int] = None
+    on_corrupt: str = "error"  # error | skip
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 256
+
+
+@dataclass
+class BenchbaseConfig:
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    student: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    method: Optional[MethodConfig] = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: dict[str, DatasetConfig] = field(default_factory=dict)
+    seed: int = 0
+    home: str = ".benchbase"  # results database, run folders and teacher cache
+    db: str = "${home}/results.db"
+    leaderboard_dir: str = "leaderboards"
+
+
+def _register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="benchbase_schema", node=BenchbaseConfig)
+
+
+def _one_line(exc: Exception, overrides: Sequence[str]) -> str:
+    text = str(exc)
+    missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    if missing:
+        group, option = missing.groups()
+        options = re.findall(r"^\t(\S+)$", text, re.M)
+        return f"unknown {group} option {option!r}; available: {', '.join(options) or 'none'}"
+    key = re.search(r"Key '([^']+)' not in '([^']+)'", text)
+    full_key = re.search(r"full_key: (\S+)", text)
+    if key:
+        where = full_key.group(1) if full_key else key.group(1)
+        group = where.split(".")[0]
+        return (f"unknown config key {where!r} in group {group!r} ({key.group(2)}); "
+                f"check the spelling or see `benchbase run --cfg job`")
+    conv = re.search(r"Value '([^']*)' (?:of type '[^']*' )?could not be converted to (\w+)", text)
+    if conv:
+        where = full_key.group(1) if full_key else "?"
+        return (f"wrong type for config key {where!r} in group {where.split('.')[0]!r}: "
+                f"{conv.group(1)!r} is not a valid {conv.group(2)}")
+    first = next((line for line in text.splitlines() if line.strip()), text)
+    return f"bad configuration ({' '.join(overrides)}): {first}"
+
+
+def compose_config(overrides: Sequence[str] = (), config_dirs: Sequence[str] = ()) -> DictConfig:
+    """Compose benchbase's config with ``overrides`` and the plugins' config dirs.
+
+    Raises :class:`BenchbaseError` with one line naming the key or group on unknown keys, unknown
+    group options and wrong types.
+    """
+    _register_schemas()
+    searchpath = ",".join(f"file://{Path(d).resolve()}" for d in config_dirs)
+    all_overrides = list(overrides) + ([f"hydra.searchpath=[{searchpath}]"] if searchpath else [])
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=all_overrides)
+        # touch every value so interpolation errors surface here
+        OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:
+        raise BenchbaseError(_one_line(exc, overrides)) from exc
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def config_hash(cfg: DictConfig | dict) -> str:
+    """A stable short hash of a config (resolved, keys sorted)."""
+    import hashlib
+    import json
+
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    blob = json.dumps(container, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

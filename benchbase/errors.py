@@ -1,0 +1,17 @@
+"""Errors that benchbase reports to users as one line, without a traceback."""
+
+
+class BenchbaseError(Exception):
+    """A problem with the user's input: the message names the problem and the fix.
+
+    The command line prints ``error: <message>`` and exits with status 2 (``--debug`` shows the
+    traceback).
+    """
+
+
+class MethodFailed(Exception):
+    """A method failed during a suite (raised, or produced a non-finite loss) at a given step."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step

@@ -1,0 +1,109 @@
+"""Hook specifications: the whole contract between benchbase and its plugins.
+
+A plugin is a module (or object) with functions marked ``@benchbase.hookimpl`` whose names are
+the hooks below. It is found through the ``benchbase`` entry-point group::
+
+    [project.entry-points.benchbase]
+    my_method = "my_package.my_method"
+
+Every ``benchbase_register_*`` hook is called once, when the plugin manager is built, with a
+``register(name, factory)`` callable (in the style of llm's ``register_models``). Names are global:
+two plugins registering the same name is an error that names both plugins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+from benchbase import PROJECT_NAME
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+Register = Callable[[str, Any], None]
+
+
+@hookspec
+def benchbase_register_losses(register: Register) -> None:
+    """Register distillation methods.
+
+    Args:
+        register: call ``register(name, loss_class)`` for each method. ``loss_class`` subclasses
+            :class:`benchbase.components.Loss`; its constructor keyword arguments are the keys of
+            ``method.params`` in the method's config (``conf/method/<name>.yaml``).
+
+    Returns:
+        Nothing. Called once when the plugin manager loads plugins; ``benchbase run --plugins P``
+        runs the losses that plugin ``P`` registered.
+    """
+
+
+@hookspec
+def benchbase_register_students(register: Register) -> None:
+    """Register student architectures.
+
+    Args:
+        register: call ``register(name, build)``, where ``build(cfg, data)`` takes the ``student``
+            config group (a mapping) and the distillation :class:`~benchbase.components.DataBundle`
+            and returns a :class:`benchbase.components.Student` with fresh weights.
+
+    Returns:
+        Nothing. Called once when the plugin manager loads plugins; ``student.arch`` selects one.
+    """
+
+
+@hookspec
+def benchbase_register_teachers(register: Register) -> None:
+    """Register teacher architectures.
+
+    Args:
+        register: call ``register(name, build)``, where ``build(cfg, data)`` takes the ``teacher``
+            config group and the distillation data and returns the teacher's ``nn.Module``
+            (untrained; the harness loads a checkpoint, a timm pretrained name or runs the
+            suite's teacher recipe, then wraps it in :class:`benchbase.components.Teacher`).
+
+    Returns:
+        Nothing. Called once when the plugin manager loads plugins; ``teacher.arch`` selects one.
+    """
+
+
+@hookspec
+def benchbase_register_evaluators(register: Register) -> None:
+    """Register evaluation protocols.
+
+    Args:
+        register: call ``register(name, evaluator_class)``; the class subclasses
+            :class:`benchbase.components.Evaluator` and takes a suite task's keys as keyword
+            arguments.
+
+    Returns:
+        Nothing. Called once when the plugin manager loads plugins; a suite task's
+        ``evaluator`` key selects one.
+    """
+
+
+@hookspec
+def benchbase_register_datasets(register: Register) -> None:
+    """Register datasets.
+
+    Args:
+        register: call ``register(name, build)``, where ``build(cfg)`` takes the dataset's config
+            (``data.<name>``: at least ``root`` for on-disk data) and returns a
+            :class:`benchbase.components.DataBundle` of named splits.
+
+    Returns:
+        Nothing. Called once when the plugin manager loads plugins; suites name datasets.
+    """
+
+
+@hookspec
+def benchbase_config_dirs() -> list[str]:
+    """Directories of Hydra config files that this plugin ships.
+
+    Returns:
+        Absolute paths of folders laid out like benchbase's own ``conf/`` (``method/NAME.yaml``,
+        ``suite/NAME.yaml``, ...). They join Hydra's search path before the configs are composed,
+        so ``method=NAME`` finds the plugin's defaults. Called each time a config is composed.
+    """

@@ -1,0 +1,179 @@
+"""Finding, loading and listing plugins, and the registry of the components they register."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from benchbase import PROJECT_NAME, hookspecs
+from benchbase.errors import BenchbaseError
+
+COMPONENT_KINDS = ("losses", "students", "teachers", "evaluators", "datasets")
+CORE_PLUGIN = "core"
+
+
+@dataclass
+class PluginInfo:
+    """One loaded (or failed) plugin: entry-point name, distribution, version, what it provides."""
+
+    name: str
+    module: str
+    distribution: str = ""
+    version: str = ""
+    error: str = ""
+    components: dict[str, list[str]] = field(default_factory=dict)
+    hooks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Registered:
+    """A registered component: the object itself and the plugin that registered it."""
+
+    name: str
+    factory: Any
+    plugin: str
+
+
+class Registry:
+    """All components of the loaded plugins, by kind and name."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Registered]] = {kind: {} for kind in COMPONENT_KINDS}
+
+    def add(self, kind: str, name: str, factory: Any, plugin: str) -> None:
+        existing = self.items[kind].get(name)
+        if existing is not None and existing.plugin != plugin:
+            raise BenchbaseError(
+                f"{kind[:-1]} {name!r} is registered by both plugin {existing.plugin!r} and plugin "
+                f"{plugin!r}; uninstall one or disable it with BENCHBASE_LOAD_PLUGINS"
+            )
+        self.items[kind][name] = Registered(name, factory, plugin)
+
+    def get(self, kind: str, name: str) -> Any:
+        """The factory registered as ``name``; a one-line error lists the alternatives."""
+        try:
+            return self.items[kind][name].factory
+        except KeyError:
+            available = ", ".join(sorted(self.items[kind])) or "none"
+            raise BenchbaseError(
+                f"unknown {kind[:-1]} {name!r}; available: {available}"
+            ) from None
+
+    def names(self, kind: str, plugin: str | None = None) -> list[str]:
+        return sorted(n for n, r in self.items[kind].items() if plugin is None or r.plugin == plugin)
+
+
+class Benchbase:
+    """The plugin manager, the loaded plugins and their registry."""
+
+    def __init__(self, pm: pluggy.PluginManager, infos: dict[str, PluginInfo]):
+        self.pm = pm
+        self.infos = infos
+        self.registry = Registry()
+        for kind in COMPONENT_KINDS:
+            hook = getattr(pm.hook, f"benchbase_register_{kind}")
+            for impl in hook.get_hookimpls():
+                plugin = pm.get_name(impl.plugin)
+
+                def register(name: str, factory: Any, _kind: str = kind, _plugin: str = plugin) -> None:
+                    self.registry.add(_kind, name, factory, _plugin)
+
+                impl.function(register=register)
+        for info in infos.values():
+            if info.error:
+                continue
+            info.components = {
+                kind: self.registry.names(kind, info.name)
+                for kind in COMPONENT_KINDS
+                if self.registry.names(kind, info.name)
+            }
+            plugin = pm.get_plugin(info.name)
+            info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+
+    def config_dirs(self) -> list[str]:
+        return [d for dirs in self.pm.hook.benchbase_config_dirs() for d in dirs]
+
+    def method_plugins(self) -> list[str]:
+        """Plugins that register at least one loss, excluding the harness's own core plugin."""
+        return sorted(
+            name for name, info in self.infos.items()
+            if name != CORE_PLUGIN and not info.error and info.components.get("losses")
+        )
+
+    def select_methods(self, plugins: Iterable[str] | None) -> list[str]:
+        """Loss names of the chosen method plugins (all method plugins when ``plugins`` is None)."""
+        available = self.method_plugins()
+        chosen = available if plugins is None else list(plugins)
+        methods: list[str] = []
+        for name in chosen:
+            if name not in available:
+                failed = self.infos.get(name)
+                if failed is not None and failed.error:
+                    raise BenchbaseError(f"plugin {name!r} failed to load: {failed.error}")
+                raise BenchbaseError(
+                    f"unknown plugin {name!r}; available: {', '.join(available) or 'none'} "
+                    f"(see `benchbase plugins`)"
+                )
+            methods.extend(self.registry.names("losses", name))
+        return methods
+
+    def plugin_versions(self) -> dict[str, str]:
+        return {n: i.version for n, i in self.infos.items() if not i.error}
+
+
+def _load_dir_plugins(directory: Path) -> list[tuple[str, ModuleType]]:
+    if not directory.is_dir():
+        raise BenchbaseError(f"--plugins-dir {directory} is not a directory; pass a folder of .py files")
+    modules = []
+    for path in sorted(directory.glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"benchbase_dir_plugin_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        modules.append((path.stem, module))
+    return modules
+
+
+def load(plugins_dir: str | Path | None = None) -> Benchbase:
+    """Build the plugin manager from the ``benchbase`` entry points (and ``plugins_dir``).
+
+    ``BENCHBASE_LOAD_PLUGINS`` (comma-separated entry-point names) limits which installed plugins
+    load; the core plugin always loads. A plugin that fails to import is recorded with its error
+    and a warning, and the others still load.
+    """
+    pm = pluggy.PluginManager(PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    only = os.environ.get("BENCHBASE_LOAD_PLUGINS")
+    allowed = None if only is None else {n.strip() for n in only.split(",") if n.strip()} | {CORE_PLUGIN}
+    infos: dict[str, PluginInfo] = {}
+    for ep in sorted(entry_points(group=PROJECT_NAME), key=lambda e: e.name):
+        if ep.name in infos or (allowed is not None and ep.name not in allowed):
+            continue
+        dist = ep.dist
+        info = PluginInfo(ep.name, ep.value, dist.name if dist else "", dist.version if dist else "")
+        infos[ep.name] = info
+        try:
+            module = ep.load()
+            pm.register(module, name=ep.name)
+        except Exception as exc:  # a broken plugin must not stop the others
+            info.error = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"benchbase plugin {ep.name!r} failed to load: {info.error}", stacklevel=2)
+    if plugins_dir is not None:
+        for name, module in _load_dir_plugins(Path(plugins_dir)):
+            infos[name] = PluginInfo(name, module.__file__ or name, "(plugins-dir)", "")
+            pm.register(module, name=name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise BenchbaseError(f"plugin {exc.plugin!r} implements an unknown hook: {exc}") from None
+    return Benchbase(pm, infos)
