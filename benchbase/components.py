@@ -84,8 +84,11 @@ class Teacher(VitModel):
         return super().train(False)
 
     def run(self, inp: ModelInput | Tensor, taps: Sequence[Tap]) -> Captures:
+        """Forward under ``torch.inference_mode`` (no autograd state); the captures are returned
+        as ordinary tensors so losses may use them as targets."""
         with torch.inference_mode():
-            return super().run(inp, taps)
+            out = super().run(inp, taps)
+        return Captures({tap: tensor.clone() for tap, tensor in out.items()})
 
 
 @dataclass

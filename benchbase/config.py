@@ -103,6 +103,7 @@ class SuiteConfig:
     distill: DistillDataConfig = field(default_factory=DistillDataConfig)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
+    references: list[str] = field(default_factory=lambda: ["supervised"])  # reference rows (from scratch)
 
 
 @dataclass
@@ -130,7 +131,7 @@ class BenchbaseConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: dict[str, DatasetConfig] = field(default_factory=dict)
     seed: int = 0
-    home: str = ".benchbase"  # results database, run folders and teacher cache
+    home: str = "${oc.env:BENCHBASE_HOME,.benchbase}"  # results database, run folders, teacher cache
     db: str = "${home}/results.db"
     leaderboard_dir: str = "leaderboards"
 
@@ -140,8 +141,16 @@ def _register_schemas() -> None:
     cs.store(name="benchbase_schema", node=BenchbaseConfig)
 
 
+def _exception_chain_text(exc: BaseException) -> str:
+    parts = []
+    while exc is not None:
+        parts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(parts)
+
+
 def _one_line(exc: Exception, overrides: Sequence[str]) -> str:
-    text = str(exc)
+    text = _exception_chain_text(exc)
     missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
     if missing:
         group, option = missing.groups()
@@ -163,13 +172,21 @@ def _one_line(exc: Exception, overrides: Sequence[str]) -> str:
     return f"bad configuration ({' '.join(overrides)}): {first}"
 
 
-def compose_config(overrides: Sequence[str] = (), config_dirs: Sequence[str] = ()) -> DictConfig:
+def compose_config(
+    overrides: Sequence[str] = (), config_dirs: Sequence[str] = (), methods: Sequence[str] = ()
+) -> DictConfig:
     """Compose benchbase's config with ``overrides`` and the plugins' config dirs.
 
+    ``methods`` are registered method names: one that ships no ``method/<name>.yaml`` still composes
+    (``method=<name>`` with empty params, i.e. the loss's constructor defaults).
     Raises :class:`BenchbaseError` with one line naming the key or group on unknown keys, unknown
     group options and wrong types.
     """
     _register_schemas()
+    cs = ConfigStore.instance()
+    for name in methods:
+        if not any((Path(d) / "method" / f"{name}.yaml").exists() for d in [CONF_DIR, *config_dirs]):
+            cs.store(group="method", name=name, node=MethodConfig(name=name))
     searchpath = ",".join(f"file://{Path(d).resolve()}" for d in config_dirs)
     all_overrides = list(overrides) + ([f"hydra.searchpath=[{searchpath}]"] if searchpath else [])
     GlobalHydra.instance().clear()

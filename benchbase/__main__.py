@@ -1,0 +1,3 @@
+from benchbase.cli import main
+
+raise SystemExit(main())

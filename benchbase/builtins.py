@@ -1,0 +1,77 @@
+"""benchbase's own components, registered through the same hooks as any plugin.
+
+- students/teachers: ``vit`` (timm VisionTransformer),
+- datasets: ``digits`` (embedded, scikit-learn), ``imagefolder`` (ImageNet-1K layout on disk),
+- evaluators: ``fewshot``, ``linear_probe``, ``finetune``,
+- losses: ``supervised`` (cross-entropy on labels: the teacher recipe's fine-tuning and the
+  from-scratch reference row; it is not a distillation method).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from benchbase import hookimpl
+from benchbase.capture import Captures, Tap
+from benchbase.components import DataBundle, Loss, StepInputs, Student
+from benchbase.data.digits import load_digits_bundle
+from benchbase.data.folders import load_image_folder
+from benchbase.evaluation.classification import FineTune, LinearProbe
+from benchbase.evaluation.fewshot import FewShot
+from benchbase.models import build_vit
+
+
+class Supervised(Loss):
+    """Cross-entropy of the student's logits with the labels; no teacher."""
+
+    name = "supervised"
+    uses_teacher = False
+    student_taps = (Tap("logits"),)
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, student: Captures, teacher: None, inputs: StepInputs) -> dict[str, Tensor]:
+        logits = student[Tap("logits")]
+        return {"ce": F.cross_entropy(logits, inputs.labels, label_smoothing=self.label_smoothing)}
+
+
+def build_vit_student(cfg: Any, data: DataBundle) -> Student:
+    return Student(build_vit(cfg, data, pretrained=cfg.get("pretrained", False)))
+
+
+def build_digits(cfg: Any) -> DataBundle:
+    params = dict(cfg.get("params") or {})
+    return load_digits_bundle(image_size=cfg.get("image_size") or 16, **params)
+
+
+@hookimpl
+def benchbase_register_students(register):
+    register("vit", build_vit_student)
+
+
+@hookimpl
+def benchbase_register_teachers(register):
+    register("vit", build_vit)
+
+
+@hookimpl
+def benchbase_register_losses(register):
+    register("supervised", Supervised)
+
+
+@hookimpl
+def benchbase_register_evaluators(register):
+    register("fewshot", FewShot)
+    register("linear_probe", LinearProbe)
+    register("finetune", FineTune)
+
+
+@hookimpl
+def benchbase_register_datasets(register):
+    register("digits", build_digits)
+    register("imagefolder", load_image_folder)

@@ -1,0 +1,149 @@
+"""The ``benchbase`` command line: run suites, list plugins, regenerate leaderboards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchbase import __version__
+from benchbase.errors import BenchbaseError
+
+RUN_EPILOG = """\
+overrides are Hydra's KEY=VALUE syntax on the composed config (see --cfg job):
+  benchbase run                                   the embedded default suite, every method plugin
+  benchbase run --plugins mae,feature trainer.epochs=3 seed=1
+  benchbase run --plugins cls_token student=vit_tiny teacher.source=checkpoint teacher.checkpoint=t.pt
+  benchbase run -m --plugins feature method.params.beta=1.0,2.0      a sweep: one suite per value
+  benchbase run --cfg job                         print the composed config and exit
+
+config groups: suite, student, teacher, method, trainer, eval (plus data.<name>.root=PATH).
+Results go to the database at `db` (default .benchbase/results.db); a run with the same config is
+reused unless --force. The comparison table is printed and written to leaderboards/.
+"""
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="benchbase",
+        description="Benchmark knowledge-distillation methods for vision transformers under one protocol.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Start with `benchbase run` (embedded digits, no download), then `benchbase plugins`.",
+    )
+    parser.add_argument("--version", action="version", version=f"benchbase {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--plugins-dir", metavar="DIR", help="also load plugins from the .py files in DIR")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a suite (teacher, methods x seeds, tasks) and write its table",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EPILOG)
+    run.add_argument("--plugins", type=_split, metavar="A,B",
+                     help="method plugins to run (default: every installed method plugin)")
+    run.add_argument("--force", action="store_true", help="rerun even if an identical run is stored")
+    run.add_argument("-m", "--multirun", action="store_true", help="sweep comma-separated override values")
+    run.add_argument("--cfg", choices=["job"], help="print the composed config and exit")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
+
+    plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
+    plugins.add_argument("--hooks", action="store_true", help="show which plugin implements which hook")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+
+    board = sub.add_parser("leaderboard", help="regenerate every table from the results database")
+    board.add_argument("--db", help="results database (default: the config's `db`, $BENCHBASE_HOME/results.db)")
+    board.add_argument("--out", default="leaderboards", help="output folder (default: %(default)s)")
+    return parser
+
+
+def _cmd_run(args, bb) -> int:
+    from omegaconf import OmegaConf
+
+    from benchbase.config import compose_config
+    from benchbase.suite import run_suite
+
+    if args.cfg:
+        print(OmegaConf.to_yaml(compose_config(args.overrides, bb.config_dirs())), end="")
+        return 0
+    jobs = [args.overrides]
+    if args.multirun:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        try:
+            parsed = OverridesParser.create().parse_overrides(args.overrides)
+        except Exception as exc:
+            raise BenchbaseError(f"bad sweep override: {str(exc).splitlines()[0]}") from None
+        jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        print(f"sweep: {len(jobs)} jobs")
+    for index, overrides in enumerate(jobs):
+        if len(jobs) > 1:
+            print(f"[{index + 1}/{len(jobs)}] {' '.join(overrides)}")
+        run_suite(bb, list(overrides), args.plugins, force=args.force)
+    return 0
+
+
+def _cmd_plugins(args, bb) -> int:
+    infos = sorted(bb.infos.values(), key=lambda i: i.name)
+    if args.json:
+        print(json.dumps([vars(i) for i in infos], indent=2))
+        return 0
+    from tabulate import tabulate
+
+    rows = []
+    for info in infos:
+        provides = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.components.items())
+        row = [info.name, f"{info.distribution} {info.version}".strip(), info.error and f"FAILED: {info.error}" or provides]
+        if args.hooks:
+            row.append(", ".join(info.hooks))
+        rows.append(row)
+    headers = ["plugin", "distribution", "registers"] + (["hooks"] if args.hooks else [])
+    print(tabulate(rows, headers=headers, tablefmt="simple"))
+    return 0
+
+
+def _cmd_leaderboard(args, bb) -> int:
+    from benchbase.leaderboard import regenerate
+    from benchbase.results import ResultsDB
+
+    if args.db is None:
+        from benchbase.config import compose_config
+
+        args.db = compose_config([], bb.config_dirs()).db
+    if not Path(args.db).exists():
+        raise BenchbaseError(f"results database {args.db} does not exist; run `benchbase run` first or pass --db")
+    for path in regenerate(ResultsDB(args.db), Path(args.out)):
+        print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        from benchbase.plugins import load
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            bb = load(args.plugins_dir)
+        for warning in caught:
+            if "benchbase plugin" in str(warning.message):
+                print(f"warning: {warning.message}", file=sys.stderr)
+        command = {"run": _cmd_run, "plugins": _cmd_plugins, "leaderboard": _cmd_leaderboard}[args.command]
+        return command(args, bb)
+    except BenchbaseError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130

@@ -1,0 +1,234 @@
+"""The distillation loop that any Loss plugs into.
+
+AdamW with linear warm-up and cosine decay, gradient clipping, bf16 autocast on CUDA, a progress
+bar with the loss terms and throughput, per-step loss terms as JSON lines, a checkpoint after
+every epoch and resume from the last one. Each epoch re-seeds every random generator from
+(seed, epoch), so a resumed run repeats exactly what an uninterrupted run does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from benchbase.capture import Captures, ModelInput
+from benchbase.components import LabeledImages, Loss, Student, Teacher
+from benchbase.errors import BenchbaseError, MethodFailed
+
+CHECKPOINT = "checkpoint.pt"
+STEPS_LOG = "steps.jsonl"
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs: int
+    final_terms: dict[str, float]
+    images_per_second: float
+    resumed_from_epoch: int
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchbaseError(f"trainer.device={name} but CUDA is not available; use trainer.device=cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA for ``auto``/``bf16``; full precision on the CPU unless bf16 is asked for."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise BenchbaseError(f"trainer.precision={precision!r}; use auto, fp32 or bf16")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, minimum: float) -> float:
+    """Linear warm-up for ``warmup`` steps, then half-cycle cosine from ``base`` to ``minimum``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return minimum + (base - minimum) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases, norms, tokens and position embeddings (1-D or named)."""
+    decay, no_decay, seen = [], [], set()
+    for module in modules:
+        for name, param in module.named_parameters():
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            skip = param.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "mask_token", "reg_token"))
+            (no_decay if skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, list):
+        return [_to_device(o, device) for o in obj]
+    if isinstance(obj, ModelInput):
+        return ModelInput(*(t.to(device, non_blocking=True) if isinstance(t, Tensor) else t
+                            for t in (obj.images, obj.mask, obj.mask_token, obj.keep)))
+    return obj
+
+
+def _run(model: Student | Teacher, inputs: Any, taps) -> Captures | list[Captures] | None:
+    if inputs is None or not taps:
+        return None
+    if isinstance(inputs, list):
+        return [model.run(inp, taps) for inp in inputs]
+    return model.run(inputs, taps)
+
+
+def _epoch_batches(dataset: LabeledImages, cfg: Any, seed: int, epoch: int, device) -> Iterator:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    loader = DataLoader(
+        dataset,
+        batch_size=min(cfg.batch_size, len(dataset)),
+        shuffle=True,
+        drop_last=True,
+        generator=generator,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    return iter(loader)
+
+
+def _seed_everything(seed: int, epoch: int) -> None:
+    torch.manual_seed(seed * 1_000_003 + epoch)
+
+
+def train(
+    student: Student,
+    teacher: Teacher | None,
+    loss: Loss,
+    dataset: LabeledImages,
+    cfg: Any,
+    run_dir: Path,
+    seed: int,
+    desc: str = "",
+) -> TrainResult:
+    """Train ``student`` (and the loss's own parameters) on ``dataset`` with ``loss``.
+
+    ``cfg`` is a TrainerConfig. Writes ``steps.jsonl`` and ``checkpoint.pt`` into ``run_dir``;
+    if a checkpoint is there, training resumes after its epoch. Raises :class:`MethodFailed` on a
+    non-finite loss, with the step.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype(cfg.precision, device)
+    if len(dataset) < 2:
+        raise BenchbaseError(f"the distillation split has {len(dataset)} images; it needs at least 2")
+    _seed_everything(seed, -1)
+    loss.setup(student, teacher)
+    student.to(device)
+    loss.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    optimizer = torch.optim.AdamW(
+        param_groups([student, loss], cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas)
+    )
+    steps_per_epoch = len(dataset) // min(cfg.batch_size, len(dataset))
+    total = steps_per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    start_epoch, step = 0, 0
+    ckpt_path = run_dir / CHECKPOINT
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        student.load_state_dict(state["student"])
+        loss.load_state_dict(state["loss"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step = state["epoch"] + 1, state["step"]
+    _truncate_log(run_dir / STEPS_LOG, step)
+    resumed_from = start_epoch
+    terms_f: dict[str, float] = {}
+    seen_images, started = 0, time.perf_counter()
+    bar = tqdm(total=total, initial=step, desc=desc, disable=None if cfg.progress else True, leave=False,
+               dynamic_ncols=True)
+    with (run_dir / STEPS_LOG).open("a") as log:
+        for epoch in range(start_epoch, cfg.epochs):
+            _seed_everything(seed, epoch)
+            student.train()
+            for images, labels in _epoch_batches(dataset, cfg, seed, epoch, device):
+                try:
+                    terms_f = _step(student, teacher, loss, optimizer, images, labels, device, amp, cfg, step,
+                                    lr_at(step, total, warmup, cfg.lr, cfg.min_lr))
+                except MethodFailed:
+                    raise
+                except Exception as exc:
+                    raise MethodFailed(f"{type(exc).__name__} at step {step}: {exc}", step=step) from exc
+                step += 1
+                loss.after_step(student, step / max(1, total))
+                seen_images += images.shape[0]
+                rate = seen_images / max(1e-9, time.perf_counter() - started)
+                log.write(json.dumps({"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                                      **terms_f}) + "\n")
+                bar.set_postfix({**{k: f"{v:.4g}" for k, v in terms_f.items()}, "img/s": f"{rate:.0f}"})
+                bar.update(1)
+            log.flush()
+            _save_checkpoint(ckpt_path, student, loss, optimizer, epoch, step)
+    bar.close()
+    elapsed = time.perf_counter() - started
+    return TrainResult(step, cfg.epochs, terms_f, seen_images / elapsed if elapsed else 0.0, resumed_from)
+
+
+def _step(student, teacher, loss, optimizer, images, labels, device, amp, cfg, step: int, lr: float) -> dict[str, float]:
+    """One optimiser step; returns the loss terms as floats."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    inputs = loss.make_inputs(images, labels)
+    inputs.student, inputs.teacher = _to_device(inputs.student, device), _to_device(inputs.teacher, device)
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        teacher_out = _run(teacher, inputs.teacher, loss.teacher_taps) if teacher is not None else None
+        student_out = _run(student, inputs.student, loss.student_taps)
+        terms = loss(student_out, teacher_out, inputs)
+    total_loss = sum(terms.values())
+    terms_f = {k: float(v.detach()) for k, v in terms.items()}
+    if not math.isfinite(float(total_loss.detach())):
+        raise MethodFailed(f"non-finite loss at step {step}: {terms_f}", step=step)
+    optimizer.zero_grad(set_to_none=True)
+    total_loss.backward()
+    if cfg.clip_grad:
+        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.clip_grad)
+    optimizer.step()
+    return terms_f
+
+
+def _save_checkpoint(path: Path, student, loss, optimizer, epoch: int, step: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {"student": student.state_dict(), "loss": loss.state_dict(), "optimizer": optimizer.state_dict(),
+         "epoch": epoch, "step": step},
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past ``step`` (left by a run killed mid-epoch) so a resume logs each step once."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError):
+            break  # a torn last line
+    path.write_text("".join(line + "\n" for line in kept))

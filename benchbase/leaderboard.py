@@ -1,0 +1,209 @@
+"""Leaderboards built from the results database alone: Markdown and CSV, never edited by hand.
+
+One row per (role, method): the teacher first, then reference rows (e.g. from-scratch training),
+then the methods by name. One column per metric, keyed ``<task>/<metric name>``; a cell is the
+mean over seeds with its 95% interval. A column never mixes protocols: metrics with the same key
+but different protocols go to separate columns (``key [2]``, ...), each protocol listed under the
+table.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from benchbase.components import Metric, mean_ci95
+from benchbase.errors import BenchbaseError
+from benchbase.results import ResultsDB, RunRecord, write_text_atomic
+
+ROLE_ORDER = ("teacher", "reference", "method")
+CI_SUFFIX = "_ci95"
+ERROR_WIDTH = 60
+"""Characters of the first error shown in a row's status."""
+
+_MISSING = "—"
+
+
+def metric_key(metric: Metric) -> str:
+    """The column key of a metric: ``<task>/<metric name>``, or the bare name without a task."""
+    task = metric.extras.get("task")
+    return f"{task}/{metric.name}" if task else metric.name
+
+
+def _latest_per_seed(records: Iterable[RunRecord]) -> list[RunRecord]:
+    """One record per seed, the most recent; sorted by seed."""
+    latest: dict[int, RunRecord] = {}
+    for record in sorted(records, key=lambda r: r.created_at):
+        latest[record.seed] = record
+    return [latest[seed] for seed in sorted(latest)]
+
+
+def _group_rows(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
+    """Records by (role, method) in table order, each group reduced to its latest run per seed."""
+    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for record in records:
+        groups[(record.role, record.method)].append(record)
+    order = sorted(groups, key=lambda key: (ROLE_ORDER.index(key[0]), key[1]))
+    return {key: _latest_per_seed(groups[key]) for key in order}
+
+
+def _assign_columns(rows: dict[tuple[str, str], list[RunRecord]]) -> dict[tuple[str, str], str]:
+    """A column label for each (metric key, protocol) pair, in order of first appearance.
+
+    The first protocol seen for a key keeps the bare key, later ones get `` [2]``, `` [3]``, ...
+    """
+    protocols: dict[str, list[str]] = {}
+    for group in rows.values():
+        for record in group:
+            for metric in record.metrics:
+                seen = protocols.setdefault(metric_key(metric), [])
+                if metric.protocol not in seen:
+                    seen.append(metric.protocol)
+    return {
+        (key, protocol): key if i == 0 else f"{key} [{i + 1}]"
+        for key, seen in protocols.items()
+        for i, protocol in enumerate(seen)
+    }
+
+
+def _status(group: Sequence[RunRecord]) -> str:
+    failed = [r for r in group if r.status == "failed"]
+    if not failed:
+        return "ok"
+    error = " ".join(failed[0].error.split()) or "no error message"
+    if len(error) > ERROR_WIDTH:
+        error = error[: ERROR_WIDTH - 1] + "…"
+    return f"failed ({len(failed)}/{len(group)}): {error}"
+
+
+def _mean_ci(metrics: Sequence[Metric]) -> tuple[float, float]:
+    """Mean over seeds and its 95% CI; with one seed, the metric's own CI (NaN when it has none)."""
+    if not metrics:
+        return math.nan, math.nan
+    if len(metrics) == 1:
+        ci95 = metrics[0].ci95
+        return metrics[0].value, math.nan if ci95 is None else ci95
+    return mean_ci95([m.value for m in metrics])
+
+
+def build_table(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """The leaderboard of ``records`` (normally one suite's) with numeric cells.
+
+    Columns: ``role``, ``method``, then per metric column ``<col>`` (mean over done seeds) and
+    ``<col>_ci95`` (95% CI half-width: 1.96·std/sqrt(n_seeds) with two or more seeds, the metric's
+    own ``ci95`` with one, NaN otherwise), then ``seeds`` (done seeds) and ``status`` (``ok`` or
+    ``failed (k/n): <first error>``). Where a (role, method) has several runs for one seed (its
+    config changed), the latest counts. ``df.attrs["protocols"]`` maps each metric column to its
+    protocol.
+    """
+    rows = _group_rows(records)
+    columns = _assign_columns(rows)
+    table = []
+    for (role, method), group in rows.items():
+        done = [r for r in group if r.status == "done"]
+        by_column: dict[str, list[Metric]] = defaultdict(list)
+        for record in done:
+            for label, metric in {columns[(metric_key(m), m.protocol)]: m for m in record.metrics}.items():
+                by_column[label].append(metric)
+        row: dict[str, object] = {"role": role, "method": method}
+        for label in columns.values():
+            row[label], row[label + CI_SUFFIX] = _mean_ci(by_column[label])
+        row["seeds"] = len(done)
+        row["status"] = _status(group)
+        table.append(row)
+    metric_columns = [c for label in columns.values() for c in (label, label + CI_SUFFIX)]
+    df = pd.DataFrame(table, columns=["role", "method", *metric_columns, "seeds", "status"])
+    df.attrs["protocols"] = {label: protocol for (_, protocol), label in columns.items()}
+    return df
+
+
+def _decimals(values: pd.Series) -> int:
+    """Decimals that show a column's largest value with three significant digits (at least 0)."""
+    finite = values.abs()[values.map(math.isfinite)]
+    if finite.empty or finite.max() == 0:
+        return 2
+    return max(0, 2 - math.floor(math.log10(finite.max())))
+
+
+def _formatted(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with each metric column and its CI merged into one ``"83.2 ± 0.4"`` string column."""
+    metric_columns = [c for c in df.columns if c + CI_SUFFIX in df.columns]
+    out = df.drop(columns=[c + CI_SUFFIX for c in metric_columns])
+    for column in metric_columns:
+        d = _decimals(df[column].astype(float))
+        out[column] = [
+            _MISSING if math.isnan(mean) else f"{mean:.{d}f}" if math.isnan(ci) else f"{mean:.{d}f} ± {ci:.{d}f}"
+            for mean, ci in zip(df[column].astype(float), df[column + CI_SUFFIX].astype(float))
+        ]
+    return out
+
+
+def format_table(df: pd.DataFrame) -> str:
+    """A :func:`build_table` frame as plain text for the terminal."""
+    return tabulate(_formatted(df), headers="keys", tablefmt="simple", showindex=False, disable_numparse=True)
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
+    formatted = _formatted(df).apply(lambda col: col.astype(str).str.replace("|", "\\|", regex=False))
+    headers = [str(c).replace("|", "\\|") for c in formatted.columns]
+    return tabulate(formatted, headers=headers, tablefmt="github", showindex=False, disable_numparse=True)
+
+
+def _distinct(values: Iterable[object]) -> str:
+    found = sorted({str(v) for v in values if v not in ("", None)})
+    return ", ".join(found) if found else "unknown"
+
+
+def _epochs(record: RunRecord) -> object:
+    trainer = record.config.get("trainer")
+    return trainer.get("epochs") if isinstance(trainer, dict) else None
+
+
+def _markdown(records: Sequence[RunRecord], df: pd.DataFrame, name: str) -> str:
+    lines = [f"# {name}", "", _markdown_table(df), ""]
+    lines.append("Cells: mean ± 95% CI over seeds (1.96·std/√n); with one seed, the metric's own 95% CI.")
+    lines.append("")
+    if df.attrs["protocols"]:
+        lines.append("Protocols:")
+        lines += [f"- `{column}`: {protocol}" for column, protocol in df.attrs["protocols"].items()]
+        lines.append("")
+    lines.append(f"- Dataset: {_distinct(r.dataset for r in records)}")
+    lines.append(f"- Teacher: {_distinct(r.teacher for r in records)}")
+    lines.append(f"- Student: {_distinct(r.student for r in records)}")
+    epochs = [e for e in map(_epochs, records) if e is not None]
+    if epochs:
+        lines.append(f"- Epochs: {_distinct(epochs)}")
+    lines.append(f"- Device: {_distinct(r.device for r in records)}")
+    if records:
+        dates = sorted(r.created_at[:10] for r in records)
+        span = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+        lines.append(f"- Runs: {span} (UTC)")
+    lines.append("")
+    lines.append(f"Generated by `benchbase leaderboard` from {len(records)} stored runs; do not edit.")
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str) -> list[Path]:
+    """Write ``<name>.md`` and ``<name>.csv`` (numeric) into ``out_dir``, each atomically."""
+    if not name or name in (".", "..") or Path(name).name != name:
+        raise BenchbaseError(f"leaderboard name {name!r} must be a plain file name (it names <name>.md)")
+    df = build_table(records)
+    out = Path(out_dir)
+    md, csv = out / f"{name}.md", out / f"{name}.csv"
+    write_text_atomic(md, _markdown(records, df, name))
+    write_text_atomic(csv, df.to_csv(index=False))
+    return [md, csv]
+
+
+def regenerate(db: ResultsDB, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Rewrite one leaderboard per suite in ``db``; returns the files written."""
+    by_suite: dict[str, list[RunRecord]] = defaultdict(list)
+    for record in db.records():
+        by_suite[record.suite].append(record)
+    return [path for suite in sorted(by_suite) for path in write_leaderboard(by_suite[suite], out_dir, suite)]

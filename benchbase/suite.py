@@ -1,0 +1,221 @@
+"""Running a suite: one teacher, every selected method over every seed, every task, one table.
+
+Each (method, seed) is one run with its own folder (resolved config, step log, checkpoints) and
+one record in the results database. A stored run with the same config hash is reused unless
+``force``; a method that fails is stored as failed and the others go on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from benchbase import __version__
+from benchbase.components import DataBundle, Metric, Student, VitModel
+from benchbase.config import DatasetConfig, compose_config, config_hash
+from benchbase.engine import resolve_device, train
+from benchbase.errors import BenchbaseError, MethodFailed
+from benchbase.leaderboard import build_table, format_table, write_leaderboard
+from benchbase.models import load_weights, save_weights
+from benchbase.plugins import Benchbase
+from benchbase.results import ResultsDB, RunRecord
+from benchbase.teachers import load_teacher, recipe_key
+
+_NOT_IDENTITY = ("progress", "device", "num_workers")
+
+
+@dataclass
+class SuiteContext:
+    """Everything the runs of one suite share."""
+
+    bb: Benchbase
+    cfg: DictConfig
+    overrides: list[str]
+    db: ResultsDB
+    home: Path
+    force: bool
+    device: torch.device
+    datasets: dict[str, DataBundle] = field(default_factory=dict)
+
+    def dataset(self, name: str) -> DataBundle:
+        if name not in self.datasets:
+            build = self.bb.registry.get("datasets", name)
+            dcfg = self.cfg.data.get(name) or OmegaConf.structured(DatasetConfig)
+            self.datasets[name] = build(dcfg)
+        return self.datasets[name]
+
+    def method_cfg(self, name: str) -> DictConfig:
+        methods = self.bb.registry.names("losses")
+        return compose_config([*self.overrides, f"method={name}"], self.bb.config_dirs(), methods)
+
+
+def loss_params(cfg: DictConfig, loss_cls: type) -> dict[str, Any]:
+    """``method.params`` checked against the loss constructor: an unknown key is a one-line error."""
+    params = OmegaConf.to_container(cfg.method.params, resolve=True) or {}
+    accepted = inspect.signature(loss_cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        valid = [p for p in accepted if p != "self"]
+        for key in params:
+            if key not in valid:
+                raise BenchbaseError(
+                    f"unknown config key 'method.params.{key}' in group 'method' ({cfg.method.name}); "
+                    f"valid keys: {', '.join(valid) or 'none'}"
+                )
+    return params
+
+
+def _identity(cfg: DictConfig, role: str, name: str, params: dict, seed: int) -> dict[str, Any]:
+    container = OmegaConf.to_container(cfg, resolve=True)
+    datasets = {cfg.suite.distill.dataset} | {t.dataset for t in cfg.suite.tasks.values()}
+    return {
+        "role": role,
+        "method": name,
+        "params": params,
+        "seed": seed,
+        "student": container["student"],
+        "teacher": recipe_key(cfg) if cfg.teacher.source == "recipe" else container["teacher"],
+        "trainer": {k: v for k, v in container["trainer"].items() if k not in _NOT_IDENTITY},
+        "suite": {k: container["suite"][k] for k in ("distill", "tasks")},
+        "data": {k: v for k, v in container["data"].items() if k in datasets},
+    }
+
+
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def evaluate(ctx: SuiteContext, model: VitModel) -> list[Metric]:
+    """Every task of the suite on ``model``; each metric is tagged with its task name."""
+    metrics: list[Metric] = []
+    for task_name, task in ctx.cfg.suite.tasks.items():
+        ev_cls = ctx.bb.registry.get("evaluators", task.evaluator)
+        params = OmegaConf.to_container(task.params, resolve=True) or {}
+        if "batch_size" in inspect.signature(ev_cls.__init__).parameters:
+            params.setdefault("batch_size", ctx.cfg.eval.batch_size)
+        for metric in ev_cls(**params).evaluate(model, ctx.dataset(task.dataset), ctx.device):
+            metric.extras["task"] = task_name
+            metrics.append(metric)
+    return metrics
+
+
+def _record(ctx: SuiteContext, cfg: DictConfig, role: str, method: str, seed: int, h: str, **kw) -> RunRecord:
+    versions = {"benchbase": __version__, "torch": torch.__version__, "python": sys.version.split()[0]}
+    versions.update({f"plugin:{k}": v for k, v in ctx.bb.plugin_versions().items()})
+    return RunRecord(
+        config_hash=h, suite=cfg.suite.name, method=method, teacher=_teacher_name(cfg),
+        student=_model_name(cfg.student), dataset=cfg.suite.distill.dataset, seed=seed,
+        config=OmegaConf.to_container(cfg, resolve=True), git_rev=_git_revision(), versions=versions,
+        device=_device_name(ctx.device), role=role, **kw,
+    )
+
+
+def _model_name(mcfg: DictConfig) -> str:
+    sizes = ",".join(f"{k}={mcfg[k]}" for k in ("embed_dim", "depth", "num_heads", "patch_size") if mcfg.get(k))
+    return f"{mcfg.model}({sizes})" if sizes else mcfg.model
+
+
+def _teacher_name(cfg: DictConfig) -> str:
+    return f"{_model_name(cfg.teacher)} [{cfg.teacher.source}]"
+
+
+def run_teacher_row(ctx: SuiteContext, teacher: VitModel) -> RunRecord:
+    """The teacher's own metrics on the suite's tasks, stored as the table's reference row."""
+    h = config_hash(_identity(ctx.cfg, "teacher", "teacher", {}, 0))
+    if not ctx.force and (found := ctx.db.find(h)):
+        return found
+    started = time.perf_counter()
+    metrics = evaluate(ctx, teacher)
+    record = _record(ctx, ctx.cfg, "teacher", "teacher", 0, h, status="done", metrics=metrics,
+                     wall_time=time.perf_counter() - started)
+    ctx.db.save(record)
+    return record
+
+
+def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> RunRecord:
+    """Distil (or train) one student with loss ``name`` for ``seed``, evaluate it, store the record."""
+    cfg = ctx.method_cfg(name)
+    cfg.seed = seed
+    loss_cls = ctx.bb.registry.get("losses", name)
+    params = loss_params(cfg, loss_cls)
+    h = config_hash(_identity(cfg, role, name, params, seed))
+    if not ctx.force and (found := ctx.db.find(h)):
+        return found
+    run_dir = ctx.home / "runs" / cfg.suite.name / f"{name}-seed{seed}-{h}"
+    if ctx.force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    started = time.perf_counter()
+    kw: dict[str, Any] = {"run_dir": str(run_dir)}
+    try:
+        data = ctx.dataset(cfg.suite.distill.dataset)
+        torch.manual_seed(seed)  # the student's initial weights depend on the seed alone
+        student: Student = ctx.bb.registry.get("students", cfg.student.arch)(cfg.student, data)
+        if cfg.student.checkpoint:
+            load_weights(student.model, cfg.student.checkpoint, what="student")
+        loss = loss_cls(**params)
+        result = train(student, teacher if loss.uses_teacher else None, loss, data.split(cfg.suite.distill.split),
+                       cfg.trainer, run_dir, seed, desc=f"{name} seed {seed}")
+        save_weights(student.export(), run_dir / "student.pt")
+        metrics = evaluate(ctx, student)
+        metrics.append(Metric("images_per_second", result.images_per_second, result.steps,
+                              f"training throughput on {ctx.device.type}", extras={"task": "train"}))
+        kw.update(status="done", metrics=metrics)
+    except MethodFailed as exc:
+        kw.update(status="failed", metrics=[], error=str(exc), failed_step=exc.step)
+    except Exception as exc:  # one failing method never takes down the suite
+        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        kw.update(status="failed", metrics=[], error=detail)
+    record = _record(ctx, cfg, role, name, seed, h, wall_time=time.perf_counter() - started, **kw)
+    ctx.db.save(record)
+    return record
+
+
+def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, force: bool = False,
+              echo=print) -> list[RunRecord]:
+    """Run the composed suite for the chosen method plugins; write and print its leaderboard."""
+    cfg = compose_config(overrides, bb.config_dirs())
+    methods = bb.select_methods(plugins)
+    ctx = SuiteContext(bb, cfg, list(overrides), ResultsDB(cfg.db), Path(cfg.home), force,
+                       resolve_device(cfg.trainer.device))
+    for name in [*cfg.suite.references, *methods]:  # validate every config before any training
+        loss_params(ctx.method_cfg(name), bb.registry.get("losses", name))
+    echo(f"suite {cfg.suite.name}: {cfg.suite.description}")
+    echo(f"methods: {', '.join(methods) or 'none'}; seeds: {list(cfg.suite.seeds)}; device: {_device_name(ctx.device)}")
+    data = ctx.dataset(cfg.suite.distill.dataset)
+    for task in cfg.suite.tasks.values():
+        ctx.dataset(task.dataset)
+    teacher = load_teacher(cfg, bb, data, ctx.home, lambda n: loss_params(ctx.method_cfg(n), bb.registry.get("losses", n)))
+    records = [run_teacher_row(ctx, teacher)]
+    for role, names in (("reference", list(cfg.suite.references)), ("method", methods)):
+        for name in names:
+            for seed in cfg.suite.seeds:
+                record = run_method(ctx, role, name, seed, teacher)
+                status = "done" if record.status == "done" else f"FAILED: {record.error}"
+                echo(f"  {name} seed {seed}: {status}")
+                records.append(record)
+    paths = write_leaderboard(records, Path(cfg.leaderboard_dir), cfg.suite.name)
+    echo(format_table(build_table(records)))
+    echo("written: " + ", ".join(str(p) for p in paths))
+    return records

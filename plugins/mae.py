@@ -1,0 +1,178 @@
+"""MAE: masked-autoencoder pixel reconstruction (He et al. 2021, facebookresearch/mae). No teacher.
+
+Each step masks ``mask_ratio`` of every image's patches at random; the student encodes only the
+visible ones (``ModelInput.keep``). A decoder owned by this loss does the rest. It embeds the
+student's final tokens to ``decoder_width``, fills the masked slots with a learnable mask token,
+unshuffles them to image order, adds fixed 2-D sin-cos positions (zeros at prefix positions, as
+MAE's class position), and runs ``decoder_depth`` transformer blocks, a LayerNorm and a linear
+prediction of p²·C pixels per patch. The loss is the per-patch pixel MSE, averaged over masked
+patches only. With ``norm_pix_loss`` each target patch is standardised by its own mean and
+(unbiased) variance.
+
+The constructor defaults are the paper's ViT-B decoder (8 blocks, width 512, 16 heads).
+``conf/method/mae.yaml`` scales them down for the embedded suite's small students.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from benchbase import hookimpl
+from benchbase.capture import Captures, ModelInput, Tap
+from benchbase.components import Loss, StepInputs, Student, Teacher
+from benchbase.hookspecs import Register
+
+from . import CONF_DIR
+
+
+def patchify(images: Tensor, patch_size: int) -> Tensor:
+    """[B, C, H, W] -> [B, N, p²·C], patches in row-major order, pixels as (row, col, channel)."""
+    b, c, h, w = images.shape
+    p = patch_size
+    x = images.reshape(b, c, h // p, p, w // p, p)
+    return torch.einsum("nchpwq->nhwpqc", x).reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int], channels: int) -> Tensor:
+    """[B, N, p²·C] -> [B, C, H, W] for a ``grid`` of (rows, cols) patches; inverse of :func:`patchify`."""
+    (gh, gw), p = grid, patch_size
+    x = patches.reshape(patches.shape[0], gh, gw, p, p, channels)
+    return torch.einsum("nhwpqc->nchpwq", x).reshape(patches.shape[0], channels, gh * p, gw * p)
+
+
+def random_masking(
+    batch: int, num_patches: int, mask_ratio: float, device: torch.device | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """MAE's per-image random masking via argsort of uniform noise.
+
+    Returns ``ids_keep`` [B, N_keep] long (visible patch indices, N_keep = int(N·(1 - mask_ratio))),
+    ``ids_restore`` [B, N] long (position of each patch in the shuffled order) and ``mask``
+    [B, N] float (1 = masked, 0 = visible, in image order).
+    """
+    len_keep = int(num_patches * (1 - mask_ratio))
+    noise = torch.rand(batch, num_patches, device=device, generator=generator)
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    mask = torch.ones(batch, num_patches, device=device)
+    mask[:, :len_keep] = 0
+    return ids_shuffle[:, :len_keep], ids_restore, torch.gather(mask, 1, ids_restore)
+
+
+def sincos_pos_embed_2d(dim: int, grid: tuple[int, int], num_prefix: int) -> Tensor:
+    """MAE's fixed 2-D sin-cos position embedding: [num_prefix + rows·cols, dim], zeros for prefixes.
+
+    The first half of the channels encodes the column and the second half the row, as in MAE's
+    ``get_2d_sincos_pos_embed``. ``dim`` must be divisible by 4.
+    """
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+
+    def embed_1d(pos: Tensor) -> Tensor:  # [M] -> [M, dim / 2]
+        out = pos.reshape(-1, 1).double() * omega
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    patches = torch.cat([embed_1d(cols), embed_1d(rows)], dim=1)
+    return torch.cat([torch.zeros(num_prefix, dim, dtype=torch.float64), patches]).float()
+
+
+def pixel_target(images: Tensor, patch_size: int, norm_pix: bool) -> Tensor:
+    """Reconstruction target [B, N, p²·C], each patch standardised when ``norm_pix``."""
+    target = patchify(images, patch_size)
+    if norm_pix:
+        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6) ** 0.5
+    return target
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Per-patch MSE ([B, N, P] -> [B, N]) averaged over the patches where ``mask`` [B, N] is 1."""
+    per_patch = (pred - target).pow(2).mean(dim=-1)
+    return (per_patch * mask).sum() / mask.sum()
+
+
+class MAELoss(Loss):
+    """Masked-autoencoder reconstruction with a decoder owned by the loss.
+
+    Args:
+        mask_ratio: fraction of patches hidden from the encoder.
+        decoder_depth: number of decoder transformer blocks.
+        decoder_width: decoder embedding width (divisible by 4 and by ``decoder_heads``).
+        decoder_heads: attention heads per decoder block.
+        norm_pix_loss: standardise each target patch by its own mean and variance.
+    """
+
+    name = "mae"
+    uses_teacher = False
+    student_taps = (Tap("tokens"),)
+
+    def __init__(
+        self, mask_ratio: float = 0.75, decoder_depth: int = 8, decoder_width: int = 512,
+        decoder_heads: int = 16, norm_pix_loss: bool = True,
+    ):
+        super().__init__()
+        self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
+        self.decoder_depth, self.decoder_width, self.decoder_heads = decoder_depth, decoder_width, decoder_heads
+
+    def setup(self, student: Student, teacher: Teacher | None) -> None:
+        """Build the decoder for the student's width, patch grid, prefix tokens and channels."""
+        device = student.model.patch_embed.proj.weight.device
+        self.patch_size, self.num_prefix = student.patch_size, student.num_prefix_tokens
+        self.grid = tuple(student.model.patch_embed.grid_size)
+        self.channels = student.model.patch_embed.proj.in_channels
+        width = self.decoder_width
+        self.decoder_embed = nn.Linear(student.embed_dim, width, device=device)
+        self.mask_token = nn.Parameter(torch.empty(1, 1, width, device=device))
+        self.register_buffer("decoder_pos_embed", sincos_pos_embed_2d(width, self.grid, self.num_prefix).to(device))
+        self.decoder_blocks = nn.Sequential(*[
+            Block(width, self.decoder_heads, mlp_ratio=4.0, qkv_bias=True,
+                  norm_layer=partial(nn.LayerNorm, eps=1e-6), device=device)
+            for _ in range(self.decoder_depth)
+        ])
+        self.decoder_norm = nn.LayerNorm(width, eps=1e-6, device=device)
+        self.decoder_pred = nn.Linear(width, self.patch_size**2 * self.channels, device=device)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for module in self.modules():  # MAE's init: xavier-uniform linears with zero bias
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def make_inputs(self, images: Tensor, labels: Tensor) -> StepInputs:
+        """Mask each image; ``extras`` holds ``ids_restore`` [B, N] and ``mask`` [B, N] (1 = masked)."""
+        n = self.grid[0] * self.grid[1]
+        ids_keep, ids_restore, mask = random_masking(images.shape[0], n, self.mask_ratio, images.device)
+        return StepInputs(
+            student=ModelInput(images, keep=ids_keep), teacher=None, labels=labels,
+            extras={"ids_restore": ids_restore, "mask": mask},
+        )
+
+    def decode(self, tokens: Tensor, ids_restore: Tensor) -> Tensor:
+        """Encoder tokens [B, prefix + N_keep, D_s] -> pixel predictions [B, N, p²·C] in image order."""
+        x = self.decoder_embed(tokens)
+        prefix, visible = x[:, : self.num_prefix], x[:, self.num_prefix :]
+        b, n = ids_restore.shape
+        x = torch.cat([visible, self.mask_token.expand(b, n - visible.shape[1], -1)], dim=1)
+        x = torch.gather(x, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        x = torch.cat([prefix, x], dim=1) + self.decoder_pos_embed
+        x = self.decoder_pred(self.decoder_norm(self.decoder_blocks(x)))
+        return x[:, self.num_prefix :]
+
+    def forward(self, student: Captures, teacher: None, inputs: StepInputs) -> dict[str, Tensor]:
+        """Term ``{"mse_masked"}``: reconstruction error on the masked patches."""
+        pred = self.decode(student[self.student_taps[0]], inputs.extras["ids_restore"])
+        target = pixel_target(inputs.student.images, self.patch_size, self.norm_pix_loss)
+        return {"mse_masked": masked_mse(pred, target, inputs.extras["mask"])}
+
+
+@hookimpl
+def benchbase_register_losses(register: Register) -> None:
+    register(MAELoss.name, MAELoss)
+
+
+@hookimpl
+def benchbase_config_dirs() -> list[str]:
+    return [str(CONF_DIR)]

@@ -1,0 +1,182 @@
+"""Leaderboards: mean ± CI over seeds, row order, failures, protocol splits, Markdown and CSV files."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchbase.components import Metric
+from benchbase.errors import BenchbaseError
+from benchbase.leaderboard import build_table, format_table, regenerate, write_leaderboard
+from benchbase.results import ResultsDB, RunRecord
+
+PROBE = "linear probe on base_test (5 classes), 450 images"
+FEWSHOT = "5-way 5-shot, 15 queries, 2000 episodes"
+
+
+def run(
+    method: str,
+    seed: int,
+    top1: float | None = None,
+    *,
+    role: str = "method",
+    status: str = "done",
+    error: str = "",
+    protocol: str = PROBE,
+    fewshot: tuple[float, float] | None = None,
+    suite: str = "default",
+    created_at: str = "2024-05-01T10:00:00+00:00",
+) -> RunRecord:
+    metrics = []
+    if top1 is not None:
+        metrics.append(Metric("top1", top1, 450, protocol, None, {"task": "top1"}))
+    if fewshot is not None:
+        metrics.append(Metric("acc_5shot", fewshot[0], 2000, FEWSHOT, fewshot[1], {"task": "fewshot"}))
+    return RunRecord(
+        config_hash=f"{suite}-{role}-{method}-{seed}-{protocol}",
+        suite=suite,
+        method=method,
+        teacher="vit_digits",
+        student="vit_tiny",
+        dataset="digits",
+        seed=seed,
+        status=status,
+        metrics=metrics,
+        config={"trainer": {"epochs": 30}},
+        error=error,
+        failed_step=5 if status == "failed" else None,
+        device="NVIDIA H100",
+        created_at=created_at,
+        role=role,
+    )
+
+
+def row(df: pd.DataFrame, method: str) -> pd.Series:
+    (index,) = df.index[df["method"] == method]
+    return df.loc[index]
+
+
+def test_mean_and_ci_over_seeds_match_hand_computation() -> None:
+    values = [81.0, 83.5, 84.25]
+    df = build_table([run("feature", s, v) for s, v in enumerate(values)])
+    mean = sum(values) / 3
+    ci = 1.96 * statistics.stdev(values) / math.sqrt(3)
+    cell = row(df, "feature")
+    assert cell["top1/top1"] == pytest.approx(mean, abs=1e-12)
+    assert cell["top1/top1_ci95"] == pytest.approx(ci, abs=1e-12)
+    assert cell["seeds"] == 3 and cell["status"] == "ok"
+    assert f"{mean:.1f} ± {ci:.1f}" in format_table(df)
+
+
+def test_single_seed_uses_the_metrics_own_ci() -> None:
+    df = build_table([run("feature", 0, 80.0, fewshot=(70.0, 0.35))])
+    cell = row(df, "feature")
+    assert cell["fewshot/acc_5shot"] == 70.0 and cell["fewshot/acc_5shot_ci95"] == 0.35
+    assert math.isnan(cell["top1/top1_ci95"])  # no CI of its own, one seed
+
+
+def test_row_order_teacher_then_references_then_sorted_methods() -> None:
+    records = [
+        run("zeta", 0, 1.0),
+        run("scratch", 0, 2.0, role="reference"),
+        run("alpha", 0, 3.0),
+        run("vit_digits", 0, 4.0, role="teacher"),
+        run("mid", 0, 5.0),
+    ]
+    df = build_table(records)
+    assert df["method"].tolist() == ["vit_digits", "scratch", "alpha", "mid", "zeta"]
+    assert df["role"].tolist() == ["teacher", "reference", "method", "method", "method"]
+
+
+def test_failed_seed_shows_status_with_its_error() -> None:
+    long_error = "loss is NaN at step 5 " + "x" * 200
+    records = [run("feature", 0, 80.0), run("feature", 1, 82.0), run("feature", 2, status="failed", error=long_error)]
+    cell = row(build_table(records), "feature")
+    assert cell["seeds"] == 2
+    assert cell["top1/top1"] == pytest.approx(81.0)
+    assert cell["status"].startswith("failed (1/3): loss is NaN at step 5")
+    assert len(cell["status"]) < 100  # truncated
+
+    all_failed = row(build_table([run("cls", 0, status="failed", error="CUDA out of memory")]), "cls")
+    assert all_failed["status"] == "failed (1/1): CUDA out of memory" and all_failed["seeds"] == 0
+
+
+def test_latest_run_per_seed_counts() -> None:
+    old = run("feature", 0, 50.0, protocol="old", created_at="2024-01-01T00:00:00+00:00")
+    new = run("feature", 0, 80.0, created_at="2024-02-01T00:00:00+00:00")
+    df = build_table([new, old])
+    assert row(df, "feature")["seeds"] == 1
+    assert row(df, "feature")["top1/top1"] == 80.0
+
+
+def test_mixed_protocols_split_into_columns() -> None:
+    other = "linear probe on base_test, 224px resize"
+    records = [run("a", 0, 80.0), run("a", 1, 82.0), run("b", 0, 60.0, protocol=other)]
+    df = build_table(records)
+    assert "top1/top1" in df.columns and "top1/top1 [2]" in df.columns
+    assert df.attrs["protocols"] == {"top1/top1": PROBE, "top1/top1 [2]": other}
+    assert row(df, "a")["top1/top1"] == 81.0 and math.isnan(row(df, "a")["top1/top1 [2]"])
+    assert row(df, "b")["top1/top1 [2]"] == 60.0 and math.isnan(row(df, "b")["top1/top1"])
+
+
+def test_write_leaderboard_markdown_and_csv(tmp_path: Path) -> None:
+    other = "linear probe, 224px"
+    records = [
+        run("vit_digits", 0, 95.0, role="teacher", created_at="2024-04-30T09:00:00+00:00"),
+        run("feature", 0, 80.0, fewshot=(70.0, 0.4)),
+        run("feature", 1, 82.0, fewshot=(72.0, 0.5), created_at="2024-05-03T09:00:00+00:00"),
+        run("cls", 0, 60.0, protocol=other),
+        run("broken", 0, status="failed", error="diverged | NaN"),
+    ]
+    md, csv = write_leaderboard(records, tmp_path / "boards", "default")
+    assert (md.name, csv.name) == ("default.md", "default.csv")
+    assert sorted(p.name for p in md.parent.iterdir()) == ["default.csv", "default.md"]  # no temp files
+
+    text = md.read_text()
+    table_lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert "top1/top1 [2]" in table_lines[0]
+    assert "vit_digits" in table_lines[2]  # the teacher is the first row
+    assert "81.0 ± 2.0" in text  # 1.96 * stdev([80, 82]) / sqrt(2) = 1.96
+    assert "diverged \\| NaN" in text  # a pipe in an error does not break the table
+    assert f"- `top1/top1`: {PROBE}" in text
+    assert f"- `top1/top1 [2]`: {other}" in text
+    assert f"- `fewshot/acc_5shot`: {FEWSHOT}" in text
+    for expected in ("Dataset: digits", "Teacher: vit_digits", "Student: vit_tiny", "Epochs: 30",
+                     "Device: NVIDIA H100", "2024-04-30 to 2024-05-03"):
+        assert expected in text
+    assert text.rstrip().endswith("Generated by `benchbase leaderboard` from 5 stored runs; do not edit.")
+
+    frame = pd.read_csv(csv)
+    assert frame["method"].tolist() == ["vit_digits", "broken", "cls", "feature"]
+    for column in ("top1/top1", "top1/top1_ci95", "top1/top1 [2]", "fewshot/acc_5shot", "seeds"):
+        assert pd.api.types.is_numeric_dtype(frame[column]), column
+    feature = row(frame, "feature")
+    assert feature["top1/top1"] == 81.0
+    assert feature["top1/top1_ci95"] == pytest.approx(1.96)
+
+
+def test_regenerate_writes_one_board_per_suite(tmp_path: Path) -> None:
+    db = ResultsDB(tmp_path / "results.db")
+    for record in [run("a", 0, 1.0, suite="s1"), run("a", 0, 2.0, suite="s2"), run("b", 1, 3.0, suite="s2")]:
+        db.save(record)
+    paths = regenerate(db, tmp_path / "boards")
+    assert [p.name for p in paths] == ["s1.md", "s1.csv", "s2.md", "s2.csv"]
+    assert "from 2 stored runs" in (tmp_path / "boards" / "s2.md").read_text()
+    assert pd.read_csv(tmp_path / "boards" / "s1.csv")["top1/top1"].tolist() == [1.0]
+
+
+def test_bad_leaderboard_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BenchbaseError, match="plain file name"):
+        write_leaderboard([run("a", 0, 1.0)], tmp_path, "../escape")
+
+
+def test_format_table_and_empty_table() -> None:
+    text = format_table(build_table([run("a", 0, 0.83125)]))
+    assert "0.831" in text and "method" in text
+    empty = build_table([])
+    assert empty.empty and list(empty.columns) == ["role", "method", "seeds", "status"]
+    assert "method" in format_table(empty)

@@ -1,0 +1,116 @@
+"""End to end through the command line: records, tables, reuse, failures, third-party methods."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from benchbase.cli import main
+from benchbase.results import ResultsDB
+
+from thirdparty import make_distribution
+
+
+def tiny(home, *extra):
+    return [
+        "trainer.epochs=1", "teacher.recipe.pretrain_epochs=1", "teacher.recipe.finetune_epochs=1",
+        "suite.tasks.fewshot.params.episodes=50", "trainer.progress=false",
+        f"home={home}", f"leaderboard_dir={home}/lb", *extra,
+    ]
+
+
+def test_tiny_run_writes_records_and_table_and_reuses_them(tmp_path, capsys):
+    assert main(["run", "--plugins", "feature,mae", *tiny(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    records = ResultsDB(tmp_path / "results.db").records("default")
+    by_method = {r.method: r for r in records}
+    assert set(by_method) == {"teacher", "supervised", "feature", "mae"}
+    assert by_method["teacher"].role == "teacher" and by_method["supervised"].role == "reference"
+    feature = by_method["feature"]
+    assert feature.status == "done" and feature.config["method"]["name"] == "feature"
+    names = {(m.extras["task"], m.name) for m in feature.metrics}
+    assert {("top1", "top1"), ("fewshot", "5way-1shot"), ("fewshot", "5way-5shot")} <= names
+    fewshot = next(m for m in feature.metrics if m.name == "5way-1shot")
+    assert fewshot.n == 50 and fewshot.ci95 > 0 and "prototype" in fewshot.protocol
+    assert feature.versions["plugin:feature"] and feature.git_rev is not None
+    table = (tmp_path / "lb" / "default.md").read_text()
+    assert "| feature" in table and "| teacher" in table and "5way-1shot" in table
+    assert (tmp_path / "lb" / "default.csv").exists()
+    assert "feature" in out and "top1" in out
+    run_dir = tmp_path / "runs" / "default"
+    feature_dir = next(run_dir.glob("feature-seed0-*"))
+    assert (feature_dir / "config.yaml").exists() and (feature_dir / "steps.jsonl").read_text().count("\n") > 0
+    # the same command reuses stored runs: nothing is trained again
+    before = feature_dir.joinpath("steps.jsonl").stat().st_mtime_ns
+    assert main(["run", "--plugins", "feature", *tiny(tmp_path)]) == 0
+    assert feature_dir.joinpath("steps.jsonl").stat().st_mtime_ns == before
+    assert len(ResultsDB(tmp_path / "results.db").records("default")) == 4
+    # --force reruns it and replaces the record
+    assert main(["run", "--force", "--plugins", "feature", *tiny(tmp_path)]) == 0
+    assert len(ResultsDB(tmp_path / "results.db").records("default")) == 4
+
+
+NAN_PLUGIN = '''
+import torch
+from benchbase import hookimpl
+from benchbase.capture import Tap
+from benchbase.components import Loss
+
+
+class Exploding(Loss):
+    name = "exploding"
+    student_taps = (Tap("tokens"),)
+    teacher_taps = ()
+
+    def forward(self, student, teacher, inputs):
+        return {"boom": student[Tap("tokens")].sum() * float("nan")}
+
+
+@hookimpl
+def benchbase_register_losses(register):
+    register("exploding", Exploding)
+'''
+
+
+def test_failing_method_is_stored_and_others_finish(tmp_path, capsys):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "exploding.py").write_text(NAN_PLUGIN)
+    # the plugin ships no config file: it runs with its constructor's defaults
+    args = ["--plugins-dir", str(plugins), "run", "--plugins", "exploding,feature",
+            *tiny(tmp_path, "suite.references=[]")]
+    assert main(args) == 0
+    records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records()}
+    assert records["exploding"].status == "failed"
+    assert "non-finite loss" in records["exploding"].error and records["exploding"].failed_step == 0
+    assert records["feature"].status == "done"
+    assert "failed" in (tmp_path / "lb" / "default.md").read_text()
+
+
+def test_third_party_plugin_runs_for_real(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(make_distribution(tmp_path / "site")))
+    assert main(["run", "--plugins", "kd_logits", *tiny(tmp_path, "suite.references=[]")]) == 0
+    record = next(r for r in ResultsDB(tmp_path / "results.db").records() if r.method == "kd_logits")
+    assert record.status == "done" and record.config["method"]["params"]["tau"] == 4.0
+    assert record.versions["plugin:kd_logits"] == "0.3.1"
+    steps = (tmp_path / "runs" / "default").glob("kd_logits-seed0-*/steps.jsonl")
+    assert "kl_logits" in next(steps).read_text()
+
+
+def test_plugins_command_lists_components_and_hooks(capsys):
+    assert main(["plugins", "--hooks"]) == 0
+    out = capsys.readouterr().out
+    assert "mae" in out and "losses: mae" in out and "benchbase_register_losses" in out
+    assert "evaluators: fewshot" in out
+
+
+def test_leaderboard_regenerates_from_database_alone(tmp_path, capsys):
+    assert main(["run", "--plugins", "feature", *tiny(tmp_path, "suite.references=[]")]) == 0
+    written = (tmp_path / "lb" / "default.md").read_text()
+    (tmp_path / "lb" / "default.md").unlink()
+    assert main(["leaderboard", "--db", str(tmp_path / "results.db"), "--out", str(tmp_path / "lb")]) == 0
+    regenerated = (tmp_path / "lb" / "default.md").read_text()
+    assert regenerated.splitlines()[:6] == written.splitlines()[:6]
+    with sqlite3.connect(tmp_path / "results.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
