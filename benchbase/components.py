@@ -171,16 +171,30 @@ class LabeledImages(Dataset):
     classes: Sequence[str]
 
 
+class SegmentationImages(Dataset):
+    """A dataset of ([C, H, W] float image, [H, W] long label map) pairs.
+
+    Pixels equal to the bundle's ``ignore_index`` carry no label.
+    """
+
+    classes: Sequence[str]
+
+
 @dataclass
 class DataBundle:
-    """Named splits of one dataset plus what models need to know about its images."""
+    """Named splits of one dataset plus what models need to know about its images.
+
+    Classification splits are :class:`LabeledImages`; segmentation splits are
+    :class:`SegmentationImages` (``ignore_index`` is then the unlabelled value, e.g. CamVid's 11).
+    """
 
     name: str
-    splits: Mapping[str, LabeledImages]
+    splits: Mapping[str, LabeledImages | SegmentationImages]
     image_size: int
     in_chans: int
     num_classes: int
     description: str = ""
+    ignore_index: int | None = None
 
     def split(self, name: str) -> LabeledImages:
         from benchbase.errors import BenchbaseError
