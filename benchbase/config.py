@@ -163,6 +163,11 @@ def _one_line(exc: Exception, overrides: Sequence[str]) -> str:
         group = where.split(".")[0]
         return (f"unknown config key {where!r} in group {group!r} ({key.group(2)}); "
                 f"check the spelling or see `benchbase run --cfg job`")
+    cannot = re.search(r"Could not override '([^']+)'", text)
+    if cannot and "To append to your config use" in text:
+        where = cannot.group(1)
+        return (f"unknown config key {where!r} in group {where.split('.')[0]!r}; "
+                f"check the spelling or see `benchbase run --cfg job`")
     conv = re.search(r"Value '([^']*)' (?:of type '[^']*' )?could not be converted to (\w+)", text)
     if conv:
         where = full_key.group(1) if full_key else "?"

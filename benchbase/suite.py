@@ -55,9 +55,25 @@ class SuiteContext:
             self.datasets[name] = build(dcfg)
         return self.datasets[name]
 
-    def method_cfg(self, name: str) -> DictConfig:
-        methods = self.bb.registry.names("losses")
-        return compose_config([*self.overrides, f"method={name}"], self.bb.config_dirs(), methods)
+    def method_cfg(self, name: str, role: str = "method") -> DictConfig:
+        """The config of one method: the suite's overrides (``method.*`` ones only for methods)."""
+        overrides = self.overrides if role == "method" else _without_method_overrides(self.overrides)
+        loss_cls = self.bb.registry.get("losses", name)
+        try:
+            return compose_config([*overrides, f"method={name}"], self.bb.config_dirs(),
+                                  self.bb.registry.names("losses"))
+        except BenchbaseError as exc:
+            if "method.params." not in str(exc):
+                raise
+            raise BenchbaseError(f"{exc} (valid keys for {name}: {', '.join(_init_keys(loss_cls))})") from None
+
+
+def _without_method_overrides(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if not o.lstrip("+~").startswith("method.")]
+
+
+def _init_keys(cls: type) -> list[str]:
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
 
 
 def loss_params(cfg: DictConfig, loss_cls: type) -> dict[str, Any]:
@@ -65,7 +81,7 @@ def loss_params(cfg: DictConfig, loss_cls: type) -> dict[str, Any]:
     params = OmegaConf.to_container(cfg.method.params, resolve=True) or {}
     accepted = inspect.signature(loss_cls.__init__).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-        valid = [p for p in accepted if p != "self"]
+        valid = _init_keys(loss_cls)
         for key in params:
             if key not in valid:
                 raise BenchbaseError(
@@ -154,7 +170,7 @@ def run_teacher_row(ctx: SuiteContext, teacher: VitModel) -> RunRecord:
 
 def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> RunRecord:
     """Distil (or train) one student with loss ``name`` for ``seed``, evaluate it, store the record."""
-    cfg = ctx.method_cfg(name)
+    cfg = ctx.method_cfg(name, role)
     cfg.seed = seed
     loss_cls = ctx.bb.registry.get("losses", name)
     params = loss_params(cfg, loss_cls)
@@ -195,20 +211,24 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
 def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, force: bool = False,
               echo=print) -> list[RunRecord]:
     """Run the composed suite for the chosen method plugins; write and print its leaderboard."""
-    cfg = compose_config(overrides, bb.config_dirs())
+    # method.* overrides apply to each method's own config, not to the suite's base config
+    cfg = compose_config(_without_method_overrides(overrides), bb.config_dirs())
     methods = bb.select_methods(plugins)
     ctx = SuiteContext(bb, cfg, list(overrides), ResultsDB(cfg.db), Path(cfg.home), force,
                        resolve_device(cfg.trainer.device))
-    for name in [*cfg.suite.references, *methods]:  # validate every config before any training
-        loss_params(ctx.method_cfg(name), bb.registry.get("losses", name))
+    roles = [("reference", list(cfg.suite.references)), ("method", methods)]
+    for role, names in roles:  # validate every config before any training
+        for name in names:
+            loss_params(ctx.method_cfg(name, role), bb.registry.get("losses", name))
     echo(f"suite {cfg.suite.name}: {cfg.suite.description}")
     echo(f"methods: {', '.join(methods) or 'none'}; seeds: {list(cfg.suite.seeds)}; device: {_device_name(ctx.device)}")
     data = ctx.dataset(cfg.suite.distill.dataset)
     for task in cfg.suite.tasks.values():
         ctx.dataset(task.dataset)
-    teacher = load_teacher(cfg, bb, data, ctx.home, lambda n: loss_params(ctx.method_cfg(n), bb.registry.get("losses", n)))
+    teacher = load_teacher(cfg, bb, data, ctx.home,
+                           lambda n: loss_params(ctx.method_cfg(n, "recipe"), bb.registry.get("losses", n)))
     records = [run_teacher_row(ctx, teacher)]
-    for role, names in (("reference", list(cfg.suite.references)), ("method", methods)):
+    for role, names in roles:
         for name in names:
             for seed in cfg.suite.seeds:
                 record = run_method(ctx, role, name, seed, teacher)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 from benchbase.components import DataBundle, Student, Teacher
@@ -73,6 +74,7 @@ def _recipe_teacher(cfg: Any, build, pretrain_cls, data: DataBundle, home: Path,
     key = recipe_key(cfg)
     folder = home / "teachers" / key
     path = folder / TEACHER_FILE
+    torch.manual_seed(0)  # the recipe teacher's initial weights are part of what the key names
     model = build(cfg.teacher, data)
     if path.exists():
         load_weights(model, path, what="teacher")

@@ -12,10 +12,11 @@ from benchbase.results import ResultsDB
 from thirdparty import make_distribution
 
 
-def tiny(home, *extra):
+def tiny(home, *extra, fewshot: bool = True):
+    """Overrides for a seconds-long run of the default suite (or another suite with fewshot=False)."""
     return [
         "trainer.epochs=1", "teacher.recipe.pretrain_epochs=1", "teacher.recipe.finetune_epochs=1",
-        "suite.tasks.fewshot.params.episodes=50", "trainer.progress=false",
+        *(["suite.tasks.fewshot.params.episodes=50"] if fewshot else []), "trainer.progress=false",
         f"home={home}", f"leaderboard_dir={home}/lb", *extra,
     ]
 

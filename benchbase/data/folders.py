@@ -1,15 +1,27 @@
-"""Image folders on disk (ImageNet-1K's layout), read lazily.
+"""Images on disk, read lazily: the shared lazy dataset and the ImageFolder layout (ImageNet-1K's).
 
-``root/<split>/<class>/<image>`` with splits such as ``train`` and ``val``. Images are decoded when
-read, converted to RGB (or grayscale for ``in_chans=1``), resized to ``image_size`` and normalised
-with ImageNet statistics. A missing path, a path that is a file, an empty class folder and an
-undecodable image are one-line errors; ``on_corrupt=skip`` skips unreadable images instead, after
-checking every file once, and counts them in ``skipped``.
+:class:`LazyImages` serves every on-disk classification loader (ImageFolder, Omniglot, the few-shot
+layouts): it holds (file, label) pairs and decodes an image only when it is read, converts it to
+RGB (or grayscale for ``in_chans=1``), resizes it to ``image_size`` and normalises it with
+ImageNet statistics (0.5/0.5 for one channel). A file is a path or a :class:`ZipMember` (an image
+inside a zip archive, read without extracting it).
+
+The ImageFolder layout is ``root/<split>/<class>/<image>`` with splits such as ``train`` and
+``val``. A missing path, a path that is a file, an empty class folder and an undecodable image are
+one-line errors; ``on_corrupt=skip`` skips unreadable images instead, after checking every file
+once, and lists them in the dataset's ``skipped``.
 """
 
 from __future__ import annotations
 
+import functools
+import io
+import os
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar, Union
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -17,11 +29,38 @@ from torch import Tensor
 from torchvision.transforms import functional as TF
 
 from benchbase.components import DataBundle, LabeledImages
+from benchbase.data.tensors import stratified_split
 from benchbase.errors import BenchbaseError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+ON_CORRUPT = ("error", "skip")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ZipMember:
+    """The file ``name`` inside the zip archive ``archive``."""
+
+    archive: Path
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.archive}/{self.name}"
+
+    def read_bytes(self) -> bytes:
+        return _open_zip(self.archive, os.getpid()).read(self.name)
+
+
+@functools.lru_cache(maxsize=16)
+def _open_zip(archive: Path, pid: int) -> zipfile.ZipFile:
+    """One open handle per archive and process: forked DataLoader workers must not share a file offset."""
+    return zipfile.ZipFile(archive)
+
+
+ImageSource = Union[Path, ZipMember]
 
 
 def check_root(root: str | None, dataset: str, layout: str) -> Path:
@@ -36,57 +75,125 @@ def check_root(root: str | None, dataset: str, layout: str) -> Path:
     return path
 
 
-def read_image(path: Path, in_chans: int) -> Image.Image:
-    """Decode ``path`` fully; a corrupt or truncated file is a one-line error naming it."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("L" if in_chans == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+def dataset_params(cfg: Mapping[str, Any], dataset: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg.params`` over ``defaults``; a key not in ``defaults`` is a one-line error listing the known ones."""
+    given = dict(cfg.get("params") or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
         raise BenchbaseError(
-            f"cannot read image {path} ({type(exc).__name__}: {exc}); replace or remove it, "
+            f"data.{dataset}.params has unknown key(s) {', '.join(unknown)}; known: {', '.join(defaults)}"
+        )
+    return {**defaults, **given}
+
+
+def read_image(source: ImageSource, in_chans: int | None = 3) -> Image.Image:
+    """Decode ``source`` fully; a corrupt or truncated file is a one-line error naming it.
+
+    The image is converted to grayscale (``in_chans=1``) or RGB; ``in_chans=None`` keeps the stored
+    mode (label maps, whose pixel values or palette indices are class ids).
+    """
+    try:
+        with Image.open(io.BytesIO(source.read_bytes())) as img:
+            img.load()
+            return img if in_chans is None else img.convert("L" if in_chans == 1 else "RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise BenchbaseError(
+            f"cannot read image {source} ({type(exc).__name__}: {exc}); replace or remove it, "
             "or pass data.<name>.on_corrupt=skip"
         ) from None
 
 
-class ImageFolderSplit(LabeledImages):
-    """One split folder: ``<split>/<class>/<image>``; classes sorted by name."""
+def image_tensor(img: Image.Image, image_size: int) -> Tensor:
+    """[C, H, W] float: ``img`` (L or RGB) resized bilinearly to ``image_size``² and normalised
+    with ImageNet statistics (mean 0.5, std 0.5 for one channel)."""
+    img = img.resize((image_size, image_size), Image.BILINEAR)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if img.mode == "RGB" else ((0.5,), (0.5,))
+    return TF.normalize(TF.pil_to_tensor(img).float() / 255.0, mean, std)
 
-    def __init__(self, folder: Path, image_size: int, in_chans: int = 3, on_corrupt: str = "error",
-                 classes: list[str] | None = None):
-        if on_corrupt not in ("error", "skip"):
-            raise BenchbaseError(f"on_corrupt={on_corrupt!r}; use error or skip")
+
+def drop_unreadable(items: Sequence[T], read: Callable[[T], object], on_corrupt: str) -> tuple[list[T], list[T]]:
+    """(kept, skipped) ``items``.
+
+    With ``on_corrupt=skip`` every item is ``read`` once now and those raising
+    :class:`BenchbaseError` are skipped; with ``error`` nothing is read now (the first unreadable
+    item raises when the dataset reads it).
+    """
+    if on_corrupt not in ON_CORRUPT:
+        raise BenchbaseError(f"on_corrupt={on_corrupt!r}; use error or skip")
+    if on_corrupt == "error":
+        return list(items), []
+    kept, skipped = [], []
+    for item in items:
+        try:
+            read(item)
+            kept.append(item)
+        except BenchbaseError:
+            skipped.append(item)
+    return kept, skipped
+
+
+class LazyImages(LabeledImages):
+    """Labelled image files, decoded on access (see the module docstring).
+
+    Args:
+        samples: (file, label) pairs; labels index ``classes``.
+        classes: class names.
+        image_size: side of the square images returned.
+        in_chans: 1 (grayscale) or 3 (RGB; grayscale files repeat their channel).
+        on_corrupt: ``error`` or ``skip`` (unreadable files are dropped now and listed in ``skipped``).
+    """
+
+    def __init__(self, samples: Sequence[tuple[ImageSource, int]], classes: Sequence[str], image_size: int,
+                 in_chans: int = 3, on_corrupt: str = "error"):
+        if in_chans not in (1, 3):
+            raise BenchbaseError(f"in_chans={in_chans}; images are read as 1 (grayscale) or 3 (RGB) channels")
+        self.classes = list(classes)
         self.image_size, self.in_chans = image_size, in_chans
-        self.classes = classes or sorted(p.name for p in folder.iterdir() if p.is_dir())
-        if not self.classes:
-            raise BenchbaseError(f"{folder} has no class folders; expected {folder}/<class>/<image>")
-        self.samples: list[tuple[Path, int]] = []
-        for index, name in enumerate(self.classes):
-            files = sorted(p for p in (folder / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise BenchbaseError(f"class folder {folder / name} has no images; remove it or add images")
-            self.samples.extend((p, index) for p in files)
-        self.skipped: list[Path] = []
-        if on_corrupt == "skip":
-            good = []
-            for path, label in self.samples:
-                try:
-                    read_image(path, in_chans)
-                    good.append((path, label))
-                except BenchbaseError:
-                    self.skipped.append(path)
-            self.samples = good
+        self.samples, skipped = drop_unreadable(samples, lambda sample: read_image(sample[0], in_chans), on_corrupt)
+        self.skipped: list[ImageSource] = [source for source, _ in skipped]
         self.targets = [label for _, label in self.samples]
-        self.mean = torch.tensor(IMAGENET_MEAN[:in_chans] if in_chans == 3 else (0.5,) * in_chans).view(-1, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD[:in_chans] if in_chans == 3 else (0.5,) * in_chans).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        path, label = self.samples[index]
-        img = read_image(path, self.in_chans).resize((self.image_size, self.image_size), Image.BILINEAR)
-        return (TF.pil_to_tensor(img).float() / 255.0 - self.mean) / self.std, label
+        source, label = self.samples[index]
+        return image_tensor(read_image(source, self.in_chans), self.image_size), label
+
+    def subset(self, indices: Sequence[int] | Tensor) -> LazyImages:
+        """The samples at ``indices`` with the same classes (nothing is re-checked; ``skipped`` is empty)."""
+        return LazyImages([self.samples[int(i)] for i in indices], self.classes, self.image_size, self.in_chans)
+
+    def split_per_class(self, fraction: float, seed: int) -> tuple[LazyImages, LazyImages]:
+        """A seeded per-class split: ``fraction`` of every class's images, and the rest."""
+        first, second = stratified_split(torch.tensor(self.targets, dtype=torch.long), fraction, seed)
+        return self.subset(first), self.subset(second)
+
+
+def scan_class_folders(folder: Path, classes: Sequence[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(class names, (image path, label) pairs) of ``folder/<class>/<image>``; classes sorted by name
+    unless given. A folder without classes or a class folder without images is a one-line error."""
+    if not folder.is_dir():
+        raise BenchbaseError(f"{folder} is not a folder; expected {folder}/<class>/<image>")
+    classes = list(classes or sorted(p.name for p in folder.iterdir() if p.is_dir()))
+    if not classes:
+        raise BenchbaseError(f"{folder} has no class folders; expected {folder}/<class>/<image>")
+    samples: list[tuple[Path, int]] = []
+    for index, name in enumerate(classes):
+        files = sorted(p for p in (folder / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise BenchbaseError(f"class folder {folder / name} has no images; remove it or add images")
+        samples.extend((p, index) for p in files)
+    return classes, samples
+
+
+class ImageFolderSplit(LazyImages):
+    """One split folder: ``<split>/<class>/<image>``; classes sorted by name unless given."""
+
+    def __init__(self, folder: Path, image_size: int, in_chans: int = 3, on_corrupt: str = "error",
+                 classes: list[str] | None = None):
+        classes, samples = scan_class_folders(folder, classes)
+        super().__init__(samples, classes, image_size, in_chans, on_corrupt)
 
 
 def load_image_folder(cfg, name: str = "imagefolder") -> DataBundle:

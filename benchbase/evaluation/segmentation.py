@@ -1,0 +1,374 @@
+"""Semantic segmentation on the student's patch tokens: a linear probe or a fine-tuned decoder.
+
+The metric is mIoU from one confusion matrix accumulated over every labelled pixel of the test
+split (the standard semantic-segmentation protocol), plus pixel accuracy and, optionally,
+EventSAM's segment metric (:mod:`benchbase.evaluation.segments`) on the predicted label maps.
+
+Shapes: B = batch, C = image channels, S = image size, D = embedding width, h/w = patch grid,
+K = classes, H/W = label map height/width (any size; logits are upsampled to it).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from benchbase.capture import Tap
+from benchbase.components import DataBundle, Evaluator, Metric, SegmentationImages, Student, VitModel
+from benchbase.errors import BenchbaseError
+from benchbase.evaluation.segments import GT_MIN_AREA, SegmentMetricAccumulator
+
+HEADS: dict[str, str] = {
+    "linear": "linear probe (1x1 conv on the frozen final-norm patch tokens, no BatchNorm)",
+    "decoder": (
+        "fine-tuned decoder (3x3 conv-GELU-3x3 conv-GELU-1x1 conv of width {width} on the patch grid, "
+        "trained with the whole backbone at {scale:g}x the learning rate)"
+    ),
+}
+"""Segmentation heads by name, with what each one trains."""
+
+DECODER_WIDTH = 128
+"""Channels of the decoder head's hidden 3x3 convolutions."""
+
+BACKBONE_LR_SCALE = 0.1
+"""The fine-tuned backbone's learning rate relative to the decoder head's."""
+
+FEATURE_CACHE_ELEMENTS = 1 << 26
+"""The linear probe precomputes the train split's frozen features when they fit in this many values."""
+
+_TOKENS = Tap("tokens")
+
+
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = None) -> Tensor:
+    """Pixel counts of (true class, predicted class) pairs, on the inputs' device.
+
+    Args:
+        pred: [...] long predicted classes in [0, K).
+        target: [...] long true classes (same shape) in [0, K), or ``ignore_index``.
+        num_classes: K.
+        ignore_index: a target value whose pixels are left out.
+
+    Returns:
+        [K, K] long; row = true class, column = predicted class.
+
+    Raises:
+        BenchbaseError: a labelled target lies outside [0, K).
+    """
+    pred, target = pred.reshape(-1), target.reshape(-1)
+    if ignore_index is not None:
+        labelled = target != ignore_index
+        pred, target = pred[labelled], target[labelled]
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
+        raise BenchbaseError(
+            f"label values must lie in 0..{num_classes - 1} (or be the ignore index {ignore_index}), "
+            f"found {int(target.min())}..{int(target.max())}; check the dataset's num_classes and ignore_index"
+        )
+    pairs = target * num_classes + pred
+    return torch.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def iou_from_confusion(cm: Tensor) -> tuple[Tensor, float]:
+    """Per-class intersection over union and their mean.
+
+    Args:
+        cm: [K, K] confusion matrix (row = true class, column = predicted class).
+
+    Returns:
+        ([K] float64 IoU of each class, nan for a class absent from both ground truth and
+        prediction; mIoU = mean over the classes that are not nan, nan if all are).
+    """
+    cm = cm.double()
+    intersection = cm.diagonal()
+    union = cm.sum(dim=0) + cm.sum(dim=1) - intersection
+    iou = intersection / union  # 0/0 = nan for absent classes
+    return iou, float(iou.nanmean())
+
+
+def pixel_accuracy(cm: Tensor) -> float:
+    """Fraction of counted pixels predicted correctly, trace / sum of the [K, K] ``cm`` (nan if empty)."""
+    cm = cm.double()
+    return float(cm.diagonal().sum() / cm.sum())
+
+
+def patch_features(model: VitModel, images: Tensor) -> Tensor:
+    """Final-norm patch tokens laid out on the patch grid.
+
+    Args:
+        images: [B, C, S, S] normalised images.
+
+    Returns:
+        [B, D, h, w] with (h, w) = ``model.model.patch_embed.grid_size``.
+    """
+    tokens = model.run(images, [_TOKENS])[_TOKENS][:, model.num_prefix_tokens :]  # [B, h·w, D]
+    height, width = model.model.patch_embed.grid_size
+    if tokens.shape[1] != height * width:
+        raise BenchbaseError(
+            f"segmentation needs images of the model's size: got {tokens.shape[1]} patches, "
+            f"the {height}x{width} patch grid has {height * width}"
+        )
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
+
+
+def decoder_head(embed_dim: int, num_classes: int) -> nn.Sequential:
+    """The light decoder: [B, D, h, w] -> [B, K, h, w] logits (two 3x3 conv + GELU, then a 1x1 conv)."""
+    return nn.Sequential(
+        nn.Conv2d(embed_dim, DECODER_WIDTH, 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(DECODER_WIDTH, DECODER_WIDTH, 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(DECODER_WIDTH, num_classes, 1),
+    )
+
+
+def upsampled_groups(logits: Tensor, labels: Sequence[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+    """Logits bilinearly upsampled to the size of their label maps, grouped by label size.
+
+    Args:
+        logits: [B, K, h, w].
+        labels: B label maps [H_i, W_i] long, on the logits' device.
+
+    Yields:
+        ([b, K, H, W] logits, [b, H, W] labels): the whole batch at once when every label map has
+        the same size, else one image at a time.
+    """
+    sizes = {tuple(label.shape) for label in labels}
+    if len(sizes) == 1:
+        size = sizes.pop()
+        yield F.interpolate(logits, size=size, mode="bilinear", align_corners=False), torch.stack(list(labels))
+        return
+    for image_logits, label in zip(logits, labels):
+        upsampled = F.interpolate(image_logits[None], size=tuple(label.shape), mode="bilinear", align_corners=False)
+        yield upsampled, label[None]
+
+
+def _batches(
+    dataset: SegmentationImages, order: Tensor, batch_size: int
+) -> Iterator[tuple[Tensor, Tensor, list[Tensor]]]:
+    """([B] long dataset indices, [B, C, S, S] images, B label maps) of ``dataset`` in ``order`` ([n] long)."""
+    for index in order.split(batch_size):
+        items = [dataset[i] for i in index.tolist()]
+        yield index, torch.stack([image for image, _ in items]), [torch.as_tensor(label).long() for _, label in items]
+
+
+class SegmentationProbe(Evaluator):
+    """Semantic segmentation from the student's final-norm patch tokens, scored by mIoU.
+
+    ``head="linear"`` (default) trains a 1x1 convolution (no BatchNorm) on the frozen student's
+    patch tokens [B, D, h, w]; the train split's features are computed once when they fit in
+    :data:`FEATURE_CACHE_ELEMENTS` values, else per batch. ``head="decoder"`` fine-tunes a copy of
+    the student together with :func:`decoder_head` (backbone learning rate ``BACKBONE_LR_SCALE``
+    times ``lr``). Logits are upsampled bilinearly to each label map's size and trained with
+    pixel cross-entropy (ignoring the bundle's ``ignore_index``), AdamW (``lr``, ``weight_decay``,
+    cosine decay to 0) on shuffled mini-batches of ``batch_size`` for ``epochs`` epochs.
+
+    Metrics on the test split: ``mIoU`` and ``pixel_acc`` (percent, from one confusion matrix over
+    all its labelled pixels; per-class IoU in ``extras``) and, with ``segment_metric``,
+    ``seg_mIoU``, ``seg_aIoU``, ``seg_precision``, ``seg_recall`` (percent, EventSAM's segment
+    metric on connected regions of the predicted and true label maps). All randomness runs in a
+    forked random state seeded with ``seed``; the student and the global random state are left
+    untouched.
+    """
+
+    name = "segmentation"
+
+    def __init__(
+        self,
+        train_split: str = "train",
+        test_split: str = "test",
+        head: str = "linear",
+        epochs: int = 20,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 16,
+        seed: int = 0,
+        segment_metric: bool = False,
+    ):
+        if head not in HEADS:
+            raise BenchbaseError(f"unknown segmentation head {head!r}; available: {', '.join(HEADS)}")
+        if epochs < 1 or batch_size < 1:
+            raise BenchbaseError(f"segmentation needs epochs >= 1 and batch_size >= 1; got {epochs} and {batch_size}")
+        self.train_split = train_split
+        self.test_split = test_split
+        self.head = head
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.seed = seed
+        self.segment_metric = segment_metric
+
+    def protocol(self, data: DataBundle, train_size: int) -> str:
+        """How the segmentation was trained and predicted (each metric appends its own definition)."""
+        head = HEADS[self.head].format(width=DECODER_WIDTH, scale=BACKBONE_LR_SCALE)
+        ignored = "none" if data.ignore_index is None else str(data.ignore_index)
+        return (
+            f"segmentation {head}, logits bilinearly upsampled to the label size; pixel cross-entropy, AdamW lr "
+            f"{self.lr:g}, weight decay {self.weight_decay:g}, cosine decay, batch {self.batch_size}, "
+            f"{self.epochs} epochs, seed {self.seed}; train split {self.train_split} (n={train_size}), "
+            f"test split {self.test_split}, ignore label {ignored}"
+        )
+
+    def evaluate(self, student: VitModel, data: DataBundle, device: torch.device) -> list[Metric]:
+        train_set, test_set = data.split(self.train_split), data.split(self.test_split)
+        if len(train_set) == 0 or len(test_set) == 0:
+            raise BenchbaseError(
+                f"segmentation needs non-empty splits {self.train_split!r} and {self.test_split!r} "
+                f"of dataset {data.name!r}"
+            )
+        devices = []  # CUDA devices whose random state is forked along with the CPU's
+        if device.type == "cuda":
+            devices.append(torch.cuda.current_device() if device.index is None else device.index)
+        was_training = student.training
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed)
+                if self.head == "linear":
+                    student.eval()
+                    backbone, head = student, nn.Conv2d(student.embed_dim, data.num_classes, 1).to(device)
+                    features = self._frozen_features(student, train_set, device)
+                    parameters = [{"params": head.parameters()}]
+                else:
+                    plain = student.export() if isinstance(student, Student) else student.model
+                    backbone = VitModel(copy.deepcopy(plain))
+                    backbone.requires_grad_(True).to(device).train()  # a teacher's exported weights come frozen
+                    head = decoder_head(student.embed_dim, data.num_classes).to(device)
+                    features = None
+                    parameters = [
+                        {"params": head.parameters()},
+                        {"params": backbone.parameters(), "lr": self.lr * BACKBONE_LR_SCALE},
+                    ]
+                optimizer = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=self.weight_decay)
+                self._train(backbone, head, features, train_set, data.ignore_index, optimizer, device)
+                backbone.eval()
+                head.eval()
+                cm, segments = self._predict(backbone, head, test_set, data, device)
+        finally:
+            student.train(was_training)
+        return self._metrics(cm, segments, data, test_set, len(train_set))
+
+    def _frozen_features(
+        self, student: VitModel, dataset: SegmentationImages, device: torch.device
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """A function (dataset indices [B], images [B, C, S, S]) -> [B, D, h, w] frozen patch features.
+
+        The features of the whole split are computed once (and kept on ``device``) when they fit in
+        :data:`FEATURE_CACHE_ELEMENTS` values; otherwise each batch runs the frozen student.
+        """
+
+        def run(images: Tensor) -> Tensor:
+            with torch.no_grad():
+                return patch_features(student, images.to(device))
+
+        size = len(dataset) * student.embed_dim * student.num_patches
+        if size > FEATURE_CACHE_ELEMENTS:
+            return lambda _index, images: run(images)
+        everything = _batches(dataset, torch.arange(len(dataset)), self.batch_size)
+        cache = torch.cat([run(images) for _, images, _ in everything])
+        return lambda index, _images: cache[index.to(device)]
+
+    def _train(
+        self,
+        backbone: VitModel,
+        head: nn.Module,
+        features: Callable[[Tensor, Tensor], Tensor] | None,
+        dataset: SegmentationImages,
+        ignore_index: int | None,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+    ) -> None:
+        """Train ``head`` (and the backbone when ``features`` is None) for ``self.epochs`` epochs."""
+        generator = torch.Generator().manual_seed(self.seed)
+        batches_per_epoch = -(-len(dataset) // self.batch_size)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs * batches_per_epoch)
+        ignore = -100 if ignore_index is None else ignore_index  # cross-entropy's default: no label uses it
+        head.train()
+        for _ in range(self.epochs):
+            order = torch.randperm(len(dataset), generator=generator)
+            for index, images, labels in _batches(dataset, order, self.batch_size):
+                inputs = patch_features(backbone, images.to(device)) if features is None else features(index, images)
+                labels = [label.to(device) for label in labels]
+                losses, labelled = [], 0
+                for logits, target in upsampled_groups(head(inputs), labels):
+                    losses.append(F.cross_entropy(logits, target, ignore_index=ignore, reduction="sum"))
+                    labelled += int((target != ignore).sum())
+                loss = torch.stack(losses).sum() / max(labelled, 1)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+
+    def _predict(
+        self, backbone: VitModel, head: nn.Module, dataset: SegmentationImages, data: DataBundle, device: torch.device
+    ) -> tuple[Tensor, SegmentMetricAccumulator | None]:
+        """The [K, K] confusion matrix over the whole split (and the segment metric's accumulator)."""
+        cm = torch.zeros(data.num_classes, data.num_classes, dtype=torch.long, device=device)
+        segments = SegmentMetricAccumulator(data.ignore_index) if self.segment_metric else None
+        with torch.inference_mode():
+            for _, images, labels in _batches(dataset, torch.arange(len(dataset)), self.batch_size):
+                logits = head(patch_features(backbone, images.to(device)))
+                for upsampled, target in upsampled_groups(logits, [label.to(device) for label in labels]):
+                    pred = upsampled.argmax(dim=1)  # [b, H, W]
+                    cm += confusion_matrix(pred, target, data.num_classes, data.ignore_index)
+                    if segments is not None:
+                        for pred_map, gt_map in zip(pred.cpu(), target.cpu()):
+                            segments.update(pred_map, gt_map)
+        return cm, segments
+
+    def _metrics(
+        self,
+        cm: Tensor,
+        segments: SegmentMetricAccumulator | None,
+        data: DataBundle,
+        test_set: SegmentationImages,
+        train_size: int,
+    ) -> list[Metric]:
+        """``mIoU`` and ``pixel_acc`` (and the ``seg_*`` metrics) in percent."""
+        pixels = int(cm.sum())
+        if pixels == 0:
+            raise BenchbaseError(f"test split {self.test_split!r} of dataset {data.name!r} has no labelled pixels")
+        per_class, miou = iou_from_confusion(cm.cpu())
+        accuracy = pixel_accuracy(cm.cpu())
+        names = list(getattr(test_set, "classes", []))
+        if len(names) != data.num_classes:
+            names = [str(k) for k in range(data.num_classes)]
+        per_class_iou = {name: None if math.isnan(iou) else 100 * iou for name, iou in zip(names, per_class.tolist())}
+        protocol = self.protocol(data, train_size)
+        counted = f"from a confusion matrix accumulated over the whole split (n={pixels} labelled test pixels)"
+        metrics = [
+            Metric(
+                name="mIoU",
+                value=100 * miou,
+                n=pixels,
+                protocol=f"{protocol}; mIoU {counted}, mean IoU over the classes present in ground truth or prediction",
+                extras={"per_class_iou": per_class_iou, "pixel_accuracy": 100 * accuracy},
+            ),
+            Metric(name="pixel_acc", value=100 * accuracy, n=pixels, protocol=f"{protocol}; pixel accuracy {counted}"),
+        ]
+        if segments is not None:
+            result = segments.compute()
+            segment_text = (
+                f"EventSAM segment metric: segments are 8-connected regions of equal label (ground-truth regions "
+                f"of at least {GT_MIN_AREA} pixels, predictions over labelled pixels), each ground-truth segment "
+                f"matched with the predicted segment of highest IoU; mean over all n={result['count']} "
+                f"ground-truth segments of the split"
+            )
+            for key, what in (
+                ("mIoU", "mean matched IoU"),
+                ("aIoU", "matched IoU weighted by ground-truth segment area"),
+                ("precision", "mean |gt ∩ pred| / |pred| of the matches"),
+                ("recall", "mean |gt ∩ pred| / |gt| of the matches"),
+            ):
+                metrics.append(
+                    Metric(
+                        name=f"seg_{key}",
+                        value=100 * result[key],
+                        n=result["count"],
+                        protocol=f"{protocol}; {segment_text}; {what}",
+                    )
+                )
+        return metrics

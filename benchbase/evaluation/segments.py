@@ -1,0 +1,218 @@
+"""EventSAM's segment metric: every ground-truth segment matched with its best predicted segment.
+
+EventSAM (CVPR 2024, ``evaluate/calculate_metric.py``) scores class-agnostic masks: each
+ground-truth segment of at least :data:`GT_MIN_AREA` pixels is matched with the predicted segment
+of highest IoU, and the matched pairs give
+
+- ``mIoU``: mean best IoU over ground-truth segments,
+- ``aIoU``: best IoU averaged with weights equal to the ground-truth segment areas,
+- ``precision``: mean |gt ∩ pred| / |pred| of the matched pairs (EventSAM's mP),
+- ``recall``: mean |gt ∩ pred| / |gt| of the matched pairs (EventSAM's mR).
+
+Values are fractions in [0, 1]. For semantic label maps the segments are the connected regions of
+equal label (:func:`connected_segments`). Overlaps are counted with one intersection matrix
+(a product of stacked masks, or a bincount of (gt segment, predicted segment) pair ids), never
+with a Python loop over pixels.
+
+Shapes: H/W = label map height/width, G = ground-truth segments, P = predicted segments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+from torch import Tensor
+
+GT_MIN_AREA = 12
+"""EventSAM counts a ground-truth segment only if it has at least this many pixels."""
+
+_NO_MATCHES = (np.zeros(0),) * 4  # (IoU, precision, recall, area) of zero ground-truth segments
+
+CONNECTIVITIES = (4, 8)
+"""Pixel neighbourhoods a connected segment may use (edge neighbours only, or edges and corners)."""
+
+
+def _as_array(label_map: np.ndarray | Tensor) -> np.ndarray:
+    """A label map ([H, W]) as a numpy array (tensors are moved to the CPU)."""
+    if isinstance(label_map, Tensor):
+        return label_map.detach().cpu().numpy()
+    return np.asarray(label_map)
+
+
+def segment_ids(
+    label_map: np.ndarray | Tensor, ignore_index: int | None = None, connectivity: int = 8, min_area: int = 1
+) -> tuple[np.ndarray, int]:
+    """Number the connected regions of equal label.
+
+    Args:
+        label_map: [H, W] integer labels.
+        ignore_index: a label whose pixels belong to no segment.
+        connectivity: 8 (edges and corners connect pixels) or 4 (edges only).
+        min_area: regions with fewer pixels belong to no segment.
+
+    Returns:
+        ([H, W] int64 segment index of every pixel, -1 where it is in no segment; the number of
+        segments S). Segments are numbered by label, then in scipy's raster order within a label.
+    """
+    if connectivity not in CONNECTIVITIES:
+        raise ValueError(f"connectivity must be 4 or 8, not {connectivity!r}")
+    labels = _as_array(label_map)
+    if labels.ndim != 2:
+        raise ValueError(f"a label map must be [H, W], got shape {labels.shape}")
+    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    ids = np.full(labels.shape, -1, dtype=np.int64)
+    count = 0
+    for value in np.unique(labels):
+        if ignore_index is not None and value == ignore_index:
+            continue
+        regions, found = ndimage.label(labels == value, structure=structure)
+        inside = regions > 0
+        ids[inside] = regions[inside] + (count - 1)
+        count += found
+    if min_area > 1 and count:
+        kept = np.bincount(ids[ids >= 0], minlength=count) >= min_area  # [S]
+        renumber = np.where(kept, np.cumsum(kept) - 1, -1)
+        ids = np.where(ids >= 0, renumber[ids.clip(min=0)], -1)
+        count = int(kept.sum())
+    return ids, count
+
+
+def connected_segments(
+    label_map: np.ndarray | Tensor, ignore_index: int | None = None, connectivity: int = 8, min_area: int = 1
+) -> list[np.ndarray]:
+    """The connected regions of equal label as masks, in the order of :func:`segment_ids`.
+
+    Two separate blobs of the same class are two segments. Arguments as in :func:`segment_ids`;
+    returns S bool masks of shape [H, W].
+    """
+    ids, count = segment_ids(label_map, ignore_index, connectivity, min_area)
+    return [ids == index for index in range(count)]
+
+
+def match_segments(
+    intersection: np.ndarray, gt_area: np.ndarray, pred_area: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Match every ground-truth segment with the predicted segment of highest IoU.
+
+    Ties go to the first predicted segment; a ground-truth segment with no predicted segment at
+    all, or none overlapping it, scores 0 everywhere.
+
+    Args:
+        intersection: [G, P] pixels shared by ground-truth segment g and predicted segment p.
+        gt_area: [G] pixels of each ground-truth segment (positive).
+        pred_area: [P] pixels of each predicted segment.
+
+    Returns:
+        ([G] IoU, [G] precision |∩|/|pred|, [G] recall |∩|/|gt|) of each ground-truth segment's match.
+    """
+    intersection = intersection.astype(np.float64)
+    gt_area, pred_area = gt_area.astype(np.float64), pred_area.astype(np.float64)
+    if intersection.shape[1] == 0:
+        zeros = np.zeros(intersection.shape[0])
+        return zeros, zeros.copy(), zeros.copy()
+    union = gt_area[:, None] + pred_area[None, :] - intersection
+    iou = np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+    best = iou.argmax(axis=1)  # [G]
+    rows = np.arange(intersection.shape[0])
+    shared = intersection[rows, best]
+    matched_area = pred_area[best]
+    precision = np.divide(shared, matched_area, out=np.zeros_like(shared), where=matched_area > 0)
+    return iou[rows, best], precision, shared / gt_area
+
+
+def summarise_matches(
+    iou: np.ndarray, precision: np.ndarray, recall: np.ndarray, gt_area: np.ndarray
+) -> dict[str, float]:
+    """The metric over matched ground-truth segments (each argument [G], as from :func:`match_segments`).
+
+    Returns:
+        {"mIoU", "aIoU", "precision", "recall": float in [0, 1] (nan when G = 0), "count": G}.
+    """
+    count = int(iou.shape[0])
+    if count == 0:
+        nan = float("nan")
+        return {"mIoU": nan, "aIoU": nan, "precision": nan, "recall": nan, "count": 0}
+    return {
+        "mIoU": float(iou.mean()),
+        "aIoU": float(np.average(iou, weights=gt_area)),
+        "precision": float(precision.mean()),
+        "recall": float(recall.mean()),
+        "count": count,
+    }
+
+
+def _stack_masks(masks: Sequence[np.ndarray | Tensor]) -> np.ndarray:
+    """[n, H·W] float64 rows of the flattened masks (n >= 1)."""
+    return np.stack([_as_array(mask).reshape(-1) for mask in masks]).astype(np.float64)
+
+
+def segment_metric(
+    pred_segments: Sequence[np.ndarray | Tensor], gt_segments: Sequence[np.ndarray | Tensor]
+) -> dict[str, float]:
+    """EventSAM's segment metric of one image from its segments as masks.
+
+    Masks may overlap (e.g. SAM's automatic masks); the intersection matrix is the product of the
+    stacked, flattened masks.
+
+    Args:
+        pred_segments: P bool masks [H, W] of the prediction.
+        gt_segments: G bool masks [H, W] of the ground truth, none empty.
+
+    Returns:
+        {"mIoU", "aIoU", "precision", "recall", "count"} as in :func:`summarise_matches`.
+    """
+    if not gt_segments:
+        return summarise_matches(*_NO_MATCHES)
+    gt = _stack_masks(gt_segments)
+    pred = _stack_masks(pred_segments) if pred_segments else np.zeros((0, gt.shape[1]))
+    if pred.shape[1] != gt.shape[1]:
+        raise ValueError(f"predicted masks have {pred.shape[1]} pixels, ground-truth masks {gt.shape[1]}")
+    gt_area = gt.sum(axis=1)
+    if (gt_area == 0).any():
+        raise ValueError(f"ground-truth segment {int(np.argmin(gt_area))} is empty")
+    iou, precision, recall = match_segments(gt @ pred.T, gt_area, pred.sum(axis=1))
+    return summarise_matches(iou, precision, recall, gt_area)
+
+
+class SegmentMetricAccumulator:
+    """EventSAM's segment metric over a whole split of semantic label maps.
+
+    ``update`` splits both maps of an image into connected regions of equal label (``connectivity``),
+    ground-truth regions below ``gt_min_area`` pixels are dropped (EventSAM's rule), pixels whose
+    ground truth is ``ignore_index`` belong to neither side, and every ground-truth segment is
+    matched with its best predicted segment. ``compute`` pools the matches of all images: the
+    values are means over all ground-truth segments of the split (EventSAM itself averages per
+    frame, then per sequence).
+    """
+
+    def __init__(self, ignore_index: int | None = None, connectivity: int = 8, gt_min_area: int = GT_MIN_AREA):
+        if connectivity not in CONNECTIVITIES:
+            raise ValueError(f"connectivity must be 4 or 8, not {connectivity!r}")
+        self.ignore_index = ignore_index
+        self.connectivity = connectivity
+        self.gt_min_area = gt_min_area
+        self._matches: list[tuple[np.ndarray, ...]] = []  # per image: ([G] IoU, precision, recall, area)
+
+    def update(self, pred_map: np.ndarray | Tensor, gt_map: np.ndarray | Tensor) -> None:
+        """Add one image: ``pred_map`` and ``gt_map`` are [H, W] integer label maps."""
+        pred, gt = _as_array(pred_map), _as_array(gt_map)
+        if pred.shape != gt.shape:
+            raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
+        if self.ignore_index is not None:
+            pred = np.where(gt == self.ignore_index, self.ignore_index, pred)
+        gt_ids, gt_count = segment_ids(gt, self.ignore_index, self.connectivity, self.gt_min_area)
+        pred_ids, pred_count = segment_ids(pred, self.ignore_index, self.connectivity)
+        both = (gt_ids >= 0) & (pred_ids >= 0)
+        pairs = gt_ids[both] * pred_count + pred_ids[both]
+        intersection = np.bincount(pairs, minlength=gt_count * pred_count).reshape(gt_count, pred_count)
+        gt_area = np.bincount(gt_ids[gt_ids >= 0], minlength=gt_count)
+        pred_area = np.bincount(pred_ids[pred_ids >= 0], minlength=pred_count)
+        self._matches.append((*match_segments(intersection, gt_area, pred_area), gt_area))
+
+    def compute(self) -> dict[str, float]:
+        """{"mIoU", "aIoU", "precision", "recall", "count"} over every ground-truth segment added so far."""
+        if not self._matches:
+            return summarise_matches(*_NO_MATCHES)
+        return summarise_matches(*(np.concatenate(column) for column in zip(*self._matches)))

@@ -1,0 +1,118 @@
+"""Checkpoints and resume: a run killed mid-training and restarted equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from benchbase.builtins import Supervised
+from benchbase.components import Student
+from benchbase.config import TrainerConfig
+from benchbase.data.digits import load_digits_bundle
+from benchbase.engine import CHECKPOINT, STEPS_LOG, lr_at, train
+from benchbase.errors import MethodFailed
+from benchbase.results import ResultsDB
+
+from conftest import tiny_vit
+from test_run import tiny
+
+
+def trainer(**kw):
+    return OmegaConf.merge(OmegaConf.structured(TrainerConfig), {"epochs": 3, "batch_size": 64, "progress": False, **kw})
+
+
+class CrashAt(Supervised):
+    """Supervised loss that raises once, at a given step (a simulated crash mid-epoch)."""
+
+    def __init__(self, crash_step: int):
+        super().__init__()
+        self.crash_step, self.steps = crash_step, 0
+
+    def after_step(self, student, progress):
+        self.steps += 1
+        if self.steps == self.crash_step:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_crash_mid_epoch_equals_uninterrupted(tmp_path):
+    data = load_digits_bundle().split("base_train")
+    whole = Student(tiny_vit(seed=3))
+    train(whole, None, Supervised(), data, trainer(), tmp_path / "whole", seed=7)
+    crashed = Student(tiny_vit(seed=3))
+    with pytest.raises(KeyboardInterrupt):
+        train(crashed, None, CrashAt(crash_step=13), data, trainer(), tmp_path / "crashed", seed=7)  # epoch 1, mid
+    lines_before = (tmp_path / "crashed" / STEPS_LOG).read_text().count("\n")
+    assert lines_before == 12  # steps 1-12 logged; the crash came in step 13's after_step
+    resumed = Student(tiny_vit(seed=99))  # weights come from the checkpoint, not the init
+    result = train(resumed, None, Supervised(), data, trainer(), tmp_path / "crashed", seed=7)
+    assert result.resumed_from_epoch == 1
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "crashed" / STEPS_LOG).read_text().splitlines()]
+    assert steps == list(range(1, result.steps + 1))  # each step logged exactly once
+
+
+def test_non_finite_loss_fails_with_its_step(tmp_path):
+    class Nan(Supervised):
+        calls = 0
+
+        def forward(self, student, teacher, inputs):
+            self.calls += 1
+            terms = super().forward(student, teacher, inputs)
+            return {"ce": terms["ce"] * (float("nan") if self.calls == 3 else 1.0)}
+
+    with pytest.raises(MethodFailed) as err:
+        train(Student(tiny_vit()), None, Nan(), load_digits_bundle().split("base_train"), trainer(), tmp_path / "nan", 0)
+    assert err.value.step == 2 and "non-finite" in str(err.value)
+
+
+def test_learning_rate_schedule():
+    assert lr_at(0, 100, 10, 1.0, 0.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0, 0.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0, 0.0) == pytest.approx(0.5)
+    assert lr_at(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)
+
+
+def _env():
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def test_sigkill_then_same_command_resumes_to_the_same_metrics(tmp_path):
+    args = [sys.executable, "-m", "benchbase", "run", "--plugins", "feature",
+            *tiny(tmp_path / "killed", "suite.references=[]", "trainer.epochs=8")]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = tmp_path / "killed" / "runs" / "default"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ckpt = list(runs.glob("feature-*/" + CHECKPOINT))
+        if ckpt and torch.load(ckpt[0], weights_only=True)["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("no checkpoint appeared")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not [r for r in ResultsDB(tmp_path / "killed" / "results.db").records() if r.method == "feature"]
+    done = subprocess.run(args, cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    clean = subprocess.run([*args[:6], *tiny(tmp_path / "clean", "suite.references=[]", "trainer.epochs=8")],
+                           cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr
+
+    def metrics(home):
+        records = [r for r in ResultsDB(home / "results.db").records() if r.method == "feature"]
+        assert len(records) == 1 and records[0].status == "done"
+        return {(m.extras["task"], m.name): (m.value, m.ci95) for m in records[0].metrics if m.name != "images_per_second"}
+
+    assert metrics(tmp_path / "killed") == metrics(tmp_path / "clean")
+    log = next(runs.glob("feature-*/" + STEPS_LOG)).read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == list(range(1, len(log) + 1))
