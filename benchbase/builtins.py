@@ -1,8 +1,8 @@
 """benchbase's own components, registered through the same hooks as any plugin.
 
 - students/teachers: ``vit`` (timm VisionTransformer),
-- datasets: ``digits`` (embedded, scikit-learn), ``imagefolder`` (ImageNet-1K layout on disk),
-- evaluators: ``fewshot``, ``linear_probe``, ``finetune``,
+- datasets: ``digits`` and ``digit_scenes`` (embedded, scikit-learn), ``imagefolder`` (ImageNet-1K layout on disk),
+- evaluators: ``fewshot``, ``linear_probe``, ``finetune``, ``segmentation``,
 - losses: ``supervised`` (cross-entropy on labels: the teacher recipe's fine-tuning and the
   from-scratch reference row; it is not a distillation method).
 """
@@ -19,8 +19,10 @@ from benchbase.capture import Captures, Tap
 from benchbase.components import DataBundle, Loss, StepInputs, Student
 from benchbase.data.digits import load_digits_bundle
 from benchbase.data.folders import load_image_folder
+from benchbase.data.scenes import load_digit_scenes
 from benchbase.evaluation.classification import FineTune, LinearProbe
 from benchbase.evaluation.fewshot import FewShot
+from benchbase.evaluation.segmentation import SegmentationProbe
 from benchbase.models import build_vit
 
 
@@ -49,6 +51,11 @@ def build_digits(cfg: Any) -> DataBundle:
     return load_digits_bundle(image_size=cfg.get("image_size") or 16, **params)
 
 
+def build_digit_scenes(cfg: Any) -> DataBundle:
+    params = dict(cfg.get("params") or {})
+    return load_digit_scenes(image_size=cfg.get("image_size") or 32, **params)
+
+
 @hookimpl
 def benchbase_register_students(register):
     register("vit", build_vit_student)
@@ -69,9 +76,11 @@ def benchbase_register_evaluators(register):
     register("fewshot", FewShot)
     register("linear_probe", LinearProbe)
     register("finetune", FineTune)
+    register("segmentation", SegmentationProbe)
 
 
 @hookimpl
 def benchbase_register_datasets(register):
     register("digits", build_digits)
+    register("digit_scenes", build_digit_scenes)
     register("imagefolder", load_image_folder)

@@ -121,14 +121,13 @@ def embed(model: nn.Module, inp: ModelInput) -> Tensor:
 
     Returns [B, T, D] tokens ready for ``model.blocks``.
     """
-    x = model.patch_embed(inp.images)
-    if x.dim() == 4:  # NHWC patch grid (dynamic_img_size models)
-        x = x.flatten(1, 2)
+    x = model.patch_embed(inp.images)  # [B, N, D], or [B, h, w, D] for dynamic_img_size models
     if inp.mask is not None:
         if inp.mask_token is None:
             raise ValueError("ModelInput.mask needs a mask_token")
-        x = torch.where(inp.mask.unsqueeze(-1), inp.mask_token.to(x.dtype), x)
-    x = model._pos_embed(x)
+        mask = inp.mask.reshape(x.shape[:-1]).unsqueeze(-1)
+        x = torch.where(mask, inp.mask_token.to(x.dtype), x)
+    x = model._pos_embed(x)  # interpolates the position embedding for other image sizes
     if inp.keep is not None:
         prefix = model.num_prefix_tokens
         index = inp.keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])

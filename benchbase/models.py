@@ -26,6 +26,7 @@ def build_vit(cfg: Any, data: DataBundle, pretrained: bool = False) -> nn.Module
             in_chans=data.in_chans,
             num_classes=data.num_classes,
             drop_path_rate=cfg.get("drop_path", 0.0),
+            dynamic_img_size=True,  # other image sizes interpolate the position embedding
             **sizes,
         )
     except RuntimeError as exc:

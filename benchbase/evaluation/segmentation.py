@@ -102,14 +102,14 @@ def patch_features(model: VitModel, images: Tensor) -> Tensor:
         images: [B, C, S, S] normalised images.
 
     Returns:
-        [B, D, h, w] with (h, w) = ``model.model.patch_embed.grid_size``.
+        [B, D, h, w] with (h, w) = (S // patch, S // patch).
     """
     tokens = model.run(images, [_TOKENS])[_TOKENS][:, model.num_prefix_tokens :]  # [B, h·w, D]
-    height, width = model.model.patch_embed.grid_size
+    height, width = images.shape[-2] // model.patch_size, images.shape[-1] // model.patch_size
     if tokens.shape[1] != height * width:
         raise BenchbaseError(
-            f"segmentation needs images of the model's size: got {tokens.shape[1]} patches, "
-            f"the {height}x{width} patch grid has {height * width}"
+            f"segmentation got {tokens.shape[1]} patch tokens for a {height}x{width} patch grid; build the "
+            "model with dynamic_img_size=True or feed images of its own size"
         )
     return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
 
