@@ -77,7 +77,7 @@ class Teacher(VitModel):
     def __init__(self, model: nn.Module, source: str = ""):
         super().__init__(model)
         self.source = source
-        self.model.eval()
+        self.train(False)
         self.model.requires_grad_(False)
 
     def train(self, mode: bool = True) -> Teacher:  # a teacher never leaves eval mode

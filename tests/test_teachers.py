@@ -1,0 +1,68 @@
+"""Teachers: the cached recipe, a checkpoint path, a timm hub name without a network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from benchbase.cli import main
+from benchbase.config import compose_config
+from benchbase.data.digits import load_digits_bundle
+from benchbase.errors import BenchbaseError
+from benchbase.models import build_vit
+from benchbase.plugins import load
+from benchbase.results import ResultsDB
+from benchbase.teachers import TEACHER_FILE, load_teacher, recipe_key
+
+from test_run import tiny
+
+
+def test_recipe_teacher_is_trained_once_and_cached(tmp_path):
+    assert main(["run", "--plugins", "feature", *tiny(tmp_path, "suite.references=[]")]) == 0
+    cached = list((tmp_path / "teachers").glob(f"*/{TEACHER_FILE}"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    assert main(["run", "--plugins", "mae", *tiny(tmp_path, "suite.references=[]")]) == 0
+    assert cached[0].stat().st_mtime_ns == stamp  # reused, not retrained
+    records = ResultsDB(tmp_path / "results.db").records()
+    teacher_rows = [r for r in records if r.role == "teacher"]
+    assert len(teacher_rows) == 1 and teacher_rows[0].status == "done"
+    assert {r.teacher for r in records} == {teacher_rows[0].teacher}
+    # a different recipe is a different teacher
+    cfg = compose_config(tiny(tmp_path))
+    other = compose_config([*tiny(tmp_path), "teacher.recipe.pretrain_epochs=2"])
+    assert recipe_key(cfg) != recipe_key(other)
+
+
+def test_teacher_from_a_checkpoint_path(tmp_path):
+    bb = load()
+    cfg = compose_config([*tiny(tmp_path), "teacher.source=checkpoint", f"teacher.checkpoint={tmp_path}/t.pt"],
+                         bb.config_dirs())
+    data = load_digits_bundle()
+    torch.manual_seed(5)
+    weights = build_vit(cfg.teacher, data)
+    torch.save({"model": weights.state_dict()}, tmp_path / "t.pt")
+    teacher = load_teacher(cfg, bb, data, tmp_path, lambda name: {})
+    for key, value in weights.state_dict().items():
+        torch.testing.assert_close(teacher.model.state_dict()[key], value)
+    assert teacher.source == f"{tmp_path}/t.pt" and not teacher.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_timm_hub_teacher_without_network_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bb = load()
+    cfg = compose_config([*tiny(tmp_path), "teacher.source=timm", "teacher.model=vit_tiny_patch16_224.augreg_in21k"],
+                         bb.config_dirs())
+    with pytest.raises(BenchbaseError, match="could not load timm pretrained weights"):
+        load_teacher(cfg, bb, load_digits_bundle(), tmp_path, lambda name: {})
+
+
+def test_sweep_runs_one_suite_per_value(tmp_path, capsys):
+    assert main(["run", "-m", "--plugins", "feature", *tiny(tmp_path, "suite.references=[]"),
+                 "method.params.beta=1.0,2.0"]) == 0
+    assert "sweep: 2 jobs" in capsys.readouterr().out
+    betas = sorted(r.config["method"]["params"]["beta"] for r in ResultsDB(tmp_path / "results.db").records()
+                   if r.method == "feature")
+    assert betas == [1.0, 2.0]
