@@ -55,9 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--hooks", action="store_true", help="show which plugin implements which hook")
     plugins.add_argument("--json", action="store_true", help="print JSON")
 
-    board = sub.add_parser("leaderboard", help="regenerate every table from the results database")
-    board.add_argument("--db", help="results database (default: the config's `db`, $BENCHBASE_HOME/results.db)")
-    board.add_argument("--out", default="leaderboards", help="output folder (default: %(default)s)")
+    board = sub.add_parser(
+        "leaderboard", help="regenerate every table from the stored run records",
+        description="Tables are generated from the run records in <out>/results/*.jsonl, never edited by hand.",
+    )
+    board.add_argument("--out", default="leaderboards", help="leaderboard folder (default: %(default)s)")
+    board.add_argument("--db", nargs="?", const="", metavar="PATH",
+                       help="first export the current runs of every suite from a results database "
+                            "(default path: the config's `db`, $BENCHBASE_HOME/results.db)")
+    board.add_argument("--import", dest="import_file", metavar="FILE",
+                       help="merge records exported elsewhere (JSON lines) into the database; duplicates "
+                            "(same config hash) are skipped; then export and regenerate")
+    board.add_argument("--check", action="store_true",
+                       help="exit 1 if a committed table differs from what its records produce")
     return parser
 
 
@@ -108,16 +118,27 @@ def _cmd_plugins(args, bb) -> int:
 
 
 def _cmd_leaderboard(args, bb) -> int:
-    from benchbase.leaderboard import regenerate
+    from benchbase import leaderboard
     from benchbase.results import ResultsDB
 
-    if args.db is None:
-        from benchbase.config import compose_config
+    if args.check:
+        stale = leaderboard.check(args.out)
+        for name in stale:
+            print(f"{Path(args.out) / name} differs from its records; run `benchbase leaderboard`", file=sys.stderr)
+        return 1 if stale else 0
+    if args.import_file is not None or args.db is not None:
+        if not args.db:
+            from benchbase.config import compose_config
 
-        args.db = compose_config([], bb.config_dirs()).db
-    if not Path(args.db).exists():
-        raise BenchbaseError(f"results database {args.db} does not exist; run `benchbase run` first or pass --db")
-    for path in regenerate(ResultsDB(args.db), Path(args.out)):
+            args.db = compose_config([], bb.config_dirs()).db
+        db = ResultsDB(args.db)
+        if args.import_file is not None:
+            added, skipped = db.import_jsonl(args.import_file)
+            print(f"imported {added} records, skipped {skipped} duplicates")
+        paths = leaderboard.regenerate(db, args.out)
+    else:
+        paths = leaderboard.regenerate_from_records(args.out)
+    for path in paths:
         print(path)
     return 0
 

@@ -9,6 +9,8 @@ table.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from collections import defaultdict
@@ -20,7 +22,7 @@ from tabulate import tabulate
 
 from benchbase.components import Metric, mean_ci95
 from benchbase.errors import BenchbaseError
-from benchbase.results import ResultsDB, RunRecord, write_text_atomic
+from benchbase.results import ResultsDB, RunRecord, read_jsonl, write_jsonl, write_text_atomic
 
 ROLE_ORDER = ("teacher", "reference", "method")
 CI_SUFFIX = "_ci95"
@@ -28,6 +30,8 @@ ERROR_WIDTH = 60
 """Characters of the first error shown in a row's status."""
 
 _MISSING = "—"
+RESULTS_DIR = "results"
+"""Sub-folder of the leaderboard folder holding the exported run records (JSON lines)."""
 
 
 def metric_key(metric: Metric) -> str:
@@ -44,13 +48,63 @@ def _latest_per_seed(records: Iterable[RunRecord]) -> list[RunRecord]:
     return [latest[seed] for seed in sorted(latest)]
 
 
+def _params(record: RunRecord) -> dict:
+    method = record.config.get("method") or {}
+    return dict(method.get("params") or {})
+
+
+def _row_labels(records: Sequence[RunRecord]) -> dict[int, str]:
+    """A row label per record: the method name, plus the params that differ between its variants.
+
+    A sweep over ``method.params.beta=1.0,2.0`` gives two rows, ``feature (beta=1.0)`` and
+    ``feature (beta=2.0)``; a method run with one setting keeps its bare name.
+    """
+    by_method: dict[str, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        by_method[record.method].append(record)
+    labels: dict[int, str] = {}
+    for method, group in by_method.items():
+        keys = sorted({k for r in group for k in _params(r)})
+        varying = [k for k in keys if len({json.dumps(_params(r).get(k), sort_keys=True) for r in group}) > 1]
+        for record in group:
+            params = _params(record)
+            suffix = ", ".join(f"{k}={params.get(k)}" for k in varying)
+            labels[id(record)] = f"{method} ({suffix})" if suffix else method
+    return labels
+
+
 def _group_rows(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecord]]:
-    """Records by (role, method) in table order, each group reduced to its latest run per seed."""
+    """Records by (role, row label) in table order, each group reduced to its latest run per seed."""
+    labels = _row_labels(records)
     groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for record in records:
-        groups[(record.role, record.method)].append(record)
+        groups[(record.role, labels[id(record)])].append(record)
     order = sorted(groups, key=lambda key: (ROLE_ORDER.index(key[0]), key[1]))
     return {key: _latest_per_seed(groups[key]) for key in order}
+
+
+_NOT_SETTING = ("progress", "device", "num_workers")
+
+
+def setting_key(record: RunRecord) -> str:
+    """What makes runs comparable in one table: suite tasks, data, student, teacher and trainer.
+
+    Method, method params and seed are left out (they are the rows); so are paths and devices.
+    """
+    cfg = record.config
+    trainer = {k: v for k, v in (cfg.get("trainer") or {}).items() if k not in _NOT_SETTING}
+    suite = {k: v for k, v in (cfg.get("suite") or {}).items() if k in ("name", "distill", "tasks")}
+    blob = json.dumps([suite, cfg.get("data"), cfg.get("student"), cfg.get("teacher"), trainer],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def current_records(records: Sequence[RunRecord]) -> list[RunRecord]:
+    """The records that share the setting of the most recent one (older settings are left out)."""
+    if not records:
+        return []
+    latest = setting_key(max(records, key=lambda r: r.created_at))
+    return [r for r in records if setting_key(r) == latest]
 
 
 def _assign_columns(rows: dict[tuple[str, str], list[RunRecord]]) -> dict[tuple[str, str], str]:
@@ -201,9 +255,37 @@ def write_leaderboard(records: Sequence[RunRecord], out_dir: str | os.PathLike[s
     return [md, csv]
 
 
+def publish(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str) -> list[Path]:
+    """Export ``records`` to ``<out_dir>/results/<name>.jsonl`` and write the tables from them."""
+    out = Path(out_dir)
+    write_jsonl(out / RESULTS_DIR / f"{name}.jsonl", records)
+    return [out / RESULTS_DIR / f"{name}.jsonl", *write_leaderboard(records, out, name)]
+
+
 def regenerate(db: ResultsDB, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Rewrite one leaderboard per suite in ``db``; returns the files written."""
+    """Publish one leaderboard per suite in ``db`` (its current setting); returns the files written."""
     by_suite: dict[str, list[RunRecord]] = defaultdict(list)
     for record in db.records():
         by_suite[record.suite].append(record)
-    return [path for suite in sorted(by_suite) for path in write_leaderboard(by_suite[suite], out_dir, suite)]
+    return [p for suite in sorted(by_suite) for p in publish(current_records(by_suite[suite]), out_dir, suite)]
+
+
+def regenerate_from_records(out_dir: str | os.PathLike[str], tables_dir: str | os.PathLike[str] | None = None
+                            ) -> list[Path]:
+    """Rewrite every table from the committed records ``<out_dir>/results/*.jsonl`` alone."""
+    out = Path(out_dir)
+    files = sorted((out / RESULTS_DIR).glob("*.jsonl"))
+    if not files:
+        raise BenchbaseError(f"no records in {out / RESULTS_DIR}; run `benchbase run` or `benchbase leaderboard --db`")
+    tables = Path(tables_dir) if tables_dir is not None else out
+    return [p for f in files for p in write_leaderboard(read_jsonl(f), tables, f.stem)]
+
+
+def check(out_dir: str | os.PathLike[str]) -> list[str]:
+    """Names of committed tables that differ from what their records produce (empty when in sync)."""
+    import tempfile
+
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = regenerate_from_records(out, tmp)
+        return [p.name for p in fresh if not (out / p.name).exists() or (out / p.name).read_text() != p.read_text()]

@@ -147,6 +147,28 @@ def record_from_dict(data: Mapping[str, Any]) -> RunRecord:
         raise BenchbaseError(f"malformed run record ({type(exc).__name__}: {exc})") from exc
 
 
+def write_jsonl(path: Path, records: Sequence[RunRecord]) -> None:
+    """Records as JSON lines (one run per line, keys sorted), written atomically."""
+    write_text_atomic(path, "".join(json.dumps(record_to_dict(r), sort_keys=True) + "\n" for r in records))
+
+
+def read_jsonl(path: Path) -> list[RunRecord]:
+    """Records from a JSON-lines file; a malformed line is a one-line error naming file and line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise BenchbaseError(f"cannot read {path}: {exc.strerror}") from exc
+    records = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(record_from_dict(json.loads(line)))
+        except (json.JSONDecodeError, BenchbaseError) as exc:
+            raise BenchbaseError(f"{path}:{lineno}: not a benchbase run record ({exc})") from exc
+    return records
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and ``os.replace``: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,8 +247,7 @@ class ResultsDB:
     def export_jsonl(self, path: str | os.PathLike[str], suite: str | None = None) -> int:
         """Write the records (of one suite if given) as JSON lines; returns how many."""
         records = self.records(suite)
-        text = "".join(json.dumps(record_to_dict(r), sort_keys=True) + "\n" for r in records)
-        write_text_atomic(Path(path), text)
+        write_jsonl(Path(path), records)
         return len(records)
 
     def import_jsonl(self, path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -235,19 +256,7 @@ class ResultsDB:
         A record whose config hash is already stored (or appeared earlier in the file) is skipped.
         The import is one transaction: a malformed line adds nothing.
         """
-        path = Path(path)
-        records = []
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise BenchbaseError(f"cannot read {path}: {exc.strerror}") from exc
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(record_from_dict(json.loads(line)))
-            except (json.JSONDecodeError, BenchbaseError) as exc:
-                raise BenchbaseError(f"{path}:{lineno}: not a benchbase run record ({exc})") from exc
+        records = read_jsonl(Path(path))
         added = 0
         with self._write() as conn:
             for record in records:

@@ -26,7 +26,7 @@ from benchbase.components import DataBundle, Metric, Student, VitModel
 from benchbase.config import DatasetConfig, compose_config, config_hash
 from benchbase.engine import resolve_device, train
 from benchbase.errors import BenchbaseError, MethodFailed
-from benchbase.leaderboard import build_table, format_table, write_leaderboard
+from benchbase.leaderboard import build_table, current_records, format_table, publish
 from benchbase.models import load_weights, save_weights
 from benchbase.plugins import Benchbase
 from benchbase.results import ResultsDB, RunRecord
@@ -235,7 +235,8 @@ def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, fo
                 status = "done" if record.status == "done" else f"FAILED: {record.error}"
                 echo(f"  {name} seed {seed}: {status}")
                 records.append(record)
-    paths = write_leaderboard(records, Path(cfg.leaderboard_dir), cfg.suite.name)
-    echo(format_table(build_table(records)))
+    current = current_records(ctx.db.records(cfg.suite.name))
+    paths = publish(current, Path(cfg.leaderboard_dir), cfg.suite.name)
+    echo(format_table(build_table(current)))
     echo("written: " + ", ".join(str(p) for p in paths))
     return records

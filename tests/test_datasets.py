@@ -10,14 +10,12 @@ import tarfile
 import warnings
 import zipfile
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from benchbase.components import DataBundle
 from benchbase.data.ade20k import build_ade20k
 from benchbase.data.camvid import build_camvid
 from benchbase.data.fewshot_folders import (
@@ -30,7 +28,6 @@ from benchbase.errors import BenchbaseError
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared test data folder {DATA} is absent")
 
-Builder = Callable[[dict], DataBundle]
 FEWSHOT = {  # builder: (default image size, base/val/novel class counts)
     build_miniimagenet: (84, (64, 16, 20)),
     build_tieredimagenet: (84, (351, 97, 160)),
@@ -273,7 +270,8 @@ def test_camvid_pairs_by_name_and_segnet_lists(tmp_path):
         build_camvid(cfg(tmp_path))
     (camvid / "test.txt").unlink()
     (camvid / "trainannot" / "f1.png").unlink()
-    with pytest.raises(BenchbaseError, match=r"1 image\(s\) in .*train have no label in .*trainannot \(first: f1.png\)"):
+    missing = r"1 image\(s\) in .*train have no label in .*trainannot \(first: f1.png\)"
+    with pytest.raises(BenchbaseError, match=missing):
         build_camvid(cfg(tmp_path))
 
 
@@ -347,7 +345,8 @@ def test_label_of_the_wrong_size(tmp_path):
     wrong = ade / "annotations" / "validation" / "ADE_validation_00000001.png"
     Image.new("L", (7, 8), 1).save(wrong)
     bundle = build_ade20k(cfg(tmp_path))
-    with pytest.raises(BenchbaseError, match=f"label map {named(wrong)} is 7x8 but its image .*ADE_validation_00000001.jpg is 10x8"):
+    mismatch = f"label map {named(wrong)} is 7x8 but its image .*ADE_validation_00000001.jpg is 10x8"
+    with pytest.raises(BenchbaseError, match=mismatch):
         bundle.splits["val"][1]
     skipping = build_ade20k({**cfg(tmp_path), "on_corrupt": "skip"})
     assert len(skipping.splits["val"]) == 1 and skipping.splits["val"].skipped[0][1] == wrong

@@ -11,7 +11,9 @@ import pytest
 
 from benchbase.components import Metric
 from benchbase.errors import BenchbaseError
-from benchbase.leaderboard import build_table, format_table, regenerate, write_leaderboard
+from benchbase.leaderboard import (
+    build_table, check, current_records, format_table, regenerate, regenerate_from_records, write_leaderboard,
+)
 from benchbase.results import ResultsDB, RunRecord
 
 PROBE = "linear probe on base_test (5 classes), 450 images"
@@ -164,9 +166,29 @@ def test_regenerate_writes_one_board_per_suite(tmp_path: Path) -> None:
     for record in [run("a", 0, 1.0, suite="s1"), run("a", 0, 2.0, suite="s2"), run("b", 1, 3.0, suite="s2")]:
         db.save(record)
     paths = regenerate(db, tmp_path / "boards")
-    assert [p.name for p in paths] == ["s1.md", "s1.csv", "s2.md", "s2.csv"]
+    assert [p.name for p in paths] == ["s1.jsonl", "s1.md", "s1.csv", "s2.jsonl", "s2.md", "s2.csv"]
     assert "from 2 stored runs" in (tmp_path / "boards" / "s2.md").read_text()
     assert pd.read_csv(tmp_path / "boards" / "s1.csv")["top1/top1"].tolist() == [1.0]
+    # the tables come back from the exported records alone, and --check sees no difference
+    before = (tmp_path / "boards" / "s2.md").read_text()
+    (tmp_path / "boards" / "s2.md").unlink()
+    regenerate_from_records(tmp_path / "boards")
+    assert (tmp_path / "boards" / "s2.md").read_text() == before
+    assert check(tmp_path / "boards") == []
+    (tmp_path / "boards" / "s1.csv").write_text("edited by hand\n")
+    assert check(tmp_path / "boards") == ["s1.csv"]
+
+
+def test_sweep_variants_are_separate_rows_and_old_settings_are_left_out() -> None:
+    low, high = run("feature", 0, 1.0), run("feature", 0, 2.0)
+    low.config = {**low.config, "method": {"name": "feature", "params": {"beta": 1.0, "tau": 1}}}
+    high.config = {**high.config, "method": {"name": "feature", "params": {"beta": 2.0, "tau": 1}}}
+    df = build_table([low, high])
+    assert sorted(df["method"]) == ["feature (beta=1.0)", "feature (beta=2.0)"]
+    old = run("feature", 0, 5.0)
+    old.config = {**old.config, "trainer": {"epochs": 1}}
+    old.created_at = "2000-01-01T00:00:00+00:00"
+    assert current_records([old, low, high]) == [low, high]
 
 
 def test_bad_leaderboard_name_is_refused(tmp_path: Path) -> None:

@@ -110,8 +110,19 @@ def test_leaderboard_regenerates_from_database_alone(tmp_path, capsys):
     assert main(["run", "--plugins", "feature", *tiny(tmp_path, "suite.references=[]")]) == 0
     written = (tmp_path / "lb" / "default.md").read_text()
     (tmp_path / "lb" / "default.md").unlink()
+    assert main(["leaderboard", "--out", str(tmp_path / "lb")]) == 0  # from the exported records
+    assert (tmp_path / "lb" / "default.md").read_text() == written
+    assert main(["leaderboard", "--check", "--out", str(tmp_path / "lb")]) == 0
+    (tmp_path / "lb" / "default.md").write_text(written.replace("feature", "featur3"))
+    assert main(["leaderboard", "--check", "--out", str(tmp_path / "lb")]) == 1
     assert main(["leaderboard", "--db", str(tmp_path / "results.db"), "--out", str(tmp_path / "lb")]) == 0
-    regenerated = (tmp_path / "lb" / "default.md").read_text()
-    assert regenerated.splitlines()[:6] == written.splitlines()[:6]
+    assert (tmp_path / "lb" / "default.md").read_text() == written
+    # records exported elsewhere merge in, duplicates detected by config hash
+    other = tmp_path / "other"
+    assert main(["run", "--plugins", "mae", *tiny(other, "suite.references=[]")]) == 0
+    assert main(["leaderboard", "--db", str(tmp_path / "results.db"), "--import",
+                 str(other / "lb" / "results" / "default.jsonl"), "--out", str(tmp_path / "lb")]) == 0
+    assert "imported 1 records, skipped 1 duplicates" in capsys.readouterr().out
+    assert "| mae" in (tmp_path / "lb" / "default.md").read_text()
     with sqlite3.connect(tmp_path / "results.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

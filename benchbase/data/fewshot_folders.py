@@ -48,7 +48,7 @@ class FewShotDataset:
     source: str
 
 
-MINIIMAGENET = FewShotDataset("miniimagenet", 84, (64, 16, 20), "miniImageNet (Vinyals et al. 2016; Ravi & Larochelle splits)")
+MINIIMAGENET = FewShotDataset("miniimagenet", 84, (64, 16, 20), "miniImageNet (Ravi & Larochelle split)")
 TIEREDIMAGENET = FewShotDataset("tieredimagenet", 84, (351, 97, 160), "tieredImageNet (Ren et al. 2018)")
 CIFARFS = FewShotDataset("cifarfs", 32, (64, 16, 20), "CIFAR-FS (Bertinetto et al. 2019, CIFAR-100 classes)")
 FC100 = FewShotDataset("fc100", 32, (60, 20, 20), "FC100 (Oreshkin et al. 2018, CIFAR-100 superclasses)")

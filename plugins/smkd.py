@@ -1,0 +1,353 @@
+"""SMKD: Supervised Masked Knowledge Distillation for few-shot transformers (Lin et al., CVPR 2023).
+
+No external teacher: the teacher is an exponential moving average (EMA) of the student backbone
+plus an iBOT projection head, owned by this loss (:class:`.smkd_parts.EmaTeacher`). Each step
+makes 2 global and ``local_crops`` local random-resized crops of every image (random flips), masks
+the student's global views with iBOT block masks (a learnable ``mask_token`` replaces masked patch
+embeddings) and runs the teacher on the unmasked global views. Head outputs become distributions:
+student ``log_softmax(g_s / 0.1)``; teacher ``softmax((g_t - c) / τ_t)`` with EMA centres c
+(momentum 0.9) and τ_t warmed up linearly from 0.04 to 0.07 over the first
+``warmup_teacher_temp_fraction`` of training (30 of 400 epochs). H(p, q) is cross-entropy.
+
+``phase="ssl"`` (phase 1, iBOT): ``cls`` is DINO's cross-view term, H(teacher view q, student view
+v) for v ≠ q of the same image over 2 global teacher views and all student views; ``mim`` is Eq. 2,
+H between teacher (unmasked view) and student (masked same view) patch distributions averaged over
+the masked patches of each image, then over the batch, then over the 2 views.
+
+``phase="supervised"`` (phase 2, Eq. 3-5), with the labels of the batch:
+
+* ``cls`` (Eq. 3): H(teacher view q of image y, student masked view v of image x) for every pair
+  with label(x) = label(y): all view pairs when x ≠ y and v ≠ q when x = y (which is Eq. 1). Local
+  student views are unmasked and pair only with their own image (as in the released code). The
+  mean is over all terms. The released code drops the x = y global pairs when labels are used.
+* ``patch`` (Eq. 4-5): for every same-class pair x ≠ y and global views v ≠ q, teacher patch k of
+  y (view q) is matched to the student patch k⁺ of x (masked view v) with the highest cosine
+  similarity of final backbone tokens (student side detached), and
+  Σ_k ω_k·H(P_t(y)_k, P_s(x̂)_k⁺) is averaged over pairs. ω is 1/N (``patch_weight="uniform"``) or
+  the teacher's last-block CLS→patch attention, averaged over heads and normalised to sum 1
+  (``"attention"``, the released ``--weighted_pool``). Pairs come from the batch only.
+  ``patch_matching="released_code"`` reproduces HL-hanlin/SMKD ``loss_functions.py`` instead,
+  with its three defects (see :func:`patch_loss_released`).
+* ``mim``: as in phase 1.
+
+Total: λ1·cls + λ2·patch + λ3·mim; each returned term is already weighted and a term whose λ is 0
+is not computed. λ3 defaults to 1 here (iBOT's MIM weight); the released ``main_smkd.py`` defaults
+``--lambda3`` to 0 (research notes A.1: its help strings for λ2/λ3 are swapped; in ``SMKDLoss``
+λ2 weights the patch term and λ3 the MIM term). Set ``lambda3=0`` to match it.
+
+Local crops are smaller than the model's image size: :func:`.smkd_parts.enable_dynamic_img_size`
+switches a fixed-size timm ViT to position-embedding interpolation (a no-op for models built with
+``dynamic_img_size=True``; same outputs at the original size). Crops and flips only: DINO's colour
+jitter, blur and solarisation are not applied (the embedded images are normalised grey digits).
+The constructor defaults are the paper's ViT-S/16 head; ``conf/method/smkd.yaml`` scales it down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import permutations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from benchbase import hookimpl
+from benchbase.capture import Captures, ModelInput, Tap
+from benchbase.components import Loss, StepInputs, Student, Teacher
+from benchbase.errors import BenchbaseError
+from benchbase.hookspecs import Register
+
+from . import CONF_DIR
+from .smkd_parts import (
+    EmaTeacher, IBOTHead, check_choice, cosine_momentum, ema_center, enable_dynamic_img_size, ibot_masks,
+    local_crop_size, random_resized_crops, student_log_probs, teacher_probs, teacher_temperature,
+)
+
+TOKENS, LAST_ATTN = Tap("tokens"), Tap("attn", -1)
+GLOBAL_VIEWS = 2
+PHASES = ("ssl", "supervised")
+PATCH_MATCHINGS = ("paper", "released_code")
+PATCH_WEIGHTS = ("uniform", "attention")
+
+
+class SMKDLoss(Loss):
+    """SMKD (phase 2) or iBOT (phase 1) self-distillation from an EMA teacher owned by the loss.
+
+    Args:
+        phase: ``"supervised"`` (SMKD, Eq. 3-5) or ``"ssl"`` (phase 1: iBOT, Eq. 1-2).
+        patch_matching: ``"paper"`` (Eq. 4 cosine matching) or ``"released_code"``.
+        patch_weight: ω in Eq. 5, ``"uniform"`` or ``"attention"`` (teacher CLS→patch attention).
+        lambda1, lambda2, lambda3: weights of the cls, patch and MIM terms.
+        head_hidden, head_bottleneck, head_out: iBOT head widths (ViT-S: 2048, 256, 8192).
+        shared_head: one last layer for class and patch tokens.
+        local_crops: number of local views (size 3/7 of the image, a multiple of the patch).
+        global_crop_scale, local_crop_scale: area fraction ranges of the crops.
+        mask_prob: probability that a global student view is masked at all.
+        mask_ratio: range of the masked fraction of a masked view.
+        student_temp: student softmax temperature.
+        teacher_temp, warmup_teacher_temp: final and initial teacher temperatures.
+        warmup_teacher_temp_fraction: fraction of training over which the teacher temperature warms up.
+        momentum_teacher: initial EMA momentum (cosine schedule to 1).
+        center_momentum: momentum of the teacher-output centres.
+    """
+
+    name = "smkd"
+    uses_teacher = False
+    student_taps = (TOKENS,)
+
+    def __init__(
+        self, phase: str = "supervised", patch_matching: str = "paper", patch_weight: str = "uniform",
+        lambda1: float = 1.0, lambda2: float = 1.0, lambda3: float = 1.0,
+        head_hidden: int = 2048, head_bottleneck: int = 256, head_out: int = 8192, shared_head: bool = True,
+        local_crops: int = 10, global_crop_scale: Sequence[float] = (0.25, 1.0),
+        local_crop_scale: Sequence[float] = (0.05, 0.25), mask_prob: float = 0.5,
+        mask_ratio: Sequence[float] = (0.1, 0.5), student_temp: float = 0.1, teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04, warmup_teacher_temp_fraction: float = 30 / 400,
+        momentum_teacher: float = 0.996, center_momentum: float = 0.9,
+    ):
+        super().__init__()
+        check_choice("phase", phase, PHASES)
+        check_choice("patch_matching", patch_matching, PATCH_MATCHINGS)
+        check_choice("patch_weight", patch_weight, PATCH_WEIGHTS)
+        self.phase, self.patch_matching, self.patch_weight = phase, patch_matching, patch_weight
+        self.lambda1, self.lambda3 = lambda1, lambda3
+        self.lambda2 = lambda2 if phase == "supervised" else 0.0  # phase 1 has no cross-image term
+        if not (self.lambda1 or self.lambda2 or self.lambda3):
+            raise BenchbaseError(f"smkd(phase={phase}): every loss weight is 0; set lambda1, lambda2 or lambda3")
+        self.head_hidden, self.head_bottleneck, self.head_out = head_hidden, head_bottleneck, head_out
+        self.shared_head, self.local_crops = shared_head, local_crops
+        self.global_crop_scale, self.local_crop_scale = tuple(global_crop_scale), tuple(local_crop_scale)
+        self.mask_prob, self.mask_ratio = mask_prob, tuple(mask_ratio)
+        self.student_temp, self.teacher_temp, self.warmup_teacher_temp = student_temp, teacher_temp, warmup_teacher_temp
+        self.warmup_teacher_temp_fraction = warmup_teacher_temp_fraction
+        self.momentum_teacher, self.center_momentum = momentum_teacher, center_momentum
+        self.ema_taps = (TOKENS, LAST_ATTN) if self.lambda2 and patch_weight == "attention" else (TOKENS,)
+        self.register_buffer("center", torch.zeros(1, head_out))  # class-token centre
+        self.register_buffer("center2", torch.zeros(1, 1, head_out))  # patch centre
+        self.register_buffer("progress", torch.zeros(()))  # fraction of training done, from after_step
+
+    def setup(self, student: Student, teacher: Teacher | None) -> None:
+        """Build the head, the mask token and the EMA teacher (a copy of the student and head)."""
+        model = student.model
+        if getattr(model, "cls_token", None) is None:
+            raise BenchbaseError("smkd: the student has no class token; use a ViT with one")
+        if self.local_crops:
+            enable_dynamic_img_size(model)
+        device = model.patch_embed.proj.weight.device
+        self.patch_size, self.num_prefix = student.patch_size, student.num_prefix_tokens
+        self.head = IBOTHead(student.embed_dim, self.head_hidden, self.head_bottleneck, self.head_out,
+                             self.shared_head).to(device)
+        self.mask_token = nn.Parameter(torch.zeros(student.embed_dim, device=device))  # iBOT's masked_embed
+        self.teacher = EmaTeacher(model, self.head)
+
+    def make_inputs(self, images: Tensor, labels: Tensor) -> StepInputs:
+        """Student views: 2 masked global crops, then ``local_crops`` local crops ([B, C, h, w] each).
+
+        Each global view carries its mask [B, N] (True = replaced by the mask token); the teacher
+        sees the same global crops unmasked inside :meth:`forward`.
+        """
+        size = tuple(images.shape[-2:])
+        grid = (size[0] // self.patch_size, size[1] // self.patch_size)
+        local = tuple(local_crop_size(s, self.patch_size) for s in size)
+        views = [
+            ModelInput(random_resized_crops(images, size, self.global_crop_scale),
+                       mask=ibot_masks(images.shape[0], grid, self.mask_prob, self.mask_ratio),
+                       mask_token=self.mask_token)
+            for _ in range(GLOBAL_VIEWS)
+        ]
+        views += [ModelInput(random_resized_crops(images, local, self.local_crop_scale))
+                  for _ in range(self.local_crops)]
+        return StepInputs(student=views, teacher=None, labels=labels)
+
+    def forward(self, student: list[Captures], teacher: None, inputs: StepInputs) -> dict[str, Tensor]:
+        """Terms ``cls``, ``patch`` (phase 2 only) and ``mim``, each weighted by its λ."""
+        global_views = inputs.student[:GLOBAL_VIEWS]
+        labels = inputs.labels
+        if self.phase == "ssl":  # every image is its own class: only same-image pairs remain
+            labels = torch.arange(labels.shape[0], device=labels.device)
+        s_tokens = [caps[TOKENS] for caps in student]
+        s_cls, s_patch = zip(*(self.head(tokens, self.num_prefix) for tokens in s_tokens[:GLOBAL_VIEWS]))
+        s_local = [self.head.cls(tokens[:, 0]) for tokens in s_tokens[GLOBAL_VIEWS:]]
+        t_caps = [self.teacher.run(view.images, self.ema_taps) for view in global_views]
+        with torch.no_grad():
+            t_cls, t_patch = (torch.stack(out).float() for out in
+                              zip(*(self.teacher.head(caps[TOKENS], self.num_prefix) for caps in t_caps)))
+        temp = teacher_temperature(float(self.progress), self.warmup_teacher_temp, self.teacher_temp,
+                                   self.warmup_teacher_temp_fraction)
+        t_cls_p, t_patch_p = teacher_probs(t_cls, self.center, temp), teacher_probs(t_patch, self.center2, temp)
+        s_cls_lp = student_log_probs(torch.stack(s_cls + tuple(s_local)), self.student_temp)  # [V, B, K]
+        s_patch_lp = student_log_probs(torch.stack(s_patch), self.student_temp)  # [2, B, N, K]
+
+        terms: dict[str, Tensor] = {}
+        if self.lambda1:
+            terms["cls"] = self.lambda1 * cls_loss(t_cls_p, s_cls_lp[:GLOBAL_VIEWS], s_cls_lp[GLOBAL_VIEWS:], labels)
+        if self.lambda2:
+            t_feats = torch.stack([caps[TOKENS][:, self.num_prefix :] for caps in t_caps]).float()
+            s_feats = torch.stack([tokens[:, self.num_prefix :] for tokens in s_tokens[:GLOBAL_VIEWS]]).detach().float()
+            weights = self.patch_weights(t_caps, t_feats.shape[2])
+            if self.patch_matching == "paper":
+                patch = patch_loss_paper(t_patch_p, s_patch_lp, t_feats, s_feats, weights, labels)
+            else:
+                patch = patch_loss_released(t_patch_p, s_patch_lp, t_feats, s_feats, weights, labels,
+                                            weighted=self.patch_weight == "attention")
+            terms["patch"] = self.lambda2 * patch
+        if self.lambda3:
+            masks = torch.stack([view.mask for view in global_views])
+            terms["mim"] = self.lambda3 * mim_loss(t_patch_p, s_patch_lp, masks)
+        self.update_centers(t_cls, t_patch)
+        return terms
+
+    def patch_weights(self, t_caps: list[Captures], num_patches: int) -> Tensor:
+        """ω [2, B, N]: 1/N, or the teacher's last-block CLS→patch attention (head mean, sums to 1)."""
+        if self.patch_weight == "uniform":
+            batch = t_caps[0][TOKENS].shape[0]
+            return torch.full((GLOBAL_VIEWS, batch, num_patches), 1.0 / num_patches,
+                              device=t_caps[0][TOKENS].device)
+        attn = torch.stack([caps[LAST_ATTN].float().mean(dim=1)[:, 0, self.num_prefix :] for caps in t_caps])
+        return attn / attn.sum(dim=-1, keepdim=True)
+
+    @torch.no_grad()
+    def update_centers(self, t_cls: Tensor, t_patch: Tensor) -> None:
+        """EMA of the batch means of the teacher's class logits [2, B, K] and patch logits [2, B, N, K]
+        (patches averaged per image first)."""
+        self.center.copy_(ema_center(self.center, t_cls.mean(dim=(0, 1)).unsqueeze(0), self.center_momentum))
+        patch_mean = t_patch.mean(dim=2).mean(dim=(0, 1))
+        self.center2.copy_(ema_center(self.center2, patch_mean.view(1, 1, -1), self.center_momentum))
+
+    def after_step(self, student: Student, progress: float) -> None:
+        """EMA update of the teacher with the cosine momentum at ``progress``; remember ``progress``."""
+        self.teacher.update(student.model, self.head, cosine_momentum(self.momentum_teacher, progress))
+        self.progress.fill_(progress)
+
+
+def cls_loss(t_probs: Tensor, s_global: Tensor, s_local: Tensor, labels: Tensor) -> Tensor:
+    """Class-token term: mean of H(teacher view q of image j, student view v of image i).
+
+    Global student views pair with every same-class teacher image (all view pairs when i ≠ j,
+    v ≠ q when i = j); local views pair only with their own image.
+
+    Args:
+        t_probs: [2, B, K] teacher class distributions of the global views.
+        s_global: [2, B, K] student log-probabilities of the masked global views.
+        s_local: [L, B, K] student log-probabilities of the local views.
+        labels: [B] class of each image (all distinct in phase 1).
+    """
+    batch, views = labels.shape[0], t_probs.shape[0]
+    ce_global = -torch.einsum("qjk,vik->viqj", t_probs, s_global)  # [v, i, q, j]
+    same_class = labels[:, None] == labels[None, :]
+    same_image = torch.eye(batch, dtype=torch.bool, device=labels.device)
+    same_view = torch.eye(views, dtype=torch.bool, device=labels.device)
+    pairs = same_class[None, :, None, :] & ~(same_image[None, :, None, :] & same_view[:, None, :, None])
+    ce_local = -torch.einsum("qik,lik->liq", t_probs, s_local)  # [l, i, q]
+    return ((ce_global * pairs).sum() + ce_local.sum()) / (pairs.sum() + ce_local.numel())
+
+
+def mim_loss(t_probs: Tensor, s_log_probs: Tensor, masks: Tensor) -> Tensor:
+    """Eq. 2: H per patch averaged over each image's masked patches (0 for an unmasked image), then
+    over the batch and the views.
+
+    Args:
+        t_probs: [2, B, N, K] teacher patch distributions of the unmasked global views.
+        s_log_probs: [2, B, N, K] student patch log-probabilities of the masked views.
+        masks: [2, B, N] bool, True = masked.
+    """
+    ce = -(t_probs * s_log_probs).sum(dim=-1)  # [2, B, N]
+    per_image = (ce * masks).sum(dim=-1) / masks.sum(dim=-1).clamp(min=1)
+    return per_image.mean()
+
+
+def cosine_argmax(t_feats: Tensor, s_feats: Tensor) -> Tensor:
+    """Eq. 4: for each teacher patch, the student patch of highest cosine similarity.
+
+    Args:
+        t_feats: [P, N, D] teacher patch features.
+        s_feats: [P, M, D] student patch features.
+
+    Returns:
+        [P, N] long, indices into the M student patches.
+    """
+    sim = F.normalize(t_feats, dim=-1) @ F.normalize(s_feats, dim=-1).transpose(1, 2)  # [P, N, M]
+    return sim.argmax(dim=-1)
+
+
+def patch_loss_paper(
+    t_probs: Tensor, s_log_probs: Tensor, t_feats: Tensor, s_feats: Tensor, weights: Tensor, labels: Tensor
+) -> Tensor:
+    """Eq. 4-5 over every same-class pair (student image i ≠ teacher image j) and view pair v ≠ q.
+
+    Args:
+        t_probs: [2, B, N, K] teacher patch distributions.
+        s_log_probs: [2, B, N, K] student patch log-probabilities (masked views).
+        t_feats: [2, B, N, D] teacher final patch tokens.
+        s_feats: [2, B, N, D] student final patch tokens (detached).
+        weights: [2, B, N] ω of each teacher patch.
+        labels: [B].
+
+    Returns:
+        Mean over pairs of Σ_k ω_k·H(t_probs[q, j, k], s_log_probs[v, i, k⁺]); 0 without pairs.
+    """
+    same_class = labels[:, None] == labels[None, :]
+    same_class.fill_diagonal_(False)
+    student_idx, teacher_idx = same_class.nonzero(as_tuple=True)
+    if student_idx.numel() == 0:
+        return s_log_probs.new_zeros(())
+    per_pair = []
+    for v, q in permutations(range(t_probs.shape[0]), 2):
+        match = cosine_argmax(t_feats[q, teacher_idx], s_feats[v, student_idx])  # [P, N]
+        student = s_log_probs[v, student_idx]  # [P, N, K]
+        matched = torch.gather(student, 1, match.unsqueeze(-1).expand(-1, -1, student.shape[-1]))
+        ce = -(t_probs[q, teacher_idx] * matched).sum(dim=-1)  # [P, N]
+        per_pair.append((ce * weights[q, teacher_idx]).sum(dim=-1))
+    return torch.cat(per_pair).mean()
+
+
+def patch_loss_released(
+    t_probs: Tensor, s_log_probs: Tensor, t_feats: Tensor, s_feats: Tensor, weights: Tensor, labels: Tensor,
+    weighted: bool,
+) -> Tensor:
+    """The patch term exactly as HL-hanlin/SMKD ``loss_functions.py::SMKDLoss`` computes it.
+
+    For student view s ≠ teacher view t, each label group G (ascending batch indices), each teacher
+    image i of G and each row (image a of G, patch k):
+
+    1. the "similarity" is ``einsum("snc,tNC->tsNn")`` with distinct letters: the product of the
+       sums of the normalised features, (Σ_c ŝ[a, n, c])·(Σ_C t̂[i, k, C]), not a dot product;
+    2. its argmax n* is a per-image index used on rows flattened over the group, so the student
+       prediction is always that of the group's first image G[0], patch n*;
+    3. the target is the teacher distribution of view s (not t), image G[a], patch k.
+
+    Uniform (``--weighted_pool False``): rows with a = i are dropped, the rest averaged; groups of one
+    image are skipped. Weighted: every row is weighted by the teacher's (view t) attention ω[G[a], k]
+    and summed. Either way the result is divided by the number of (s, t, G, i) terms; 0 when there
+    are none (the released code divides 0 by 0).
+
+    Args: as :func:`patch_loss_paper`; ``weighted`` selects the attention weighting.
+    """
+    s_feats, t_feats = F.normalize(s_feats, dim=-1), F.normalize(t_feats, dim=-1)
+    total, count = s_log_probs.new_zeros(()), 0
+    for s, t in permutations(range(t_probs.shape[0]), 2):
+        for label in labels.unique():
+            group = (labels == label).nonzero().squeeze(1)
+            size = group.numel()
+            if size == 1 and not weighted:
+                continue
+            sim = torch.einsum("snc,tNC->tsNn", s_feats[s, group], t_feats[t, group])  # [i, a, k, n]
+            student = s_log_probs[s, group[0]][sim.argmax(dim=-1)]  # [i, a, k, K]
+            ce = -(t_probs[s, group] * student).sum(dim=-1)  # [i, a, k]
+            if weighted:
+                total = total + (ce * weights[t, group]).sum()
+            else:
+                other = ~torch.eye(size, dtype=torch.bool, device=labels.device)[:, :, None]
+                total = total + (ce * other).sum() / ((size - 1) * ce.shape[-1])
+            count += size
+    return total / count if count else total
+
+
+@hookimpl
+def benchbase_register_losses(register: Register) -> None:
+    register(SMKDLoss.name, SMKDLoss)
+
+
+@hookimpl
+def benchbase_config_dirs() -> list[str]:
+    return [str(CONF_DIR)]
