@@ -1,7 +1,9 @@
 """benchbase's own components, registered through the same hooks as any plugin.
 
 - students/teachers: ``vit`` (timm VisionTransformer),
-- datasets: ``digits`` and ``digit_scenes`` (embedded, scikit-learn), ``imagefolder`` (ImageNet-1K layout on disk),
+- datasets: ``digits`` and ``digit_scenes`` (embedded, scikit-learn); on disk: ``imagefolder``,
+  ``imagenet``, ``cifar10`` (ImageFolder layout), ``omniglot``, ``camvid``, ``ade20k``,
+  ``miniimagenet``, ``tieredimagenet``, ``cifarfs``, ``fc100``,
 - evaluators: ``fewshot``, ``linear_probe``, ``finetune``, ``segmentation``,
 - losses: ``supervised`` (cross-entropy on labels: the teacher recipe's fine-tuning and the
   from-scratch reference row; it is not a distillation method).
@@ -9,6 +11,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch.nn.functional as F
@@ -17,8 +20,12 @@ from torch import Tensor
 from benchbase import hookimpl
 from benchbase.capture import Captures, Tap
 from benchbase.components import DataBundle, Loss, StepInputs, Student
+from benchbase.data.ade20k import build_ade20k
+from benchbase.data.camvid import build_camvid
 from benchbase.data.digits import load_digits_bundle
+from benchbase.data.fewshot_folders import build_cifarfs, build_fc100, build_miniimagenet, build_tieredimagenet
 from benchbase.data.folders import load_image_folder
+from benchbase.data.omniglot import build_omniglot
 from benchbase.data.scenes import load_digit_scenes
 from benchbase.evaluation.classification import FineTune, LinearProbe
 from benchbase.evaluation.fewshot import FewShot
@@ -84,3 +91,12 @@ def benchbase_register_datasets(register):
     register("digits", build_digits)
     register("digit_scenes", build_digit_scenes)
     register("imagefolder", load_image_folder)
+    register("imagenet", partial(load_image_folder, name="imagenet", default_size=224))
+    register("cifar10", partial(load_image_folder, name="cifar10", default_size=32))
+    register("omniglot", build_omniglot)
+    register("camvid", build_camvid)
+    register("ade20k", build_ade20k)
+    register("miniimagenet", build_miniimagenet)
+    register("tieredimagenet", build_tieredimagenet)
+    register("cifarfs", build_cifarfs)
+    register("fc100", build_fc100)

@@ -77,7 +77,7 @@ class SMKDLoss(Loss):
         phase: ``"supervised"`` (SMKD, Eq. 3-5) or ``"ssl"`` (phase 1: iBOT, Eq. 1-2).
         patch_matching: ``"paper"`` (Eq. 4 cosine matching) or ``"released_code"``.
         patch_weight: ω in Eq. 5, ``"uniform"`` or ``"attention"`` (teacher CLS→patch attention).
-        lambda1, lambda2, lambda3: weights of the cls, patch and MIM terms.
+        lambda1, lambda2, lambda3: weights of the cls, patch and MIM terms (phase 1 has no patch term).
         head_hidden, head_bottleneck, head_out: iBOT head widths (ViT-S: 2048, 256, 8192).
         shared_head: one last layer for class and patch tokens.
         local_crops: number of local views (size 3/7 of the image, a multiple of the patch).
@@ -169,9 +169,9 @@ class SMKDLoss(Loss):
         s_cls, s_patch = zip(*(self.head(tokens, self.num_prefix) for tokens in s_tokens[:GLOBAL_VIEWS]))
         s_local = [self.head.cls(tokens[:, 0]) for tokens in s_tokens[GLOBAL_VIEWS:]]
         t_caps = [self.teacher.run(view.images, self.ema_taps) for view in global_views]
-        with torch.no_grad():
-            t_cls, t_patch = (torch.stack(out).float() for out in
-                              zip(*(self.teacher.head(caps[TOKENS], self.num_prefix) for caps in t_caps)))
+        t_heads = [self.teacher.heads(caps[TOKENS], self.num_prefix) for caps in t_caps]
+        t_cls = torch.stack([cls for cls, _ in t_heads]).float()  # [2, B, K]
+        t_patch = torch.stack([patch for _, patch in t_heads]).float()  # [2, B, N, K]
         temp = teacher_temperature(float(self.progress), self.warmup_teacher_temp, self.teacher_temp,
                                    self.warmup_teacher_temp_fraction)
         t_cls_p, t_patch_p = teacher_probs(t_cls, self.center, temp), teacher_probs(t_patch, self.center2, temp)
@@ -256,18 +256,25 @@ def mim_loss(t_probs: Tensor, s_log_probs: Tensor, masks: Tensor) -> Tensor:
     return per_image.mean()
 
 
-def cosine_argmax(t_feats: Tensor, s_feats: Tensor) -> Tensor:
-    """Eq. 4: for each teacher patch, the student patch of highest cosine similarity.
+def same_class_groups(labels: Tensor) -> list[Tensor]:
+    """Batch indices of each label present in ``labels`` [B], ascending labels and indices."""
+    return [(labels == label).nonzero().squeeze(1) for label in labels.unique()]
+
+
+def cosine_matches(t_feats: Tensor, s_feats: Tensor) -> Tensor:
+    """Eq. 4 within a group: for teacher image j, patch k and student image i, the patch of i
+    with the highest cosine similarity to (j, k).
 
     Args:
-        t_feats: [P, N, D] teacher patch features.
-        s_feats: [P, M, D] student patch features.
+        t_feats: [G, N, D] teacher patch features.
+        s_feats: [G, N, D] student patch features.
 
     Returns:
-        [P, N] long, indices into the M student patches.
+        [G, N, G] long (j, k, i), indices into the N patches of student image i.
     """
-    sim = F.normalize(t_feats, dim=-1) @ F.normalize(s_feats, dim=-1).transpose(1, 2)  # [P, N, M]
-    return sim.argmax(dim=-1)
+    g, n = t_feats.shape[:2]
+    sim = F.normalize(t_feats, dim=-1).flatten(0, 1) @ F.normalize(s_feats, dim=-1).flatten(0, 1).T
+    return sim.view(g, n, g, n).argmax(dim=-1)
 
 
 def patch_loss_paper(
@@ -286,19 +293,18 @@ def patch_loss_paper(
     Returns:
         Mean over pairs of Σ_k ω_k·H(t_probs[q, j, k], s_log_probs[v, i, k⁺]); 0 without pairs.
     """
-    same_class = labels[:, None] == labels[None, :]
-    same_class.fill_diagonal_(False)
-    student_idx, teacher_idx = same_class.nonzero(as_tuple=True)
-    if student_idx.numel() == 0:
-        return s_log_probs.new_zeros(())
     per_pair = []
     for v, q in permutations(range(t_probs.shape[0]), 2):
-        match = cosine_argmax(t_feats[q, teacher_idx], s_feats[v, student_idx])  # [P, N]
-        student = s_log_probs[v, student_idx]  # [P, N, K]
-        matched = torch.gather(student, 1, match.unsqueeze(-1).expand(-1, -1, student.shape[-1]))
-        ce = -(t_probs[q, teacher_idx] * matched).sum(dim=-1)  # [P, N]
-        per_pair.append((ce * weights[q, teacher_idx]).sum(dim=-1))
-    return torch.cat(per_pair).mean()
+        for group in same_class_groups(labels):
+            g, n = group.numel(), t_probs.shape[2]
+            if g == 1:
+                continue
+            match = cosine_matches(t_feats[q, group], s_feats[v, group])  # [j, k, i]
+            ce = -(t_probs[q, group].flatten(0, 1) @ s_log_probs[v, group].flatten(0, 1).T).view(g, n, g, n)
+            ce = ce.gather(-1, match.unsqueeze(-1)).squeeze(-1)  # [j, k, i] at the matched student patch
+            loss = (ce * weights[q, group].unsqueeze(-1)).sum(dim=1)  # [j, i]
+            per_pair.append(loss[~torch.eye(g, dtype=torch.bool, device=loss.device)])
+    return torch.cat(per_pair).mean() if per_pair else s_log_probs.new_zeros(())
 
 
 def patch_loss_released(
@@ -326,14 +332,13 @@ def patch_loss_released(
     s_feats, t_feats = F.normalize(s_feats, dim=-1), F.normalize(t_feats, dim=-1)
     total, count = s_log_probs.new_zeros(()), 0
     for s, t in permutations(range(t_probs.shape[0]), 2):
-        for label in labels.unique():
-            group = (labels == label).nonzero().squeeze(1)
+        for group in same_class_groups(labels):
             size = group.numel()
             if size == 1 and not weighted:
                 continue
-            sim = torch.einsum("snc,tNC->tsNn", s_feats[s, group], t_feats[t, group])  # [i, a, k, n]
-            student = s_log_probs[s, group[0]][sim.argmax(dim=-1)]  # [i, a, k, K]
-            ce = -(t_probs[s, group] * student).sum(dim=-1)  # [i, a, k]
+            match = torch.einsum("snc,tNC->tsNn", s_feats[s, group], t_feats[t, group]).argmax(dim=-1)  # [i, a, k]
+            ce_first = -(t_probs[s, group] @ s_log_probs[s, group[0]].T)  # [a, k, n]: vs image G[0], patch n
+            ce = ce_first.expand(size, -1, -1, -1).gather(-1, match.unsqueeze(-1)).squeeze(-1)  # [i, a, k]
             if weighted:
                 total = total + (ce * weights[t, group]).sum()
             else:

@@ -91,6 +91,11 @@ class EmaTeacher(nn.Module):
         return run_vit(self.backbone, ModelInput(images), taps)
 
     @torch.no_grad()
+    def heads(self, tokens: Tensor, num_prefix: int) -> tuple[Tensor, Tensor]:
+        """The EMA head on [B, T, D] tokens: class logits [B, K] and patch logits [B, N, K]."""
+        return self.head(tokens, num_prefix)
+
+    @torch.no_grad()
     def update(self, backbone: nn.Module, head: IBOTHead, momentum: float) -> None:
         """θ_t ← m·θ_t + (1 - m)·θ_s for every parameter of backbone and head."""
         for own, module in ((self.backbone, backbone), (self.head, head)):

@@ -1,9 +1,13 @@
-"""Shared fixtures: tiny timm ViTs and a temporary benchbase home."""
+"""Shared fixtures: tiny timm ViTs and the real data sets of ../shared/data, extracted once."""
 
 from __future__ import annotations
 
-import timm
+import tarfile
+from collections import Counter
+from pathlib import Path
+
 import pytest
+import timm
 import torch
 
 from benchbase.components import Student, Teacher
@@ -30,3 +34,36 @@ def teacher() -> Teacher:
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+"""The shared real data sets (never part of the project; the product never needs them)."""
+
+
+@pytest.fixture(scope="session")
+def camvid_root(tmp_path_factory) -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"the shared test data folder {DATA} is absent")
+    root = tmp_path_factory.mktemp("camvid")
+    with tarfile.open(DATA / "camvid-240x180.tar") as archive:
+        archive.extractall(root, filter="data")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    """200 images of each CIFAR-10 class (extracting all 50,000 takes ~30 s)."""
+    if not DATA.is_dir():
+        pytest.skip(f"the shared test data folder {DATA} is absent")
+    root, kept = tmp_path_factory.mktemp("cifar10"), Counter()
+
+    def first_200(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        if member.isfile():
+            kept[member.name.split("/")[1]] += 1
+            if kept[member.name.split("/")[1]] > 200:
+                return None
+        return tarfile.data_filter(member, path)
+
+    with tarfile.open(DATA / "cifar10-train.tar.gz") as archive:
+        archive.extractall(root, filter=first_200)
+    return root

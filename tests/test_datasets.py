@@ -25,7 +25,7 @@ from benchbase.data.folders import load_image_folder
 from benchbase.data.omniglot import build_omniglot
 from benchbase.errors import BenchbaseError
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import DATA
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared test data folder {DATA} is absent")
 
 FEWSHOT = {  # builder: (default image size, base/val/novel class counts)
@@ -129,16 +129,6 @@ def test_omniglot_folder_and_zip_mixed(tmp_path):
     assert isinstance(greek, Path)  # the folder source (small1) wins over the zip for shared alphabets
 
 
-@pytest.fixture(scope="session")
-def camvid_root(tmp_path_factory) -> Path:
-    if not DATA.is_dir():
-        pytest.skip(f"the shared test data folder {DATA} is absent")
-    root = tmp_path_factory.mktemp("camvid")
-    with tarfile.open(DATA / "camvid-240x180.tar") as archive:
-        archive.extractall(root, filter="data")
-    return root
-
-
 def test_camvid(camvid_root):
     bundle = build_camvid(cfg(camvid_root))
     assert {name: len(split) for name, split in bundle.splits.items()} == {"train": 367, "val": 101, "test": 233}
@@ -155,25 +145,6 @@ def test_camvid(camvid_root):
     small = build_camvid({**cfg(camvid_root / "CamVid", label_size=45), "image_size": 64})
     image, label = small.splits["val"][0]
     assert image.shape == (3, 64, 64) and label.shape == (45, 45)
-
-
-@pytest.fixture(scope="session")
-def cifar_root(tmp_path_factory) -> Path:
-    """200 images of each CIFAR-10 class (extracting all 50,000 takes ~30 s)."""
-    if not DATA.is_dir():
-        pytest.skip(f"the shared test data folder {DATA} is absent")
-    root, kept = tmp_path_factory.mktemp("cifar10"), Counter()
-
-    def first_200(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-        if member.isfile():
-            kept[member.name.split("/")[1]] += 1
-            if kept[member.name.split("/")[1]] > 200:
-                return None
-        return tarfile.data_filter(member, path)
-
-    with tarfile.open(DATA / "cifar10-train.tar.gz") as archive:
-        archive.extractall(root, filter=first_200)
-    return root
 
 
 def test_cifar10_image_folder(cifar_root):

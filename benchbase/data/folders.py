@@ -196,11 +196,20 @@ class ImageFolderSplit(LazyImages):
         super().__init__(samples, classes, image_size, in_chans, on_corrupt)
 
 
-def load_image_folder(cfg, name: str = "imagefolder") -> DataBundle:
-    """Every split folder under ``cfg.root`` (``train``, ``val``, ``test``: those present)."""
+IMAGE_FOLDER_DEFAULTS = {"in_chans": 3, "holdout_fraction": None, "max_per_class": None, "split_seed": 0}
+
+
+def load_image_folder(cfg: Mapping[str, Any], name: str = "imagefolder", default_size: int = 224) -> DataBundle:
+    """Every split folder under ``cfg.root`` (``train``, ``val``, ``test``: those present).
+
+    Params: ``in_chans``; ``max_per_class`` keeps the first N images of each class of ``train``
+    (after a seeded shuffle); ``holdout_fraction`` makes a ``val`` split from that share of each
+    class of ``train`` when the data set ships no ``val/`` (e.g. CIFAR-10's training set alone).
+    """
     root = check_root(cfg.get("root"), name, "train/<class>/<image> (ImageFolder layout)")
-    image_size = cfg.get("image_size") or 224
-    in_chans = int((cfg.get("params") or {}).get("in_chans", 3))
+    params = dataset_params(cfg, name, IMAGE_FOLDER_DEFAULTS)
+    image_size = cfg.get("image_size") or default_size
+    in_chans = int(params["in_chans"])
     splits, classes = {}, None
     for split in ("train", "val", "test"):
         if (root / split).is_dir():
@@ -208,5 +217,14 @@ def load_image_folder(cfg, name: str = "imagefolder") -> DataBundle:
             classes = splits[split].classes
     if not splits:
         raise BenchbaseError(f"{root} has no train/, val/ or test/ folder; expected the ImageFolder layout")
+    seed = int(params["split_seed"])
+    if params["max_per_class"] and "train" in splits:
+        train = splits["train"]
+        per_class = len(train) / len(train.classes)
+        splits["train"], _ = train.split_per_class(min(1.0, int(params["max_per_class"]) / per_class), seed)
+    if params["holdout_fraction"] and "val" not in splits and "train" in splits:
+        rest, held = splits["train"].split_per_class(1.0 - float(params["holdout_fraction"]), seed)
+        splits["train"], splits["val"] = rest, held
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     return DataBundle(name=name, splits=splits, image_size=image_size, in_chans=in_chans,
-                      num_classes=len(classes), description=f"ImageFolder at {root}")
+                      num_classes=len(classes), description=f"ImageFolder at {root} ({sizes} images)")

@@ -1,0 +1,424 @@
+"""SMKD (plugins/smkd.py): head, EMA teacher, schedules, views, masks and every loss term against
+hand computations on small tensors; forward/backward on tiny ViTs; checkpoints; one CLI run."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from benchbase.capture import Tap
+from benchbase.cli import main
+from benchbase.components import Student
+from benchbase.engine import param_groups
+from benchbase.errors import BenchbaseError
+from benchbase.results import ResultsDB
+from benchbase_plugins import CONF_DIR
+from benchbase_plugins.smkd import (
+    SMKDLoss, cls_loss, cosine_matches, mim_loss, patch_loss_paper, patch_loss_released,
+)
+from benchbase_plugins.smkd_parts import (
+    IBOTHead, block_mask, cosine_momentum, enable_dynamic_img_size, ibot_masks, local_crop_size,
+    random_resized_crops, student_log_probs, teacher_probs, teacher_temperature,
+)
+
+TOKENS = Tap("tokens")
+SMALL_HEAD = dict(head_hidden=24, head_bottleneck=8, head_out=16)
+
+
+def tiny_student(seed: int = 0) -> Student:
+    """A 2-block ViT on 1-channel 16x16 images (16 patches of 4x4, fixed image size), 5 classes."""
+    torch.manual_seed(seed)
+    return Student(timm.create_model(
+        "vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2,
+        num_classes=5,
+    ))
+
+
+def built_loss(student: Student, **params) -> SMKDLoss:
+    loss = SMKDLoss(**{**SMALL_HEAD, "local_crops": 2, **params})
+    loss.setup(student, None)
+    return loss
+
+
+def run_step(loss: SMKDLoss, student: Student, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One harness step: views, student captures per view, terms."""
+    inputs = loss.make_inputs(torch.randn(labels.shape[0], 1, 16, 16), labels)
+    captures = [student.run(view, loss.student_taps) for view in inputs.student]
+    return loss(captures, None, inputs)
+
+
+def random_dists(*shape: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher probabilities and student log-probabilities of ``shape`` (last dim = K)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).softmax(-1), torch.randn(*shape, generator=g).log_softmax(-1)
+
+
+# -------------------------------------------------------------------------------------- head
+
+
+def test_head_widths_and_l2_normalisation_before_the_weight_normed_last_layer():
+    torch.manual_seed(0)
+    head = IBOTHead(32, hidden=24, bottleneck=8, out_dim=16, shared=True)
+    widths = [(m.in_features, m.out_features) for m in head.mlp if isinstance(m, torch.nn.Linear)]
+    assert widths == [(32, 24), (24, 24), (24, 8)]
+    assert sum(isinstance(m, torch.nn.GELU) for m in head.mlp) == 2
+    assert head.last_layer.bias is None and head.patch_last_layer is head.last_layer
+    # weight = g · v / ‖v‖ with g = 1 at init: unit rows
+    torch.testing.assert_close(head.last_layer.weight.norm(dim=1), torch.ones(16))
+    tokens = torch.randn(3, 17, 32) * 5
+    cls, patches = head(tokens, num_prefix=1)
+    assert cls.shape == (3, 16) and patches.shape == (3, 16, 16)
+    z = head.mlp(tokens)
+    z = z / z.norm(dim=-1, keepdim=True)
+    v = head.last_layer.parametrizations.weight.original1
+    expected = z @ (v / v.norm(dim=1, keepdim=True)).T
+    torch.testing.assert_close(cls, expected[:, 0])
+    torch.testing.assert_close(patches, expected[:, 1:])
+    # outputs do not depend on the scale of the bottleneck features: they are normalised first
+    with torch.no_grad():
+        head.mlp[-1].weight.mul_(7.0)
+        head.mlp[-1].bias.mul_(7.0)
+    torch.testing.assert_close(head(tokens, 1)[0], cls)
+
+
+def test_separate_heads_have_separate_last_layers():
+    head = IBOTHead(32, 24, 8, 16, shared=False)
+    assert head.patch_last_layer is not head.last_layer
+    assert head.patch_last_layer.weight.shape == (16, 8)
+
+
+# ------------------------------------------------------------------- EMA teacher and schedules
+
+
+def test_cosine_momentum_schedule_by_hand():
+    assert cosine_momentum(0.996, 0.0) == pytest.approx(0.996)
+    assert cosine_momentum(0.996, 0.5) == pytest.approx(0.998)
+    assert cosine_momentum(0.996, 0.25) == pytest.approx(1 - 0.004 * (1 + math.sqrt(0.5)) / 2)
+    assert cosine_momentum(0.996, 1.0) == pytest.approx(1.0)
+
+
+def test_after_step_is_the_ema_update_with_the_cosine_momentum():
+    student = tiny_student()
+    loss = built_loss(student)
+    teacher_before = [p.clone() for p in loss.teacher.parameters()]
+    with torch.no_grad():
+        for p in [*student.parameters(), *loss.head.parameters()]:
+            p.add_(torch.randn_like(p))
+    loss.after_step(student, 0.5)
+    m = 0.998
+    students = [*student.model.parameters(), *loss.head.parameters()]
+    for before, after, s in zip(teacher_before, loss.teacher.parameters(), students, strict=True):
+        torch.testing.assert_close(after, m * before + (1 - m) * s)
+    assert float(loss.progress) == 0.5
+    loss.after_step(student, 1.0)  # momentum 1: the teacher no longer moves
+    for p, q in zip(loss.teacher.parameters(), [m * b + (1 - m) * s for b, s in zip(teacher_before, students)]):
+        torch.testing.assert_close(p, q)
+
+
+def test_teacher_temperature_warms_up_linearly_then_stays():
+    f = 30 / 400
+    assert teacher_temperature(0.0, 0.04, 0.07, f) == pytest.approx(0.04)
+    assert teacher_temperature(f / 2, 0.04, 0.07, f) == pytest.approx(0.055)
+    assert teacher_temperature(f, 0.04, 0.07, f) == pytest.approx(0.07)
+    assert teacher_temperature(0.9, 0.04, 0.07, f) == pytest.approx(0.07)
+    assert teacher_temperature(0.0, 0.04, 0.07, 0.0) == pytest.approx(0.07)
+
+
+def test_centering_and_sharpening_by_hand():
+    logits, center = torch.tensor([[1.0, 2.0, 4.0]]), torch.tensor([[0.5, 0.0, 1.0]])
+    e = [math.exp((1.0 - 0.5) / 0.04), math.exp(2.0 / 0.04), math.exp((4.0 - 1.0) / 0.04)]
+    torch.testing.assert_close(teacher_probs(logits, center, 0.04), torch.tensor([[x / sum(e) for x in e]]))
+    s = [math.exp(x / 0.1) for x in (1.0, 2.0, 4.0)]
+    torch.testing.assert_close(student_log_probs(logits, 0.1), torch.tensor([[math.log(x / sum(s)) for x in s]]))
+
+
+def test_forward_updates_centers_from_the_teacher_outputs_and_uses_the_progress():
+    student = tiny_student()
+    loss = built_loss(student)
+    with torch.no_grad():
+        loss.center.fill_(1.0)
+        loss.center2.fill_(-1.0)
+    inputs = loss.make_inputs(torch.randn(4, 1, 16, 16), torch.tensor([0, 0, 1, 1]))
+    cls, patch = zip(*(loss.teacher.head(loss.teacher.run(v.images, [TOKENS])[TOKENS], 1) for v in inputs.student[:2]))
+    loss([student.run(v, loss.student_taps) for v in inputs.student], None, inputs)
+    torch.testing.assert_close(loss.center, 0.9 * 1.0 + 0.1 * torch.cat(cls).mean(0, keepdim=True))
+    torch.testing.assert_close(loss.center2[0], 0.9 * -1.0 + 0.1 * torch.cat(patch).mean(dim=(0, 1))[None])
+
+
+# ------------------------------------------------------------------------------ views, masks
+
+
+def test_block_masks_ratio_bounds_and_half_unmasked():
+    torch.manual_seed(0)
+    masks = ibot_masks(2000, (4, 4), mask_prob=0.5, ratio_range=(0.1, 0.5))
+    assert masks.shape == (2000, 16) and masks.dtype == torch.bool
+    fraction = masks.float().mean(dim=1)
+    assert abs(float((fraction == 0).float().mean()) - 0.5) < 0.05
+    assert float(fraction.max()) <= 0.5
+    for ratio in (0.1, 0.3, 0.5):  # never above the drawn ratio, at most a few patches short (14x14 grid)
+        fractions = torch.tensor([float(block_mask((14, 14), ratio).float().mean()) for _ in range(50)])
+        assert float(fractions.max()) <= ratio + 1e-6 and float(fractions.min()) >= ratio - 0.06
+
+
+def test_block_masks_are_blocks():
+    """Blocks are at least 2 patches wide on a 14x14 grid: every masked patch has a masked neighbour."""
+    torch.manual_seed(1)
+    for _ in range(20):
+        mask = block_mask((14, 14), 0.3)
+        padded = F.pad(mask.float()[None, None], (1, 1, 1, 1))[0, 0]
+        neighbours = padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
+        assert mask.any() and bool((neighbours[mask] > 0).all())
+
+
+def test_random_resized_crops_identity_flip_shapes_and_reproducibility():
+    images = torch.randn(3, 2, 8, 8)
+    same = random_resized_crops(images, (8, 8), scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=0.0)
+    torch.testing.assert_close(same, images)
+    flipped = random_resized_crops(images, (8, 8), scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=1.0)
+    torch.testing.assert_close(flipped, images.flip(-1))
+    # a quarter-area crop of a horizontal ramp, upsampled 2x, is a ramp of slope 1/2
+    ramp = torch.arange(8.0).expand(1, 1, 8, 8)
+    crop = random_resized_crops(ramp, (8, 8), scale=(0.25, 0.25), ratio=(1.0, 1.0), flip_prob=0.0)
+    torch.testing.assert_close(crop[0, 0, :, 2:6].diff(dim=-1), torch.full((8, 3), 0.5))
+    torch.manual_seed(3)
+    a = random_resized_crops(images, (4, 4), scale=(0.05, 0.25))
+    torch.manual_seed(3)
+    b = random_resized_crops(images, (4, 4), scale=(0.05, 0.25))
+    assert a.shape == (3, 2, 4, 4) and torch.equal(a, b)
+    assert images.min() <= a.min() and a.max() <= images.max()
+    assert local_crop_size(224, 16) == 96 and local_crop_size(16, 4) == 8
+
+
+def test_dynamic_image_size_runs_local_crops_and_keeps_full_size_outputs():
+    student = tiny_student()
+    x = torch.randn(2, 1, 16, 16)
+    before = student.run(x, [TOKENS])[TOKENS]
+    enable_dynamic_img_size(student.model)
+    torch.testing.assert_close(student.run(x, [TOKENS])[TOKENS], before)
+    assert student.run(torch.randn(2, 1, 8, 8), [TOKENS])[TOKENS].shape == (2, 1 + 4, 32)
+
+
+def test_make_inputs_views_and_masks():
+    student = tiny_student()
+    loss = built_loss(student, local_crops=3)
+    inputs = loss.make_inputs(torch.randn(5, 1, 16, 16), torch.arange(5))
+    assert [tuple(v.images.shape) for v in inputs.student] == [(5, 1, 16, 16)] * 2 + [(5, 1, 8, 8)] * 3
+    assert all(v.mask.shape == (5, 16) and v.mask_token is loss.mask_token for v in inputs.student[:2])
+    assert all(v.mask is None for v in inputs.student[2:])
+
+
+# ------------------------------------------------------------------------------- loss terms
+
+
+def test_cls_term_uses_same_class_pairs_and_cross_view_self_pairs_by_hand():
+    labels = torch.tensor([0, 0, 1])
+    t, s = random_dists(2, 3, 4, seed=0)
+    _, s_local = random_dists(1, 3, 4, seed=1)
+    terms = []
+    for v in range(2):  # global student views
+        for i in range(3):
+            for q in range(2):
+                for j in range(3):
+                    if labels[i] == labels[j] and (i != j or v != q):
+                        terms.append(-(t[q, j] * s[v, i]).sum())
+    pairs = {(i, j) for v in range(2) for i in range(3) for q in range(2) for j in range(3)
+             if labels[i] == labels[j] and i != j}
+    assert pairs == {(0, 1), (1, 0)} and len(terms) == 6 + 8  # 3 images x 2 cross views + 2 pairs x 4 views
+    terms += [-(t[q, i] * s_local[0, i]).sum() for i in range(3) for q in range(2)]
+    torch.testing.assert_close(cls_loss(t, s, s_local, labels), torch.stack(terms).mean())
+
+
+def test_cls_term_with_distinct_labels_is_dino_cross_view():
+    t, s = random_dists(2, 4, 6, seed=2)
+    _, s_local = random_dists(3, 4, 6, seed=3)
+    students = torch.cat([s, s_local])
+    expected = [(-(t[q] * students[v]).sum(-1)).mean() for q in range(2) for v in range(5) if v != q]
+    torch.testing.assert_close(cls_loss(t, s, s_local, torch.arange(4)), torch.stack(expected).mean())
+
+
+def test_mim_term_by_hand():
+    t, s = random_dists(2, 2, 3, 4, seed=4)
+    masks = torch.tensor([[[True, False, True], [False, False, False]], [[False, True, False], [True, True, True]]])
+    ce = -(t * s).sum(-1)
+    per_view = [
+        ((ce[0, 0, 0] + ce[0, 0, 2]) / 2 + 0.0) / 2,
+        (ce[1, 0, 1] + (ce[1, 1, 0] + ce[1, 1, 1] + ce[1, 1, 2]) / 3) / 2,
+    ]
+    torch.testing.assert_close(mim_loss(t, s, masks), (per_view[0] + per_view[1]) / 2)
+
+
+def test_cosine_matching_picks_the_cosine_argmax_not_the_dot_product():
+    # teacher image 0 patch 0 points along x; student image 1 has a long diagonal patch (largest dot
+    # product) and a short patch along x (cosine 1): the match is the short one.
+    t_feats = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [-1.0, 0.0]]])
+    s_feats = torch.tensor([[[0.0, 3.0], [-2.0, 0.1]], [[10.0, 10.0], [0.5, 0.0]]])
+    match = cosine_matches(t_feats, s_feats)  # [j, k, i]
+    assert match.shape == (2, 2, 2)
+    assert match[0, 0, 1] == 1 and match[0, 1, 1] == 0 and match[1, 1, 0] == 1 and match[0, 1, 0] == 0
+
+
+def test_paper_patch_term_by_hand():
+    torch.manual_seed(5)
+    labels = torch.tensor([0, 1, 0, 0])
+    t, s = random_dists(2, 4, 3, 5, seed=6)
+    t_feats, s_feats = torch.randn(2, 4, 3, 6), torch.randn(2, 4, 3, 6)
+    weights = torch.rand(2, 4, 3)
+    expected = []
+    for v, q in ((0, 1), (1, 0)):
+        for i in range(4):
+            for j in range(4):
+                if i == j or labels[i] != labels[j]:
+                    continue
+                total = 0.0
+                for k in range(3):
+                    cos = [F.cosine_similarity(t_feats[q, j, k], s_feats[v, i, l], dim=0) for l in range(3)]
+                    best = max(range(3), key=lambda l: float(cos[l]))
+                    total = total + weights[q, j, k] * -(t[q, j, k] * s[v, i, best]).sum()
+                expected.append(total)
+    assert len(expected) == 2 * 6
+    torch.testing.assert_close(patch_loss_paper(t, s, t_feats, s_feats, weights, labels), torch.stack(expected).mean())
+    assert patch_loss_paper(t, s, t_feats, s_feats, weights, torch.arange(4)) == 0
+
+
+def released_reference(t, s, t_feats, s_feats, weights, labels, weighted):
+    """A loop transcription of the released SMKDLoss patch term (flattened rows, index_select)."""
+    sn, tn = F.normalize(s_feats, dim=-1), F.normalize(t_feats, dim=-1)
+    groups: dict[int, list[int]] = {}
+    for index, label in enumerate(labels.tolist()):
+        groups.setdefault(label, []).append(index)
+    total, terms = 0.0, 0
+    for view_s in range(2):
+        for view_t in range(2):
+            if view_s == view_t:
+                continue
+            for _, idx in sorted(groups.items()):
+                k = s.shape[-1]
+                student_2d = s[view_s][idx].permute(2, 0, 1).reshape(k, -1).permute(1, 0)
+                teacher_2d = t[view_s][idx].permute(2, 0, 1).reshape(k, -1).permute(1, 0)
+                attn_1d = weights[view_t][idx].reshape(-1)
+                best = torch.argmax(torch.einsum("snc, tNC -> tsNn", sn[view_s][idx], tn[view_t][idx]), dim=-1)
+                n = best.shape[-1]
+                for i in range(len(best)):
+                    rows = torch.index_select(student_2d, 0, best[i].reshape(-1))
+                    loss2 = torch.sum(-teacher_2d * rows, dim=-1)
+                    if weighted:
+                        total, terms = total + (loss2 * attn_1d).sum(), terms + 1
+                    else:
+                        loss2[i * n : (i + 1) * n] = 0
+                        if len(loss2) > n:
+                            total, terms = total + loss2.sum() / (len(loss2) - n), terms + 1
+    return total / terms
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_released_patch_term_equals_a_transcription_of_the_released_loop(weighted):
+    torch.manual_seed(7)
+    labels = torch.tensor([2, 0, 2, 1, 2, 0])  # groups of 3, 2 and 1 images
+    t, s = random_dists(2, 6, 4, 5, seed=8)
+    t_feats, s_feats = torch.randn(2, 6, 4, 3), torch.randn(2, 6, 4, 3)
+    weights = torch.rand(2, 6, 4).softmax(-1)
+    torch.testing.assert_close(
+        patch_loss_released(t, s, t_feats, s_feats, weights, labels, weighted),
+        released_reference(t, s, t_feats, s_feats, weights, labels, weighted),
+    )
+
+
+def test_released_matching_is_a_product_of_sums_and_differs_from_the_paper():
+    # student patches (unit norm) [1, 0] and [0.6, 0.8]; teacher patch [1, 0]. Cosine picks patch 0,
+    # the released einsum picks the larger feature sum, patch 1.
+    s_feats = torch.tensor([[[1.0, 0.0], [0.6, 0.8]]] * 2)
+    t_feats = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]] * 2)
+    assert cosine_matches(t_feats, s_feats)[0, 0, 1] == 0
+    released = torch.einsum("snc,tNC->tsNn", s_feats, t_feats)
+    torch.testing.assert_close(released, torch.einsum("sn,tN->tsNn", s_feats.sum(-1), t_feats.sum(-1)))
+    assert released.argmax(-1)[0, 1, 0] == 1
+    # on a two-image class the two losses then differ
+    t, s = random_dists(2, 2, 2, 3, seed=9)
+    features = (torch.stack([t_feats] * 2), torch.stack([s_feats] * 2))
+    weights, labels = torch.full((2, 2, 2), 0.5), torch.tensor([4, 4])
+    paper = patch_loss_paper(t, s, *features, weights, labels)
+    code = patch_loss_released(t, s, *features, weights, labels, weighted=False)
+    assert not torch.allclose(paper, code)
+
+
+# ------------------------------------------------------------------- model, phases, state
+
+
+@pytest.mark.parametrize(("phase", "matching", "weight"), [
+    ("supervised", "paper", "uniform"), ("supervised", "released_code", "attention"),
+    ("supervised", "paper", "attention"), ("ssl", "paper", "uniform"),
+])
+def test_forward_backward_on_tiny_vits(phase, matching, weight):
+    student = tiny_student()
+    loss = built_loss(student, phase=phase, patch_matching=matching, patch_weight=weight, mask_prob=1.0)
+    terms = run_step(loss, student, torch.tensor([0, 0, 1, 1, 1, 2]))
+    assert set(terms) == ({"cls", "patch", "mim"} if phase == "supervised" else {"cls", "mim"})
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in terms.values())
+    sum(terms.values()).backward()
+    assert student.model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert loss.mask_token.grad is not None and loss.mask_token.grad.abs().sum() > 0
+    assert loss.head.mlp[0].weight.grad.abs().sum() > 0
+    assert all(not p.requires_grad and p.grad is None for p in loss.teacher.parameters())
+    optimised = {id(p) for group in param_groups([student, loss], 0.05) for p in group["params"]}
+    assert not optimised & {id(p) for p in loss.teacher.parameters()}
+    assert id(loss.mask_token) in {id(p) for p in param_groups([student, loss], 0.05)[1]["params"]}
+
+
+def test_a_zero_weight_omits_its_term_and_all_zero_is_an_error():
+    student = tiny_student()
+    terms = run_step(built_loss(student, lambda3=0.0, lambda2=0.5), student, torch.tensor([0, 0, 1]))
+    assert set(terms) == {"cls", "patch"}
+    with pytest.raises(BenchbaseError, match="every loss weight is 0"):
+        SMKDLoss(phase="ssl", lambda1=0.0, lambda3=0.0)
+    with pytest.raises(BenchbaseError, match="patch_matching"):
+        SMKDLoss(patch_matching="cosine")
+
+
+def test_teacher_stays_in_eval_mode():
+    student = tiny_student()
+    loss = built_loss(student)
+    loss.train()
+    assert loss.training and loss.head.training and not loss.teacher.training
+    assert not loss.teacher.backbone.blocks[0].training
+
+
+def test_state_dict_round_trip_restores_teacher_centers_and_progress():
+    student = tiny_student()
+    loss = built_loss(student)
+    run_step(loss, student, torch.tensor([0, 0, 1, 1]))
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.1)
+    loss.after_step(student, 0.3)
+    state = loss.state_dict()
+    assert "teacher.backbone.pos_embed" in state and "center2" in state and "mask_token" in state
+    fresh = built_loss(tiny_student(seed=1))
+    fresh.load_state_dict(state)
+    for key, value in fresh.state_dict().items():
+        torch.testing.assert_close(value, state[key], msg=key)
+    assert float(fresh.progress) == pytest.approx(0.3) and fresh.center.abs().sum() > 0
+
+
+def test_yaml_keys_are_the_constructor_arguments():
+    cfg = OmegaConf.load(CONF_DIR / "method" / "smkd.yaml")
+    assert cfg.name == SMKDLoss.name == "smkd"
+    keys = [p for p in inspect.signature(SMKDLoss.__init__).parameters if p != "self"]
+    assert sorted(cfg.params) == sorted(keys)
+    SMKDLoss(**OmegaConf.to_container(cfg.params))
+
+
+def test_cli_run_stores_a_done_record(tmp_path):
+    assert main([
+        "run", "--plugins", "smkd", "trainer.epochs=1", "teacher.recipe.pretrain_epochs=1",
+        "teacher.recipe.finetune_epochs=1", "suite.tasks.fewshot.params.episodes=50", "suite.references=[]",
+        "trainer.progress=false", f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb",
+    ]) == 0
+    records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records()}
+    assert records["smkd"].status == "done"
+    assert records["smkd"].config["method"]["params"]["phase"] == "supervised"

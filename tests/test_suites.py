@@ -1,0 +1,53 @@
+"""Named suites compose, and the cpu-real suite runs end to end on the real shared data (tiny settings)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchbase.cli import main
+from benchbase.config import compose_config
+from benchbase.plugins import load
+from benchbase.results import ResultsDB
+
+from conftest import DATA
+
+
+@pytest.mark.parametrize("suite, student, distill", [
+    ("default", "vit_tiny_patch16_224", "digits"),
+    ("cpu-real", "vit_tiny_patch16_224", "cifar10"),
+    ("imagenet", "vit_small_patch16_224", "imagenet"),
+    ("ade20k", "vit_small_patch16_224", "imagenet"),
+    ("miniimagenet", "vit_small_patch16_224", "miniimagenet"),
+    ("tieredimagenet", "vit_small_patch16_224", "tieredimagenet"),
+    ("cifarfs", "vit_small_patch16_224", "cifarfs"),
+    ("fc100", "vit_small_patch16_224", "fc100"),
+    ("imagefolder", "vit_tiny_patch16_224", "imagefolder"),
+])
+def test_suites_compose_with_their_models(suite, student, distill):
+    cfg = compose_config([f"suite={suite}"], load().config_dirs())
+    assert cfg.suite.name == suite and cfg.student.model == student and cfg.suite.distill.dataset == distill
+    assert compose_config([f"suite={suite}", "student=vit_tiny"]).student.drop_path == 0.1  # the command line wins
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared test data folder {DATA} is absent")
+def test_cpu_real_suite_runs_on_real_data(tmp_path, cifar_root, camvid_root):
+    tiny = [
+        "suite=cpu-real", "suite.seeds=[0]", "suite.references=[]", "trainer.epochs=1", "trainer.num_workers=0",
+        "teacher.recipe.pretrain_epochs=1", "teacher.recipe.finetune_epochs=1", "trainer.progress=false",
+        "student.embed_dim=32", "student.depth=2", "student.num_heads=2",
+        "teacher.embed_dim=32", "teacher.depth=2", "teacher.num_heads=2",
+        f"data.cifar10.root={cifar_root}", "+data.cifar10.params.max_per_class=40",
+        "+data.cifar10.params.holdout_fraction=0.25",
+        f"data.omniglot.root={DATA / 'omniglot'}", "+data.omniglot.params.in_chans=3",
+        f"data.camvid.root={camvid_root}", "data.camvid.image_size=32",
+        "suite.tasks.fewshot.params.episodes=100", "suite.tasks.segmentation.params.epochs=1",
+        f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb",
+    ]
+    assert main(["run", "--plugins", "feature", *tiny]) == 0
+    records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records("cpu-real")}
+    assert records["feature"].status == "done", records["feature"].error
+    metrics = {(m.extras["task"], m.name): m for m in records["feature"].metrics}
+    assert metrics[("top1", "top1")].n == 100  # 10 classes x 10 held-out images
+    assert metrics[("fewshot", "5way-5shot")].n == 100
+    assert metrics[("segmentation", "mIoU")].n > 0 and "ignore label 11" in metrics[("segmentation", "mIoU")].protocol
+    assert "| feature" in (tmp_path / "lb" / "cpu-real.md").read_text()
