@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -11,6 +12,11 @@ import timm
 import torch
 
 from benchbase.components import Student, Teacher
+
+# The tests' models are tiny: one thread is faster than two and keeps timings steady when other
+# processes share the cores; subprocesses started by tests inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 def tiny_vit(embed_dim: int = 32, depth: int = 3, num_heads: int = 2, num_classes: int = 5, seed: int = 0):

@@ -4,6 +4,7 @@ hand computations on small tensors; forward/backward on tiny ViTs; checkpoints; 
 from __future__ import annotations
 
 import inspect
+import json
 import math
 
 import pytest
@@ -417,8 +418,10 @@ def test_cli_run_stores_a_done_record(tmp_path):
     assert main([
         "run", "--plugins", "smkd", "trainer.epochs=1", "teacher.recipe.pretrain_epochs=1",
         "teacher.recipe.finetune_epochs=1", "suite.tasks.fewshot.params.episodes=50", "suite.references=[]",
-        "trainer.progress=false", f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb",
+        "trainer.progress=false", f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb", "method.params.local_crops=2",
     ]) == 0
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records()}
     assert records["smkd"].status == "done"
     assert records["smkd"].config["method"]["params"]["phase"] == "supervised"
+    steps = next(tmp_path.glob("runs/*/smkd-seed0-*/steps.jsonl")).read_text().splitlines()
+    assert steps and {"cls", "patch", "mim"} <= set(json.loads(steps[-1]))

@@ -52,6 +52,8 @@ def test_teacher_from_a_checkpoint_path(tmp_path):
 
 def test_timm_hub_teacher_without_network_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)  # read at import time, so patch it too
     bb = load()
     cfg = compose_config([*tiny(tmp_path), "teacher.source=timm", "teacher.model=vit_tiny_patch16_224.augreg_in21k"],
                          bb.config_dirs())
