@@ -56,6 +56,10 @@ class VitModel(nn.Module):
 
     def run(self, inp: ModelInput | Tensor, taps: Sequence[Tap]) -> Captures:
         """Forward ``inp`` ([B, C, H, W] or a :class:`ModelInput`) and capture ``taps``."""
+        return self._capture(inp, taps)
+
+    def _capture(self, inp: ModelInput | Tensor, taps: Sequence[Tap]) -> Captures:
+        """The architecture's capture; a wrapper for another architecture overrides this."""
         return run_vit(self.model, inp, taps)
 
 

@@ -203,6 +203,7 @@ def random_resized_crops(
 
 
 def _uniform(low: float, high: float) -> float:
+    """A float uniform between ``low`` and ``high`` (either order) from torch's global generator."""
     return low + (high - low) * float(torch.rand(()))
 
 
