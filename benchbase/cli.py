@@ -1,4 +1,4 @@
-"""The ``benchbase`` command line: run suites, list plugins, regenerate leaderboards."""
+"""The ``benchbase`` command line: run suites, list plugins, regenerate leaderboards, write plugins."""
 
 from __future__ import annotations
 
@@ -68,6 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
                             "(same config hash) are skipped; then export and regenerate")
     board.add_argument("--check", action="store_true",
                        help="exit 1 if a committed table differs from what its records produce")
+
+    new = sub.add_parser(
+        "new-plugin", help="create a complete method-plugin project to start from",
+        description="Write benchbase-NAME/: pyproject.toml with the `benchbase` entry point, a worked "
+                    "example loss (Hinton logit distillation), its config, a README and passing tests.",
+    )
+    new.add_argument("name", metavar="NAME", help="plugin name, a Python identifier (e.g. my_kd)")
+    new.add_argument("--dir", default=".", help="folder to create the project in (default: %(default)s)")
+
+    docs = sub.add_parser(
+        "docs", help="regenerate the generated sections of the plugin guide",
+        description="Render the hook specs and component interfaces of docs/writing-a-plugin.md from "
+                    "their docstrings.",
+    )
+    docs.add_argument("--check", action="store_true",
+                      help="exit 1 if the guide is stale or a hook spec lacks Args/Returns docs")
+    docs.add_argument("--path", help="the guide (default: docs/writing-a-plugin.md of this checkout)")
     return parser
 
 
@@ -114,6 +131,10 @@ def _cmd_plugins(args, bb) -> int:
         rows.append(row)
     headers = ["plugin", "distribution", "registers"] + (["hooks"] if args.hooks else [])
     print(tabulate(rows, headers=headers, tablefmt="simple"))
+    if args.hooks:
+        implementers = [[hook, ", ".join(names) or "(none)"] for hook, names in bb.hook_implementers().items()]
+        print()
+        print(tabulate(implementers, headers=["hook", "implemented by"], tablefmt="simple"))
     return 0
 
 
@@ -143,6 +164,31 @@ def _cmd_leaderboard(args, bb) -> int:
     return 0
 
 
+def _cmd_new_plugin(args) -> int:
+    from benchbase.scaffold import new_plugin
+
+    root = new_plugin(args.name, args.dir)
+    print(f"created {root}\nnext: pip install -e \"{root}[test]\" && pytest {root}")
+    return 0
+
+
+def _cmd_docs(args) -> int:
+    from benchbase import docs
+
+    path = Path(args.path) if args.path else docs.GUIDE
+    if args.check:
+        problems = docs.check(path)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1 if problems else 0
+    print(f"{path}: {'updated' if docs.write(path) else 'up to date'}")
+    return 0
+
+
+STANDALONE = {"new-plugin": _cmd_new_plugin, "docs": _cmd_docs}
+"""Commands that do not load the installed plugins (so a broken plugin cannot block them)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -150,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if args.command in STANDALONE:
+            return STANDALONE[args.command](args)
         from benchbase.plugins import load
 
         with warnings.catch_warnings(record=True) as caught:

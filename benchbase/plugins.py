@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import sys
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
@@ -16,10 +18,19 @@ from typing import Any
 import pluggy
 
 from benchbase import PROJECT_NAME, hookspecs
+from benchbase.components import Evaluator, Loss
 from benchbase.errors import BenchbaseError
 
 COMPONENT_KINDS = ("losses", "students", "teachers", "evaluators", "datasets")
+SINGULAR = {"losses": "loss", "students": "student", "teachers": "teacher", "evaluators": "evaluator",
+            "datasets": "dataset"}
 CORE_PLUGIN = "core"
+
+_BASE_CLASSES: dict[str, type] = {"losses": Loss, "evaluators": Evaluator}
+"""Component kinds registered as classes: the base class each must subclass (and complete)."""
+_BUILD_ARGS: dict[str, tuple[str, ...]] = {"students": ("cfg", "data"), "teachers": ("cfg", "data"),
+                                           "datasets": ("cfg",)}
+"""Component kinds registered as builders: the positional arguments the harness calls them with."""
 
 
 @dataclass
@@ -54,7 +65,7 @@ class Registry:
         existing = self.items[kind].get(name)
         if existing is not None and existing.plugin != plugin:
             raise BenchbaseError(
-                f"{kind[:-1]} {name!r} is registered by both plugin {existing.plugin!r} and plugin "
+                f"{SINGULAR[kind]} {name!r} is registered by both plugin {existing.plugin!r} and plugin "
                 f"{plugin!r}; uninstall one or disable it with BENCHBASE_LOAD_PLUGINS"
             )
         self.items[kind][name] = Registered(name, factory, plugin)
@@ -66,7 +77,7 @@ class Registry:
         except KeyError:
             available = ", ".join(sorted(self.items[kind])) or "none"
             raise BenchbaseError(
-                f"unknown {kind[:-1]} {name!r}; available: {available}"
+                f"unknown {SINGULAR[kind]} {name!r}; available: {available}"
             ) from None
 
     def names(self, kind: str, plugin: str | None = None) -> list[str]:
@@ -86,6 +97,7 @@ class Benchbase:
                 plugin = pm.get_name(impl.plugin)
 
                 def register(name: str, factory: Any, _kind: str = kind, _plugin: str = plugin) -> None:
+                    check_component(_kind, name, factory, _plugin)
                     self.registry.add(_kind, name, factory, _plugin)
 
                 impl.function(register=register)
@@ -99,6 +111,14 @@ class Benchbase:
             }
             plugin = pm.get_plugin(info.name)
             info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+
+    def hook_implementers(self) -> dict[str, list[str]]:
+        """Every hook spec (sorted) and the names of the plugins that implement it (sorted)."""
+        return {
+            name: sorted(self.pm.get_name(impl.plugin) for impl in caller.get_hookimpls())
+            for name, caller in sorted(vars(self.pm.hook).items())
+            if isinstance(caller, pluggy.HookCaller) and caller.spec is not None
+        }
 
     def config_dirs(self) -> list[str]:
         return [d for dirs in self.pm.hook.benchbase_config_dirs() for d in dirs]
@@ -129,6 +149,53 @@ class Benchbase:
 
     def plugin_versions(self) -> dict[str, str]:
         return {n: i.version for n, i in self.infos.items() if not i.error}
+
+
+def _describe(obj: Any) -> str:
+    """``module.qualname`` of a registered object (``partial(...)`` around a partial's function)."""
+    if isinstance(obj, partial):
+        return f"partial({_describe(obj.func)})"
+    qualname = getattr(obj, "__qualname__", None)
+    if qualname is None:
+        return f"a {type(obj).__name__} instance"
+    return f"{getattr(obj, '__module__', '?')}.{qualname}"
+
+
+def check_component(kind: str, name: str, factory: Any, plugin: str) -> None:
+    """Check that ``factory`` fits the interface of its ``kind`` (see :mod:`benchbase.hookspecs`).
+
+    Losses and evaluators must be concrete subclasses of :class:`~benchbase.components.Loss` and
+    :class:`~benchbase.components.Evaluator`; students and teachers must be callables that accept
+    ``build(cfg, data)``, datasets ``build(cfg)``.
+
+    Raises:
+        BenchbaseError: one line naming the plugin, the component and what is wrong.
+    """
+    what = f"plugin {plugin!r} registers {SINGULAR[kind]} {name!r} ({_describe(factory)})"
+    base = _BASE_CLASSES.get(kind)
+    if base is not None:
+        if not (inspect.isclass(factory) and issubclass(factory, base)):
+            raise BenchbaseError(f"{what} which does not subclass {base.__module__}.{base.__name__}")
+        missing = sorted(getattr(factory, "__abstractmethods__", ()))
+        if missing:
+            raise BenchbaseError(f"{what} which does not implement {', '.join(missing)}")
+        return
+    args = _BUILD_ARGS[kind]
+    call = f"build({', '.join(args)})"
+    if not callable(factory):
+        raise BenchbaseError(f"{what} which is not callable; expected a function {call}")
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # some C callables carry no signature: nothing to check
+        return
+    try:
+        signature.bind(*args)
+    except TypeError:
+        bare = signature.replace(
+            parameters=[p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()],
+            return_annotation=inspect.Signature.empty,
+        )
+        raise BenchbaseError(f"{what} whose signature {bare} cannot be called as {call}") from None
 
 
 def _load_dir_plugins(directory: Path) -> list[tuple[str, ModuleType]]:
