@@ -6,7 +6,7 @@ Plugins mark their hook implementations with :data:`hookimpl`::
 
     @hookimpl
     def benchbase_register_losses(register):
-        register(MyLoss)
+        register("my_loss", MyLoss)
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -3,7 +3,8 @@
 - students/teachers: ``vit`` (timm VisionTransformer),
 - datasets: ``digits`` and ``digit_scenes`` (embedded, scikit-learn); on disk: ``imagefolder``,
   ``imagenet``, ``cifar10`` (ImageFolder layout), ``omniglot``, ``camvid``, ``ade20k``,
-  ``miniimagenet``, ``tieredimagenet``, ``cifarfs``, ``fc100``,
+  ``miniimagenet``, ``tieredimagenet``, ``cifarfs``, ``fc100``; paired frame + event data:
+  ``digit_scene_events`` and ``camvid_events`` (SIMULATED events), ``event_recordings`` (.npz),
 - evaluators: ``fewshot``, ``linear_probe``, ``finetune``, ``segmentation``,
 - losses: ``supervised`` (cross-entropy on labels: the teacher recipe's fine-tuning and the
   from-scratch reference row; it is not a distillation method).
@@ -23,6 +24,7 @@ from benchbase.components import DataBundle, Loss, StepInputs, Student
 from benchbase.data.ade20k import build_ade20k
 from benchbase.data.camvid import build_camvid
 from benchbase.data.digits import load_digits_bundle
+from benchbase.data.events import build_camvid_events, build_digit_scene_events, build_event_recordings
 from benchbase.data.fewshot_folders import build_cifarfs, build_fc100, build_miniimagenet, build_tieredimagenet
 from benchbase.data.folders import load_image_folder
 from benchbase.data.omniglot import build_omniglot
@@ -100,3 +102,6 @@ def benchbase_register_datasets(register):
     register("tieredimagenet", build_tieredimagenet)
     register("cifarfs", build_cifarfs)
     register("fc100", build_fc100)
+    register("digit_scene_events", build_digit_scene_events)
+    register("camvid_events", build_camvid_events)
+    register("event_recordings", build_event_recordings)

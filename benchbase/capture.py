@@ -29,7 +29,7 @@ TAP_SHAPES: dict[str, str] = {
     "attn_out": "[B, T, D] attention branch of block i before the residual",
     "mlp_out": "[B, T, D] MLP branch of block i before the residual",
     "tokens": "[B, T, D] final tokens after the model's last norm",
-    "logits": "[B, C] classifier output",
+    "logits": "[B, K] classifier output (K classes)",
 }
 
 
@@ -92,6 +92,11 @@ def deepest_block(taps: Iterable[Tap], depth: int) -> int:
     return deepest
 
 
+def final_needed(resolved: Sequence[tuple[Tap, Tap]]) -> bool:
+    """Whether any tap needs the whole network (``tokens`` or ``logits``)."""
+    return any(t.block is None for _, t in resolved)
+
+
 def _qkv_hook(attn: nn.Module, kinds: set[str], store: dict[str, Tensor]):
     def hook(_module: nn.Module, _inputs: tuple, qkv: Tensor) -> None:
         batch, tokens, _ = qkv.shape
@@ -114,6 +119,28 @@ def _output_hook(store: dict[str, Tensor], kind: str):
         store[kind] = output
 
     return hook
+
+
+def register_block_hooks(
+    blocks: Sequence[nn.Module], resolved: Sequence[tuple[Tap, Tap]], qkv_hook
+) -> tuple[dict[int, dict[str, Tensor]], list]:
+    """Forward hooks that store the resolved block taps, one store per block index.
+
+    ``qkv_hook(attn, kinds, store)`` builds the hook on ``blocks[i].attn.qkv`` (architectures lay
+    out their qkv projection differently); block, attention-branch and MLP-branch outputs are
+    stored as the modules return them. Returns the stores and the hook handles to remove.
+    """
+    stores: dict[int, dict[str, Tensor]] = {res.block: {} for _, res in resolved if res.block is not None}
+    handles = []
+    for index, store in stores.items():
+        kinds = {res.kind for _, res in resolved if res.block == index}
+        block = blocks[index]
+        if kinds & _QKV_KINDS:
+            handles.append(block.attn.qkv.register_forward_hook(qkv_hook(block.attn, kinds, store)))
+        for kind, module in (("attn_out", block.attn), ("mlp_out", block.mlp), ("block", block)):
+            if kind in kinds:
+                handles.append(module.register_forward_hook(_output_hook(store, kind)))
+    return stores, handles
 
 
 def embed(model: nn.Module, inp: ModelInput) -> Tensor:
@@ -141,36 +168,30 @@ def run_vit(model: nn.Module, inp: ModelInput | Tensor, taps: Sequence[Tap]) -> 
     """Run a timm ``VisionTransformer`` and return exactly the tensors in ``taps``.
 
     The model runs block by block up to the deepest requested block and stops there unless a
-    ``tokens`` or ``logits`` tap needs the whole network. Shapes are listed in :data:`TAP_SHAPES`.
+    ``tokens`` or ``logits`` tap needs the whole network; when only q/k/v/attn are asked of that
+    deepest block, it runs only that block's norm and qkv projection. Shapes are listed in
+    :data:`TAP_SHAPES`.
     """
     if isinstance(inp, Tensor):
         inp = ModelInput(inp)
     depth = len(model.blocks)
     resolved = [(tap, tap.resolve(depth)) for tap in taps]
-    stores: dict[int, dict[str, Tensor]] = {}
-    handles = []
-    for _, tap in resolved:
-        if tap.block is not None:
-            stores.setdefault(tap.block, {})
+    stores, handles = register_block_hooks(model.blocks, resolved, _qkv_hook)
     try:
-        for index, store in stores.items():
-            kinds = {t.kind for _, t in resolved if t.block == index}
-            block = model.blocks[index]
-            if kinds & _QKV_KINDS:
-                handles.append(block.attn.qkv.register_forward_hook(_qkv_hook(block.attn, kinds, store)))
-            for kind, module in (("attn_out", block.attn), ("mlp_out", block.mlp), ("block", block)):
-                if kind in kinds:
-                    handles.append(module.register_forward_hook(_output_hook(store, kind)))
         x = embed(model, inp)
         last = deepest_block([t for _, t in resolved], depth)
-        for block in model.blocks[: last + 1]:
+        # the deepest block stops at its qkv projection when only q/k/v/attn are asked of it
+        partial = not final_needed(resolved) and {t.kind for _, t in resolved if t.block == last} <= _QKV_KINDS
+        for block in model.blocks[: last if partial else last + 1]:
             x = block(x)
+        if partial:
+            block = model.blocks[last]
+            block.attn.qkv(block.norm1(x))
     finally:
         for handle in handles:
             handle.remove()
     out = Captures()
-    final_kinds = {t.kind for _, t in resolved if t.block is None}
-    if final_kinds:
+    if final_needed(resolved):
         tokens = model.norm(x)
         for tap, res in resolved:
             if res.kind == "tokens":

@@ -2,7 +2,7 @@
 
 Plugins register implementations through the hooks in :mod:`benchbase.hookspecs`. Tensor shapes
 use B = batch, C = channels, H/W = image height/width, N = patches, T = tokens (prefix + patches),
-D = embedding width, Hd = attention heads.
+D = embedding width; in attention shapes H = heads (see :data:`benchbase.capture.TAP_SHAPES`).
 """
 
 from __future__ import annotations
@@ -122,6 +122,7 @@ class Loss(nn.Module, ABC):
 
     name: ClassVar[str]
     uses_teacher: ClassVar[bool] = True
+    student_arch: ClassVar[str | None] = None  # the student.arch it needs (None: any)
     student_taps: Sequence[Tap] = ()
     teacher_taps: Sequence[Tap] = ()
 

@@ -247,6 +247,7 @@ def render_guide(text: str) -> str:
 
 
 def _read(path: Path) -> str:
+    """The guide's text; a missing file is a one-line error."""
     if not path.is_file():
         raise BenchbaseError(f"guide {path} not found; pass --path to the checkout's docs/writing-a-plugin.md")
     return path.read_text(encoding="utf-8")

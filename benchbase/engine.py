@@ -198,8 +198,9 @@ def _step(student, teacher, loss, optimizer, images, labels, device, amp, cfg, s
         student_out = _run(student, inputs.student, loss.student_taps)
         terms = loss(student_out, teacher_out, inputs)
     total_loss = sum(terms.values())
-    terms_f = {k: float(v.detach()) for k, v in terms.items()}
-    if not math.isfinite(float(total_loss.detach())):
+    values = torch.stack([v.detach().float() for v in terms.values()]).tolist()  # one device sync
+    terms_f = dict(zip(terms, values))
+    if not all(math.isfinite(v) for v in values):
         raise MethodFailed(f"non-finite loss at step {step}: {terms_f}", step=step)
     optimizer.zero_grad(set_to_none=True)
     total_loss.backward()

@@ -36,7 +36,11 @@ BUSY_TIMEOUT_S = 60.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _FIX = "move it away or pass db=<another path>"
 _APPLICATION_ID = 0x62626462  # "bbdb": marks the file as a benchbase results database
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # version -> statements that bring a database of that version to the next one
+    1: ("CREATE INDEX runs_suite_role_method ON runs (suite, role, method)",),
+}
 _SCHEMA = (
     """CREATE TABLE runs (
         id INTEGER PRIMARY KEY,
@@ -71,6 +75,7 @@ _SCHEMA = (
         extras TEXT NOT NULL  -- JSON
     )""",
     "CREATE INDEX metrics_run ON metrics (run_id)",
+    *(statement for version in sorted(_MIGRATIONS) for statement in _MIGRATIONS[version]),
 )
 _RUN_COLUMNS = (
     "config_hash", "suite", "role", "method", "teacher", "student", "dataset", "seed", "status",
@@ -295,6 +300,18 @@ class ResultsDB:
                         conn.execute(statement)
                     conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
                     conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                else:
+                    self._migrate(conn)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring an older schema up to date in the open transaction; the stored runs are kept."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        while version < _SCHEMA_VERSION:
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
+            version += 1
+            conn.execute(f"PRAGMA user_version = {version}")
 
     def _is_new(self, conn: sqlite3.Connection) -> bool:
         """True for an empty database, False for a benchbase one; raises for anything else."""

@@ -178,12 +178,17 @@ def softmax(row: list[float]) -> list[float]:
     return [e / sum(exps) for e in exps]
 
 
+def logits(rows: list[list[float]]) -> Captures:
+    """What the harness hands the loss: the captured [B, num_classes] logits."""
+    return Captures({Tap("logits"): torch.tensor(rows)})
+
+
 def test_loss_matches_a_hand_computation():
     s, t, labels = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]], [[0.5, 1.5, 2.0], [1.0, 0.0, 2.0]], [1, 2]
     tau, alpha = 2.0, 0.3
     loss = LogitDistillation(tau=tau, alpha=alpha)
     inputs = loss.make_inputs(torch.zeros(2, 1, 4, 4), torch.tensor(labels))
-    terms = loss(Captures({Tap("logits"): torch.tensor(s)}), Captures({Tap("logits"): torch.tensor(t)}), inputs)
+    terms = loss(logits(s), logits(t), inputs)
     kd = ce = 0.0
     for s_row, t_row, label in zip(s, t, labels):
         p_s, p_t = softmax([x / tau for x in s_row]), softmax([x / tau for x in t_row])
@@ -191,8 +196,7 @@ def test_loss_matches_a_hand_computation():
         ce += -math.log(softmax(s_row)[label]) * alpha / len(s)
     assert terms["kd"].item() == pytest.approx(kd, rel=1e-5)
     assert terms["ce"].item() == pytest.approx(ce, rel=1e-5)
-    assert "ce" not in LogitDistillation(alpha=0.0)(
-        Captures({Tap("logits"): torch.tensor(s)}), Captures({Tap("logits"): torch.tensor(t)}), inputs)
+    assert "ce" not in LogitDistillation(alpha=0.0)(logits(s), logits(t), inputs)
 
 
 def test_runs_end_to_end(tmp_path):
@@ -248,11 +252,13 @@ find the plugin once the distribution is installed. Build and upload with
 
 def check_name(name: str) -> None:
     """A plugin name must be a Python identifier, not a keyword, and not an installed plugin's."""
-    if not name.isidentifier() or keyword.iskeyword(name):
+    if not name.isidentifier():
         raise BenchbaseError(
             f"plugin name {name!r} is not a valid Python identifier; use letters, digits and "
             f"underscores, not starting with a digit (e.g. my_kd)"
         )
+    if keyword.iskeyword(name):
+        raise BenchbaseError(f"plugin name {name!r} is a Python keyword; pick another name (e.g. {name}_kd)")
     installed = {ep.name: ep for ep in entry_points(group=PROJECT_NAME)}
     if name in installed:
         dist = installed[name].dist

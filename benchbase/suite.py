@@ -121,14 +121,22 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def evaluate(ctx: SuiteContext, model: VitModel) -> list[Metric]:
-    """Every task of the suite on ``model``; each metric is tagged with its task name."""
+def evaluate(ctx: SuiteContext, model: VitModel, seed: int) -> list[Metric]:
+    """Every task of the suite on ``model``; each metric is tagged with its task name.
+
+    An evaluator that takes a ``seed`` (episodes, probe initialisation) gets the run's seed unless
+    the task sets one: every method of a seed is scored on the same episodes, and other seeds
+    draw other episodes.
+    """
     metrics: list[Metric] = []
     for task_name, task in ctx.cfg.suite.tasks.items():
         ev_cls = ctx.bb.registry.get("evaluators", task.evaluator)
         params = OmegaConf.to_container(task.params, resolve=True) or {}
-        if "batch_size" in inspect.signature(ev_cls.__init__).parameters:
+        accepted = inspect.signature(ev_cls.__init__).parameters
+        if "batch_size" in accepted:
             params.setdefault("batch_size", ctx.cfg.eval.batch_size)
+        if "seed" in accepted:
+            params.setdefault("seed", seed)
         for metric in ev_cls(**params).evaluate(model, ctx.dataset(task.dataset), ctx.device):
             metric.extras["task"] = task_name
             metrics.append(metric)
@@ -161,7 +169,7 @@ def run_teacher_row(ctx: SuiteContext, teacher: VitModel) -> RunRecord:
     if not ctx.force and (found := ctx.db.find(h)):
         return found
     started = time.perf_counter()
-    metrics = evaluate(ctx, teacher)
+    metrics = evaluate(ctx, teacher, seed=0)
     record = _record(ctx, ctx.cfg, "teacher", "teacher", 0, h, status="done", metrics=metrics,
                      wall_time=time.perf_counter() - started)
     ctx.db.save(record)
@@ -194,7 +202,7 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
         result = train(student, teacher if loss.uses_teacher else None, loss, data.split(cfg.suite.distill.split),
                        cfg.trainer, run_dir, seed, desc=f"{name} seed {seed}")
         save_weights(student.export(), run_dir / "student.pt")
-        metrics = evaluate(ctx, student)
+        metrics = evaluate(ctx, student, seed)
         metrics.append(Metric("images_per_second", result.images_per_second, result.steps,
                               f"training throughput on {ctx.device.type}", extras={"task": "train"}))
         kw.update(status="done", metrics=metrics)
@@ -208,12 +216,32 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
     return record
 
 
+def _compatible(bb: Benchbase, methods: list[str], arch: str, explicit: bool) -> tuple[list[str], list[tuple[str, str]]]:
+    """Methods whose loss works with ``student.arch``, and the others with the arch they need.
+
+    A method asked for by name that cannot run on this suite's student is a one-line error.
+    """
+    keep, skipped = [], []
+    for name in methods:
+        needed = getattr(bb.registry.get("losses", name), "student_arch", None)
+        if needed in (None, arch):
+            keep.append(name)
+        elif explicit:
+            raise BenchbaseError(
+                f"method {name!r} needs student.arch={needed}, but this suite's student is {arch}; "
+                f"run it with a suite built for {needed} students"
+            )
+        else:
+            skipped.append((name, needed))
+    return keep, skipped
+
+
 def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, force: bool = False,
               echo=print) -> list[RunRecord]:
     """Run the composed suite for the chosen method plugins; write and print its leaderboard."""
     # method.* overrides apply to each method's own config, not to the suite's base config
     cfg = compose_config(_without_method_overrides(overrides), bb.config_dirs())
-    methods = bb.select_methods(plugins)
+    methods, skipped = _compatible(bb, bb.select_methods(plugins), cfg.student.arch, explicit=plugins is not None)
     ctx = SuiteContext(bb, cfg, list(overrides), ResultsDB(cfg.db), Path(cfg.home), force,
                        resolve_device(cfg.trainer.device))
     roles = [("reference", list(cfg.suite.references)), ("method", methods)]
@@ -221,6 +249,8 @@ def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, fo
         for name in names:
             loss_params(ctx.method_cfg(name, role), bb.registry.get("losses", name))
     echo(f"suite {cfg.suite.name}: {cfg.suite.description}")
+    for name, arch in skipped:
+        echo(f"  skipping {name}: it needs student.arch={arch}, this suite's student is {cfg.student.arch}")
     echo(f"methods: {', '.join(methods) or 'none'}; seeds: {list(cfg.suite.seeds)}; device: {_device_name(ctx.device)}")
     data = ctx.dataset(cfg.suite.distill.dataset)
     for task in cfg.suite.tasks.values():

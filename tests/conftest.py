@@ -12,6 +12,7 @@ import timm
 import torch
 
 from benchbase.components import Student, Teacher
+from benchbase.data.tensors import TensorImages
 
 # The tests' models are tiny: one thread is faster than two and keeps timings steady when other
 # processes share the cores; subprocesses started by tests inherit the setting.
@@ -25,6 +26,11 @@ def tiny_vit(embed_dim: int = 32, depth: int = 3, num_heads: int = 2, num_classe
         "vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=1, embed_dim=embed_dim,
         depth=depth, num_heads=num_heads, num_classes=num_classes,
     )
+
+
+def tensor_images(images: torch.Tensor, labels: torch.Tensor) -> TensorImages:
+    """An in-memory dataset of ([n, C, H, W] images, [n] labels) with classes named by number."""
+    return TensorImages(images, labels, [str(c) for c in range(int(labels.max()) + 1)])
 
 
 @pytest.fixture

@@ -69,6 +69,18 @@ def test_teacher_stops_at_deepest_requested_block(teacher, images):
     assert deepest_block([Tap("v", -2)], 4) == 2
 
 
+def test_deepest_block_stops_at_its_qkv_projection(teacher, images):
+    last = teacher.model.blocks[1]
+    calls = []
+    last.mlp.register_forward_hook(lambda *_: calls.append("mlp"))
+    last.attn.proj.register_forward_hook(lambda *_: calls.append("proj"))
+    out = teacher.run(images, [Tap("q", 1), Tap("attn", 1), Tap("block", 0)])
+    assert calls == [] and out[Tap("attn", 1)].shape == (3, 4, 17, 17)
+    full = teacher.run(images, [Tap("q", 1), Tap("block", 1)])  # the block output needs the whole block
+    assert calls == ["proj", "mlp"]
+    torch.testing.assert_close(out[Tap("q", 1)], full[Tap("q", 1)])
+
+
 def test_teacher_outputs_are_constant_targets(teacher, images):
     out = teacher.run(images, [Tap("tokens")])[Tap("tokens")]
     assert not out.requires_grad

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import re
 import shutil
-import tarfile
 import warnings
 import zipfile
 from collections import Counter

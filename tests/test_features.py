@@ -8,24 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchbase.components import LabeledImages, Student
+from benchbase.components import Student
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.features import POOLINGS, extract_features
 
 
-class TensorImages(LabeledImages):
-    """In-memory ([n, C, H, W] images, [n] labels) dataset."""
-
-    def __init__(self, images: Tensor, labels: Tensor):
-        self.images = images
-        self.targets = labels.tolist()
-        self.classes = [str(c) for c in range(int(labels.max()) + 1)]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.images[index], self.targets[index]
+from conftest import tensor_images
 
 
 def tiny_student(**overrides) -> Student:
@@ -53,7 +41,7 @@ def setup():
     student = tiny_student()
     torch.manual_seed(1)
     images = torch.randn(7, 1, 16, 16)
-    dataset = TensorImages(images, torch.tensor([0, 1, 2, 0, 1, 2, 0]))
+    dataset = tensor_images(images, torch.tensor([0, 1, 2, 0, 1, 2, 0]))
     with torch.no_grad():
         tokens, attn = manual_tokens_and_attention(student.model.eval(), images)
     return student, dataset, tokens, attn
@@ -95,7 +83,7 @@ def test_other_poolings(setup):
 
 def test_runs_in_eval_mode_and_restores_training_mode():
     student = tiny_student(drop_rate=0.5, proj_drop_rate=0.5)
-    dataset = TensorImages(torch.randn(5, 1, 16, 16), torch.tensor([0, 1, 0, 1, 0]))
+    dataset = tensor_images(torch.randn(5, 1, 16, 16), torch.tensor([0, 1, 0, 1, 0]))
     student.train()
     first, _ = extract_features(student, dataset, "cls")
     second, _ = extract_features(student, dataset, "cls")
@@ -104,7 +92,7 @@ def test_runs_in_eval_mode_and_restores_training_mode():
 
 
 def test_bad_pooling_and_missing_class_token():
-    dataset = TensorImages(torch.randn(2, 1, 16, 16), torch.tensor([0, 1]))
+    dataset = tensor_images(torch.randn(2, 1, 16, 16), torch.tensor([0, 1]))
     with pytest.raises(BenchbaseError, match="unknown feature pooling 'max'"):
         extract_features(tiny_student(), dataset, "max")
     no_cls = tiny_student(class_token=False, global_pool="avg")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchbase.components import DataBundle, LabeledImages, Student
+from benchbase.components import DataBundle, Student
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.features import extract_features
 from benchbase.evaluation.fewshot import (
@@ -22,20 +22,7 @@ from benchbase.evaluation.fewshot import (
     sample_episodes,
 )
 
-
-class TensorImages(LabeledImages):
-    """In-memory ([n, C, H, W] images, [n] labels) dataset."""
-
-    def __init__(self, images: Tensor, labels: Tensor):
-        self.images = images
-        self.targets = labels.tolist()
-        self.classes = [str(c) for c in range(int(labels.max()) + 1)]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.images[index], self.targets[index]
+from conftest import tensor_images
 
 
 def tiny_student() -> Student:
@@ -49,7 +36,7 @@ def tiny_student() -> Student:
 
 
 def bundle(images: Tensor, labels: Tensor, split: str = "novel") -> DataBundle:
-    return DataBundle("toy", {split: TensorImages(images, labels)}, image_size=16, in_chans=1, num_classes=0)
+    return DataBundle("toy", {split: tensor_images(images, labels)}, image_size=16, in_chans=1, num_classes=0)
 
 
 def separable_features(labels: Tensor, dim: int = 16, noise: float = 0.05) -> Tensor:
@@ -207,7 +194,6 @@ def test_fewshot_evaluator_metrics():
             "prototype (cosine) classifier, split novel"
         )
         assert 20 < metric.value <= 100
-
 
 
 def test_fewshot_ci_and_value_match_a_hand_computation():

@@ -7,7 +7,6 @@ import math
 import pytest
 import timm
 import torch
-from torch import Tensor
 
 from benchbase.components import DataBundle, LabeledImages, Student, Teacher
 from benchbase.errors import BenchbaseError
@@ -15,20 +14,7 @@ from benchbase.evaluation.classification import FineTune, LinearProbe, accuracy_
 
 CPU = torch.device("cpu")
 
-
-class TensorImages(LabeledImages):
-    """In-memory ([n, C, H, W] images, [n] labels) dataset."""
-
-    def __init__(self, images: Tensor, labels: Tensor):
-        self.images = images
-        self.targets = labels.tolist()
-        self.classes = [str(c) for c in range(int(labels.max()) + 1)]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.images[index], self.targets[index]
+from conftest import tensor_images
 
 
 def tiny_model() -> torch.nn.Module:
@@ -39,12 +25,12 @@ def tiny_model() -> torch.nn.Module:
     )
 
 
-def shades(classes: int, per_class: int, seed: int) -> TensorImages:
+def shades(classes: int, per_class: int, seed: int) -> LabeledImages:
     """Noisy images whose class sets their overall brightness (a cue a random ViT keeps)."""
     generator = torch.Generator().manual_seed(seed)
     labels = torch.arange(classes).repeat_interleave(per_class)
     images = 0.3 * torch.randn(labels.numel(), 1, 16, 16, generator=generator)
-    return TensorImages(images + (labels.float() - (classes - 1) / 2).view(-1, 1, 1, 1), labels)
+    return tensor_images(images + (labels.float() - (classes - 1) / 2).view(-1, 1, 1, 1), labels)
 
 
 def shade_data(classes: int, train: int = 30, test: int = 20) -> DataBundle:

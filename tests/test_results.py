@@ -223,3 +223,20 @@ def test_import_malformed_line_adds_nothing(tmp_path: Path, db: ResultsDB) -> No
     with pytest.raises(BenchbaseError, match=r"bad\.jsonl:2"):
         db.import_jsonl(path)
     assert db.records() == []
+
+
+def test_older_schema_is_migrated_and_keeps_its_runs(tmp_path):
+    from benchbase.results import _SCHEMA_VERSION
+
+    path = tmp_path / "old.db"
+    ResultsDB(path).save(make_record("kept"))
+    with sqlite3.connect(path) as conn:  # turn the file into a schema-1 database holding a run
+        conn.execute("DROP INDEX runs_suite_role_method")
+        conn.execute("PRAGMA user_version = 1")
+    db = ResultsDB(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION == 2
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert "runs_suite_role_method" in indexes
+    assert [r.config_hash for r in db.records()] == ["kept"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 
-import pytest
 
 from benchbase.cli import main
 from benchbase.results import ResultsDB
@@ -126,3 +125,21 @@ def test_leaderboard_regenerates_from_database_alone(tmp_path, capsys):
     assert "| mae" in (tmp_path / "lb" / "default.md").read_text()
     with sqlite3.connect(tmp_path / "results.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_same_seed_repeats_exactly_and_other_seeds_differ(tmp_path):
+    def metrics(home, seed):
+        record = next(r for r in ResultsDB(home / "results.db").records() if r.method == "feature" and r.seed == seed)
+        return {(m.extras["task"], m.name): (m.value, m.ci95, m.protocol) for m in record.metrics
+                if m.name != "images_per_second"}
+
+    for home in ("a", "b"):
+        assert main(["run", "--plugins", "feature", *tiny(tmp_path / home, "suite.references=[]")]) == 0
+    assert metrics(tmp_path / "a", 0) == metrics(tmp_path / "b", 0)
+    assert main(["run", "--plugins", "feature", *tiny(tmp_path / "a", "suite.references=[]", "seed=1")]) == 0
+    first, second = metrics(tmp_path / "a", 0), metrics(tmp_path / "a", 1)
+    assert first != second
+    assert "(seed 1)" in second[("fewshot", "5way-1shot")][2] and "(seed 0)" in first[("fewshot", "5way-1shot")][2]
+    runs = tmp_path / "a" / "runs" / "default"
+    students = [next(runs.glob(f"feature-seed{seed}-*")) / "student.pt" for seed in (0, 1)]
+    assert students[0].read_bytes() != students[1].read_bytes()  # other initial weights and batches

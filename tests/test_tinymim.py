@@ -146,18 +146,22 @@ def test_head_alignment_errors(models):
         TinyMIMLoss(relations=["qv"])
 
 
-@pytest.mark.parametrize("teacher_block, calls", [(-1, [1, 1, 1, 1]), (1, [1, 1, 0, 0])])
-def test_teacher_stops_at_target_block(models, teacher_block, calls):
+# (whole blocks run, qkv projections run): the target block runs only up to its q/k/v
+@pytest.mark.parametrize("teacher_block, calls, qkv", [(-1, [1, 1, 1, 0], [1, 1, 1, 1]), (1, [1, 0, 0, 0], [1, 1, 0, 0])])
+def test_teacher_stops_at_target_block(models, teacher_block, calls, qkv):
     student, teacher = models
     loss = TinyMIMLoss(teacher_block=teacher_block)
     loss.setup(student, teacher)
-    counts = [0] * 4
+    counts, qkv_counts = [0] * 4, [0] * 4
     handles = [b.register_forward_hook(lambda *_, i=i: counts.__setitem__(i, counts[i] + 1))
                for i, b in enumerate(teacher.model.blocks)]
+    handles += [b.attn.qkv.register_forward_hook(lambda *_, i=i: qkv_counts.__setitem__(i, qkv_counts[i] + 1))
+                for i, b in enumerate(teacher.model.blocks)]
     caps = teacher.run(loss.make_inputs(images(), torch.zeros(3)).teacher, loss.teacher_taps)
     for handle in handles:
         handle.remove()
-    assert counts == calls and loss.student_taps == (Tap("k", -1), Tap("q", -1), Tap("v", -1))
+    assert counts == calls and qkv_counts == qkv
+    assert loss.student_taps == (Tap("k", -1), Tap("q", -1), Tap("v", -1))
     assert caps[Tap("q", teacher_block)].shape == (3, 4, 17, 12)
 
 

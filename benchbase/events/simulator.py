@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -29,6 +31,8 @@ LOG_EPS = 1e-3
 """Offset of the log intensity, log(LOG_EPS + I), keeping black pixels (I = 0) finite."""
 
 WARP_MODES = ("bilinear", "nearest")
+
+ArrayLike = Union[Tensor, np.ndarray]
 
 
 @dataclass
@@ -53,8 +57,9 @@ class Events:
         return self.t.numel()
 
     @classmethod
-    def from_arrays(cls, x: Tensor, y: Tensor, t: Tensor, p: Tensor, height: int, width: int) -> Events:
-        """Events from four equally long 1-D arrays in any order and dtype, sorted by time (stable).
+    def from_arrays(cls, x: ArrayLike, y: ArrayLike, t: ArrayLike, p: ArrayLike, height: int, width: int) -> Events:
+        """Events from four equally long 1-D arrays (tensors or numpy arrays) in any order and dtype,
+        sorted by time (stable).
 
         A polarity > 0 is +1, anything else (0 or -1, the two usual encodings) is -1. Arrays of
         different lengths or coordinates outside the sensor raise ``ValueError``.
@@ -63,7 +68,8 @@ class Events:
         if not x.numel() == y.numel() == t.numel() == p.numel():
             raise ValueError(f"x, y, t, p have {x.numel()}, {y.numel()}, {t.numel()}, {p.numel()} entries")
         x, y = x.long(), y.long()
-        if x.numel() and not (0 <= int(x.min()) and int(x.max()) < width and 0 <= int(y.min()) and int(y.max()) < height):
+        inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+        if not bool(inside.all()):
             raise ValueError(
                 f"event coordinates x {int(x.min())}..{int(x.max())}, y {int(y.min())}..{int(y.max())} "
                 f"fall outside the {width}x{height} sensor"
@@ -74,10 +80,11 @@ class Events:
         return cls(x[order], y[order], t[order], polarity, height, width)
 
     def rescaled(self, height: int, width: int) -> Events:
-        """The same events on a ``height`` x ``width`` grid: pixel (x, y) goes to
-        (floor(x·width/self.width), floor(y·height/self.height)), as an image resize would map it."""
-        x = torch.div(self.x * width, self.width, rounding_mode="floor")
-        y = torch.div(self.y * height, self.height, rounding_mode="floor")
+        """The same events on a ``height`` x ``width`` grid: each event moves to the target pixel
+        holding its pixel's centre, (⌊(x + ½)·width / self.width⌋, ⌊(y + ½)·height / self.height⌋),
+        as a centre-aligned image resize maps pixels."""
+        x = torch.div((2 * self.x + 1) * width, 2 * self.width, rounding_mode="floor")
+        y = torch.div((2 * self.y + 1) * height, 2 * self.height, rounding_mode="floor")
         return Events(x, y, self.t, self.p, height, width)
 
 

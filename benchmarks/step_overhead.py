@@ -1,0 +1,123 @@
+"""Harness overhead: one TinyMIM distillation step through benchbase vs a hand-written PyTorch step.
+
+Both paths run the same computation on the same models and batch: teacher forward (inference mode)
+up to its last block's q/k/v, student forward up to its (head-aligned) last block's q/k/v, the
+Q-K and V-V relation KL, backward, gradient clipping and an AdamW step. The benchbase path goes
+through the engine's step (capture hooks, ``Loss.make_inputs``/``forward``, loss-term logging);
+the manual path calls the timm modules directly. Steps alternate between the two paths so drift
+(clocks, thermals) hits both equally. Prints one JSON line with images/s of both, their ratio,
+the model FLOPs of a step and, on CUDA, the model-FLOPs utilisation against ``--peak-tflops``.
+
+    python benchmarks/step_overhead.py --teacher vit_base_patch16_224 --student vit_small_patch16_224 \
+        --img 224 --batch 128 --steps 30            # a GPU, bf16
+    python benchmarks/step_overhead.py              # a quick CPU run with tiny models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchbase.components import Student, Teacher
+from benchbase.engine import _step, autocast_dtype, param_groups
+from benchbase_plugins.tinymim import TinyMIMLoss
+
+
+def last_qkv(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """q, k, v [B, H, T, d] of the last block, by hand (no hooks, no benchbase)."""
+    x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
+    for block in model.blocks[:-1]:
+        x = block(x)
+    attn = model.blocks[-1].attn
+    h = model.blocks[-1].norm1(x)
+    B, T, _ = h.shape
+    q, k, v = attn.qkv(h).reshape(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    return q, k, v
+
+
+def kl_rows(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    scale = s.shape[-1] ** -0.5
+    return F.kl_div(F.log_softmax(s * scale, -1), F.softmax(t * scale, -1), reduction="none").sum(-1).mean()
+
+
+def manual_step(student, teacher, optimizer, images, amp, clip):
+    with torch.autocast(images.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with torch.inference_mode():
+            tq, tk, tv = last_qkv(teacher, images)
+        tq, tk, tv = tq.clone(), tk.clone(), tv.clone()
+        sq, sk, sv = last_qkv(student, images)
+        loss = kl_rows(sq @ sk.transpose(-2, -1), tq @ tk.transpose(-2, -1)) + kl_rows(
+            sv @ sv.transpose(-2, -1), tv @ tv.transpose(-2, -1))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default="vit_tiny_patch16_224")
+    parser.add_argument("--student", default="vit_tiny_patch16_224")
+    parser.add_argument("--img", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = autocast_dtype("auto", device)
+    torch.manual_seed(0)
+    teacher = Teacher(timm.create_model(args.teacher, img_size=args.img, num_classes=0)).to(device)
+    student = Student(timm.create_model(args.student, img_size=args.img, num_classes=0, drop_path_rate=0.1)).to(device)
+    loss = TinyMIMLoss(color_jitter=0.0)
+    loss.setup(student, teacher)  # head alignment: the student's last block gets the teacher's heads
+    optimizer = torch.optim.AdamW(param_groups([student, loss], 0.05), lr=1e-4)
+    images = torch.randn(args.batch, 3, args.img, args.img, device=device)
+    labels = torch.zeros(args.batch, dtype=torch.long, device=device)
+    cfg = argparse.Namespace(clip_grad=3.0)
+
+    def harness():
+        return _step(student, teacher, loss, optimizer, images, labels, device, amp, cfg, 0, 1e-4)
+
+    def manual():
+        return manual_step(student.model, teacher.model, optimizer, images, amp, 3.0)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with FlopCounterMode(display=False) as counter:
+        harness()
+    flops = counter.get_total_flops()
+    timings = {"benchbase": 0.0, "manual": 0.0}
+    for index in range(args.warmup + args.steps):
+        for name, fn in (("benchbase", harness), ("manual", manual)) if index % 2 else (("manual", manual), ("benchbase", harness)):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            if index >= args.warmup:
+                timings[name] += time.perf_counter() - start
+    rate = {k: args.batch * args.steps / v for k, v in timings.items()}
+    result = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu {platform.machine()} ({torch.get_num_threads()} threads)",
+        "precision": "bf16" if amp else "fp32", "teacher": args.teacher, "student": args.student, "img": args.img,
+        "batch": args.batch, "steps": args.steps, "images_per_s_benchbase": round(rate["benchbase"], 1),
+        "images_per_s_manual": round(rate["manual"], 1), "overhead_ratio": round(timings["benchbase"] / timings["manual"], 3),
+        "step_tflop": round(flops / 1e12, 3),
+    }
+    if device.type == "cuda":
+        result["mfu_benchbase"] = round(flops * rate["benchbase"] / args.batch / (args.peak_tflops * 1e12), 3)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

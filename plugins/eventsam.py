@@ -1,0 +1,274 @@
+"""EventSAM: weighted adaptation of pivotal tokens (Chen, Zhu et al., CVPR 2024; code: zhiwen-xdu/EventSAM).
+
+A frozen SAM image encoder (the teacher) sees the RGB frame; a copy of it (the student) sees an
+event representation of the same, pixel-aligned scene. The student's block outputs are pulled
+towards the teacher's, each token weighted by an importance the teacher's attention gives
+cheaply (no teacher gradients). Both models are SAM ``ImageEncoderViT``s wrapped as
+:class:`benchbase.sam.SamStudent` / :class:`benchbase.sam.SamTeacher`.
+
+Inputs: the data provider stacks frame and events into one image tensor, [B, C_f + C_e, H, W],
+frame channels first (``frame_channels`` = C_f, ``event_channels`` = C_e; EventSAM: an RGB frame
+and a 3-channel voxel-like event image, both normalised with ImageNet mean/std). The teacher gets
+``images[:, :C_f]``, the student ``images[:, C_f:]``; both are zero-padded bottom/right to the
+encoder's ``img_size`` (the released code pads 260×346 DAVIS frames to 512).
+
+Loss, for each distilled block s with layer weight λ_s (released: blocks [2, 5, 8, 11] of SAM
+ViT-B, λ = [0.1, 0.4, 0.7, 1.0]) and block outputs F [B, N, D] of teacher (T) and student (S)::
+
+    term_s = λ_s · distance(w_s ⊙ F_T, w_s ⊙ F_S)         (w_s [B, N] broadcast over D)
+
+``distance="l1"`` is the released ``nn.L1Loss`` (mean over B·N·D, so mean(w·|F_T − F_S|));
+``"mse"`` is the squared variant. Terms are named ``block{s}``; their sum is the loss. The
+released code also logs the unweighted per-block L1; here every returned term is summed, so it is
+not returned.
+
+Token importance. The paper models the forward pass after block s as a Markov chain,
+H(s) = Π_{i=s+1..n} (α_i P(i) + (1 − α_i) I), P(i) block i's attention; the product of attention
+matrices converges, so the α_i collapse into one β: H(s) ≈ β P̃ + (1 − β) I and the token weights
+are w_s = 1ᵀH(s) = β·1ᵀP̃ + (1 − β)·1 (sum over queries: how much attention each token gets).
+``beta`` is β (the released code's 0.5 gives (1ᵀP + 1) / 2). P̃ depends on ``importance``:
+
+* ``"released_code"`` (default; ``mix_encoder.py`` since 2024-03-30): P̃ is one matrix, the
+  head-averaged attention of block s + 1, evaluated as the released ``Block.forward``'s second
+  attention call: block s + 1's ``attn`` applied to its own attention-branch output (after window
+  un-partition, before the residual) over the whole grid, so a windowed block gives a dense N×N
+  "pseudo-global" matrix (SAM interpolates its window rel-pos table). The last block gets w = 1
+  (the released ``torch.ones``). No further normalisation: with β = 0.5 the weights average 1.
+* ``"paper"``: P̃ = P(n)·…·P(s+1), the chain of the teacher's head-averaged attention
+  transition matrices of every later block, as the forward pass uses them: a global block's
+  N×N attention, a windowed block's block-diagonal one (mass given to padding tokens dropped; see
+  :func:`benchbase.sam.window_attention_to_dense`). The last block's empty chain gives w = 1.
+  (The first release multiplied per-head attention of blocks s+1..next global block; the paper's
+  exact equations are not verified, research notes 1.1–1.2.)
+
+Student: ``init_from_teacher`` copies the teacher's encoder into the student (the released code
+loads SAM into both, so the student starts as an exact copy). When the event and frame channel
+counts differ, the patch embedding cannot be copied and keeps the student's own initialisation.
+``trainable`` selects what trains: ``"released_code"`` (``train.py``: the patch embedding and the
+MLPs of the distilled blocks), ``"paper_figure"`` (the framework figure: the patch embedding and
+every block's MLP) or ``"all"``. Attention, norms, position embeddings (and the unused neck) stay
+frozen in the first two.
+
+Not included: the figure's "token mixing" of 10% RGB tokens into the student (commented out in
+the released code) and a relation loss (the figure's label; the released code uses feature L1).
+The released optimiser (Adam, lr 2e-4, no weight decay, 5 epochs, batch 16) is the suite's
+trainer setting, not a loss option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling.image_encoder import Attention
+from torch import Tensor
+
+from benchbase import hookimpl
+from benchbase.capture import Captures, ModelInput, Tap
+from benchbase.components import Loss, StepInputs, Student, Teacher
+from benchbase.errors import BenchbaseError
+from benchbase.hookspecs import Register
+from benchbase.sam import SamStudent, SamTeacher, pad_to_size, sam_attention, window_attention_to_dense
+
+from . import CONF_DIR
+
+IMPORTANCE = ("released_code", "paper")
+TRAINABLE = ("released_code", "paper_figure", "all")
+DISTANCES = {"l1": F.l1_loss, "mse": F.mse_loss}
+
+
+def token_importance(transitions: Sequence[Tensor], beta: float) -> Tensor:
+    """``w = β · 1ᵀ(P_n ⋯ P_{s+1}) + (1 − β) · 1`` for ``transitions = [P_{s+1}, …, P_n]``.
+
+    Each P is a head-averaged attention matrix [B, N, N] (rows are queries); the sum runs over
+    queries, so w[b, k] grows with the attention token k receives. ``transitions`` must not be
+    empty (the last block's weights are ones). Returns [B, N].
+    """
+    weights = torch.ones_like(transitions[-1][:, 0])  # 1ᵀ, [B, N]
+    for matrix in reversed(transitions):  # 1ᵀ P_n, then (1ᵀ P_n) P_{n-1}, ...
+        weights = torch.einsum("bq,bqk->bk", weights, matrix)
+    return beta * weights + (1.0 - beta)
+
+
+def weighted_distance(student: Tensor, teacher: Tensor, weights: Tensor, distance: str) -> Tensor:
+    """``distance(w ⊙ F_S, w ⊙ F_T)`` (mean reduction) for features [B, N, D] and weights [B, N]."""
+    w = weights.unsqueeze(-1)
+    return DISTANCES[distance](w * student, w * teacher)
+
+
+class EventSAMLoss(Loss):
+    """Token-weighted block-output distillation from a frame-fed SAM teacher to an event-fed student.
+
+    Args:
+        frame_channels: channels of the frame (teacher input), first in the stacked image.
+        event_channels: channels of the event representation (student input), after the frame.
+        distilled_blocks: blocks whose outputs are aligned (negative counts from the end); the
+            indices refer to both encoders. Released: SAM ViT-B's global blocks [2, 5, 8, 11].
+        layer_weights: λ per distilled block (released [0.1, 0.4, 0.7, 1.0]).
+        importance: ``"released_code"`` (attention of block s + 1) or ``"paper"`` (the chain of
+            all later blocks); see the module docstring.
+        beta: β in w = β·1ᵀP + (1 − β)·1, in [0, 1] (released 0.5; 0 gives uniform weights).
+        distance: ``"l1"`` (released) or ``"mse"``.
+        trainable: ``"released_code"``, ``"paper_figure"`` or ``"all"``.
+        init_from_teacher: copy the teacher's weights into the student in ``setup``.
+    """
+
+    name = "eventsam"
+    student_arch = "sam"  # distils between SAM image encoders (benchbase.sam)
+
+    def __init__(
+        self, frame_channels: int = 3, event_channels: int = 3,
+        distilled_blocks: list[int] = [2, 5, 8, 11], layer_weights: list[float] = [0.1, 0.4, 0.7, 1.0],  # noqa: B006
+        importance: str = "released_code", beta: float = 0.5, distance: str = "l1",
+        trainable: str = "released_code", init_from_teacher: bool = True,
+    ):
+        super().__init__()
+        if frame_channels < 1 or event_channels < 1:
+            raise BenchbaseError(
+                f"eventsam: frame_channels and event_channels must be >= 1; got {frame_channels}, {event_channels}"
+            )
+        if not distilled_blocks or len(layer_weights) != len(distilled_blocks):
+            raise BenchbaseError(
+                f"eventsam: give one layer weight per distilled block; got blocks {list(distilled_blocks)} "
+                f"and layer_weights {list(layer_weights)}"
+            )
+        for key, value, allowed in (("importance", importance, IMPORTANCE), ("trainable", trainable, TRAINABLE),
+                                    ("distance", distance, tuple(DISTANCES))):
+            if value not in allowed:
+                raise BenchbaseError(f"eventsam: {key} must be one of {', '.join(allowed)}; got {value!r}")
+        if not 0.0 <= beta <= 1.0:
+            raise BenchbaseError(f"eventsam: beta must be in [0, 1]; got {beta}")
+        self.frame_channels, self.event_channels = frame_channels, event_channels
+        self.requested_blocks, self.layer_weights = list(distilled_blocks), [float(w) for w in layer_weights]
+        self.importance, self.beta, self.distance = importance, beta, distance
+        self.trainable, self.init_from_teacher = trainable, init_from_teacher
+
+    def setup(self, student: Student, teacher: Teacher | None) -> None:
+        """Check the encoders, resolve the blocks and taps, initialise the student, set what trains."""
+        if not isinstance(student, SamStudent) or not isinstance(teacher, SamTeacher):
+            raise BenchbaseError(
+                "eventsam distils between SAM image encoders; use a SAM student and a SAM teacher "
+                f"(got {type(student).__name__} and {type(teacher).__name__})"
+            )
+        for role, model, channels, key in (("teacher", teacher, self.frame_channels, "frame_channels"),
+                                           ("student", student, self.event_channels, "event_channels")):
+            if model.in_chans != channels:
+                raise BenchbaseError(
+                    f"eventsam: the {role} takes {model.in_chans}-channel images but {key}={channels}; "
+                    f"build the {role} with in_chans={channels}"
+                )
+        if (student.grid, student.embed_dim) != (teacher.grid, teacher.embed_dim):
+            raise BenchbaseError(
+                f"eventsam: student token grid/width {student.grid}/{student.embed_dim} differ from the teacher's "
+                f"{teacher.grid}/{teacher.embed_dim}; the loss compares block outputs token by token"
+            )
+        depth = teacher.depth
+        blocks = [b + depth if b < 0 else b for b in self.requested_blocks]
+        if any(not 0 <= b < min(depth, student.depth) for b in blocks) or len(set(blocks)) != len(blocks):
+            raise BenchbaseError(
+                f"eventsam: distilled_blocks {self.requested_blocks} must be distinct blocks of both the "
+                f"{depth}-block teacher and the {student.depth}-block student"
+            )
+        self.blocks, self.depth, self.grid, self.img_size = blocks, depth, teacher.grid, teacher.model.img_size
+        self.windows = [block.window_size for block in teacher.model.blocks]
+        self.student_taps = tuple(Tap("block", b) for b in blocks)
+        importance_taps: list[Tap] = []
+        if self.importance == "released_code":
+            # a plain dict: the teacher's modules must not become parameters or state of the loss
+            self.pivot_attention: dict[int, Attention] = {
+                b + 1: teacher.model.blocks[b + 1].attn for b in blocks if b + 1 < depth}
+            importance_taps = [Tap("attn_out", i) for i in sorted(self.pivot_attention)]
+        elif min(blocks) + 1 < depth:
+            importance_taps = [Tap("attn", i) for i in range(min(blocks) + 1, depth)]
+        self.teacher_taps = tuple(Tap("block", b) for b in blocks) + tuple(importance_taps)
+        if self.init_from_teacher:
+            copy_teacher(student, teacher)
+        set_trainable(student, self.trainable, blocks)
+
+    def make_inputs(self, images: Tensor, labels: Tensor) -> StepInputs:
+        """Split stacked [B, C_f + C_e, H, W] images: the frame for the teacher, the events for the student."""
+        channels = self.frame_channels + self.event_channels
+        if images.shape[1] != channels:
+            raise BenchbaseError(
+                f"eventsam: images have {images.shape[1]} channels but frame_channels + event_channels = {channels}; "
+                "the data must stack the frame and the events channel-wise"
+            )
+        images = pad_to_size(images, self.img_size)
+        return StepInputs(student=ModelInput(images[:, self.frame_channels:]),
+                          teacher=ModelInput(images[:, : self.frame_channels]), labels=labels)
+
+    @torch.no_grad()
+    def token_weights(self, teacher: Captures) -> dict[int, Tensor]:
+        """The importance w_s [B, N] of each distilled block's tokens from the teacher's captures."""
+        if self.importance == "paper":
+            transitions = {i: self._transition(teacher, i) for i in range(min(self.blocks) + 1, self.depth)}
+        weights = {}
+        for block in self.blocks:
+            if block == self.depth - 1:
+                weights[block] = torch.ones_like(teacher[Tap("block", block)][..., 0])
+                continue
+            if self.importance == "released_code":
+                tokens = teacher[Tap("attn_out", block + 1)].unflatten(1, self.grid)  # [B, h, w, D]
+                chain = [sam_attention(self.pivot_attention[block + 1], tokens).mean(1)]
+            else:
+                chain = [transitions[i] for i in range(block + 1, self.depth)]
+            weights[block] = token_importance(chain, self.beta)
+        return weights
+
+    def _transition(self, teacher: Captures, index: int) -> Tensor:
+        """Block ``index``'s head-averaged attention as an N×N transition matrix [B, N, N]."""
+        attn = teacher[Tap("attn", index)].mean(1, keepdim=True)
+        if self.windows[index] > 0:
+            attn = window_attention_to_dense(attn, self.grid, self.windows[index])
+        return attn[:, 0]
+
+    def forward(self, student: Captures, teacher: Captures, inputs: StepInputs) -> dict[str, Tensor]:
+        """``{"block{s}": λ_s · distance(w_s ⊙ F_T, w_s ⊙ F_S)}`` over block outputs [B, N, D]."""
+        weights = self.token_weights(teacher)
+        return {
+            f"block{b}": lam * weighted_distance(student[Tap("block", b)], teacher[Tap("block", b)], weights[b],
+                                                 self.distance)
+            for b, lam in zip(self.blocks, self.layer_weights)
+        }
+
+
+def copy_teacher(student: SamStudent, teacher: SamTeacher) -> None:
+    """Copy the teacher encoder's tensors into the student's (the released init: both from SAM).
+
+    The patch embedding is skipped when the channel counts differ; any other difference is a
+    :class:`BenchbaseError` naming the keys.
+    """
+    source, own = teacher.model.state_dict(), student.model.state_dict()
+    if student.in_chans != teacher.in_chans:
+        source = {k: v for k, v in source.items() if not k.startswith("patch_embed.")}
+    differ = sorted(k for k in source if k not in own or own[k].shape != source[k].shape)
+    missing = sorted(k for k in own if k not in source and not k.startswith("patch_embed."))
+    if differ or missing:
+        raise BenchbaseError(
+            f"eventsam: init_from_teacher needs the student to have the teacher's architecture; differing "
+            f"tensors: {', '.join((differ + missing)[:3])}; use the same SAM preset or init_from_teacher=false"
+        )
+    student.model.load_state_dict(source, strict=False)
+
+
+def set_trainable(student: SamStudent, mode: str, blocks: Sequence[int]) -> None:
+    """``requires_grad`` per ``mode``: released_code = patch embedding + MLPs of ``blocks``;
+    paper_figure = patch embedding + every block's MLP; all = every parameter."""
+    encoder = student.model
+    encoder.requires_grad_(mode == "all")
+    if mode == "all":
+        return
+    encoder.patch_embed.requires_grad_(True)
+    for index in range(len(encoder.blocks)) if mode == "paper_figure" else blocks:
+        encoder.blocks[index].mlp.requires_grad_(True)
+
+
+@hookimpl
+def benchbase_register_losses(register: Register) -> None:
+    register(EventSAMLoss.name, EventSAMLoss)
+
+
+@hookimpl
+def benchbase_config_dirs() -> list[str]:
+    return [str(CONF_DIR)]

@@ -1,0 +1,270 @@
+"""EventSAM's token-weighted adaptation against hand computations on tiny SAM encoders."""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import entry_points
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from segment_anything.modeling.image_encoder import add_decomposed_rel_pos, window_partition, window_unpartition
+
+from benchbase.capture import Tap
+from benchbase.components import Student, Teacher
+from benchbase.errors import BenchbaseError
+from benchbase.sam import SamStudent, SamTeacher, build_sam_encoder, window_attention_to_dense
+from benchbase_plugins import CONF_DIR
+from benchbase_plugins.eventsam import EventSAMLoss, token_importance, weighted_distance
+
+# 4 blocks on a 4×4 grid: 0 and 2 windowed (windows of 3, padded grid 6×6), 1 and 3 global,
+# like SAM's alternation; distilled blocks 1 and 3 (the global ones) plus windowed block 0.
+ARCH = {"depth": 4, "global_attn_indexes": (1, 3), "window_size": 3}
+BLOCKS, WEIGHTS = [0, 1, 3], [0.1, 0.4, 1.0]
+
+
+def encoder(seed: int, in_chans: int = 3, **overrides):
+    torch.manual_seed(seed)
+    model = build_sam_encoder("tiny", in_chans=in_chans, **{**ARCH, **overrides})
+    with torch.no_grad():  # SAM zero-initialises these; random values make them matter
+        for name, param in model.named_parameters():
+            if name == "pos_embed" or "rel_pos" in name:
+                param.normal_(0.0, 0.5)
+    return model
+
+
+def models(event_channels: int = 2, **overrides) -> tuple[SamStudent, SamTeacher]:
+    return SamStudent(encoder(0, in_chans=event_channels, **overrides)), SamTeacher(encoder(1))
+
+
+def ready(student=None, teacher=None, **params) -> tuple[EventSAMLoss, SamStudent, SamTeacher]:
+    if student is None:
+        student, teacher = models(params.get("event_channels", 2))
+    loss = EventSAMLoss(**{"event_channels": 2, "distilled_blocks": BLOCKS, "layer_weights": WEIGHTS, **params})
+    loss.setup(student, teacher)
+    return loss, student, teacher
+
+
+def stacked(batch: int = 2, channels: int = 5, size: int = 64) -> torch.Tensor:
+    return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(2))
+
+
+def step(loss, student, teacher, images=None):
+    inputs = loss.make_inputs(stacked() if images is None else images, torch.zeros(2, dtype=torch.long))
+    return loss(student.run(inputs.student, loss.student_taps), teacher.run(inputs.teacher, loss.teacher_taps), inputs)
+
+
+# --------------------------------------------------------------------------------- importance
+
+
+def test_token_importance_by_hand_for_one_matrix_and_a_chain():
+    # two heads of a 3-token attention, rows are queries
+    heads = torch.tensor([[[0.5, 0.25, 0.25], [0.0, 1.0, 0.0], [0.2, 0.2, 0.6]],
+                          [[0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [1.0, 0.0, 0.0]]])
+    p = heads.mean(0, keepdim=True)  # [1, 3, 3]
+    # released code: (column sums of the head mean + 1) / 2
+    columns = [(0.5 + 0.0 + 0.2 + 0.1 + 0.3 + 1.0) / 2, (0.25 + 1.0 + 0.2 + 0.8 + 0.3 + 0.0) / 2,
+               (0.25 + 0.0 + 0.6 + 0.1 + 0.4 + 0.0) / 2]
+    torch.testing.assert_close(token_importance([p], 0.5)[0], torch.tensor([(c + 1) / 2 for c in columns]))
+    torch.testing.assert_close(token_importance([p], 0.2)[0], torch.tensor([0.2 * c + 0.8 for c in columns]))
+    # paper: 1ᵀ (P2 P1) for the chain [P1, P2] (P1 the nearer block), by loops
+    p1, p2 = p[0], torch.tensor([[0.0, 0.5, 0.5], [0.9, 0.1, 0.0], [0.3, 0.3, 0.4]])
+    product = [[sum(p2[i, m].item() * p1[m, j].item() for m in range(3)) for j in range(3)] for i in range(3)]
+    columns = [sum(product[i][j] for i in range(3)) for j in range(3)]
+    got = token_importance([p1[None], p2[None]], 0.7)[0]
+    torch.testing.assert_close(got, torch.tensor([0.7 * c + 0.3 for c in columns]))
+    assert got.mean().item() == pytest.approx(1.0)  # row-stochastic chain: weights average 1
+
+
+def released_weights(teacher: SamTeacher, images: torch.Tensor, block: int, beta: float) -> torch.Tensor:
+    """The released ``Block.forward`` + ``matirx_to_weight`` for block ``block`` + 1, written out:
+    the block's attention called again on its un-partitioned attention output over the whole grid."""
+    enc = teacher.model
+    with torch.no_grad():
+        x = enc.patch_embed(images) + enc.pos_embed
+        for blk in enc.blocks[: block + 1]:
+            x = blk(x)
+        pivot = enc.blocks[block + 1]
+        if pivot.window_size:
+            windows, padded = window_partition(pivot.norm1(x), pivot.window_size)
+            branch = window_unpartition(pivot.attn(windows), pivot.window_size, padded, (4, 4))
+        else:
+            branch = pivot.attn(pivot.norm1(x))
+        attn, n = pivot.attn, 16
+        qkv = attn.qkv(branch).reshape(2, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, _ = qkv.reshape(3, 2 * attn.num_heads, n, -1).unbind(0)
+        logits = add_decomposed_rel_pos((q * attn.scale) @ k.transpose(-2, -1), q, attn.rel_pos_h, attn.rel_pos_w,
+                                        (4, 4), (4, 4))
+        matrix = logits.softmax(-1).view(-1, attn.num_heads, n, n).mean(-3).sum(-2)  # [B, N]
+    return beta * matrix + (1 - beta)
+
+
+def test_released_code_weights_use_the_next_blocks_pseudo_global_attention():
+    loss, student, teacher = ready(beta=0.5)
+    assert set(loss.teacher_taps) == {Tap("block", 0), Tap("block", 1), Tap("block", 3),
+                                      Tap("attn_out", 1), Tap("attn_out", 2)}
+    frames = stacked()[:, :3]
+    weights = loss.token_weights(teacher.run(frames, loss.teacher_taps))
+    torch.testing.assert_close(weights[0], released_weights(teacher, frames, 0, 0.5))  # via global block 1
+    torch.testing.assert_close(weights[1], released_weights(teacher, frames, 1, 0.5))  # via windowed block 2
+    torch.testing.assert_close(weights[3], torch.ones(2, 16))  # the last block
+    assert weights[1].std() > 1e-3 and weights[1].min() >= 0.5
+    torch.testing.assert_close(weights[1].mean(-1), torch.ones(2))  # no padding on the full grid
+
+
+def test_paper_weights_are_the_chain_of_all_later_attention_matrices():
+    loss, student, teacher = ready(importance="paper", beta=0.3)
+    assert set(loss.teacher_taps) == {Tap("block", 0), Tap("block", 1), Tap("block", 3),
+                                      Tap("attn", 1), Tap("attn", 2), Tap("attn", 3)}
+    frames = stacked()[:, :3]
+    caps = teacher.run(frames, loss.teacher_taps)
+    weights = loss.token_weights(caps)
+    dense = {1: caps[Tap("attn", 1)].mean(1), 3: caps[Tap("attn", 3)].mean(1),
+             2: window_attention_to_dense(caps[Tap("attn", 2)], (4, 4), 3).mean(1)}
+    for block, chain in ((0, dense[3] @ dense[2] @ dense[1]), (1, dense[3] @ dense[2])):
+        torch.testing.assert_close(weights[block], 0.3 * chain.sum(-2) + 0.7, msg=f"block {block}")
+    torch.testing.assert_close(weights[3], torch.ones(2, 16))
+    assert weights[1].mean() < 1  # the windowed block's mass on padding tokens is dropped
+
+
+@pytest.mark.parametrize("importance", ["released_code", "paper"])
+def test_beta_zero_gives_uniform_weights(importance):
+    loss, _, teacher = ready(importance=importance, beta=0.0)
+    weights = loss.token_weights(teacher.run(stacked()[:, :3], loss.teacher_taps))
+    for block in BLOCKS:
+        torch.testing.assert_close(weights[block], torch.ones(2, 16))
+
+
+# ------------------------------------------------------------------------------------ the loss
+
+
+def test_weighted_distance_by_hand():
+    s = torch.tensor([[[1.0, -2.0], [0.5, 0.0], [3.0, 1.0]]])  # [1, 3, 2]
+    t = torch.tensor([[[0.0, 0.0], [1.5, 2.0], [1.0, 1.0]]])
+    w = torch.tensor([[2.0, 0.5, 1.0]])
+    l1 = (2 * (1 + 2) + 0.5 * (1 + 2) + 1 * (2 + 0)) / 6
+    mse = (4 * (1 + 4) + 0.25 * (1 + 4) + 1 * (4 + 0)) / 6
+    assert weighted_distance(s, t, w, "l1").item() == pytest.approx(l1)
+    assert weighted_distance(s, t, w, "mse").item() == pytest.approx(mse)
+
+
+@pytest.mark.parametrize("distance", ["l1", "mse"])
+def test_loss_terms_are_layer_weighted_token_weighted_distances(distance):
+    loss, student, teacher = ready(distance=distance, importance="paper")
+    inputs = loss.make_inputs(stacked(), torch.zeros(2))
+    s_caps = student.run(inputs.student, loss.student_taps)
+    t_caps = teacher.run(inputs.teacher, loss.teacher_taps)
+    terms = loss(s_caps, t_caps, inputs)
+    assert list(terms) == ["block0", "block1", "block3"]
+    weights = loss.token_weights(t_caps)
+    for block, lam in zip(BLOCKS, WEIGHTS):
+        diff = (s_caps[Tap("block", block)] - t_caps[Tap("block", block)]) * weights[block][..., None]
+        expected = lam * (diff.abs().mean() if distance == "l1" else diff.pow(2).mean())
+        torch.testing.assert_close(terms[f"block{block}"], expected)
+
+
+def test_identical_inputs_and_weights_give_zero_loss():
+    student, teacher = models(event_channels=3)
+    loss, _, _ = ready(student, teacher, event_channels=3)  # init_from_teacher: an exact copy
+    same = stacked(channels=3)
+    terms = step(loss, student, teacher, torch.cat([same, same], dim=1))
+    assert all(term.abs().item() < 1e-6 for term in terms.values())
+
+
+def test_make_inputs_splits_frame_and_events_and_pads():
+    loss, _, _ = ready()
+    images = stacked(size=48)
+    inputs = loss.make_inputs(images, torch.zeros(2))
+    assert inputs.teacher.images.shape == (2, 3, 64, 64) and inputs.student.images.shape == (2, 2, 64, 64)
+    torch.testing.assert_close(inputs.teacher.images[..., :48, :48], images[:, :3])
+    torch.testing.assert_close(inputs.student.images[..., :48, :48], images[:, 3:])
+    assert inputs.student.images[..., 48:, :].abs().sum() == 0 and inputs.teacher.images[..., :, 48:].abs().sum() == 0
+    with pytest.raises(BenchbaseError, match="4 channels but frame_channels \\+ event_channels = 5"):
+        loss.make_inputs(stacked(channels=4), torch.zeros(2))
+
+
+# ------------------------------------------------------------------------------ student set-up
+
+
+def names_with_grad(model) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+MLP = ("mlp.lin1.weight", "mlp.lin1.bias", "mlp.lin2.weight", "mlp.lin2.bias")
+PATCH = {"patch_embed.proj.weight", "patch_embed.proj.bias"}
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("released_code", PATCH | {f"blocks.{b}.{m}" for b in BLOCKS for m in MLP}),
+    ("paper_figure", PATCH | {f"blocks.{b}.{m}" for b in range(4) for m in MLP}),
+    ("all", None),
+])
+def test_trainable_parameter_sets(mode, expected):
+    _, student, teacher = ready(trainable=mode)
+    if expected is None:
+        expected = {name for name, _ in student.model.named_parameters()}
+    assert names_with_grad(student.model) == expected
+    assert not names_with_grad(teacher.model)
+
+
+@pytest.mark.parametrize("importance", ["released_code", "paper"])
+def test_backward_reaches_only_trainable_student_parameters(importance):
+    loss, student, teacher = ready(importance=importance)
+    sum(step(loss, student, teacher).values()).backward()
+    with_grad = {name for name, p in student.model.named_parameters() if p.grad is not None}
+    assert with_grad == names_with_grad(student.model)
+    assert all(student.model.get_parameter(name).grad.abs().sum() > 0 for name in with_grad)
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not list(loss.parameters()) and not loss.state_dict()  # the teacher's modules are not the loss's
+
+
+def test_init_copies_teacher_except_a_different_patch_embedding():
+    student, teacher = models(event_channels=2)
+    own_patch = student.model.patch_embed.proj.weight.clone()
+    ready(student, teacher)
+    for key, value in teacher.model.state_dict().items():
+        if key.startswith("patch_embed."):
+            continue
+        torch.testing.assert_close(student.model.state_dict()[key], value, msg=key)
+    torch.testing.assert_close(student.model.patch_embed.proj.weight, own_patch)
+    same, teacher = models(event_channels=3)
+    ready(same, teacher, event_channels=3)
+    torch.testing.assert_close(same.model.patch_embed.proj.weight, teacher.model.patch_embed.proj.weight)
+    untouched, teacher = models(event_channels=3)
+    before = untouched.model.blocks[0].mlp.lin1.weight.clone()
+    ready(untouched, teacher, event_channels=3, init_from_teacher=False)
+    torch.testing.assert_close(untouched.model.blocks[0].mlp.lin1.weight, before)
+
+
+def test_setup_errors():
+    with pytest.raises(BenchbaseError, match="init_from_teacher needs"):
+        ready(*models(window_size=2))
+    with pytest.raises(BenchbaseError, match="student takes 2-channel images but event_channels=3"):
+        ready(*models(event_channels=2), event_channels=3)
+    with pytest.raises(BenchbaseError, match="token grid/width"):
+        ready(*models(embed_dim=48))
+    with pytest.raises(BenchbaseError, match="distinct blocks"):
+        ready(distilled_blocks=[1, 4], layer_weights=[1.0, 1.0])
+    with pytest.raises(BenchbaseError, match="SAM image encoders"):
+        ready(Student(torch.nn.Identity()), Teacher(torch.nn.Linear(1, 1)))
+    for params, pattern in (({"layer_weights": [1.0]}, "one layer weight"), ({"beta": 1.5}, "beta"),
+                            ({"importance": "rollout"}, "importance"), ({"trainable": "mlp"}, "trainable"),
+                            ({"distance": "cos"}, "distance")):
+        with pytest.raises(BenchbaseError, match=pattern):
+            EventSAMLoss(**params)
+
+
+def test_negative_block_indices_count_from_the_end():
+    loss, _, _ = ready(distilled_blocks=[-3, -1], layer_weights=[1.0, 1.0])
+    assert loss.blocks == [1, 3] and loss.student_taps == (Tap("block", 1), Tap("block", 3))
+
+
+def test_yaml_params_match_constructor_and_entry_point():
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "method" / "eventsam.yaml"))
+    signature = inspect.signature(EventSAMLoss.__init__).parameters
+    assert cfg["name"] == EventSAMLoss.name == "eventsam"
+    assert set(cfg["params"]) == set(signature) - {"self"}
+    for key, value in cfg["params"].items():
+        assert value == signature[key].default and type(value) is type(signature[key].default), key
+    assert any(ep.value == "benchbase_plugins.eventsam" for ep in entry_points(group="benchbase"))
+
