@@ -253,3 +253,11 @@ def test_bad_options():
         FewShot(queries="some")
     with pytest.raises(BenchbaseError, match="unknown feature pooling"):
         FewShot(pooling="max")
+
+
+def test_smkd_released_protocol_is_named_and_fixes_queries_and_episodes():
+    evaluator = FewShot(protocol="smkd_released", shots=[1])
+    assert evaluator.queries == "all" and evaluator.episodes == 10000
+    assert evaluator.protocol(1).startswith("smkd_released: 5-way 1-shot, all remaining images")
+    with pytest.raises(BenchbaseError, match="unknown few-shot protocol 'nope'"):
+        FewShot(protocol="nope")

@@ -73,6 +73,23 @@ def benchbase_register_losses(register):
 '''
 
 
+RAISING_PLUGIN = NAN_PLUGIN.replace("exploding", "raising").replace("Exploding", "Raising").replace(
+    'return {"boom": student[Tap("tokens")].sum() * float("nan")}', 'raise RuntimeError("kaboom in the loss")')
+
+
+def test_raising_method_is_stored_with_its_error_and_step(tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "raising.py").write_text(RAISING_PLUGIN)
+    args = ["--plugins-dir", str(plugins), "run", "--plugins", "raising,feature", *tiny(tmp_path, "suite.references=[]")]
+    assert main(args) == 0
+    records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records()}
+    assert records["raising"].status == "failed" and records["raising"].failed_step == 0
+    assert "RuntimeError" in records["raising"].error and "kaboom in the loss" in records["raising"].error
+    assert records["feature"].status == "done"
+    assert "failed (1/1): RuntimeError" in (tmp_path / "lb" / "default.md").read_text()
+
+
 def test_failing_method_is_stored_and_others_finish(tmp_path, capsys):
     plugins = tmp_path / "plugins"
     plugins.mkdir()

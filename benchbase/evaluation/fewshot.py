@@ -232,6 +232,13 @@ def cosine_linear_accuracy(
     return _linear_accuracy(inputs, weights, query_idx)
 
 
+NAMED_PROTOCOLS: dict[str, dict[str, Queries]] = {
+    "standard": {},  # the given queries and episodes (suites use 15 queries, 2,000 episodes)
+    "smkd_released": {"queries": "all", "episodes": 10000},  # SMKD's fseval.py: every other image, 10,000 episodes
+}
+"""Named few-shot protocols and the settings they fix."""
+
+
 class FewShot(Evaluator):
     """N-way K-shot accuracy on a split's frozen features (default: SMKD's prototype protocol).
 
@@ -239,7 +246,8 @@ class FewShot(Evaluator):
     drawn from a generator seeded with ``seed`` (identical for every model) and scored with
     ``classifier``: ``"prototype"`` (cosine to class means), ``"logistic"`` (scikit-learn logistic
     regression per episode) or ``"cosine_linear"`` (SMKD's distLinear, ``linear_epochs`` epochs).
-    ``queries="all"`` uses every remaining image of each class as a query (SMKD's released code).
+    ``queries="all"`` uses every remaining image of each class as a query; ``protocol="smkd_released"``
+    is SMKD's released evaluation (all remaining images as queries, 10,000 episodes).
     One :class:`Metric` per K, named ``"{ways}way-{K}shot"``: mean episode accuracy in percent with
     ci95 = 1.96·std/sqrt(episodes).
     """
@@ -258,7 +266,12 @@ class FewShot(Evaluator):
         classifier: str = "prototype",
         batch_size: int = 256,
         linear_epochs: int = 301,
+        protocol: str = "standard",
     ):
+        if protocol not in NAMED_PROTOCOLS:
+            raise BenchbaseError(f"unknown few-shot protocol {protocol!r}; available: {', '.join(NAMED_PROTOCOLS)}")
+        queries = NAMED_PROTOCOLS[protocol].get("queries", queries)
+        episodes = NAMED_PROTOCOLS[protocol].get("episodes", episodes)
         check_pooling(pooling)
         if classifier not in CLASSIFIERS:
             raise BenchbaseError(
@@ -281,6 +294,7 @@ class FewShot(Evaluator):
         self.classifier = classifier
         self.batch_size = batch_size
         self.linear_epochs = linear_epochs
+        self.named = protocol
 
     def protocol(self, shots: int) -> str:
         """The human-readable protocol of the ``shots``-shot metric."""
@@ -295,8 +309,9 @@ class FewShot(Evaluator):
                 f"weight decay 1e-3, batch 4, {self.linear_epochs} epochs)"
             ),
         }[self.classifier]
+        name = "" if self.named == "standard" else f"{self.named}: "
         return (
-            f"{self.ways}-way {shots}-shot, {queries}, {self.episodes} episodes (seed {self.seed}), "
+            f"{name}{self.ways}-way {shots}-shot, {queries}, {self.episodes} episodes (seed {self.seed}), "
             f"features {self.pooling}, {classifier}, split {self.split}"
         )
 
