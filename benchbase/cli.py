@@ -20,7 +20,9 @@ overrides are Hydra's KEY=VALUE syntax on the composed config (see --cfg job):
   benchbase run -m --plugins feature method.params.beta=1.0,2.0      a sweep: one suite per value
   benchbase run --cfg job                         print the composed config and exit
 
-config groups: suite, student, teacher, method, trainer, eval (plus data.<name>.root=PATH).
+config groups: suite, student, teacher, method, trainer, eval, data (dataset paths: data.<name>.root=PATH).
+suites: default (embedded, no download), cpu-real (CIFAR-10, Omniglot, CamVid), imagenet, ade20k,
+miniimagenet, tieredimagenet, cifarfs, fc100, imagefolder; e.g. suite=cpu-real data.cifar10.root=DIR
 Results go to the database at `db` (default .benchbase/results.db); a run with the same config is
 reused unless --force. The comparison table is printed and written to leaderboards/.
 """
