@@ -219,8 +219,11 @@ def _epochs(record: RunRecord) -> object:
     return trainer.get("epochs") if isinstance(trainer, dict) else None
 
 
-def _markdown(records: Sequence[RunRecord], df: pd.DataFrame, name: str) -> str:
+def _markdown(records: Sequence[RunRecord], df: pd.DataFrame, name: str, figures: Sequence[Path] = ()) -> str:
     lines = [f"# {name}", "", _markdown_table(df), ""]
+    lines += [f"![{figure.stem}]({figure.name})" for figure in figures]
+    if figures:
+        lines.append("")
     lines.append("Cells: mean ± 95% CI over seeds (1.96·std/√n); with one seed, the metric's own 95% CI.")
     lines.append("")
     if df.attrs["protocols"]:
@@ -244,15 +247,20 @@ def _markdown(records: Sequence[RunRecord], df: pd.DataFrame, name: str) -> str:
 
 
 def write_leaderboard(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str) -> list[Path]:
-    """Write ``<name>.md`` and ``<name>.csv`` (numeric) into ``out_dir``, each atomically."""
+    """Write ``<name>.md`` and ``<name>.csv`` (numeric) into ``out_dir``, each atomically, plus the
+    PNG plots of :mod:`benchbase.plots` embedded in the Markdown (returned after md and csv)."""
+    from benchbase.plots import cost_plot, sweep_plots
+
     if not name or name in (".", "..") or Path(name).name != name:
         raise BenchbaseError(f"leaderboard name {name!r} must be a plain file name (it names <name>.md)")
     df = build_table(records)
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = [p for p in [cost_plot(df, out / f"{name}.png", name)] if p] + sweep_plots(df, out, name)
     md, csv = out / f"{name}.md", out / f"{name}.csv"
-    write_text_atomic(md, _markdown(records, df, name))
+    write_text_atomic(md, _markdown(records, df, name, figures))
     write_text_atomic(csv, df.to_csv(index=False))
-    return [md, csv]
+    return [md, csv, *figures]
 
 
 def publish(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str) -> list[Path]:
@@ -288,4 +296,5 @@ def check(out_dir: str | os.PathLike[str]) -> list[str]:
     out = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         fresh = regenerate_from_records(out, tmp)
-        return [p.name for p in fresh if not (out / p.name).exists() or (out / p.name).read_text() != p.read_text()]
+        tables = [p for p in fresh if p.suffix in (".md", ".csv")]  # PNG bytes vary with matplotlib builds
+        return [p.name for p in tables if not (out / p.name).exists() or (out / p.name).read_text() != p.read_text()]

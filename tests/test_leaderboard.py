@@ -202,3 +202,26 @@ def test_format_table_and_empty_table() -> None:
     empty = build_table([])
     assert empty.empty and list(empty.columns) == ["role", "method", "seeds", "status"]
     assert "method" in format_table(empty)
+
+
+def test_plots_are_written_and_embedded(tmp_path: Path) -> None:
+    def with_throughput(record: RunRecord, rate: float, beta: float | None = None) -> RunRecord:
+        record.metrics.append(Metric("images_per_second", rate, 10, "training throughput on cpu", None,
+                                     {"task": "train"}))
+        if beta is not None:
+            record.config = {**record.config, "method": {"name": record.method, "params": {"beta": beta}}}
+        return record
+
+    records = [with_throughput(run("teacher", 0, 90.0, role="teacher"), float("nan")),
+               with_throughput(run("feature", 0, 80.0), 100.0, beta=1.0),
+               with_throughput(run("feature", 0, 85.0), 100.0, beta=2.0),
+               with_throughput(run("mae", 0, 70.0), 300.0)]
+    for i, record in enumerate(records):
+        record.config_hash = f"h{i}"
+    paths = write_leaderboard(records, tmp_path, "suite")
+    names = [p.name for p in paths]
+    assert names == ["suite.md", "suite.csv", "suite.png", "suite-feature-beta.png"]
+    for png in paths[2:]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    text = (tmp_path / "suite.md").read_text()
+    assert "![suite](suite.png)" in text and "![suite-feature-beta](suite-feature-beta.png)" in text

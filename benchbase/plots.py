@@ -1,0 +1,95 @@
+"""Plots generated with the tables, from the same numbers: accuracy against cost, sweep curves.
+
+Each figure is a PNG next to its table, embedded in the Markdown. They are drawn from the table's
+numeric frame (:func:`benchbase.leaderboard.build_table`), never from anything else.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+THROUGHPUT = "train/images_per_second"
+CI_SUFFIX = "_ci95"
+_VARIANT = re.compile(r"^(?P<method>[^ ]+) \((?P<param>[^=,]+)=(?P<value>[^,)]+)\)$")
+
+
+def _metric_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c + CI_SUFFIX in df.columns and c != THROUGHPUT]
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def cost_plot(df: pd.DataFrame, path: Path, title: str) -> Path | None:
+    """Each metric against the student's training throughput (images/s), one point per row.
+
+    Returns the written PNG, or None when the table has no throughput column or no metric.
+    """
+    metrics = _metric_columns(df)
+    if THROUGHPUT not in df.columns or not metrics:
+        return None
+    rows = df[df[THROUGHPUT].map(_finite)]
+    if rows.empty:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.0), squeeze=False)
+    for ax, column in zip(axes[0], metrics):
+        for _, row in rows.iterrows():
+            if not _finite(row[column]):
+                continue
+            ci = row[column + CI_SUFFIX]
+            ax.errorbar(row[THROUGHPUT], row[column], yerr=ci if _finite(ci) else None, fmt="o", capsize=3)
+            ax.annotate(row["method"], (row[THROUGHPUT], row[column]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("training images/s")
+        ax.set_title(column, fontsize=9)
+    fig.suptitle(f"{title}: metric vs student training throughput", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sweep_plots(df: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
+    """For each method swept over one numeric parameter, each metric against that parameter with
+    its 95% band; returns the written PNGs (``<name>-<method>-<param>.png``)."""
+    groups: dict[tuple[str, str], list[tuple[float, pd.Series]]] = {}
+    for _, row in df.iterrows():
+        match = _VARIANT.match(str(row["method"]))
+        if not match:
+            continue
+        try:
+            value = float(match["value"])
+        except ValueError:
+            continue
+        groups.setdefault((match["method"], match["param"]), []).append((value, row))
+    written = []
+    metrics = _metric_columns(df)
+    for (method, param), points in sorted(groups.items()):
+        if len(points) < 2 or not metrics:
+            continue
+        points.sort(key=lambda p: p[0])
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.0), squeeze=False)
+        xs = [x for x, _ in points]
+        for ax, column in zip(axes[0], metrics):
+            ys = [float(r[column]) for _, r in points]
+            cis = [float(r[column + CI_SUFFIX]) if _finite(r[column + CI_SUFFIX]) else 0.0 for _, r in points]
+            ax.plot(xs, ys, marker="o")
+            ax.fill_between(xs, [y - c for y, c in zip(ys, cis)], [y + c for y, c in zip(ys, cis)], alpha=0.25)
+            ax.set_xlabel(param)
+            ax.set_title(column, fontsize=9)
+        fig.suptitle(f"{name}: {method} swept over {param} (95% band)", fontsize=10)
+        fig.tight_layout()
+        path = out_dir / f"{name}-{method}-{param}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
