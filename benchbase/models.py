@@ -35,11 +35,12 @@ def build_vit(cfg: Any, data: DataBundle, pretrained: bool = False) -> nn.Module
         raise
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file, loaded with ``weights_only=True``.
+HEADS_KEY = "block_heads"
+"""Checkpoint entry listing each block's attention head count (a TinyMIM student's last block has
+the teacher's head count: same parameters, another split)."""
 
-    Accepts a plain state dict or one nested under ``model``, ``state_dict`` or ``student``.
-    """
+
+def _read(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise BenchbaseError(f"checkpoint {path} does not exist; pass the path of a .pt/.pth file")
@@ -48,16 +49,50 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BenchbaseError(f"checkpoint {path} is corrupt or not a torch checkpoint ({first})") from None
-    for key in ("model", "state_dict", "student"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
     if not isinstance(state, dict):
         raise BenchbaseError(f"checkpoint {path} holds no state dict")
     return state
 
 
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, loaded with ``weights_only=True``.
+
+    Accepts a plain state dict or one nested under ``model``, ``state_dict`` or ``student``.
+    """
+    state = _read(path)
+    for key in ("model", "state_dict", "student"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def block_heads(model: nn.Module) -> list[int] | None:
+    """The attention head count of each block of a ViT (None for other models)."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not all(hasattr(getattr(b, "attn", None), "num_heads") for b in blocks):
+        return None
+    return [b.attn.num_heads for b in blocks]
+
+
+def set_block_heads(model: nn.Module, heads: list[int]) -> None:
+    """Split each block's attention into ``heads[i]`` heads (no parameter changes)."""
+    if len(heads) != len(model.blocks):
+        raise BenchbaseError(f"checkpoint lists {len(heads)} blocks' head counts, the model has {len(model.blocks)}")
+    for block, count in zip(model.blocks, heads):
+        attn = block.attn
+        width = attn.num_heads * attn.head_dim
+        if width % count:
+            raise BenchbaseError(f"a block of width {width} cannot be split into {count} heads")
+        attn.num_heads, attn.head_dim = count, width // count
+        attn.scale = attn.head_dim ** -0.5
+
+
 def load_weights(model: nn.Module, path: str | Path, what: str = "model") -> None:
-    """Load ``path`` into ``model``; a checkpoint for another architecture names the bad keys."""
+    """Load ``path`` into ``model``; a checkpoint for another architecture names the bad keys.
+
+    A checkpoint written by :func:`save_weights` also restores each block's head count.
+    """
+    raw = _read(path)
     state = read_state_dict(path)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -78,12 +113,18 @@ def load_weights(model: nn.Module, path: str | Path, what: str = "model") -> Non
             "use a checkpoint of the configured model or change the model config"
         )
     model.load_state_dict(state)
+    if isinstance(raw.get(HEADS_KEY), list):
+        set_block_heads(model, raw[HEADS_KEY])
 
 
 def save_weights(model: nn.Module, path: str | Path) -> None:
-    """Write ``model``'s state dict atomically (temporary file, then rename)."""
+    """Write ``{"model": state dict, "block_heads": [...]}`` atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(model.state_dict(), tmp)
+    payload: dict = {"model": model.state_dict()}
+    heads = block_heads(model)
+    if heads is not None:
+        payload[HEADS_KEY] = heads
+    torch.save(payload, tmp)
     tmp.replace(path)

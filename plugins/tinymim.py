@@ -15,8 +15,9 @@ Head alignment: ``setup`` turns the student's last block into the paper's "adapt
 keeps the student's width D_s but splits it into the teacher's M_t heads of D_s / M_t channels.
 Only ``num_heads``, ``head_dim`` and ``scale`` of ``student.model.blocks[-1].attn`` (a timm
 ``Attention``) change, so there are no new parameters and the student stays a plain timm
-``VisionTransformer``. Its exported last block then has M_t heads, and rebuilding it from its
-config needs that head count for that block.
+``VisionTransformer``. Its exported last block then has M_t heads; the saved ``student.pt`` lists
+each block's head count and :func:`benchbase.models.load_weights` restores it, so the student can
+be loaded back (e.g. as the next teacher of a sequential chain).
 
 Inputs: both models see the raw image. The student's view gets colour jitter (see
 :func:`jitter_colours`, the official ``ColorJitter(0.4, 0.4, 0.4)`` on the student crop only).
