@@ -286,7 +286,34 @@ def regenerate_from_records(out_dir: str | os.PathLike[str], tables_dir: str | o
     if not files:
         raise BenchbaseError(f"no records in {out / RESULTS_DIR}; run `benchbase run` or `benchbase leaderboard --db`")
     tables = Path(tables_dir) if tables_dir is not None else out
-    return [p for f in files for p in write_leaderboard(read_jsonl(f), tables, f.stem)]
+    return [p for f in files for p in write_leaderboard(read_jsonl(f), tables, f.stem)] + write_reported(out, tables)
+
+
+REPORTED_DIR = "reported"
+"""Sub-folder of the leaderboard folder with numbers that papers report (CSV, one row per number,
+each with its paper and table): source data for the "reported in the paper" tables, which are
+generated from it and never mixed with measured rows."""
+
+
+def write_reported(out_dir: str | os.PathLike[str], tables_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """``reported.md``: the papers' numbers from ``<out_dir>/reported/*.csv``, one table per suite."""
+    out = Path(out_dir)
+    files = sorted((out / REPORTED_DIR).glob("*.csv"))
+    if not files:
+        return []
+    rows = pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False) for f in files], ignore_index=True)
+    lines = ["# Reported in the papers", "",
+             "Numbers as the papers (or their official READMEs) report them, for the protocol of the suite of the "
+             "same name. They are not benchbase measurements and never enter the measured tables.", ""]
+    for suite, group in rows.groupby("suite", sort=True):
+        lines += [f"## {suite}", ""]
+        wide = group.pivot_table(index=["paper", "where", "method", "student", "teacher"], columns="metric",
+                                 values="value", aggfunc="first").reset_index()
+        wide = wide.fillna("—").rename_axis(columns=None)
+        lines += [tabulate(wide, headers="keys", tablefmt="github", showindex=False, disable_numparse=True), ""]
+    path = (Path(tables_dir) if tables_dir is not None else out) / "reported.md"
+    write_text_atomic(path, "\n".join(lines))
+    return [path]
 
 
 def check(out_dir: str | os.PathLike[str]) -> list[str]:

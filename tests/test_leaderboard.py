@@ -225,3 +225,17 @@ def test_plots_are_written_and_embedded(tmp_path: Path) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     text = (tmp_path / "suite.md").read_text()
     assert "![suite](suite.png)" in text and "![suite-feature-beta](suite-feature-beta.png)" in text
+
+
+def test_reported_numbers_get_their_own_table(tmp_path: Path) -> None:
+    from benchbase.leaderboard import write_reported
+
+    (tmp_path / "reported").mkdir()
+    (tmp_path / "reported" / "p.csv").write_text(
+        "paper,where,suite,method,student,teacher,metric,value\n"
+        "P,Table 1,s1,m,ViT-S,,top1,80.1\nP,Table 1,s1,m,ViT-S,,top5,95.0\nQ,README,s2,n,ViT-B,T,mIoU,40.0\n")
+    [path] = write_reported(tmp_path)
+    text = path.read_text()
+    assert text.startswith("# Reported in the papers") and "not benchbase measurements" in text
+    assert text.index("## s1") < text.index("## s2")
+    assert "| P       | Table 1 | m        | ViT-S     |           | 80.1   | 95.0   |" in text
