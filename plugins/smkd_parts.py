@@ -99,8 +99,10 @@ class EmaTeacher(nn.Module):
     def update(self, backbone: nn.Module, head: IBOTHead, momentum: float) -> None:
         """θ_t ← m·θ_t + (1 - m)·θ_s for every parameter of backbone and head."""
         for own, module in ((self.backbone, backbone), (self.head, head)):
-            for teacher_p, student_p in zip(own.parameters(), module.parameters(), strict=True):
-                teacher_p.mul_(momentum).add_(student_p.detach(), alpha=1.0 - momentum)
+            pairs = list(zip(own.parameters(), module.parameters(), strict=True))
+            teacher_ps, student_ps = [t for t, _ in pairs], [s.detach() for _, s in pairs]
+            torch._foreach_mul_(teacher_ps, momentum)  # one fused kernel per group, not one per tensor
+            torch._foreach_add_(teacher_ps, student_ps, alpha=1.0 - momentum)
 
 
 def cosine_momentum(base: float, progress: float) -> float:
