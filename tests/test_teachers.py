@@ -67,3 +67,17 @@ def test_sweep_runs_one_suite_per_value(tmp_path, capsys):
     betas = sorted(r.config["method"]["params"]["beta"] for r in ResultsDB(tmp_path / "results.db").records()
                    if r.method == "feature")
     assert betas == [1.0, 2.0]
+
+
+def test_a_distilled_tinymim_student_teaches_the_next_run(tmp_path):
+    first = [*tiny(tmp_path, "suite.references=[]"), "student.num_heads=2"]
+    assert main(["run", "--plugins", "tinymim", *first]) == 0
+    checkpoint = next((tmp_path / "runs" / "default").glob("tinymim-seed0-*/student.pt"))
+    second = [*tiny(tmp_path, "suite.references=[]"), "teacher.source=checkpoint", f"teacher.checkpoint={checkpoint}",
+              "teacher.embed_dim=64", "teacher.depth=4", "teacher.num_heads=2", "student.embed_dim=32",
+              "student.depth=2", "student.num_heads=2"]
+    assert main(["run", "--plugins", "tinymim", *second]) == 0
+    records = [r for r in ResultsDB(tmp_path / "results.db").records() if r.method == "tinymim"]
+    assert len(records) == 2 and all(r.status == "done" for r in records)
+    chained = [r for r in records if r.config["teacher"]["source"] == "checkpoint"]
+    assert len(chained) == 1 and chained[0].config["teacher"]["checkpoint"] == str(checkpoint)
