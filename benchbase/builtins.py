@@ -1,26 +1,28 @@
 """benchbase's own components, registered through the same hooks as any plugin.
 
-- students/teachers: ``vit`` (timm VisionTransformer),
+- students/teachers: ``vit`` (timm VisionTransformer), ``sam`` (segment-anything's ImageEncoderViT),
 - datasets: ``digits`` and ``digit_scenes`` (embedded, scikit-learn); on disk: ``imagefolder``,
   ``imagenet``, ``cifar10`` (ImageFolder layout), ``omniglot``, ``camvid``, ``ade20k``,
   ``miniimagenet``, ``tieredimagenet``, ``cifarfs``, ``fc100``; paired frame + event data:
   ``digit_scene_events`` and ``camvid_events`` (SIMULATED events), ``event_recordings`` (.npz),
 - evaluators: ``fewshot``, ``linear_probe``, ``finetune``, ``segmentation``,
 - losses: ``supervised`` (cross-entropy on labels: the teacher recipe's fine-tuning and the
-  from-scratch reference row; it is not a distillation method).
+  from-scratch reference row) and ``supervised_segmentation`` (per-pixel cross-entropy: the recipe
+  for segmentation suites); neither is a distillation method.
 """
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from benchbase import hookimpl
 from benchbase.capture import Captures, Tap
-from benchbase.components import DataBundle, Loss, StepInputs, Student
+from benchbase.components import DataBundle, Loss, StepInputs, Student, VitModel
 from benchbase.data.ade20k import build_ade20k
 from benchbase.data.camvid import build_camvid
 from benchbase.data.digits import load_digits_bundle
@@ -32,7 +34,8 @@ from benchbase.data.scenes import load_digit_scenes
 from benchbase.evaluation.classification import FineTune, LinearProbe
 from benchbase.evaluation.fewshot import FewShot
 from benchbase.evaluation.segmentation import SegmentationProbe
-from benchbase.models import build_vit
+from benchbase.models import build_vit, input_channels
+from benchbase.sam import SamStudent, build_sam_encoder
 
 
 class Supervised(Loss):
@@ -51,8 +54,52 @@ class Supervised(Loss):
         return {"ce": F.cross_entropy(logits, inputs.labels, label_smoothing=self.label_smoothing)}
 
 
+class SupervisedSegmentation(Loss):
+    """Per-pixel cross-entropy of a 1x1 head on the final tokens, upsampled to the label maps.
+
+    Trains a SAM (or ViT) encoder on a segmentation split (labels [B, H, W]); the teacher recipe's
+    fine-tuning for segmentation suites. Not a distillation method.
+    """
+
+    name = "supervised_segmentation"
+    uses_teacher = False
+    student_taps = (Tap("tokens"),)
+
+    def __init__(self, num_classes: int = 2, ignore_index: int = -100):
+        super().__init__()
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+
+    def setup(self, student: Student, teacher: None) -> None:
+        self.head = nn.Conv2d(student.token_width, self.num_classes, 1)
+        self.prefix = student.num_prefix_tokens
+
+    def forward(self, student: Captures, teacher: None, inputs: StepInputs) -> dict[str, Tensor]:
+        tokens = student[Tap("tokens")][:, self.prefix:]  # [B, N, C]
+        side = math.isqrt(tokens.shape[1])
+        grid = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
+        logits = F.interpolate(self.head(grid), size=inputs.labels.shape[-2:], mode="bilinear", align_corners=False)
+        return {"ce": F.cross_entropy(logits, inputs.labels.long(), ignore_index=self.ignore_index)}
+
+
+def _with_input(model: VitModel, cfg: Any, data: DataBundle) -> VitModel:
+    model.input_slice = data.channels(cfg.get("input"))
+    return model
+
+
 def build_vit_student(cfg: Any, data: DataBundle) -> Student:
-    return Student(build_vit(cfg, data, pretrained=cfg.get("pretrained", False)))
+    return _with_input(Student(build_vit(cfg, data, pretrained=cfg.get("pretrained", False))), cfg, data)
+
+
+def build_sam(cfg: Any, data: DataBundle) -> nn.Module:
+    """SAM's image encoder: ``cfg.model`` is the preset (vit_b, vit_l, vit_h, tiny); sizes and
+    ``params`` (window_size, global_attn_indexes, out_chans) override it."""
+    sizes = {key: cfg.get(key) for key in ("embed_dim", "depth", "num_heads", "patch_size")}
+    return build_sam_encoder(cfg.model, img_size=data.image_size, in_chans=input_channels(cfg, data),
+                             **sizes, **dict(cfg.get("params") or {}))
+
+
+def build_sam_student(cfg: Any, data: DataBundle) -> Student:
+    return _with_input(SamStudent(build_sam(cfg, data)), cfg, data)
 
 
 def build_digits(cfg: Any) -> DataBundle:
@@ -68,16 +115,19 @@ def build_digit_scenes(cfg: Any) -> DataBundle:
 @hookimpl
 def benchbase_register_students(register):
     register("vit", build_vit_student)
+    register("sam", build_sam_student)
 
 
 @hookimpl
 def benchbase_register_teachers(register):
     register("vit", build_vit)
+    register("sam", build_sam)
 
 
 @hookimpl
 def benchbase_register_losses(register):
     register("supervised", Supervised)
+    register("supervised_segmentation", SupervisedSegmentation)
 
 
 @hookimpl

@@ -93,12 +93,24 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_run(args, bb) -> int:
     from omegaconf import OmegaConf
 
+    from benchbase import distributed
     from benchbase.config import compose_config
-    from benchbase.suite import run_suite
 
     if args.cfg:
         print(OmegaConf.to_yaml(compose_config(args.overrides, bb.config_dirs())), end="")
         return 0
+    distributed.init_from_env()  # under torchrun: join the other processes (no-op otherwise)
+    try:
+        _run_jobs(args, bb, verbose=distributed.is_main())
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def _run_jobs(args, bb, verbose: bool) -> None:
+    """One suite per job: the overrides as given, or each point of a ``-m`` sweep."""
+    from benchbase.suite import run_suite
+
     jobs = [args.overrides]
     if args.multirun:
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -109,12 +121,12 @@ def _cmd_run(args, bb) -> int:
         except Exception as exc:
             raise BenchbaseError(f"bad sweep override: {str(exc).splitlines()[0]}") from None
         jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-        print(f"sweep: {len(jobs)} jobs")
+        if verbose:
+            print(f"sweep: {len(jobs)} jobs")
     for index, overrides in enumerate(jobs):
-        if len(jobs) > 1:
+        if len(jobs) > 1 and verbose:
             print(f"[{index + 1}/{len(jobs)}] {' '.join(overrides)}")
         run_suite(bb, list(overrides), args.plugins, force=args.force)
-    return 0
 
 
 def _cmd_plugins(args, bb) -> int:

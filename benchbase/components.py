@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -29,10 +29,18 @@ class VitModel(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.input_slice: tuple[int, int] | None = None
+        """Channels [start, stop) this model reads when fed images that stack several modalities
+        (e.g. the frame for a teacher, the events for a student); None reads every channel."""
 
     @property
     def embed_dim(self) -> int:
         return self.model.embed_dim
+
+    @property
+    def token_width(self) -> int:
+        """Width of the final ``tokens`` tap (the embedding width; SAM: its neck's channels)."""
+        return self.embed_dim
 
     @property
     def depth(self) -> int:
@@ -55,7 +63,16 @@ class VitModel(nn.Module):
         return self.model.num_prefix_tokens
 
     def run(self, inp: ModelInput | Tensor, taps: Sequence[Tap]) -> Captures:
-        """Forward ``inp`` ([B, C, H, W] or a :class:`ModelInput`) and capture ``taps``."""
+        """Forward ``inp`` ([B, C, H, W] or a :class:`ModelInput`) and capture ``taps``.
+
+        With ``input_slice`` set, stacked images (more channels than the slice) are cut to it.
+        """
+        if self.input_slice is not None:
+            start, stop = self.input_slice
+            images = inp.images if isinstance(inp, ModelInput) else inp
+            if images.shape[1] != stop - start:
+                images = images[:, start:stop]
+                inp = replace(inp, images=images) if isinstance(inp, ModelInput) else images
         return self._capture(inp, taps)
 
     def _capture(self, inp: ModelInput | Tensor, taps: Sequence[Tap]) -> Captures:
@@ -200,6 +217,18 @@ class DataBundle:
     num_classes: int
     description: str = ""
     ignore_index: int | None = None
+    input_channels: dict[str, int] | None = None  # stacked modalities in channel order, e.g. {"frame": 1, "events": 3}
+
+    def channels(self, group: str | None) -> tuple[int, int] | None:
+        """The [start, stop) channel range of modality ``group`` in the stacked images (None: all)."""
+        if group is None or not self.input_channels:
+            return None
+        start = 0
+        for name, count in self.input_channels.items():
+            if name == group:
+                return start, start + count
+            start += count
+        raise KeyError(f"dataset {self.name!r} stacks {list(self.input_channels)}, not {group!r}")
 
     def split(self, name: str) -> LabeledImages:
         from benchbase.errors import BenchbaseError

@@ -50,14 +50,17 @@ class ModelConfig:
     drop_path: float = 0.0
     checkpoint: Optional[str] = None  # path to a state dict (weights_only)
     pretrained: bool = False  # timm pretrained weights (needs the hub)
+    input: Optional[str] = None  # the modality it reads from stacked data (e.g. frame, events)
+    params: dict[str, Any] = field(default_factory=dict)  # architecture-specific options
 
 
 @dataclass
 class RecipeConfig:
     """The suite's teacher recipe: MAE pre-training, then supervised fine-tuning, cached."""
 
-    pretrain_method: str = "mae"
+    pretrain_method: str = "mae"  # "none" skips pre-training
     pretrain_epochs: int = 40
+    finetune_method: str = "supervised"  # supervised (class labels) or supervised_segmentation (label maps)
     finetune_epochs: int = 30
     lr: float = 1e-3
     batch_size: int = 64

@@ -4,10 +4,23 @@ AdamW with linear warm-up and cosine decay, gradient clipping, bf16 autocast on 
 bar with the loss terms and throughput, per-step loss terms as JSON lines, a checkpoint after
 every epoch and resume from the last one. Each epoch re-seeds every random generator from
 (seed, epoch), so a resumed run repeats exactly what an uninterrupted run does.
+
+Under ``torchrun`` (see :mod:`benchbase.distributed`) the student and the loss's own parameters train
+as one :class:`~torch.nn.parallel.DistributedDataParallel` module (:class:`StepModule`); each process
+takes its contiguous slice of every global batch of ``trainer.batch_size`` images (the same
+permutation on every rank) and draws its own augmentation/masking randomness (seed offset by the
+rank, as DINO and MAE do). For a loss that is a mean over images, the averaged gradients then equal
+the single-process gradient up to float summation order; a loss that relates images of a batch
+sees each process's share (a loss keeping global state reduces it, e.g. SMKD's centres). Only
+rank 0 writes the step log and checkpoints; every rank resumes from rank 0's checkpoint, so with
+several nodes the run folder must be on a shared filesystem. Logged terms are the mean over the
+processes. An exception raised on one rank only (not a non-finite loss, which all ranks see) leaves
+the others waiting until the process group's timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -18,11 +31,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
+from benchbase import distributed
 from benchbase.capture import Captures, ModelInput
-from benchbase.components import LabeledImages, Loss, Student, Teacher
+from benchbase.components import LabeledImages, Loss, StepInputs, Student, Teacher
 from benchbase.errors import BenchbaseError, MethodFailed
 
 CHECKPOINT = "checkpoint.pt"
@@ -39,10 +54,14 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA if available, else the CPU. Under torchrun ``auto``/``cuda`` mean this process's
+    GPU (``LOCAL_RANK``, set by :func:`benchbase.distributed.init_from_env`)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise BenchbaseError(f"trainer.device={name} but CUDA is not available; use trainer.device=cpu")
+    if name == "cuda" and distributed.world_size() > 1:
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
 
 
@@ -93,13 +112,47 @@ def _run(model: Student | Teacher, inputs: Any, taps) -> Captures | list[Capture
     return model.run(inputs, taps)
 
 
+class StepModule(nn.Module):
+    """The trainable computation of one step: the student's captures, then the loss terms.
+
+    One module holding the student and the loss, so that under torchrun a single
+    DistributedDataParallel wrapper all-reduces the gradients of both (heads, decoders and mask
+    tokens live in the loss). The teacher stays outside: frozen, run in inference mode.
+    """
+
+    def __init__(self, student: Student, loss: Loss):
+        super().__init__()
+        self.student, self.loss = student, loss
+
+    def forward(self, student_inputs: Any, teacher_out: Captures | list[Captures] | None,
+                inputs: StepInputs) -> dict[str, Tensor]:
+        """Loss terms of ``student_inputs`` (a :class:`ModelInput` or a list) against ``teacher_out``."""
+        return self.loss(_run(self.student, student_inputs, self.loss.student_taps), teacher_out, inputs)
+
+
+def _distribute(module: StepModule) -> nn.Module:
+    """``module`` wrapped in DistributedDataParallel when several processes train, else itself.
+
+    ``find_unused_parameters=True``: which parameters a step uses depends on the loss (a student's
+    classifier head under feature distillation, the last block's MLP under TinyMIM, a plugin's
+    optional branches), so DDP looks for them in each step's graph instead of requiring a static
+    declaration; the traversal is small next to a ViT step. ``device_ids`` stays None: the module
+    lives on one device, and DDP then leaves the (already placed) inputs alone.
+    """
+    if distributed.world_size() == 1:
+        return module
+    return DistributedDataParallel(module, device_ids=None, find_unused_parameters=True)
+
+
 def _epoch_batches(dataset: LabeledImages, cfg: Any, seed: int, epoch: int, device) -> Iterator:
+    """This process's share of each global batch of the epoch: the global batches come from one
+    permutation seeded by (seed, epoch), identical on every rank and to a single-process run."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    global_batches = BatchSampler(RandomSampler(dataset, generator=generator),
+                                  batch_size=min(cfg.batch_size, len(dataset)), drop_last=True)
     loader = DataLoader(
         dataset,
-        batch_size=min(cfg.batch_size, len(dataset)),
-        shuffle=True,
-        drop_last=True,
+        batch_sampler=distributed.ShardedBatches(global_batches, distributed.rank(), distributed.world_size()),
         generator=generator,
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
@@ -108,8 +161,9 @@ def _epoch_batches(dataset: LabeledImages, cfg: Any, seed: int, epoch: int, devi
     return iter(loader)
 
 
-def _seed_everything(seed: int, epoch: int) -> None:
-    torch.manual_seed(seed * 1_000_003 + epoch)
+def _seed_everything(seed: int, epoch: int, rank: int = 0) -> None:
+    """Seed torch's generators from (seed, epoch); each rank of a multi-process run gets its own stream."""
+    torch.manual_seed(seed * 1_000_003 + epoch + rank * 1_000_000_007)
 
 
 def train(
@@ -126,14 +180,19 @@ def train(
 
     ``cfg`` is a TrainerConfig. Writes ``steps.jsonl`` and ``checkpoint.pt`` into ``run_dir``;
     if a checkpoint is there, training resumes after its epoch. Raises :class:`MethodFailed` on a
-    non-finite loss, with the step.
+    non-finite loss, with the step. Under torchrun every rank calls this with the same arguments;
+    ``cfg.batch_size`` is the global batch and must be a multiple of the number of processes.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()  # every rank sees rank 0's run folder (and checkpoint) as it is now
     device = resolve_device(cfg.device)
     amp = autocast_dtype(cfg.precision, device)
     if len(dataset) < 2:
         raise BenchbaseError(f"the distillation split has {len(dataset)} images; it needs at least 2")
-    _seed_everything(seed, -1)
+    distributed.local_batch_size(min(cfg.batch_size, len(dataset)), world)
+    _seed_everything(seed, -1)  # the same on every rank: the loss's heads start identical
     loss.setup(student, teacher)
     student.to(device)
     loss.to(device)
@@ -153,19 +212,21 @@ def train(
         loss.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step = state["epoch"] + 1, state["step"]
-    _truncate_log(run_dir / STEPS_LOG, step)
+    if main:
+        _truncate_log(run_dir / STEPS_LOG, step)
+    step_module = _distribute(StepModule(student, loss))
     resumed_from = start_epoch
     terms_f: dict[str, float] = {}
     seen_images, started = 0, time.perf_counter()
-    bar = tqdm(total=total, initial=step, desc=desc, disable=None if cfg.progress else True, leave=False,
+    bar = tqdm(total=total, initial=step, desc=desc, disable=None if cfg.progress and main else True, leave=False,
                dynamic_ncols=True)
-    with (run_dir / STEPS_LOG).open("a") as log:
+    with (run_dir / STEPS_LOG).open("a") if main else contextlib.nullcontext() as log:
         for epoch in range(start_epoch, cfg.epochs):
-            _seed_everything(seed, epoch)
+            _seed_everything(seed, epoch, rank)
             student.train()
             for images, labels in _epoch_batches(dataset, cfg, seed, epoch, device):
                 try:
-                    terms_f = _step(student, teacher, loss, optimizer, images, labels, device, amp, cfg, step,
+                    terms_f = _step(step_module, teacher, loss, optimizer, images, labels, device, amp, cfg, step,
                                     lr_at(step, total, warmup, cfg.lr, cfg.min_lr))
                 except MethodFailed:
                     raise
@@ -173,21 +234,26 @@ def train(
                     raise MethodFailed(f"{type(exc).__name__} at step {step}: {exc}", step=step) from exc
                 step += 1
                 loss.after_step(student, step / max(1, total))
-                seen_images += images.shape[0]
+                seen_images += images.shape[0] * world
                 rate = seen_images / max(1e-9, time.perf_counter() - started)
-                log.write(json.dumps({"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                                      **terms_f}) + "\n")
+                if log is not None:
+                    log.write(json.dumps({"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                                          **terms_f}) + "\n")
                 bar.set_postfix({**{k: f"{v:.4g}" for k, v in terms_f.items()}, "img/s": f"{rate:.0f}"})
                 bar.update(1)
-            log.flush()
-            _save_checkpoint(ckpt_path, student, loss, optimizer, epoch, step)
+            if main:
+                log.flush()
+                _save_checkpoint(ckpt_path, student, loss, optimizer, epoch, step)
     bar.close()
     elapsed = time.perf_counter() - started
     return TrainResult(step, cfg.epochs, terms_f, seen_images / elapsed if elapsed else 0.0, resumed_from)
 
 
-def _step(student, teacher, loss, optimizer, images, labels, device, amp, cfg, step: int, lr: float) -> dict[str, float]:
-    """One optimiser step; returns the loss terms as floats."""
+def _step(step_module: nn.Module, teacher, loss, optimizer, images, labels, device, amp, cfg, step: int,
+          lr: float) -> dict[str, float]:
+    """One optimiser step of ``step_module`` (a :class:`StepModule`, DDP-wrapped under torchrun);
+    returns the loss terms as floats, averaged over the processes so that every rank agrees on
+    whether they are finite."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -195,10 +261,9 @@ def _step(student, teacher, loss, optimizer, images, labels, device, amp, cfg, s
     inputs.student, inputs.teacher = _to_device(inputs.student, device), _to_device(inputs.teacher, device)
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         teacher_out = _run(teacher, inputs.teacher, loss.teacher_taps) if teacher is not None else None
-        student_out = _run(student, inputs.student, loss.student_taps)
-        terms = loss(student_out, teacher_out, inputs)
+        terms = step_module(inputs.student, teacher_out, inputs)
     total_loss = sum(terms.values())
-    values = torch.stack([v.detach().float() for v in terms.values()]).tolist()  # one device sync
+    values = distributed.all_reduce_mean(torch.stack([v.detach().float() for v in terms.values()])).tolist()
     terms_f = dict(zip(terms, values))
     if not all(math.isfinite(v) for v in values):
         raise MethodFailed(f"non-finite loss at step {step}: {terms_f}", step=step)

@@ -15,15 +15,22 @@ from benchbase.errors import BenchbaseError
 _SIZE_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio")
 
 
+def input_channels(cfg: Any, data: DataBundle) -> int:
+    """Channels a model configured by ``cfg`` reads: its ``input`` modality's, or all of them."""
+    window = data.channels(cfg.get("input"))
+    return data.in_chans if window is None else window[1] - window[0]
+
+
 def build_vit(cfg: Any, data: DataBundle, pretrained: bool = False) -> nn.Module:
     """A timm ``VisionTransformer`` for ``data``'s images, sized by ``cfg`` (a ModelConfig)."""
     sizes = {key: cfg[key] for key in _SIZE_KEYS if cfg.get(key) is not None}
+    sizes.update(cfg.get("params") or {})
     try:
         return timm.create_model(
             cfg.model,
             pretrained=pretrained,
             img_size=data.image_size,
-            in_chans=data.in_chans,
+            in_chans=input_channels(cfg, data),
             num_classes=data.num_classes,
             drop_path_rate=cfg.get("drop_path", 0.0),
             dynamic_img_size=True,  # other image sizes interpolate the position embedding

@@ -314,6 +314,11 @@ class _SamModel:
         return self.model.patch_embed.proj.in_channels
 
     @property
+    def token_width(self) -> int:
+        """The neck's output channels (the ``tokens`` tap)."""
+        return self.model.neck[0].out_channels
+
+    @property
     def depth(self) -> int:
         return len(self.model.blocks)
 

@@ -3,6 +3,11 @@
 Each (method, seed) is one run with its own folder (resolved config, step log, checkpoints) and
 one record in the results database. A stored run with the same config hash is reused unless
 ``force``; a method that fails is stored as failed and the others go on.
+
+Under torchrun every rank runs the same suite (training is data-parallel, see
+:mod:`benchbase.engine`) and evaluates its identical copy of each student; only rank 0 opens the
+database, writes run folders, records and leaderboards, and prints. Rank 0 decides whether a run
+is reused and tells the others.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from benchbase import __version__
+from benchbase import __version__, distributed
 from benchbase.components import DataBundle, Metric, Student, VitModel
 from benchbase.config import DatasetConfig, compose_config, config_hash
 from benchbase.engine import resolve_device, train
@@ -37,12 +42,12 @@ _NOT_IDENTITY = ("progress", "device", "num_workers")
 
 @dataclass
 class SuiteContext:
-    """Everything the runs of one suite share."""
+    """Everything the runs of one suite share (``db`` is None on ranks other than 0)."""
 
     bb: Benchbase
     cfg: DictConfig
     overrides: list[str]
-    db: ResultsDB
+    db: ResultsDB | None
     home: Path
     force: bool
     device: torch.device
@@ -116,9 +121,13 @@ def _git_revision() -> str:
 
 
 def _device_name(device: torch.device) -> str:
+    """The device of one process, and the number of processes under torchrun."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    world = distributed.world_size()
+    return f"{name} x {world} processes" if world > 1 else name
 
 
 def evaluate(ctx: SuiteContext, model: VitModel, seed: int) -> list[Metric]:
@@ -163,16 +172,28 @@ def _teacher_name(cfg: DictConfig) -> str:
     return f"{_model_name(cfg.teacher)} [{cfg.teacher.source}]"
 
 
+def _stored(ctx: SuiteContext, h: str) -> RunRecord | None:
+    """The stored done run with config hash ``h`` to reuse (None with ``force``), as rank 0 finds it."""
+    found = ctx.db.find(h) if ctx.db is not None and not ctx.force else None
+    return distributed.broadcast_from_main(found)
+
+
+def _save(ctx: SuiteContext, record: RunRecord) -> None:
+    """Store ``record`` (rank 0 only)."""
+    if ctx.db is not None:
+        ctx.db.save(record)
+
+
 def run_teacher_row(ctx: SuiteContext, teacher: VitModel) -> RunRecord:
     """The teacher's own metrics on the suite's tasks, stored as the table's reference row."""
     h = config_hash(_identity(ctx.cfg, "teacher", "teacher", {}, 0))
-    if not ctx.force and (found := ctx.db.find(h)):
+    if found := _stored(ctx, h):
         return found
     started = time.perf_counter()
     metrics = evaluate(ctx, teacher, seed=0)
     record = _record(ctx, ctx.cfg, "teacher", "teacher", 0, h, status="done", metrics=metrics,
                      wall_time=time.perf_counter() - started)
-    ctx.db.save(record)
+    _save(ctx, record)
     return record
 
 
@@ -183,13 +204,15 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
     loss_cls = ctx.bb.registry.get("losses", name)
     params = loss_params(cfg, loss_cls)
     h = config_hash(_identity(cfg, role, name, params, seed))
-    if not ctx.force and (found := ctx.db.find(h)):
+    if found := _stored(ctx, h):
         return found
     run_dir = ctx.home / "runs" / cfg.suite.name / f"{name}-seed{seed}-{h}"
-    if ctx.force and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if distributed.is_main():
+        if ctx.force and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    distributed.barrier()  # no rank resumes from a checkpoint that --force just removed
     started = time.perf_counter()
     kw: dict[str, Any] = {"run_dir": str(run_dir)}
     try:
@@ -201,10 +224,11 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
         loss = loss_cls(**params)
         result = train(student, teacher if loss.uses_teacher else None, loss, data.split(cfg.suite.distill.split),
                        cfg.trainer, run_dir, seed, desc=f"{name} seed {seed}")
-        save_weights(student.export(), run_dir / "student.pt")
+        if distributed.is_main():
+            save_weights(student.export(), run_dir / "student.pt")
         metrics = evaluate(ctx, student, seed)
         metrics.append(Metric("images_per_second", result.images_per_second, result.steps,
-                              f"training throughput on {ctx.device.type}", extras={"task": "train"}))
+                              _throughput_protocol(ctx.device), extras={"task": "train"}))
         kw.update(status="done", metrics=metrics)
     except MethodFailed as exc:
         kw.update(status="failed", metrics=[], error=str(exc), failed_step=exc.step)
@@ -212,8 +236,15 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
         detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         kw.update(status="failed", metrics=[], error=detail)
     record = _record(ctx, cfg, role, name, seed, h, wall_time=time.perf_counter() - started, **kw)
-    ctx.db.save(record)
+    _save(ctx, record)
     return record
+
+
+def _throughput_protocol(device: torch.device) -> str:
+    """How ``images_per_second`` was measured: the device type and, under torchrun, the process count
+    (the rate is then the global one, images of all processes per second)."""
+    world = distributed.world_size()
+    return f"training throughput on {device.type}" + (f" ({world} processes)" if world > 1 else "")
 
 
 def _compatible(bb: Benchbase, methods: list[str], arch: str, explicit: bool) -> tuple[list[str], list[tuple[str, str]]]:
@@ -238,11 +269,17 @@ def _compatible(bb: Benchbase, methods: list[str], arch: str, explicit: bool) ->
 
 def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, force: bool = False,
               echo=print) -> list[RunRecord]:
-    """Run the composed suite for the chosen method plugins; write and print its leaderboard."""
+    """Run the composed suite for the chosen method plugins; write and print its leaderboard.
+
+    Under torchrun every rank calls this; only rank 0 stores, publishes and echoes.
+    """
+    main = distributed.is_main()
+    if not main:
+        echo = _silent
     # method.* overrides apply to each method's own config, not to the suite's base config
     cfg = compose_config(_without_method_overrides(overrides), bb.config_dirs())
     methods, skipped = _compatible(bb, bb.select_methods(plugins), cfg.student.arch, explicit=plugins is not None)
-    ctx = SuiteContext(bb, cfg, list(overrides), ResultsDB(cfg.db), Path(cfg.home), force,
+    ctx = SuiteContext(bb, cfg, list(overrides), ResultsDB(cfg.db) if main else None, Path(cfg.home), force,
                        resolve_device(cfg.trainer.device))
     roles = [("reference", list(cfg.suite.references)), ("method", methods)]
     for role, names in roles:  # validate every config before any training
@@ -265,8 +302,13 @@ def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, fo
                 status = "done" if record.status == "done" else f"FAILED: {record.error}"
                 echo(f"  {name} seed {seed}: {status}")
                 records.append(record)
-    current = current_records(ctx.db.records(cfg.suite.name))
-    paths = publish(current, Path(cfg.leaderboard_dir), cfg.suite.name)
-    echo(format_table(build_table(current)))
-    echo("written: " + ", ".join(str(p) for p in paths))
+    if ctx.db is not None:
+        current = current_records(ctx.db.records(cfg.suite.name))
+        paths = publish(current, Path(cfg.leaderboard_dir), cfg.suite.name)
+        echo(format_table(build_table(current)))
+        echo("written: " + ", ".join(str(p) for p in paths))
     return records
+
+
+def _silent(*_args: Any) -> None:
+    """The echo of ranks other than 0: rank 0 speaks for the run."""

@@ -4,6 +4,8 @@ The recipe trains the teacher on the suite's distillation data (MAE pre-training
 fine-tuning, as the methods expect a MIM-pretrained teacher) and caches it under
 ``<home>/teachers/<hash>/`` by the hash of everything that determines it; every method of the
 suite then distils from that same teacher. Both recipe stages resume from their checkpoints.
+Under torchrun both stages train data-parallel; every rank ends with the same weights and rank 0
+writes the cache.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from segment_anything.modeling.image_encoder import ImageEncoderViT
+from torch import nn
 
-from benchbase.components import DataBundle, Student, Teacher
+from benchbase import distributed
+from benchbase.components import DataBundle, Student, Teacher, VitModel
 from benchbase.config import config_hash
 from benchbase.engine import train
 from benchbase.errors import BenchbaseError
 from benchbase.models import load_weights, save_weights
 from benchbase.plugins import Benchbase
+from benchbase.sam import SamStudent, SamTeacher, load_sam_checkpoint
 
 TEACHER_FILE = "teacher.pt"
 
@@ -49,8 +55,11 @@ def load_teacher(
         if not tcfg.checkpoint:
             raise BenchbaseError("teacher.source=checkpoint needs teacher.checkpoint=PATH")
         model = build(tcfg, data)
-        load_weights(model, tcfg.checkpoint, what="teacher")
-        return Teacher(model, source=str(tcfg.checkpoint))
+        if isinstance(model, ImageEncoderViT):  # a full SAM checkpoint: its image_encoder.* weights
+            load_sam_checkpoint(model, tcfg.checkpoint)
+        else:
+            load_weights(model, tcfg.checkpoint, what="teacher")
+        return _frozen(model, tcfg, data, str(tcfg.checkpoint))
     if tcfg.source == "timm":
         try:
             model = build(tcfg, data, pretrained=True)
@@ -61,33 +70,63 @@ def load_teacher(
                 f"could not load timm pretrained weights for {tcfg.model!r} ({type(exc).__name__}); "
                 "check the name and your connection, or use teacher.source=checkpoint"
             ) from None
-        return Teacher(model, source=f"timm:{tcfg.model}")
+        return _frozen(model, tcfg, data, f"timm:{tcfg.model}")
     if tcfg.source == "recipe":
-        pretrain_cls = bb.registry.get("losses", tcfg.recipe.pretrain_method)
-        return _recipe_teacher(cfg, build, pretrain_cls, data, home, method_params)
+        return _recipe_teacher(cfg, bb, build, data, home, method_params)
     raise BenchbaseError(f"teacher.source={tcfg.source!r}; use recipe, checkpoint or timm")
 
 
-def _recipe_teacher(cfg: Any, build, pretrain_cls, data: DataBundle, home: Path, method_params) -> Teacher:
-    from benchbase.builtins import Supervised
+def _view(wrapper: type, model: nn.Module, tcfg: Any, data: DataBundle, *args) -> VitModel:
+    """``model`` wrapped for its architecture (SAM or timm), reading its own modality's channels."""
+    if isinstance(model, ImageEncoderViT):
+        wrapper = {Teacher: SamTeacher, Student: SamStudent}[wrapper]
+    view = wrapper(model, *args)
+    view.input_slice = data.channels(tcfg.get("input"))
+    return view
 
+
+def _frozen(model: nn.Module, tcfg: Any, data: DataBundle, source: str) -> Teacher:
+    return _view(Teacher, model, tcfg, data, source)
+
+
+def _recipe_losses(recipe: Any, bb: Benchbase, data: DataBundle, method_params) -> list[tuple[str, Any, int]]:
+    """(stage, loss, epochs) of the recipe: the pre-training method (unless ``none``), then fine-tuning."""
+    from benchbase.builtins import Supervised, SupervisedSegmentation
+
+    stages = []
+    if recipe.pretrain_method != "none" and recipe.pretrain_epochs > 0:
+        pretrain_cls = bb.registry.get("losses", recipe.pretrain_method)
+        stages.append(("pretrain", pretrain_cls(**method_params(recipe.pretrain_method)), recipe.pretrain_epochs))
+    if recipe.finetune_method == "supervised":
+        finetune = Supervised()
+    elif recipe.finetune_method == "supervised_segmentation":
+        ignore = -100 if data.ignore_index is None else data.ignore_index
+        finetune = SupervisedSegmentation(num_classes=data.num_classes, ignore_index=ignore)
+    else:
+        raise BenchbaseError(
+            f"teacher.recipe.finetune_method={recipe.finetune_method!r}; use supervised or supervised_segmentation"
+        )
+    stages.append(("finetune", finetune, recipe.finetune_epochs))
+    return stages
+
+
+def _recipe_teacher(cfg: Any, bb: Benchbase, build, data: DataBundle, home: Path, method_params) -> Teacher:
     key = recipe_key(cfg)
     folder = home / "teachers" / key
     path = folder / TEACHER_FILE
     torch.manual_seed(0)  # the recipe teacher's initial weights are part of what the key names
     model = build(cfg.teacher, data)
-    if path.exists():
+    if distributed.broadcast_from_main(path.exists()):  # every rank takes rank 0's branch
         load_weights(model, path, what="teacher")
-        return Teacher(model, source=f"recipe:{key}")
+        return _frozen(model, cfg.teacher, data, f"recipe:{key}")
     recipe = cfg.teacher.recipe
     trainer = OmegaConf.merge(cfg.trainer, {"lr": recipe.lr, "batch_size": recipe.batch_size})
     split = data.split(cfg.suite.distill.split)
-    net = Student(model)
-    pretrain = pretrain_cls(**method_params(recipe.pretrain_method))
-    train(net, None, pretrain, split, OmegaConf.merge(trainer, {"epochs": recipe.pretrain_epochs}),
-          folder / "pretrain", seed=0, desc="teacher: pre-train")
-    train(net, None, Supervised(), split, OmegaConf.merge(trainer, {"epochs": recipe.finetune_epochs}),
-          folder / "finetune", seed=0, desc="teacher: fine-tune")
-    save_weights(model, path)
-    return Teacher(model, source=f"recipe:{key}")
+    net = _view(Student, model, cfg.teacher, data)
+    for stage, loss, epochs in _recipe_losses(recipe, bb, data, method_params):
+        train(net, None, loss, split, OmegaConf.merge(trainer, {"epochs": epochs}), folder / stage, seed=0,
+              desc=f"teacher: {stage}")
+    if distributed.is_main():  # DDP kept every rank's copy identical: no rank needs to reload it
+        save_weights(model, path)
+    return _frozen(model, cfg.teacher, data, f"recipe:{key}")
 

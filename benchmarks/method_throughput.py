@@ -86,7 +86,6 @@ def main() -> None:
         if device.type == "cuda":
             row["mfu"] = round(flops * rate / args.batch / (args.peak_tflops * 1e12), 3)
         print(json.dumps(row), flush=True)
-        del teacher, student, loss, optimizer
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ class ClsTokenLoss(Loss):
     """
 
     name = "cls_token"
+    student_arch = "vit"  # written against timm VisionTransformer students
 
     def __init__(self, tau: float = 1.0, mode: str = "feature", distillation_type: str = "hard", alpha: float = 0.5):
         super().__init__()

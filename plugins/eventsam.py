@@ -101,11 +101,15 @@ class EventSAMLoss(Loss):
     """Token-weighted block-output distillation from a frame-fed SAM teacher to an event-fed student.
 
     Args:
-        frame_channels: channels of the frame (teacher input), first in the stacked image.
-        event_channels: channels of the event representation (student input), after the frame.
+        frame_channels: channels of the frame (teacher input), first in the stacked image; None
+            (default) takes the teacher's input channels.
+        event_channels: channels of the event representation (student input), after the frame;
+            None (default) takes the student's input channels.
         distilled_blocks: blocks whose outputs are aligned (negative counts from the end); the
-            indices refer to both encoders. Released: SAM ViT-B's global blocks [2, 5, 8, 11].
-        layer_weights: λ per distilled block (released [0.1, 0.4, 0.7, 1.0]).
+            indices refer to both encoders. None (default): the encoder's global-attention blocks,
+            which for SAM ViT-B are the released [2, 5, 8, 11].
+        layer_weights: λ per distilled block; None (default): evenly from 0.1 to 1, which for four
+            blocks is the released [0.1, 0.4, 0.7, 1.0].
         importance: ``"released_code"`` (attention of block s + 1) or ``"paper"`` (the chain of
             all later blocks); see the module docstring.
         beta: β in w = β·1ᵀP + (1 − β)·1, in [0, 1] (released 0.5; 0 gives uniform weights).
@@ -118,17 +122,18 @@ class EventSAMLoss(Loss):
     student_arch = "sam"  # distils between SAM image encoders (benchbase.sam)
 
     def __init__(
-        self, frame_channels: int = 3, event_channels: int = 3,
-        distilled_blocks: list[int] = [2, 5, 8, 11], layer_weights: list[float] = [0.1, 0.4, 0.7, 1.0],  # noqa: B006
+        self, frame_channels: int | None = None, event_channels: int | None = None,
+        distilled_blocks: list[int] | None = None, layer_weights: list[float] | None = None,
         importance: str = "released_code", beta: float = 0.5, distance: str = "l1",
         trainable: str = "released_code", init_from_teacher: bool = True,
     ):
         super().__init__()
-        if frame_channels < 1 or event_channels < 1:
+        if (frame_channels is not None and frame_channels < 1) or (event_channels is not None and event_channels < 1):
             raise BenchbaseError(
                 f"eventsam: frame_channels and event_channels must be >= 1; got {frame_channels}, {event_channels}"
             )
-        if not distilled_blocks or len(layer_weights) != len(distilled_blocks):
+        if distilled_blocks is not None and layer_weights is not None and (
+                not distilled_blocks or len(layer_weights) != len(distilled_blocks)):
             raise BenchbaseError(
                 f"eventsam: give one layer weight per distilled block; got blocks {list(distilled_blocks)} "
                 f"and layer_weights {list(layer_weights)}"
@@ -140,7 +145,8 @@ class EventSAMLoss(Loss):
         if not 0.0 <= beta <= 1.0:
             raise BenchbaseError(f"eventsam: beta must be in [0, 1]; got {beta}")
         self.frame_channels, self.event_channels = frame_channels, event_channels
-        self.requested_blocks, self.layer_weights = list(distilled_blocks), [float(w) for w in layer_weights]
+        self.requested_blocks = None if distilled_blocks is None else list(distilled_blocks)
+        self.layer_weights = None if layer_weights is None else [float(w) for w in layer_weights]
         self.importance, self.beta, self.distance = importance, beta, distance
         self.trainable, self.init_from_teacher = trainable, init_from_teacher
 
@@ -151,6 +157,9 @@ class EventSAMLoss(Loss):
                 "eventsam distils between SAM image encoders; use a SAM student and a SAM teacher "
                 f"(got {type(student).__name__} and {type(teacher).__name__})"
             )
+        # unset channel counts are the encoders' own (the harness builds each for its modality)
+        self.frame_channels = self.frame_channels or teacher.in_chans
+        self.event_channels = self.event_channels or student.in_chans
         for role, model, channels, key in (("teacher", teacher, self.frame_channels, "frame_channels"),
                                            ("student", student, self.event_channels, "event_channels")):
             if model.in_chans != channels:
@@ -164,6 +173,16 @@ class EventSAMLoss(Loss):
                 f"{teacher.grid}/{teacher.embed_dim}; the loss compares block outputs token by token"
             )
         depth = teacher.depth
+        if self.requested_blocks is None:  # the encoder's global-attention blocks (ViT-B: 2, 5, 8, 11)
+            self.requested_blocks = [i for i, block in enumerate(teacher.model.blocks) if block.window_size == 0]
+        if self.layer_weights is None:  # evenly from 0.1 to 1 (ViT-B: 0.1, 0.4, 0.7, 1.0)
+            count = len(self.requested_blocks)
+            self.layer_weights = [1.0] if count == 1 else [0.1 + 0.9 * i / (count - 1) for i in range(count)]
+        if len(self.layer_weights) != len(self.requested_blocks):
+            raise BenchbaseError(
+                f"eventsam: give one layer weight per distilled block; got blocks {self.requested_blocks} "
+                f"and layer_weights {self.layer_weights}"
+            )
         blocks = [b + depth if b < 0 else b for b in self.requested_blocks]
         if any(not 0 <= b < min(depth, student.depth) for b in blocks) or len(set(blocks)) != len(blocks):
             raise BenchbaseError(

@@ -37,6 +37,7 @@ class FeatureLoss(Loss):
     """
 
     name = "feature"
+    student_arch = "vit"  # written against timm VisionTransformer students
 
     def __init__(self, beta: float = 2.0, teacher_after_norm: bool = True, student_after_norm: bool = True):
         super().__init__()

@@ -107,6 +107,7 @@ class MAELoss(Loss):
     """
 
     name = "mae"
+    student_arch = "vit"  # written against timm VisionTransformer students
     uses_teacher = False
     student_taps = (Tap("tokens"),)
 

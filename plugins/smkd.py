@@ -26,6 +26,7 @@ the masked patches of each image, then over the batch, then over the 2 views.
   Σ_k ω_k·H(P_t(y)_k, P_s(x̂)_k⁺) is averaged over pairs. ω is 1/N (``patch_weight="uniform"``) or
   the teacher's last-block CLS→patch attention, averaged over heads and normalised to sum 1
   (``"attention"``, the released ``--weighted_pool``). Pairs come from the batch only.
+  Under torchrun, pairs come from each process's share of the global batch (no gathering).
   ``patch_matching="released_code"`` reproduces HL-hanlin/SMKD ``loss_functions.py`` instead,
   with its three defects (see :func:`patch_loss_released`).
 * ``mim``: as in phase 1.
@@ -51,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchbase import hookimpl
+from benchbase import distributed, hookimpl
 from benchbase.capture import Captures, ModelInput, Tap
 from benchbase.components import Loss, StepInputs, Student, Teacher
 from benchbase.errors import BenchbaseError
@@ -92,6 +93,7 @@ class SMKDLoss(Loss):
     """
 
     name = "smkd"
+    student_arch = "vit"  # written against timm VisionTransformer students
     uses_teacher = False
     student_taps = (TOKENS,)
 
@@ -209,9 +211,12 @@ class SMKDLoss(Loss):
     @torch.no_grad()
     def update_centers(self, t_cls: Tensor, t_patch: Tensor) -> None:
         """EMA of the batch means of the teacher's class logits [2, B, K] and patch logits [2, B, N, K]
-        (patches averaged per image first)."""
-        self.center.copy_(ema_center(self.center, t_cls.mean(dim=(0, 1)).unsqueeze(0), self.center_momentum))
-        patch_mean = t_patch.mean(dim=2).mean(dim=(0, 1))
+        (patches averaged per image first). Under torchrun the means are averaged over the processes
+        first (equal per-process batches: the global batch mean), as DINO and iBOT all-reduce theirs,
+        so every rank keeps the same centres."""
+        cls_mean = distributed.all_reduce_mean(t_cls.mean(dim=(0, 1)))
+        patch_mean = distributed.all_reduce_mean(t_patch.mean(dim=2).mean(dim=(0, 1)))
+        self.center.copy_(ema_center(self.center, cls_mean.unsqueeze(0), self.center_momentum))
         self.center2.copy_(ema_center(self.center2, patch_mean.view(1, 1, -1), self.center_momentum))
 
     def after_step(self, student: Student, progress: float) -> None:

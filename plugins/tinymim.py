@@ -109,6 +109,7 @@ class TinyMIMLoss(Loss):
     """
 
     name = "tinymim"
+    student_arch = "vit"  # written against timm VisionTransformer students
 
     def __init__(
         self, relations: list[str] = ["qk", "vv"], teacher_block: int = -1, softmax: bool = True,  # noqa: B006

@@ -247,7 +247,9 @@ def test_setup_errors():
         ready(distilled_blocks=[1, 4], layer_weights=[1.0, 1.0])
     with pytest.raises(BenchbaseError, match="SAM image encoders"):
         ready(Student(torch.nn.Identity()), Teacher(torch.nn.Linear(1, 1)))
-    for params, pattern in (({"layer_weights": [1.0]}, "one layer weight"), ({"beta": 1.5}, "beta"),
+    with pytest.raises(BenchbaseError, match="one layer weight"):
+        ready(distilled_blocks=None, layer_weights=[1.0, 0.5, 0.2])  # checked against the derived blocks
+    for params, pattern in (({"distilled_blocks": [1, 2], "layer_weights": [1.0]}, "one layer weight"), ({"beta": 1.5}, "beta"),
                             ({"importance": "rollout"}, "importance"), ({"trainable": "mlp"}, "trainable"),
                             ({"distance": "cos"}, "distance")):
         with pytest.raises(BenchbaseError, match=pattern):
@@ -268,3 +270,12 @@ def test_yaml_params_match_constructor_and_entry_point():
         assert value == signature[key].default and type(value) is type(signature[key].default), key
     assert any(ep.value == "benchbase_plugins.eventsam" for ep in entry_points(group="benchbase"))
 
+
+
+def test_default_blocks_are_the_global_attention_blocks_with_even_weights():
+    loss, _, teacher = ready(distilled_blocks=None, layer_weights=None)
+    global_blocks = [i for i, block in enumerate(teacher.model.blocks) if block.window_size == 0]
+    assert loss.blocks == global_blocks and len(global_blocks) >= 1
+    expected = [1.0] if len(global_blocks) == 1 else [0.1 + 0.9 * i / (len(global_blocks) - 1)
+                                                       for i in range(len(global_blocks))]
+    assert loss.layer_weights == pytest.approx(expected)

@@ -22,6 +22,7 @@ from conftest import DATA
     ("cifarfs", "vit_small_patch16_224", "cifarfs"),
     ("fc100", "vit_small_patch16_224", "fc100"),
     ("imagefolder", "vit_tiny_patch16_224", "imagefolder"),
+    ("eventsam", "tiny", "digit_scene_events"),
 ])
 def test_suites_compose_with_their_models(suite, student, distill):
     cfg = compose_config([f"suite={suite}"], load().config_dirs())
@@ -51,3 +52,19 @@ def test_cpu_real_suite_runs_on_real_data(tmp_path, cifar_root, camvid_root):
     assert metrics[("fewshot", "5way-5shot")].n == 100
     assert metrics[("segmentation", "mIoU")].n > 0 and "ignore label 11" in metrics[("segmentation", "mIoU")].protocol
     assert "| feature" in (tmp_path / "lb" / "cpu-real.md").read_text()
+
+
+def test_eventsam_suite_runs_sam_on_frames_to_sam_on_events(tmp_path):
+    tiny = [
+        "suite=eventsam", "trainer.epochs=1", "teacher.recipe.finetune_epochs=1", "trainer.progress=false",
+        "suite.tasks.segmentation.params.epochs=1", "+data.digit_scene_events.params.n_train=32",
+        "+data.digit_scene_events.params.n_test=16", f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb",
+    ]
+    assert main(["run", *tiny]) == 0  # every method plugin: only eventsam fits SAM students, the rest skip
+    records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records("eventsam")}
+    assert set(records) == {"teacher", "eventsam"}
+    assert records["eventsam"].status == "done", records["eventsam"].error
+    names = {m.name for m in records["eventsam"].metrics}
+    assert {"mIoU", "seg_mIoU", "seg_aIoU", "seg_precision", "seg_recall"} <= names
+    assert records["eventsam"].config["student"]["input"] == "events"
+    assert records["teacher"].config["teacher"]["input"] == "frame"

@@ -272,6 +272,7 @@ def build_digit_scene_events(cfg: Mapping[str, Any]) -> DataBundle:
     return DataBundle(
         name="digit_scene_events", splits=splits, image_size=scenes.image_size,
         in_chans=1 + representation.channels, num_classes=scenes.num_classes, ignore_index=scenes.ignore_index,
+        input_channels={"frame": 1, "events": representation.channels},
         description=(
             f"frame + SIMULATED events: {scenes.description}; each scene moved by a random camera motion, events "
             f"from the simulator ({settings.describe()}) as {representation.describe()}; frame and labels at the "
@@ -299,6 +300,7 @@ def build_camvid_events(cfg: Mapping[str, Any]) -> DataBundle:
     }
     return DataBundle(
         name="camvid_events", splits=splits, image_size=camvid.image_size, in_chans=3 + representation.channels,
+        input_channels={"frame": 3, "events": representation.channels},
         num_classes=camvid.num_classes, ignore_index=camvid.ignore_index,
         description=(
             f"frame + SIMULATED events: {camvid.description}; each frame moved by a random camera motion, events "
@@ -395,6 +397,7 @@ def build_event_recordings(cfg: Mapping[str, Any]) -> DataBundle:
     sizes = ", ".join(f"{name} {len(data)}" for name, data in splits.items())
     return DataBundle(
         name="event_recordings", splits=splits, image_size=image_size, in_chans=3 + representation.channels,
+        input_channels={"frame": 3, "events": representation.channels},
         num_classes=num_classes, ignore_index=ignore_index,
         description=(
             f"recorded frames + events at {root}: {sizes} samples, {num_classes} classes, events as "

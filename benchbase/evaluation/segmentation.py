@@ -229,14 +229,14 @@ class SegmentationProbe(Evaluator):
                 torch.manual_seed(self.seed)
                 if self.head == "linear":
                     student.eval()
-                    backbone, head = student, nn.Conv2d(student.embed_dim, data.num_classes, 1).to(device)
+                    backbone, head = student, nn.Conv2d(student.token_width, data.num_classes, 1).to(device)
                     features = self._frozen_features(student, train_set, device)
                     parameters = [{"params": head.parameters()}]
                 else:
                     plain = student.export() if isinstance(student, Student) else student.model
                     backbone = VitModel(copy.deepcopy(plain))
                     backbone.requires_grad_(True).to(device).train()  # a teacher's exported weights come frozen
-                    head = decoder_head(student.embed_dim, data.num_classes).to(device)
+                    head = decoder_head(student.token_width, data.num_classes).to(device)
                     features = None
                     parameters = [
                         {"params": head.parameters()},
@@ -264,7 +264,7 @@ class SegmentationProbe(Evaluator):
             with torch.no_grad():
                 return patch_features(student, images.to(device))
 
-        size = len(dataset) * student.embed_dim * student.num_patches
+        size = len(dataset) * student.token_width * student.num_patches
         if size > FEATURE_CACHE_ELEMENTS:
             return lambda _index, images: run(images)
         everything = _batches(dataset, torch.arange(len(dataset)), self.batch_size)
