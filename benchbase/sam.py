@@ -319,14 +319,6 @@ class _SamModel:
         return self.model.neck[0].out_channels
 
     @property
-    def depth(self) -> int:
-        return len(self.model.blocks)
-
-    @property
-    def num_heads(self) -> int:
-        return self.model.blocks[-1].attn.num_heads
-
-    @property
     def patch_size(self) -> int:
         return self.model.patch_embed.proj.kernel_size[0]
 
