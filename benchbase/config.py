@@ -36,6 +36,10 @@ class TrainerConfig:
     progress: bool = True
 
 
+RUN_ONLY_TRAINER_KEYS = ("progress", "device", "num_workers")
+"""Trainer keys that change how a run executes but not what it computes (left out of run hashes)."""
+
+
 @dataclass
 class ModelConfig:
     """A ViT: a timm model name plus size overrides (None keeps timm's value)."""

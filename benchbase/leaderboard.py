@@ -21,6 +21,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchbase.components import Metric, mean_ci95
+from benchbase.config import RUN_ONLY_TRAINER_KEYS
 from benchbase.errors import BenchbaseError
 from benchbase.results import ResultsDB, RunRecord, read_jsonl, write_jsonl, write_text_atomic
 
@@ -83,7 +84,6 @@ def _group_rows(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunR
     return {key: _latest_per_seed(groups[key]) for key in order}
 
 
-_NOT_SETTING = ("progress", "device", "num_workers")
 
 
 def setting_key(record: RunRecord) -> str:
@@ -92,7 +92,7 @@ def setting_key(record: RunRecord) -> str:
     Method, method params and seed are left out (they are the rows); so are paths and devices.
     """
     cfg = record.config
-    trainer = {k: v for k, v in (cfg.get("trainer") or {}).items() if k not in _NOT_SETTING}
+    trainer = {k: v for k, v in (cfg.get("trainer") or {}).items() if k not in RUN_ONLY_TRAINER_KEYS}
     suite = {k: v for k, v in (cfg.get("suite") or {}).items() if k in ("name", "distill", "tasks")}
     blob = json.dumps([suite, cfg.get("data"), cfg.get("student"), cfg.get("teacher"), trainer],
                       sort_keys=True, default=str)

@@ -66,7 +66,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Accepts a plain state dict or one nested under ``model``, ``state_dict`` or ``student``.
     """
-    state = _read(path)
+    return _unwrap(_read(path))
+
+
+def _unwrap(state: dict) -> dict[str, torch.Tensor]:
     for key in ("model", "state_dict", "student"):
         if isinstance(state.get(key), dict):
             state = state[key]
@@ -99,8 +102,8 @@ def load_weights(model: nn.Module, path: str | Path, what: str = "model") -> Non
 
     A checkpoint written by :func:`save_weights` also restores each block's head count.
     """
-    raw = _read(path)
-    state = read_state_dict(path)
+    raw = _read(path)  # read once: the tensors and, if saved by save_weights, the head counts
+    state = _unwrap(raw)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

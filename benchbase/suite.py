@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchbase import __version__, distributed
 from benchbase.components import DataBundle, Metric, Student, VitModel
-from benchbase.config import DatasetConfig, compose_config, config_hash
+from benchbase.config import RUN_ONLY_TRAINER_KEYS, DatasetConfig, compose_config, config_hash
 from benchbase.engine import resolve_device, train
 from benchbase.errors import BenchbaseError, MethodFailed
 from benchbase.leaderboard import build_table, current_records, format_table, publish
@@ -37,7 +37,6 @@ from benchbase.plugins import Benchbase
 from benchbase.results import ResultsDB, RunRecord
 from benchbase.teachers import load_teacher, recipe_key
 
-_NOT_IDENTITY = ("progress", "device", "num_workers")
 
 
 @dataclass
@@ -106,7 +105,7 @@ def _identity(cfg: DictConfig, role: str, name: str, params: dict, seed: int) ->
         "seed": seed,
         "student": container["student"],
         "teacher": recipe_key(cfg) if cfg.teacher.source == "recipe" else container["teacher"],
-        "trainer": {k: v for k, v in container["trainer"].items() if k not in _NOT_IDENTITY},
+        "trainer": {k: v for k, v in container["trainer"].items() if k not in RUN_ONLY_TRAINER_KEYS},
         "suite": {k: container["suite"][k] for k in ("distill", "tasks")},
         "data": {k: v for k, v in container["data"].items() if k in datasets},
     }
