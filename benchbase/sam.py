@@ -248,7 +248,8 @@ def token_grid(encoder: ImageEncoderViT) -> tuple[int, int]:
 def run_sam(encoder: ImageEncoderViT, inp: ModelInput | Tensor, taps: Sequence[Tap]) -> Captures:
     """Run SAM's image encoder on ``inp`` ([B, C, img_size, img_size]) and return ``taps``.
 
-    Patch embedding (with ``ModelInput.mask`` tokens, if any) plus the position embedding, then
+    Patch embedding (``ModelInput.mask`` [B, N] marks tokens replaced by ``mask_token``, one [D]
+    vector or one per token, [B, h, w, D]: EventSAM's token mixing) plus the position embedding, then
     the blocks up to the deepest requested one (early exit); the neck runs only for ``tokens``.
     Shapes are in :data:`SAM_TAP_SHAPES` and the module docstring. ``ModelInput.keep`` (patch
     dropping) and ``logits`` are not supported: windowed attention needs the whole grid and the

@@ -49,8 +49,23 @@ MLPs of the distilled blocks), ``"paper_figure"`` (the framework figure: the pat
 every block's MLP) or ``"all"``. Attention, norms, position embeddings (and the unused neck) stay
 frozen in the first two.
 
-Not included: the figure's "token mixing" of 10% RGB tokens into the student (commented out in
-the released code) and a relation loss (the figure's label; the released code uses feature L1).
+``importance="uniform"`` weights every token 1 (no attention is captured): the unweighted
+feature-distillation baseline on the same pairs, blocks, layer weights and trainable set.
+
+Padding. When the data are smaller than the encoder (the released code pads 260×346 frames to
+512), the bottom/right tokens see only zero padding. ``exclude_padding=False`` (default) keeps
+them in the loss as the released code does (its ``nn.L1Loss`` averages over the whole padded
+grid); ``True`` drops every token whose patch holds no real pixel, so the distance is the mean
+over the tokens that see the image. The paper's choice is not verified (research notes 6), so the
+released behaviour is the default.
+
+Token mixing (the framework figure's "Token Mixing" with a "Random Mask"; ``mix_tokens``, 10% RGB
+tokens, is commented out in the released code): with ``mix_ratio`` = r > 0, each training step
+replaces a random fraction r of the student's patch tokens, after its patch embedding and before
+the position embedding, with the teacher's patch-embedded frame tokens at the same positions
+(the teacher's frozen patch embedding, no gradient). Default 0: off, as released.
+
+Not included: a relation loss (the figure's label; the released code uses feature L1).
 The released optimiser (Adam, lr 2e-4, no weight decay, 5 epochs, batch 16) is the suite's
 trainer setting, not a loss option.
 """
@@ -62,7 +77,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Attention
-from torch import Tensor
+from torch import Tensor, nn
 
 from benchbase import hookimpl
 from benchbase.capture import Captures, ModelInput, Tap
@@ -73,7 +88,7 @@ from benchbase.sam import SamStudent, SamTeacher, pad_to_size, sam_attention, wi
 
 from . import CONF_DIR
 
-IMPORTANCE = ("released_code", "paper")
+IMPORTANCE = ("released_code", "paper", "uniform")
 TRAINABLE = ("released_code", "paper_figure", "all")
 DISTANCES = {"l1": F.l1_loss, "mse": F.mse_loss}
 
@@ -91,10 +106,24 @@ def token_importance(transitions: Sequence[Tensor], beta: float) -> Tensor:
     return beta * weights + (1.0 - beta)
 
 
-def weighted_distance(student: Tensor, teacher: Tensor, weights: Tensor, distance: str) -> Tensor:
-    """``distance(w ⊙ F_S, w ⊙ F_T)`` (mean reduction) for features [B, N, D] and weights [B, N]."""
+def weighted_distance(student: Tensor, teacher: Tensor, weights: Tensor, distance: str,
+                      keep: Tensor | None = None) -> Tensor:
+    """``distance(w ⊙ F_S, w ⊙ F_T)`` (mean reduction) for features [B, N, D] and weights [B, N].
+
+    ``keep`` [N] bool restricts the mean to those tokens (None: every token).
+    """
+    if keep is not None:
+        student, teacher, weights = student[:, keep], teacher[:, keep], weights[:, keep]
     w = weights.unsqueeze(-1)
     return DISTANCES[distance](w * student, w * teacher)
+
+
+def image_tokens(size: tuple[int, int], grid: tuple[int, int], patch: int) -> Tensor:
+    """[h·w] bool: the tokens of an h×w ``grid`` of ``patch``-pixel patches whose patch holds at
+    least one pixel of a ``size`` = (H, W) image padded bottom/right (the others see only padding)."""
+    rows = torch.arange(grid[0]) * patch < size[0]
+    cols = torch.arange(grid[1]) * patch < size[1]
+    return (rows[:, None] & cols[None, :]).reshape(-1)
 
 
 class EventSAMLoss(Loss):
@@ -110,12 +139,15 @@ class EventSAMLoss(Loss):
             which for SAM ViT-B are the released [2, 5, 8, 11].
         layer_weights: λ per distilled block; None (default): evenly from 0.1 to 1, which for four
             blocks is the released [0.1, 0.4, 0.7, 1.0].
-        importance: ``"released_code"`` (attention of block s + 1) or ``"paper"`` (the chain of
-            all later blocks); see the module docstring.
+        importance: ``"released_code"`` (attention of block s + 1), ``"paper"`` (the chain of
+            all later blocks) or ``"uniform"`` (every weight 1); see the module docstring.
         beta: β in w = β·1ᵀP + (1 − β)·1, in [0, 1] (released 0.5; 0 gives uniform weights).
         distance: ``"l1"`` (released) or ``"mse"``.
         trainable: ``"released_code"``, ``"paper_figure"`` or ``"all"``.
         init_from_teacher: copy the teacher's weights into the student in ``setup``.
+        exclude_padding: leave tokens that see only padding out of the loss (released: False).
+        mix_ratio: fraction of student patch tokens replaced by the teacher's in training
+            (token mixing; released: 0, off).
     """
 
     name = "eventsam"
@@ -125,7 +157,8 @@ class EventSAMLoss(Loss):
         self, frame_channels: int | None = None, event_channels: int | None = None,
         distilled_blocks: list[int] | None = None, layer_weights: list[float] | None = None,
         importance: str = "released_code", beta: float = 0.5, distance: str = "l1",
-        trainable: str = "released_code", init_from_teacher: bool = True,
+        trainable: str = "released_code", init_from_teacher: bool = True, exclude_padding: bool = False,
+        mix_ratio: float = 0.0,
     ):
         super().__init__()
         if (frame_channels is not None and frame_channels < 1) or (event_channels is not None and event_channels < 1):
@@ -144,11 +177,14 @@ class EventSAMLoss(Loss):
                 raise BenchbaseError(f"eventsam: {key} must be one of {', '.join(allowed)}; got {value!r}")
         if not 0.0 <= beta <= 1.0:
             raise BenchbaseError(f"eventsam: beta must be in [0, 1]; got {beta}")
+        if not 0.0 <= mix_ratio < 1.0:
+            raise BenchbaseError(f"eventsam: mix_ratio must be in [0, 1); got {mix_ratio}")
         self.frame_channels, self.event_channels = frame_channels, event_channels
         self.requested_blocks = None if distilled_blocks is None else list(distilled_blocks)
         self.layer_weights = None if layer_weights is None else [float(w) for w in layer_weights]
         self.importance, self.beta, self.distance = importance, beta, distance
         self.trainable, self.init_from_teacher = trainable, init_from_teacher
+        self.exclude_padding, self.mix_ratio = exclude_padding, mix_ratio
 
     def setup(self, student: Student, teacher: Teacher | None) -> None:
         """Check the encoders, resolve the blocks and taps, initialise the student, set what trains."""
@@ -190,15 +226,17 @@ class EventSAMLoss(Loss):
                 f"{depth}-block teacher and the {student.depth}-block student"
             )
         self.blocks, self.depth, self.grid, self.img_size = blocks, depth, teacher.grid, teacher.model.img_size
+        self.patch_size = teacher.patch_size
+        # plain dicts: the teacher's modules must not become parameters or state of the loss
+        self.teacher_patch_embed: dict[str, nn.Module] = {"frame": teacher.model.patch_embed}
         self.windows = [block.window_size for block in teacher.model.blocks]
         self.student_taps = tuple(Tap("block", b) for b in blocks)
         importance_taps: list[Tap] = []
         if self.importance == "released_code":
-            # a plain dict: the teacher's modules must not become parameters or state of the loss
             self.pivot_attention: dict[int, Attention] = {
                 b + 1: teacher.model.blocks[b + 1].attn for b in blocks if b + 1 < depth}
             importance_taps = [Tap("attn_out", i) for i in sorted(self.pivot_attention)]
-        elif min(blocks) + 1 < depth:
+        elif self.importance == "paper" and min(blocks) + 1 < depth:
             importance_taps = [Tap("attn", i) for i in range(min(blocks) + 1, depth)]
         self.teacher_taps = tuple(Tap("block", b) for b in blocks) + tuple(importance_taps)
         if self.init_from_teacher:
@@ -213,13 +251,29 @@ class EventSAMLoss(Loss):
                 f"eventsam: images have {images.shape[1]} channels but frame_channels + event_channels = {channels}; "
                 "the data must stack the frame and the events channel-wise"
             )
+        size = tuple(images.shape[-2:])
         images = pad_to_size(images, self.img_size)
-        return StepInputs(student=ModelInput(images[:, self.frame_channels:]),
-                          teacher=ModelInput(images[:, : self.frame_channels]), labels=labels)
+        frames, events = images[:, : self.frame_channels], images[:, self.frame_channels:]
+        student = ModelInput(events)
+        if self.mix_ratio > 0 and self.training:
+            student = self.mixed_input(events, frames)
+        extras = {"image_size": size}
+        return StepInputs(student=student, teacher=ModelInput(frames), labels=labels, extras=extras)
+
+    @torch.no_grad()
+    def mixed_input(self, events: Tensor, frames: Tensor) -> ModelInput:
+        """The student's input with a random ``mix_ratio`` of its patch tokens taken from the teacher:
+        ``mask`` [B, N] marks them, ``mask_token`` [B, h, w, D] holds the teacher's patch-embedded
+        ``frames`` (the student's position embedding is added to either)."""
+        teacher_tokens = self.teacher_patch_embed["frame"](frames)  # [B, h, w, D]
+        mask = torch.rand(events.shape[0], self.grid[0] * self.grid[1], device=events.device) < self.mix_ratio
+        return ModelInput(events, mask=mask, mask_token=teacher_tokens)
 
     @torch.no_grad()
     def token_weights(self, teacher: Captures) -> dict[int, Tensor]:
         """The importance w_s [B, N] of each distilled block's tokens from the teacher's captures."""
+        if self.importance == "uniform":
+            return {block: torch.ones_like(teacher[Tap("block", block)][..., 0]) for block in self.blocks}
         if self.importance == "paper":
             transitions = {i: self._transition(teacher, i) for i in range(min(self.blocks) + 1, self.depth)}
         weights = {}
@@ -245,9 +299,12 @@ class EventSAMLoss(Loss):
     def forward(self, student: Captures, teacher: Captures, inputs: StepInputs) -> dict[str, Tensor]:
         """``{"block{s}": λ_s · distance(w_s ⊙ F_T, w_s ⊙ F_S)}`` over block outputs [B, N, D]."""
         weights = self.token_weights(teacher)
+        keep = None
+        if self.exclude_padding:
+            keep = image_tokens(inputs.extras["image_size"], self.grid, self.patch_size).to(weights[self.blocks[0]].device)
         return {
             f"block{b}": lam * weighted_distance(student[Tap("block", b)], teacher[Tap("block", b)], weights[b],
-                                                 self.distance)
+                                                 self.distance, keep)
             for b, lam in zip(self.blocks, self.layer_weights)
         }
 

@@ -15,7 +15,7 @@ from benchbase.components import Student, Teacher
 from benchbase.errors import BenchbaseError
 from benchbase.sam import SamStudent, SamTeacher, build_sam_encoder, window_attention_to_dense
 from benchbase_plugins import CONF_DIR
-from benchbase_plugins.eventsam import EventSAMLoss, token_importance, weighted_distance
+from benchbase_plugins.eventsam import EventSAMLoss, image_tokens, token_importance, weighted_distance
 
 # 4 blocks on a 4×4 grid: 0 and 2 windowed (windows of 3, padded grid 6×6), 1 and 3 global,
 # like SAM's alternation; distilled blocks 1 and 3 (the global ones) plus windowed block 0.
@@ -74,6 +74,24 @@ def test_token_importance_by_hand_for_one_matrix_and_a_chain():
     got = token_importance([p1[None], p2[None]], 0.7)[0]
     torch.testing.assert_close(got, torch.tensor([0.7 * c + 0.3 for c in columns]))
     assert got.mean().item() == pytest.approx(1.0)  # row-stochastic chain: weights average 1
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 0.5, 1.0])
+def test_row_stochastic_attention_gives_weights_averaging_one_and_at_least_one_minus_beta(beta):
+    generator = torch.Generator().manual_seed(3)
+    chain = [torch.randn(2, 9, 9, generator=generator).mul(3).softmax(-1) for _ in range(3)]
+    for transitions in (chain[:1], chain):  # one matrix (released) and a product (paper)
+        weights = token_importance(transitions, beta)
+        torch.testing.assert_close(weights.mean(-1), torch.ones(2), atol=1e-6, rtol=0)
+        assert weights.min().item() >= 1 - beta - 1e-6
+        if 0 < beta:
+            assert weights.std().item() > 1e-3  # not trivially uniform
+
+
+def test_uniform_attention_gives_uniform_weights():
+    uniform = torch.full((2, 7, 7), 1 / 7)
+    for transitions in ([uniform], [uniform, uniform, uniform]):
+        torch.testing.assert_close(token_importance(transitions, 0.5), torch.ones(2, 7))
 
 
 def released_weights(teacher: SamTeacher, images: torch.Tensor, block: int, beta: float) -> torch.Tensor:
@@ -135,6 +153,14 @@ def test_beta_zero_gives_uniform_weights(importance):
         torch.testing.assert_close(weights[block], torch.ones(2, 16))
 
 
+def test_uniform_importance_weights_every_token_one_and_captures_no_attention():
+    loss, _, teacher = ready(importance="uniform")
+    assert set(loss.teacher_taps) == {Tap("block", b) for b in BLOCKS}
+    weights = loss.token_weights(teacher.run(stacked()[:, :3], loss.teacher_taps))
+    for block in BLOCKS:
+        torch.testing.assert_close(weights[block], torch.ones(2, 16))
+
+
 # ------------------------------------------------------------------------------------ the loss
 
 
@@ -161,6 +187,58 @@ def test_loss_terms_are_layer_weighted_token_weighted_distances(distance):
         diff = (s_caps[Tap("block", block)] - t_caps[Tap("block", block)]) * weights[block][..., None]
         expected = lam * (diff.abs().mean() if distance == "l1" else diff.pow(2).mean())
         torch.testing.assert_close(terms[f"block{block}"], expected)
+
+
+def test_image_tokens_keep_every_patch_that_holds_a_real_pixel():
+    # a 33x20 image on a 4x4 grid of 16-pixel patches: rows 0-2 (pixels 0..47 hold 0..32), columns 0-1
+    keep = image_tokens((33, 20), (4, 4), 16).reshape(4, 4)
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[:3, :2] = True
+    assert torch.equal(keep, expected)
+    assert image_tokens((64, 64), (4, 4), 16).all()
+
+
+@pytest.mark.parametrize("distance", ["l1", "mse"])
+def test_exclude_padding_averages_only_over_tokens_that_see_the_image(distance):
+    images = stacked(size=40)  # padded to 64: token rows/columns 0-2 see pixels, row/column 3 only padding
+    kept, student, teacher = ready(exclude_padding=True, distance=distance)
+    released, _, _ = ready(student, teacher, distance=distance, init_from_teacher=False)
+    inputs = kept.make_inputs(images, torch.zeros(2))
+    s_caps = student.run(inputs.student, kept.student_taps)
+    t_caps = teacher.run(inputs.teacher, kept.teacher_taps)
+    with_padding, without = released(s_caps, t_caps, inputs), kept(s_caps, t_caps, inputs)
+    weights = kept.token_weights(t_caps)
+    inside = torch.zeros(4, 4, dtype=torch.bool)
+    inside[:3, :3] = True
+    inside = inside.reshape(-1)
+    for block, lam in zip(BLOCKS, WEIGHTS):
+        diff = (s_caps[Tap("block", block)] - t_caps[Tap("block", block)]) * weights[block][..., None]
+        per_token = diff.abs() if distance == "l1" else diff.pow(2)
+        torch.testing.assert_close(without[f"block{block}"], lam * per_token[:, inside].mean())
+        torch.testing.assert_close(with_padding[f"block{block}"], lam * per_token.mean())
+        assert not torch.allclose(without[f"block{block}"], with_padding[f"block{block}"])
+
+
+def test_token_mixing_replaces_the_chosen_student_tokens_by_the_teachers_patch_tokens():
+    loss, student, teacher = ready(mix_ratio=0.4)
+    torch.manual_seed(5)
+    images = stacked()
+    inputs = loss.make_inputs(images, torch.zeros(2))
+    mask = inputs.student.mask  # [B, N]
+    assert mask.shape == (2, 16) and 0 < mask.float().mean() < 1
+    enc, frames = student.model, images[:, :3]
+    with torch.no_grad():
+        own = enc.patch_embed(images[:, 3:])
+        mixed = torch.where(mask.reshape(2, 4, 4, 1), teacher.model.patch_embed(frames), own) + enc.pos_embed
+        for blk in enc.blocks[:2]:
+            mixed = blk(mixed)
+        torch.testing.assert_close(student.run(inputs.student, [Tap("block", 1)])[Tap("block", 1)],
+                                   mixed.flatten(1, 2))
+    assert loss.make_inputs(images, torch.zeros(2)).student.mask is not None
+    off, _, _ = ready(student, teacher, init_from_teacher=False)
+    assert off.make_inputs(images, torch.zeros(2)).student.mask is None  # released default: no mixing
+    sum(step(loss, student, teacher, images).values()).backward()  # the teacher's tokens carry no gradient
+    assert all(p.grad is None for p in teacher.parameters())
 
 
 def test_identical_inputs_and_weights_give_zero_loss():
@@ -251,7 +329,7 @@ def test_setup_errors():
         ready(distilled_blocks=None, layer_weights=[1.0, 0.5, 0.2])  # checked against the derived blocks
     for params, pattern in (({"distilled_blocks": [1, 2], "layer_weights": [1.0]}, "one layer weight"), ({"beta": 1.5}, "beta"),
                             ({"importance": "rollout"}, "importance"), ({"trainable": "mlp"}, "trainable"),
-                            ({"distance": "cos"}, "distance")):
+                            ({"distance": "cos"}, "distance"), ({"mix_ratio": 1.0}, "mix_ratio")):
         with pytest.raises(BenchbaseError, match=pattern):
             EventSAMLoss(**params)
 
