@@ -160,6 +160,15 @@ class Loss(nn.Module, ABC):
     def after_step(self, student: Student, progress: float) -> None:
         """Called after every optimiser step; ``progress`` runs from 0 to 1 over training."""
 
+    def evaluation_model(self, student: Student) -> Student:
+        """The model that is scored and exported after training: ``student`` itself by default.
+
+        A loss that keeps a better model of its own (e.g. an EMA teacher that the paper's released
+        evaluation scores) returns a :class:`Student` view of it; evaluators and ``student.pt``
+        then use that view.
+        """
+        return student
+
 
 @dataclass
 class Metric:

@@ -79,8 +79,26 @@ class TeacherConfig(ModelConfig):
 
 
 @dataclass
+class StageConfig:
+    """One training stage run (and cached) before a method's final run; see :mod:`benchbase.stages`.
+
+    ``params`` update ``method.params`` for this stage, ``trainer`` and ``student`` update those
+    groups; ``method`` names another registered loss (default: the method's own); ``then`` is how
+    the next stage uses this one: ``continue`` (student weights and loss state), ``init`` (student
+    weights) or ``teach`` (its student becomes the next teacher).
+    """
+
+    name: str = ""
+    method: Optional[str] = None
+    params: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    student: dict[str, Any] = field(default_factory=dict)
+    then: str = "continue"
+
+
+@dataclass
 class MethodConfig:
-    """A distillation method: the registered loss name and its keyword arguments."""
+    """A distillation method: the registered loss name, its keyword arguments and optional stages."""
 
     name: str = MISSING
     params: dict[str, Any] = field(default_factory=dict)
@@ -93,6 +111,7 @@ class TaskConfig:
     evaluator: str = MISSING
     dataset: str = MISSING
     params: dict[str, Any] = field(default_factory=dict)
+    stages: list[StageConfig] = field(default_factory=list)
 
 
 @dataclass

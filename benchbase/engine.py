@@ -175,12 +175,14 @@ def train(
     run_dir: Path,
     seed: int,
     desc: str = "",
+    loss_state: dict | None = None,
 ) -> TrainResult:
     """Train ``student`` (and the loss's own parameters) on ``dataset`` with ``loss``.
 
     ``cfg`` is a TrainerConfig. Writes ``steps.jsonl`` and ``checkpoint.pt`` into ``run_dir``;
     if a checkpoint is there, training resumes after its epoch. Raises :class:`MethodFailed` on a
-    non-finite loss, with the step. Under torchrun every rank calls this with the same arguments;
+    non-finite loss, with the step. ``loss_state`` (a previous stage's ``loss.state_dict()``) is
+    loaded into the loss after its ``setup`` when the run starts afresh. Under torchrun every rank calls this with the same arguments;
     ``cfg.batch_size`` is the global batch and must be a multiple of the number of processes.
     """
     main, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
@@ -204,8 +206,10 @@ def train(
     steps_per_epoch = len(dataset) // min(cfg.batch_size, len(dataset))
     total = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    start_epoch, step = 0, 0
+    start_epoch, step, partial = 0, 0, None
     ckpt_path = run_dir / CHECKPOINT
+    if loss_state is not None and not ckpt_path.exists():
+        loss.load_state_dict(loss_state)
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         student.load_state_dict(state["student"])

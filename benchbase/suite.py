@@ -13,6 +13,7 @@ is reused and tells the others.
 from __future__ import annotations
 
 import inspect
+import json
 import platform
 import shutil
 import subprocess
@@ -35,7 +36,8 @@ from benchbase.leaderboard import build_table, current_records, format_table, pu
 from benchbase.models import load_weights, save_weights
 from benchbase.plugins import Benchbase
 from benchbase.results import ResultsDB, RunRecord
-from benchbase.teachers import load_teacher, recipe_key
+from benchbase.stages import Stage, describe, loss_state, plan, run_stages, start_student
+from benchbase.teachers import frozen, load_teacher, recipe_key
 
 
 
@@ -95,10 +97,13 @@ def loss_params(cfg: DictConfig, loss_cls: type) -> dict[str, Any]:
     return params
 
 
-def _identity(cfg: DictConfig, role: str, name: str, params: dict, seed: int) -> dict[str, Any]:
+def _identity(cfg: DictConfig, role: str, name: str, params: dict, seed: int,
+              stages: list[Stage] = ()) -> dict[str, Any]:
     container = OmegaConf.to_container(cfg, resolve=True)
     datasets = {cfg.suite.distill.dataset} | {t.dataset for t in cfg.suite.tasks.values()}
+    chain = {"stages": [s.key for s in stages]} if stages else {}  # runs without stages keep their hashes
     return {
+        **chain,
         "role": role,
         "method": name,
         "params": params,
@@ -196,13 +201,36 @@ def run_teacher_row(ctx: SuiteContext, teacher: VitModel) -> RunRecord:
     return record
 
 
+def _plan(ctx: SuiteContext, cfg: DictConfig, name: str, seed: int) -> list[Stage]:
+    """The method's stages (see :mod:`benchbase.stages`), each checked and hashed."""
+    return plan(cfg, name,
+                lambda stage_cfg, loss, params: _identity(stage_cfg, "stage", loss, params, seed),
+                lambda stage_cfg, loss: loss_params(stage_cfg, ctx.bb.registry.get("losses", loss)))
+
+
+def _builder(ctx: SuiteContext, data: DataBundle):
+    """A function building the student of a config (its ``student.checkpoint`` loaded, if any)."""
+    def build(cfg: DictConfig) -> Student:
+        student = ctx.bb.registry.get("students", cfg.student.arch)(cfg.student, data)
+        if cfg.student.checkpoint:
+            load_weights(student.model, cfg.student.checkpoint, what="student")
+        return student
+    return build
+
+
 def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> RunRecord:
-    """Distil (or train) one student with loss ``name`` for ``seed``, evaluate it, store the record."""
+    """Distil (or train) one student with loss ``name`` for ``seed``, evaluate it, store the record.
+
+    The method's stages, if it has any, run first (cached); the final run starts from what they
+    hand over. The loss's :meth:`~benchbase.components.Loss.evaluation_model` is what is scored
+    and exported.
+    """
     cfg = ctx.method_cfg(name, role)
     cfg.seed = seed
     loss_cls = ctx.bb.registry.get("losses", name)
     params = loss_params(cfg, loss_cls)
-    h = config_hash(_identity(cfg, role, name, params, seed))
+    stages = _plan(ctx, cfg, name, seed)
+    h = config_hash(_identity(cfg, role, name, params, seed, stages))
     if found := _stored(ctx, h):
         return found
     run_dir = ctx.home / "runs" / cfg.suite.name / f"{name}-seed{seed}-{h}"
@@ -216,16 +244,23 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
     kw: dict[str, Any] = {"run_dir": str(run_dir)}
     try:
         data = ctx.dataset(cfg.suite.distill.dataset)
+        build = _builder(ctx, data)
+        handover = run_stages(stages, ctx.home, data, teacher, seed, build,
+                              lambda loss, p: ctx.bb.registry.get("losses", loss)(**p),
+                              lambda s, scfg, source: frozen(s.export(), scfg, data, source))
         torch.manual_seed(seed)  # the student's initial weights depend on the seed alone
-        student: Student = ctx.bb.registry.get("students", cfg.student.arch)(cfg.student, data)
-        if cfg.student.checkpoint:
-            load_weights(student.model, cfg.student.checkpoint, what="student")
+        student = build(cfg)
+        start_student(student, handover)
         loss = loss_cls(**params)
-        result = train(student, teacher if loss.uses_teacher else None, loss, data.split(cfg.suite.distill.split),
-                       cfg.trainer, run_dir, seed, desc=f"{name} seed {seed}")
+        result = train(student, handover.teacher if loss.uses_teacher else None, loss,
+                       data.split(cfg.suite.distill.split), cfg.trainer, run_dir, seed, desc=f"{name} seed {seed}",
+                       loss_state=loss_state(handover))
+        scored = loss.evaluation_model(student)
         if distributed.is_main():
-            save_weights(student.export(), run_dir / "student.pt")
-        metrics = evaluate(ctx, student, seed)
+            save_weights(scored.export(), run_dir / "student.pt")
+            if stages:
+                (run_dir / "stages.json").write_text(json.dumps(describe(stages, ctx.home), indent=2))
+        metrics = evaluate(ctx, scored, seed)
         metrics.append(Metric("images_per_second", result.images_per_second, result.steps,
                               _throughput_protocol(ctx.device), extras={"task": "train"}))
         kw.update(status="done", metrics=metrics)
@@ -283,7 +318,9 @@ def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, fo
     roles = [("reference", list(cfg.suite.references)), ("method", methods)]
     for role, names in roles:  # validate every config before any training
         for name in names:
-            loss_params(ctx.method_cfg(name, role), bb.registry.get("losses", name))
+            method_cfg = ctx.method_cfg(name, role)
+            loss_params(method_cfg, bb.registry.get("losses", name))
+            _plan(ctx, method_cfg, name, 0)
     echo(f"suite {cfg.suite.name}: {cfg.suite.description}")
     for name, arch in skipped:
         echo(f"  skipping {name}: it needs student.arch={arch}, this suite's student is {cfg.student.arch}")

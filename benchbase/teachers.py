@@ -59,7 +59,7 @@ def load_teacher(
             load_sam_checkpoint(model, tcfg.checkpoint)
         else:
             load_weights(model, tcfg.checkpoint, what="teacher")
-        return _frozen(model, tcfg, data, str(tcfg.checkpoint))
+        return frozen(model, tcfg, data, str(tcfg.checkpoint))
     if tcfg.source == "timm":
         try:
             model = build(tcfg, data, pretrained=True)
@@ -70,7 +70,7 @@ def load_teacher(
                 f"could not load timm pretrained weights for {tcfg.model!r} ({type(exc).__name__}); "
                 "check the name and your connection, or use teacher.source=checkpoint"
             ) from None
-        return _frozen(model, tcfg, data, f"timm:{tcfg.model}")
+        return frozen(model, tcfg, data, f"timm:{tcfg.model}")
     if tcfg.source == "recipe":
         return _recipe_teacher(cfg, bb, build, data, home, method_params)
     raise BenchbaseError(f"teacher.source={tcfg.source!r}; use recipe, checkpoint or timm")
@@ -85,7 +85,8 @@ def _view(wrapper: type, model: nn.Module, tcfg: Any, data: DataBundle, *args) -
     return view
 
 
-def _frozen(model: nn.Module, tcfg: Any, data: DataBundle, source: str) -> Teacher:
+def frozen(model: nn.Module, tcfg: Any, data: DataBundle, source: str) -> Teacher:
+    """``model`` as a frozen teacher that reads the modality named by ``tcfg.input``."""
     return _view(Teacher, model, tcfg, data, source)
 
 
@@ -118,7 +119,7 @@ def _recipe_teacher(cfg: Any, bb: Benchbase, build, data: DataBundle, home: Path
     model = build(cfg.teacher, data)
     if distributed.broadcast_from_main(path.exists()):  # every rank takes rank 0's branch
         load_weights(model, path, what="teacher")
-        return _frozen(model, cfg.teacher, data, f"recipe:{key}")
+        return frozen(model, cfg.teacher, data, f"recipe:{key}")
     recipe = cfg.teacher.recipe
     trainer = OmegaConf.merge(cfg.trainer, {"lr": recipe.lr, "batch_size": recipe.batch_size})
     split = data.split(cfg.suite.distill.split)
@@ -128,5 +129,5 @@ def _recipe_teacher(cfg: Any, bb: Benchbase, build, data: DataBundle, home: Path
               desc=f"teacher: {stage}")
     if distributed.is_main():  # DDP kept every rank's copy identical: no rank needs to reload it
         save_weights(model, path)
-    return _frozen(model, cfg.teacher, data, f"recipe:{key}")
+    return frozen(model, cfg.teacher, data, f"recipe:{key}")
 

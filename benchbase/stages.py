@@ -1,0 +1,158 @@
+"""Method stages: a cached chain of training runs before a method's final run.
+
+A method config may list ``stages`` (see :class:`benchbase.config.StageConfig`). Each stage trains
+a student with the method's loss, its params being ``method.params`` updated with the stage's own,
+or with another registered loss (``method: NAME``) and only the stage's params; it then hands its result to the next stage (the last one to the final
+run) as its ``then`` says:
+
+- ``continue``: the next student starts from this stage's student weights and the next loss from
+  this stage's loss state (SMKD's phase 1 -> phase 2: EMA teacher, heads and centre carry over);
+- ``init``: the next student starts from this stage's student weights, the loss starts afresh;
+- ``teach``: this stage's student, frozen, becomes the next stage's teacher and the next student
+  starts from its seed (TinyMIM's sequential B -> S -> T distillation).
+
+Every stage is cached under ``<home>/stages/<hash>/`` by the hash of everything that determines it,
+its predecessors included, and resumes from its checkpoints; runs that share a prefix of stages
+(an ablation of the final stage's params) train that prefix once. A stage's folder holds its
+resolved ``config.yaml``, ``steps.jsonl``, the exported ``student.pt`` and the loss state
+``loss.pt``; ``stage.json`` is written last and marks it complete.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from benchbase import distributed
+from benchbase.components import DataBundle, Student, Teacher
+from benchbase.config import config_hash
+from benchbase.engine import train
+from benchbase.errors import BenchbaseError
+from benchbase.models import load_weights, save_weights
+
+THEN = ("continue", "init", "teach")
+STAGE_FILE = "stage.json"
+LOSS_FILE = "loss.pt"
+STUDENT_FILE = "student.pt"
+
+
+@dataclass
+class Stage:
+    """One planned stage: its composed config (``method`` = the stage's loss), params and hash."""
+
+    name: str
+    loss_name: str
+    cfg: DictConfig
+    params: dict[str, Any]
+    then: str
+    key: str
+
+
+@dataclass
+class Handover:
+    """What the stages hand to the run after them: the student weights and loss state to start
+    from (paths, or None) and the teacher to use."""
+
+    student: Path | None
+    loss_state: Path | None
+    teacher: Teacher | None
+
+
+def plan(cfg: DictConfig, method: str, identity: Callable[[DictConfig, str, dict], dict],
+         params_of: Callable[[DictConfig, str], dict]) -> list[Stage]:
+    """The stages of ``cfg.method``, each with its config and chained hash (empty without stages).
+
+    ``identity(stage_cfg, loss_name, params)`` is what names one training run of the suite and
+    ``params_of(stage_cfg, loss_name)`` checks a stage's params against its loss.
+    """
+    stages, previous = [], None
+    for index, spec in enumerate(cfg.method.get("stages") or []):
+        if spec.then not in THEN:
+            raise BenchbaseError(f"method.stages[{index}].then={spec.then!r}; use one of {', '.join(THEN)}")
+        loss_name = spec.method or method
+        stage_cfg = _stage_config(cfg, spec, loss_name, index)
+        params = params_of(stage_cfg, loss_name)
+        key = config_hash({"stage": identity(stage_cfg, loss_name, params), "previous": previous})
+        stages.append(Stage(spec.name or f"stage{index}", loss_name, stage_cfg, params, spec.then, key))
+        previous = [key, spec.then]
+    return stages
+
+
+def _stage_config(cfg: DictConfig, spec: DictConfig, loss_name: str, index: int) -> DictConfig:
+    stage_cfg = cfg.copy()
+    try:
+        stage_cfg.trainer = OmegaConf.merge(cfg.trainer, spec.trainer)
+        stage_cfg.student = OmegaConf.merge(cfg.student, spec.student)
+    except Exception as exc:  # an unknown key or a wrong type in the stage's overrides
+        first = str(exc).splitlines()[0]
+        raise BenchbaseError(f"method.stages[{index}] ({spec.name}): {first}; "
+                             "stage trainer/student keys are those of the trainer and student groups") from None
+    base = cfg.method.params if loss_name == cfg.method.name else {}  # another loss: its own params only
+    stage_cfg.method.name, stage_cfg.method.stages = loss_name, []
+    stage_cfg.method.params = OmegaConf.merge(base, spec.params)
+    return stage_cfg
+
+
+def run_stages(stages: list[Stage], home: Path, data: DataBundle, teacher: Teacher | None, seed: int,
+               build_student: Callable[[DictConfig], Student], build_loss: Callable[[str, dict], Any],
+               frozen: Callable[[Student, DictConfig, str], Teacher]) -> Handover:
+    """Train (or find cached) every stage in order; returns what the final run starts from."""
+    handover = Handover(None, None, teacher)
+    for stage in stages:
+        folder = home / "stages" / stage.key
+        if not distributed.broadcast_from_main((folder / STAGE_FILE).exists()):
+            _train_stage(stage, folder, data, handover, seed, build_student, build_loss)
+        distributed.barrier()  # rank 0 has written the stage's files
+        if stage.then == "teach":
+            torch.manual_seed(seed)
+            model = build_student(stage.cfg)
+            load_weights(model.model, folder / STUDENT_FILE, what="stage student")
+            handover = Handover(None, None, frozen(model, stage.cfg.student, f"stage:{stage.key}"))
+        else:
+            state = folder / LOSS_FILE if stage.then == "continue" else None
+            handover = Handover(folder / STUDENT_FILE, state, handover.teacher)
+    return handover
+
+
+def start_student(student: Student, handover: Handover) -> None:
+    """Load the previous stage's student weights into ``student`` (if the stages hand any over)."""
+    if handover.student is not None:
+        load_weights(student.model, handover.student, what="student (from the previous stage)")
+
+
+def loss_state(handover: Handover) -> dict | None:
+    """The previous stage's loss state to start from, or None."""
+    if handover.loss_state is None:
+        return None
+    return torch.load(handover.loss_state, map_location="cpu", weights_only=True)
+
+
+def _train_stage(stage: Stage, folder: Path, data: DataBundle, handover: Handover, seed: int,
+                 build_student, build_loss) -> None:
+    if distributed.is_main():
+        folder.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(stage.cfg, folder / "config.yaml", resolve=True)
+    torch.manual_seed(seed)
+    student = build_student(stage.cfg)
+    start_student(student, handover)
+    loss = build_loss(stage.loss_name, stage.params)
+    split = data.split(stage.cfg.suite.distill.split)
+    train(student, handover.teacher if loss.uses_teacher else None, loss, split, stage.cfg.trainer, folder, seed,
+          desc=f"{stage.loss_name} {stage.name} seed {seed}", loss_state=loss_state(handover))
+    if distributed.is_main():
+        torch.save(loss.state_dict(), folder / LOSS_FILE)
+        save_weights(student.export(), folder / STUDENT_FILE)
+        (folder / STAGE_FILE).write_text(json.dumps({"name": stage.name, "method": stage.loss_name,
+                                                     "params": stage.params, "then": stage.then}, indent=2))
+
+
+def describe(stages: list[Stage], home: Path) -> list[dict[str, str]]:
+    """Name, loss, handover and folder of each stage (written next to the final run)."""
+    return [{"name": s.name, "method": s.loss_name, "then": s.then, "folder": str(home / "stages" / s.key)}
+            for s in stages]
