@@ -5,7 +5,8 @@
   ``imagenet``, ``cifar10`` (ImageFolder layout), ``omniglot``, ``camvid``, ``ade20k``,
   ``miniimagenet``, ``tieredimagenet``, ``cifarfs``, ``fc100``; paired frame + event data:
   ``digit_scene_events`` and ``camvid_events`` (SIMULATED events), ``event_recordings`` (.npz),
-- evaluators: ``fewshot``, ``linear_probe``, ``finetune``, ``segmentation``,
+- evaluators: ``fewshot``, ``linear_probe``, ``finetune``, ``segmentation``, ``sam_everything``
+  (SAM's mask decoder on a SAM student's embedding, EventSAM's evaluation; needs a SAM checkpoint),
 - losses: ``supervised`` (cross-entropy on labels: the teacher recipe's fine-tuning and the
   from-scratch reference row) and ``supervised_segmentation`` (per-pixel cross-entropy: the recipe
   for segmentation suites); neither is a distillation method.
@@ -33,6 +34,7 @@ from benchbase.data.omniglot import build_omniglot
 from benchbase.data.scenes import load_digit_scenes
 from benchbase.evaluation.classification import FineTune, LinearProbe
 from benchbase.evaluation.fewshot import FewShot
+from benchbase.evaluation.sam_masks import SamEverything
 from benchbase.evaluation.segmentation import SegmentationProbe
 from benchbase.models import build_vit, input_channels
 from benchbase.sam import SamStudent, build_sam_encoder
@@ -136,6 +138,7 @@ def benchbase_register_evaluators(register):
     register("linear_probe", LinearProbe)
     register("finetune", FineTune)
     register("segmentation", SegmentationProbe)
+    register("sam_everything", SamEverything)
 
 
 @hookimpl

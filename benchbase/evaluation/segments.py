@@ -202,8 +202,23 @@ class SegmentMetricAccumulator:
             raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
         if self.ignore_index is not None:
             pred = np.where(gt == self.ignore_index, self.ignore_index, pred)
+        self._add(*segment_ids(pred, self.ignore_index, self.connectivity), gt)
+
+    def update_segments(self, pred_ids: np.ndarray | Tensor, gt_map: np.ndarray | Tensor) -> None:
+        """Add one image whose predicted segments are given: ``pred_ids`` [H, W] int segment index
+        of every pixel (-1: none; a segment need not be connected, e.g. SAM's painted masks), and
+        ``gt_map`` [H, W] the true label map. Pixels whose ground truth is ``ignore_index`` belong
+        to no predicted segment."""
+        pred_ids, gt = _as_array(pred_ids).astype(np.int64), _as_array(gt_map)
+        if pred_ids.shape != gt.shape:
+            raise ValueError(f"prediction {pred_ids.shape} and ground truth {gt.shape} differ in shape")
+        if self.ignore_index is not None:
+            pred_ids = np.where(gt == self.ignore_index, -1, pred_ids)
+        self._add(pred_ids, int(pred_ids.max(initial=-1)) + 1, gt)
+
+    def _add(self, pred_ids: np.ndarray, pred_count: int, gt: np.ndarray) -> None:
+        """Match the ground-truth segments of label map ``gt`` with predicted segments ``pred_ids``."""
         gt_ids, gt_count = segment_ids(gt, self.ignore_index, self.connectivity, self.gt_min_area)
-        pred_ids, pred_count = segment_ids(pred, self.ignore_index, self.connectivity)
         both = (gt_ids >= 0) & (pred_ids >= 0)
         pairs = gt_ids[both] * pred_count + pred_ids[both]
         intersection = np.bincount(pairs, minlength=gt_count * pred_count).reshape(gt_count, pred_count)

@@ -1,0 +1,263 @@
+"""SAM's "segment everything" on a student's image embedding, scored by EventSAM's segment metric.
+
+EventSAM evaluates its event encoder inside SAM: the student's embedding goes through SAM's own
+prompt encoder and mask decoder, prompted by a grid of points (``SamAutomaticMaskGenerator``),
+the masks are cleaned up, painted into one segment map and every ground-truth segment is matched
+with its best predicted segment (research notes 3.2-3.3). :class:`SamEverything` does that with
+segment-anything's own ``SamAutomaticMaskGenerator``, ``PromptEncoder`` and ``MaskDecoder``; only
+the image embedding comes from the student (:class:`EmbeddingPredictor`).
+
+The prompt encoder and mask decoder weights come from a real SAM checkpoint (``prompt_encoder.*``
+and ``mask_decoder.*``; SAM's sizes are the defaults). Numbers are only meaningful with real SAM
+weights and a student whose neck matches SAM's (256 channels); the tests run the plumbing with a
+small random SAM and report nothing from it.
+
+Shapes: C = stacked image channels, H×W = image and label size, h×w = the student's token grid,
+E = the student's neck channels (SAM's prompt embedding width), M = masks of one image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling.image_encoder import ImageEncoderViT
+
+from benchbase.capture import Tap
+from benchbase.components import DataBundle, Evaluator, Metric, VitModel
+from benchbase.errors import BenchbaseError
+from benchbase.evaluation.segments import GT_MIN_AREA, SegmentMetricAccumulator
+from benchbase.models import read_state_dict
+from benchbase.sam import pad_to_size, token_grid
+
+_PARTS = ("prompt_encoder.", "mask_decoder.")
+
+
+def sam_prompt_and_decoder(
+    checkpoint: str | Path, embed_dim: int, grid: tuple[int, int], img_size: int, decoder_depth: int = 2,
+    decoder_mlp_dim: int = 2048, decoder_heads: int = 8, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256,
+    mask_in_chans: int = 16,
+) -> tuple[PromptEncoder, MaskDecoder]:
+    """SAM's prompt encoder and mask decoder (``build_sam._build_sam``'s sizes by default) for an
+    encoder of ``img_size`` pixels, an h×w ``grid`` and ``embed_dim`` = E output channels, filled
+    from ``checkpoint``'s ``prompt_encoder.*`` and ``mask_decoder.*`` tensors."""
+    prompt = PromptEncoder(embed_dim=embed_dim, image_embedding_size=grid, input_image_size=(img_size, img_size),
+                           mask_in_chans=mask_in_chans)
+    decoder = MaskDecoder(
+        num_multimask_outputs=3, transformer_dim=embed_dim, iou_head_depth=iou_head_depth,
+        iou_head_hidden_dim=iou_head_hidden_dim,
+        transformer=TwoWayTransformer(depth=decoder_depth, embedding_dim=embed_dim, mlp_dim=decoder_mlp_dim,
+                                      num_heads=decoder_heads),
+    )
+    state = read_state_dict(checkpoint)
+    for prefix, module in zip(_PARTS, (prompt, decoder)):
+        part = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        own = module.state_dict()
+        wrong = sorted(k for k in own if k not in part or part[k].shape != own[k].shape)
+        if wrong:
+            raise BenchbaseError(
+                f"checkpoint {checkpoint} has no {prefix}* tensors that fit a {embed_dim}-channel SAM "
+                f"{prefix[:-1]} ({', '.join(wrong[:3])}); give a full SAM checkpoint of the student's size or "
+                "set the decoder sizes of the sam_everything task"
+            )
+        module.load_state_dict(part, strict=False)
+    return prompt, decoder
+
+
+class EmbeddingPredictor(SamPredictor):
+    """A ``SamPredictor`` whose image embedding is a student's neck output.
+
+    ``set_image`` takes the student's own input as an [H, W, C] float array (the dataset's
+    normalised channels, stacked frame + events; the student reads its modality's channels), resizes
+    its longer side to the encoder's ``img_size`` (bilinear, as SAM's ``ResizeLongestSide``), pads
+    it bottom/right and stores the ``tokens`` tap as ``features`` [1, E, h, w]. SAM's pixel
+    normalisation is not applied: the data are normalised already (EventSAM normalises its voxel
+    images with the same ImageNet statistics).
+    """
+
+    def __init__(self, sam: Sam, student: VitModel):
+        super().__init__(sam)
+        self.student = student
+
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        height, width = image.shape[:2]
+        tensor = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=self.device)
+        tensor = tensor.permute(2, 0, 1)[None]
+        size = self.transform.get_preprocess_shape(height, width, self.transform.target_length)
+        if size != (height, width):
+            tensor = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+        self.reset_image()
+        self.original_size, self.input_size = (height, width), size
+        encoder: ImageEncoderViT = self.model.image_encoder
+        tokens = self.student.run(pad_to_size(tensor, encoder.img_size), [Tap("tokens")])[Tap("tokens")]
+        self.features = tokens.transpose(1, 2).reshape(1, tokens.shape[-1], *token_grid(encoder))
+        self.is_image_set = True
+
+
+def remove_small_regions(mask: np.ndarray, area: int, mode: str) -> np.ndarray:
+    """SAM's small-region clean-up of one [H, W] bool mask, with scipy instead of OpenCV:
+    ``mode="holes"`` fills 8-connected holes under ``area`` pixels, ``"islands"`` removes
+    8-connected islands under ``area`` (keeping the largest when all are small)."""
+    working = ~mask if mode == "holes" else mask
+    regions, count = ndimage.label(working, structure=np.ones((3, 3), dtype=bool))
+    sizes = np.bincount(regions.reshape(-1), minlength=count + 1)[1:]  # [count]
+    small = np.flatnonzero(sizes < area) + 1
+    if small.size == 0:
+        return mask
+    if mode == "holes":
+        return mask | np.isin(regions, small)
+    kept = np.flatnonzero(sizes >= area) + 1
+    return np.isin(regions, kept if kept.size else [int(np.argmax(sizes)) + 1])
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """[x0, y0, x1, y1] (inclusive pixel indices) of a non-empty [H, W] bool mask."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two [x0, y0, x1, y1] boxes of inclusive pixel indices."""
+    inter = np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]) + 1, 0, None).prod()
+    area_a, area_b = (a[2:] - a[:2] + 1).prod(), (b[2:] - b[:2] + 1).prod()
+    return float(inter / (area_a + area_b - inter))
+
+
+def drop_repeated_masks(masks: list[np.ndarray], box_iou_threshold: float) -> list[np.ndarray]:
+    """EventSAM's ``remove_repeat_mask``: from the largest mask down, a mask whose box centre lies
+    in the box of a kept (larger) mask and whose box IoU with it exceeds ``box_iou_threshold`` is
+    dropped. Returns the kept [H, W] masks, largest first."""
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
+    for mask in sorted(masks, key=lambda m: -int(m.sum())):
+        box = mask_box(mask)
+        centre = (box[:2] + box[2:]) / 2
+        if any((big[:2] <= centre).all() and (centre <= big[2:]).all() and box_iou(box, big) > box_iou_threshold
+               for _, big in kept):
+            continue
+        kept.append((mask, box))
+    return [mask for mask, _ in kept]
+
+
+def paint_segments(masks: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """EventSAM's ``obtain_mask_image`` as segment ids: masks painted from the largest to the
+    smallest over a background segment; returns [H, W] int64 ids 0..S-1 of the visible segments
+    (the background, where visible, is one of them)."""
+    painted = np.zeros(shape, dtype=np.int64)
+    for index, mask in enumerate(sorted(masks, key=lambda m: -int(m.sum())), start=1):
+        painted[mask] = index
+    return np.unique(painted, return_inverse=True)[1].reshape(shape)
+
+
+class SamEverything(Evaluator):
+    """EventSAM's "segment everything" evaluation of a SAM-encoder student (research notes 3.2).
+
+    For each image of ``test_split`` (at most ``max_images``): segment-anything's
+    ``SamAutomaticMaskGenerator`` prompts SAM's prompt encoder and mask decoder (from
+    ``checkpoint``) with a ``points_per_side``² grid of points on the student's embedding
+    (:class:`EmbeddingPredictor`), keeping masks with predicted IoU above ``pred_iou_thresh`` and
+    stability above ``stability_score_thresh``, box NMS at ``box_nms_thresh``, one crop layer.
+    Each mask then loses holes and islands under ``min_mask_region_area`` pixels (SAM's clean-up;
+    SAM's NMS pass after it is not repeated), masks under ``min_mask_area`` pixels are dropped and
+    repeats removed (EventSAM's post-processing, ``repeat_box_iou``), and the rest are painted into
+    one segment map, scored against the connected regions of the label map.
+
+    Defaults are EventSAM's ``predict_mask.py`` settings (64 points per side, thresholds 0.75,
+    region area 900, mask area 144, repeat box IoU 0.1) and SAM's decoder sizes; pixel areas refer
+    to the image size. Metrics (percent): ``mIoU``, ``aIoU``, ``precision``, ``recall`` (EventSAM's
+    mIoU, aIoU, mP, mR) over every ground-truth segment of the split.
+    """
+
+    name = "sam_everything"
+
+    def __init__(
+        self, checkpoint: str | None = None, test_split: str = "test", max_images: int | None = None,
+        points_per_side: int = 64, points_per_batch: int = 64, pred_iou_thresh: float = 0.75,
+        stability_score_thresh: float = 0.75, box_nms_thresh: float = 0.7, min_mask_region_area: int = 900,
+        min_mask_area: int = 144, repeat_box_iou: float = 0.1, decoder_depth: int = 2, decoder_mlp_dim: int = 2048,
+        decoder_heads: int = 8, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256, mask_in_chans: int = 16,
+    ):
+        if not checkpoint:
+            raise BenchbaseError(
+                "the sam_everything task needs params.checkpoint=PATH, a SAM checkpoint whose prompt encoder and "
+                "mask decoder read the student's embedding (e.g. sam_vit_b_01ec64.pth)"
+            )
+        if points_per_side < 1 or (max_images is not None and max_images < 1):
+            raise BenchbaseError(f"sam_everything needs points_per_side >= 1 and max_images >= 1; got "
+                                 f"{points_per_side} and {max_images}")
+        self.checkpoint, self.test_split, self.max_images = checkpoint, test_split, max_images
+        self.generator_args = {
+            "points_per_side": points_per_side, "points_per_batch": points_per_batch,
+            "pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh,
+            "box_nms_thresh": box_nms_thresh, "crop_n_layers": 0, "output_mode": "binary_mask",
+        }
+        self.min_mask_region_area, self.min_mask_area, self.repeat_box_iou = (
+            min_mask_region_area, min_mask_area, repeat_box_iou)
+        self.decoder_args = {"decoder_depth": decoder_depth, "decoder_mlp_dim": decoder_mlp_dim,
+                             "decoder_heads": decoder_heads, "iou_head_depth": iou_head_depth,
+                             "iou_head_hidden_dim": iou_head_hidden_dim, "mask_in_chans": mask_in_chans}
+
+    def masks(self, generator: SamAutomaticMaskGenerator, image: torch.Tensor) -> list[np.ndarray]:
+        """The cleaned-up, de-duplicated [H, W] bool masks of one [C, H, W] image, largest first."""
+        found = generator.generate(image.permute(1, 2, 0).cpu().numpy())
+        masks = []
+        for record in found:
+            mask = record["segmentation"]
+            if self.min_mask_region_area > 0:
+                for mode in ("holes", "islands"):
+                    mask = remove_small_regions(mask, self.min_mask_region_area, mode)
+            if mask.sum() >= max(self.min_mask_area, 1):
+                masks.append(mask)
+        return drop_repeated_masks(masks, self.repeat_box_iou)
+
+    def evaluate(self, student: VitModel, data: DataBundle, device: torch.device) -> list[Metric]:
+        encoder = student.model
+        if not isinstance(encoder, ImageEncoderViT):
+            raise BenchbaseError(
+                f"sam_everything runs SAM's mask decoder on a SAM image encoder; this model is "
+                f"{type(encoder).__name__} (use a student with arch sam)"
+            )
+        grid = token_grid(encoder)
+        prompt, decoder = sam_prompt_and_decoder(self.checkpoint, student.token_width, grid, encoder.img_size,
+                                                 **self.decoder_args)
+        sam = Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder).to(device)
+        generator = SamAutomaticMaskGenerator(sam, **self.generator_args)
+        generator.predictor = EmbeddingPredictor(sam, student)
+        test_set = data.split(self.test_split)
+        count = len(test_set) if self.max_images is None else min(self.max_images, len(test_set))
+        accumulator = SegmentMetricAccumulator(ignore_index=data.ignore_index)
+        was_training, masks_found = student.training, 0
+        student.eval()
+        try:
+            for index in range(count):
+                image, label = test_set[index]
+                masks = self.masks(generator, image)
+                masks_found += len(masks)
+                accumulator.update_segments(paint_segments(masks, tuple(label.shape)), label)
+        finally:
+            student.train(was_training)
+        return self._metrics(accumulator.compute(), count, masks_found, data)
+
+    def _metrics(self, result: dict[str, float], images: int, masks: int, data: DataBundle) -> list[Metric]:
+        args = self.generator_args
+        protocol = (
+            f"SAM segment everything (EventSAM's evaluation): SAM prompt encoder + mask decoder from "
+            f"{Path(self.checkpoint).name} on the student's image embedding, {args['points_per_side']}x"
+            f"{args['points_per_side']} point grid, predicted IoU > {args['pred_iou_thresh']:g}, stability > "
+            f"{args['stability_score_thresh']:g}, box NMS {args['box_nms_thresh']:g}, holes/islands under "
+            f"{self.min_mask_region_area} px removed, masks under {self.min_mask_area} px dropped, repeats "
+            f"(box IoU > {self.repeat_box_iou:g}) dropped, painted largest first; test split {self.test_split} "
+            f"(n={images} images, {masks} masks); EventSAM segment metric against 8-connected regions of equal label "
+            f"(at least {GT_MIN_AREA} px), mean over all n={result['count']} ground-truth segments"
+        )
+        return [
+            Metric(name=key, value=100 * result[key], n=result["count"], protocol=f"{protocol}; {what}")
+            for key, what in (("mIoU", "mean matched IoU"), ("aIoU", "matched IoU weighted by ground-truth area"),
+                              ("precision", "mean |gt ∩ pred| / |pred| (mP)"),
+                              ("recall", "mean |gt ∩ pred| / |gt| (mR)"))
+        ]
