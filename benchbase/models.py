@@ -90,6 +90,8 @@ def set_block_heads(model: nn.Module, heads: list[int]) -> None:
         raise BenchbaseError(f"checkpoint lists {len(heads)} blocks' head counts, the model has {len(model.blocks)}")
     for block, count in zip(model.blocks, heads):
         attn = block.attn
+        if attn.num_heads == count:  # nothing to split (SAM's Attention has no head_dim to rescale)
+            continue
         width = attn.num_heads * attn.head_dim
         if width % count:
             raise BenchbaseError(f"a block of width {width} cannot be split into {count} heads")

@@ -62,7 +62,7 @@ def test_eventsam_suite_runs_sam_on_frames_to_sam_on_events(tmp_path):
     ]
     assert main(["run", *tiny]) == 0  # every method plugin: only eventsam fits SAM students, the rest skip
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records("eventsam")}
-    assert set(records) == {"teacher", "eventsam"}
+    assert set(records) == {"teacher", "supervised_segmentation", "eventsam"}  # the from-scratch reference row
     assert records["eventsam"].status == "done", records["eventsam"].error
     names = {m.name for m in records["eventsam"].metrics}
     assert {"mIoU", "seg_mIoU", "seg_aIoU", "seg_precision", "seg_recall"} <= names

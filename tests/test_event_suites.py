@@ -1,0 +1,56 @@
+"""The event suites: camvid-events composes and runs on the real CamVid frames (tiny settings), and
+the eventsam suite's reference row (the event student trained from scratch) runs on events."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchbase.cli import main
+from benchbase.config import compose_config
+from benchbase.plugins import load
+from benchbase.results import ResultsDB
+
+from conftest import DATA
+
+TINY = ["trainer.epochs=1", "teacher.recipe.finetune_epochs=1", "trainer.progress=false",
+        "suite.tasks.segmentation.params.epochs=1"]
+
+
+def test_camvid_events_suite_composes_with_sam_on_frames_and_events():
+    cfg = compose_config(["suite=camvid-events", "data.camvid_events.root=/somewhere"], load().config_dirs())
+    assert cfg.suite.name == "camvid-events" and cfg.suite.distill.dataset == "camvid_events"
+    assert (cfg.student.arch, cfg.student.input, cfg.teacher.arch, cfg.teacher.input) == ("sam", "events", "sam", "frame")
+    assert cfg.suite.tasks.segmentation.dataset == "camvid_events" and cfg.suite.tasks.segmentation.params.segment_metric
+    assert list(cfg.suite.references) == ["supervised_segmentation"]
+    assert cfg.data.camvid_events.root == "/somewhere"
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared test data folder {DATA} is absent")
+def test_camvid_events_suite_runs_on_the_real_camvid_frames(tmp_path, camvid_root):
+    tiny = ["suite=camvid-events", *TINY, f"data.camvid_events.root={camvid_root}", "data.camvid_events.image_size=32",
+            f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb"]
+    assert main(["run", "--plugins", "eventsam", *tiny]) == 0
+    records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records("camvid-events")}
+    assert set(records) == {"teacher", "supervised_segmentation", "eventsam"}
+    assert all(r.status == "done" for r in records.values()), {m: r.error for m, r in records.items()}
+    metrics = {m.name: m for m in records["eventsam"].metrics}
+    assert "ignore label 11" in metrics["mIoU"].protocol and metrics["seg_mIoU"].n > 0
+    assert records["supervised_segmentation"].role == "reference"
+    assert records["supervised_segmentation"].config["student"]["input"] == "events"
+    assert "| supervised_segmentation" in (tmp_path / "lb" / "camvid-events.md").read_text()
+
+
+def test_eventsam_reference_trains_the_event_student_from_scratch(tmp_path):
+    tiny = ["suite=eventsam", *TINY, "+data.digit_scene_events.params.n_train=32",
+            "+data.digit_scene_events.params.n_test=16", f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb"]
+    assert main(["run", "--plugins", "eventsam", "-m", *tiny, "method.params.importance=released_code,uniform"]) == 0
+    records = ResultsDB(tmp_path / "results.db").records("eventsam")
+    by_row = {(r.role, r.method, (r.config.get("method") or {}).get("params", {}).get("importance")): r
+              for r in records}
+    assert set(by_row) == {("teacher", "teacher", None), ("reference", "supervised_segmentation", None),
+                           ("method", "eventsam", "released_code"), ("method", "eventsam", "uniform")}
+    scratch = by_row[("reference", "supervised_segmentation", None)]
+    assert scratch.status == "done", scratch.error
+    assert {"mIoU", "seg_mIoU"} <= {m.name for m in scratch.metrics}
+    table = (tmp_path / "lb" / "eventsam.md").read_text()
+    assert "eventsam (importance=uniform)" in table and "eventsam (importance=released_code)" in table
