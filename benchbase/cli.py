@@ -71,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--check", action="store_true",
                        help="exit 1 if a committed table differs from what its records produce")
 
+    ablate = sub.add_parser(
+        "ablate", help="run a named ablation (a paper's ablation table) and write its table",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run every variant of an ablation spec (ablation/NAME.yaml in benchbase's or a plugin's "
+                    "config dir) over the suite's seeds, store the runs (identical runs are reused) and write "
+                    "leaderboards/ablation-NAME.md, .csv (and a PNG curve) from them.",
+        epilog="examples:\n  benchbase ablate --list\n  benchbase ablate tinymim-relations\n"
+               "  benchbase ablate eventsam-beta 'suite.seeds=[0,1,2]' trainer.epochs=5",
+    )
+    ablate.add_argument("name", nargs="?", metavar="NAME", help="the ablation to run")
+    ablate.add_argument("--list", action="store_true", help="list the installed ablations and exit")
+    ablate.add_argument("--force", action="store_true", help="rerun even if an identical run is stored")
+    ablate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides applied to every variant")
+
     new = sub.add_parser(
         "new-plugin", help="create a complete method-plugin project to start from",
         description="Write benchbase-NAME/: pyproject.toml with the `benchbase` entry point, a worked "
@@ -152,6 +166,24 @@ def _cmd_plugins(args, bb) -> int:
     return 0
 
 
+def _cmd_ablate(args, bb) -> int:
+    from benchbase import ablation, distributed
+
+    if args.list or not args.name:
+        for name, path in sorted(ablation.spec_paths(bb).items()):
+            spec = ablation.load_spec(path)
+            print(f"{name:28s} {spec.title} [{spec.paper}]" if spec.paper else f"{name:28s} {spec.title}")
+        return 0
+    distributed.init_from_env()
+    try:
+        paths = ablation.run_ablation(bb, args.name, args.overrides, force=args.force)
+    finally:
+        distributed.shutdown()
+    if paths:
+        print("written: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def _cmd_leaderboard(args, bb) -> int:
     from benchbase import leaderboard
     from benchbase.results import ResultsDB
@@ -220,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in caught:
             if "benchbase plugin" in str(warning.message):
                 print(f"warning: {warning.message}", file=sys.stderr)
-        command = {"run": _cmd_run, "plugins": _cmd_plugins, "leaderboard": _cmd_leaderboard}[args.command]
+        command = {"run": _cmd_run, "plugins": _cmd_plugins, "leaderboard": _cmd_leaderboard,
+                   "ablate": _cmd_ablate}[args.command]
         return command(args, bb)
     except BenchbaseError as exc:
         if args.debug:

@@ -21,7 +21,8 @@ CI_SUFFIX = "_ci95"
 _VARIANT = re.compile(r"^(?P<method>[^ ]+) \((?P<param>[^=,]+)=(?P<value>[^,)]+)\)$")
 
 
-def _metric_columns(df: pd.DataFrame) -> list[str]:
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The metric columns of a table frame (those with a ``_ci95`` twin), throughput left out."""
     return [c for c in df.columns if c + CI_SUFFIX in df.columns and c != THROUGHPUT]
 
 
@@ -34,7 +35,7 @@ def cost_plot(df: pd.DataFrame, path: Path, title: str) -> Path | None:
 
     Returns the written PNG, or None when the table has no throughput column or no metric.
     """
-    metrics = _metric_columns(df)
+    metrics = metric_columns(df)
     if THROUGHPUT not in df.columns or not metrics:
         return None
     rows = df[df[THROUGHPUT].map(_finite)]
@@ -72,24 +73,31 @@ def sweep_plots(df: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
             continue
         groups.setdefault((match["method"], match["param"]), []).append((value, row))
     written = []
-    metrics = _metric_columns(df)
+    metrics = metric_columns(df)
     for (method, param), points in sorted(groups.items()):
         if len(points) < 2 or not metrics:
             continue
-        points.sort(key=lambda p: p[0])
-        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.0), squeeze=False)
-        xs = [x for x, _ in points]
-        for ax, column in zip(axes[0], metrics):
-            ys = [float(r[column]) for _, r in points]
-            cis = [float(r[column + CI_SUFFIX]) if _finite(r[column + CI_SUFFIX]) else 0.0 for _, r in points]
-            ax.plot(xs, ys, marker="o")
-            ax.fill_between(xs, [y - c for y, c in zip(ys, cis)], [y + c for y, c in zip(ys, cis)], alpha=0.25)
-            ax.set_xlabel(param)
-            ax.set_title(column, fontsize=9)
-        fig.suptitle(f"{name}: {method} swept over {param} (95% band)", fontsize=10)
-        fig.tight_layout()
         path = out_dir / f"{name}-{method}-{param}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(curve_plot(points, metrics, param, f"{name}: {method} swept over {param} (95% band)", path))
     return written
+
+
+def curve_plot(points: list[tuple[float, pd.Series]], metrics: list[str], xlabel: str, title: str,
+               path: Path) -> Path:
+    """Each metric column of the table rows in ``points`` against their x value, with the 95% band
+    of its ``_ci95`` column (no band where a row has none); one panel per metric."""
+    points = sorted(points, key=lambda p: p[0])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.0), squeeze=False)
+    xs = [x for x, _ in points]
+    for ax, column in zip(axes[0], metrics):
+        ys = [float(r[column]) for _, r in points]
+        cis = [float(r[column + CI_SUFFIX]) if _finite(r[column + CI_SUFFIX]) else 0.0 for _, r in points]
+        ax.plot(xs, ys, marker="o")
+        ax.fill_between(xs, [y - c for y, c in zip(ys, cis)], [y + c for y, c in zip(ys, cis)], alpha=0.25)
+        ax.set_xlabel(xlabel)
+        ax.set_title(column, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

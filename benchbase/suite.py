@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from benchbase import __version__, distributed
-from benchbase.components import DataBundle, Metric, Student, VitModel
+from benchbase.components import DataBundle, Metric, Student, Teacher, VitModel
 from benchbase.config import RUN_ONLY_TRAINER_KEYS, DatasetConfig, compose_config, config_hash
 from benchbase.engine import resolve_device, train
 from benchbase.errors import BenchbaseError, MethodFailed
@@ -55,11 +55,12 @@ class SuiteContext:
     datasets: dict[str, DataBundle] = field(default_factory=dict)
 
     def dataset(self, name: str) -> DataBundle:
-        if name not in self.datasets:
-            build = self.bb.registry.get("datasets", name)
-            dcfg = self.cfg.data.get(name) or OmegaConf.structured(DatasetConfig)
-            self.datasets[name] = build(dcfg)
-        return self.datasets[name]
+        """The dataset ``name`` as ``data.<name>`` configures it, loaded once per configuration."""
+        dcfg = self.cfg.data.get(name) or OmegaConf.structured(DatasetConfig)
+        key = f"{name}:{config_hash(dcfg)}"
+        if key not in self.datasets:
+            self.datasets[key] = self.bb.registry.get("datasets", name)(dcfg)
+        return self.datasets[key]
 
     def method_cfg(self, name: str, role: str = "method") -> DictConfig:
         """The config of one method: the suite's overrides (``method.*`` ones only for methods)."""
@@ -301,42 +302,61 @@ def _compatible(bb: Benchbase, methods: list[str], arch: str, explicit: bool) ->
     return keep, skipped
 
 
+def suite_context(bb: Benchbase, overrides: list[str], force: bool = False,
+                  datasets: dict[str, DataBundle] | None = None) -> SuiteContext:
+    """The composed suite (``method.*`` overrides kept for the methods' own configs) and its
+    database (rank 0 only). ``datasets`` may share already loaded datasets between suites."""
+    cfg = compose_config(_without_method_overrides(overrides), bb.config_dirs())
+    ctx = SuiteContext(bb, cfg, list(overrides), ResultsDB(cfg.db) if distributed.is_main() else None,
+                       Path(cfg.home), force, resolve_device(cfg.trainer.device))
+    if datasets is not None:
+        ctx.datasets = datasets
+    return ctx
+
+
+def check_methods(ctx: SuiteContext, roles: list[tuple[str, list[str]]]) -> None:
+    """Validate every (role, method) config, stages included, before anything trains."""
+    for role, names in roles:
+        for name in names:
+            method_cfg = ctx.method_cfg(name, role)
+            loss_params(method_cfg, ctx.bb.registry.get("losses", name))
+            _plan(ctx, method_cfg, name, 0)
+
+
+def suite_teacher(ctx: SuiteContext) -> Teacher:
+    """Load the suite's datasets (distillation and tasks) and its teacher (training a recipe one)."""
+    cfg = ctx.cfg
+    data = ctx.dataset(cfg.suite.distill.dataset)
+    for task in cfg.suite.tasks.values():
+        ctx.dataset(task.dataset)
+    return load_teacher(cfg, ctx.bb, data, ctx.home,
+                        lambda n: loss_params(ctx.method_cfg(n, "recipe"), ctx.bb.registry.get("losses", n)))
+
+
 def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, force: bool = False,
               echo=print) -> list[RunRecord]:
     """Run the composed suite for the chosen method plugins; write and print its leaderboard.
 
     Under torchrun every rank calls this; only rank 0 stores, publishes and echoes.
     """
-    main = distributed.is_main()
-    if not main:
+    if not distributed.is_main():
         echo = _silent
-    # method.* overrides apply to each method's own config, not to the suite's base config
-    cfg = compose_config(_without_method_overrides(overrides), bb.config_dirs())
+    ctx = suite_context(bb, overrides, force)
+    cfg = ctx.cfg
     methods, skipped = _compatible(bb, bb.select_methods(plugins), cfg.student.arch, explicit=plugins is not None)
-    ctx = SuiteContext(bb, cfg, list(overrides), ResultsDB(cfg.db) if main else None, Path(cfg.home), force,
-                       resolve_device(cfg.trainer.device))
     roles = [("reference", list(cfg.suite.references)), ("method", methods)]
-    for role, names in roles:  # validate every config before any training
-        for name in names:
-            method_cfg = ctx.method_cfg(name, role)
-            loss_params(method_cfg, bb.registry.get("losses", name))
-            _plan(ctx, method_cfg, name, 0)
+    check_methods(ctx, roles)
     echo(f"suite {cfg.suite.name}: {cfg.suite.description}")
     for name, arch in skipped:
         echo(f"  skipping {name}: it needs student.arch={arch}, this suite's student is {cfg.student.arch}")
     echo(f"methods: {', '.join(methods) or 'none'}; seeds: {list(cfg.suite.seeds)}; device: {_device_name(ctx.device)}")
-    data = ctx.dataset(cfg.suite.distill.dataset)
-    for task in cfg.suite.tasks.values():
-        ctx.dataset(task.dataset)
-    teacher = load_teacher(cfg, bb, data, ctx.home,
-                           lambda n: loss_params(ctx.method_cfg(n, "recipe"), bb.registry.get("losses", n)))
+    teacher = suite_teacher(ctx)
     records = [run_teacher_row(ctx, teacher)]
     for role, names in roles:
         for name in names:
             for seed in cfg.suite.seeds:
                 record = run_method(ctx, role, name, seed, teacher)
-                status = "done" if record.status == "done" else f"FAILED: {record.error}"
-                echo(f"  {name} seed {seed}: {status}")
+                echo(f"  {name} seed {seed}: {describe_status(record)}")
                 records.append(record)
     if ctx.db is not None:
         current = current_records(ctx.db.records(cfg.suite.name))
@@ -344,6 +364,11 @@ def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, fo
         echo(format_table(build_table(current)))
         echo("written: " + ", ".join(str(p) for p in paths))
     return records
+
+
+def describe_status(record: RunRecord) -> str:
+    """``done``, or ``FAILED: <error>``."""
+    return "done" if record.status == "done" else f"FAILED: {record.error}"
 
 
 def _silent(*_args: Any) -> None:

@@ -1,0 +1,237 @@
+"""Named ablations: one command runs a paper's ablation table as variants of a suite and renders it.
+
+An ablation spec is a YAML file ``ablation/<name>.yaml`` in any config dir (benchbase's own or a
+plugin's, see the ``benchbase_config_dirs`` hook); :class:`AblationSpec` lists its keys. Each
+variant is a set of Hydra overrides on the suite; ``benchbase ablate NAME`` runs every variant
+for every seed of the suite, storing each run in the results database like ``benchbase run`` does
+(a run whose config hash is stored is reused, so the shared default row trains once), and writes
+``ablation-<name>.md`` / ``.csv`` (plus a PNG curve when ``plot`` names a numeric column) and the
+records behind them, ``results/ablation-<name>.jsonl``, to the leaderboard folder.
+
+Each exported record carries its place in the table under ``config["ablation"]`` (the spec's
+title, paper, columns and metrics, and the variant's index, cells and overrides), so the table is
+regenerated from the records alone (``benchbase leaderboard``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, OmegaConf
+
+from benchbase import distributed
+from benchbase.config import CONF_DIR
+from benchbase.errors import BenchbaseError
+from benchbase.leaderboard import (
+    RESULTS_DIR,
+    latest_per_seed,
+    markdown_page,
+    metric_frame,
+)
+from benchbase.plugins import Benchbase
+from benchbase.results import RunRecord, write_jsonl, write_text_atomic
+
+ROLES = ("method", "reference", "teacher")
+PREFIX = "ablation-"
+"""Leaderboard files of an ablation are named ``ablation-<name>.*``."""
+
+
+@dataclass
+class VariantSpec:
+    """One row: its cells in the descriptive columns and the overrides that make it."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    method: Optional[str] = None  # default: the spec's method
+    role: str = "method"  # method | reference (e.g. from scratch) | teacher (the suite's teacher row)
+
+
+@dataclass
+class AblationSpec:
+    """A named ablation table: variants of one suite, laid out like the paper's table."""
+
+    name: str = MISSING
+    title: str = ""
+    paper: str = ""  # whose table layout this follows, e.g. "TinyMIM (CVPR 2023), Table 7"
+    method: Optional[str] = None
+    overrides: list[str] = field(default_factory=list)  # applied to every variant, before its own
+    columns: list[str] = field(default_factory=list)  # descriptive columns, in order
+    metrics: list[str] = field(default_factory=list)  # <task>/<metric> columns shown (empty: all)
+    plot: Optional[str] = None  # a descriptive column with numeric cells: each metric against it
+    variants: list[VariantSpec] = field(default_factory=list)
+
+
+def spec_paths(bb: Benchbase) -> dict[str, Path]:
+    """Every ablation spec of benchbase and the installed plugins, by name."""
+    found: dict[str, Path] = {}
+    for folder in [CONF_DIR, *map(Path, bb.config_dirs())]:
+        for path in sorted((folder / "ablation").glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def load_spec(path: Path) -> AblationSpec:
+    """The spec in ``path``, checked; a bad key, value or variant is a one-line error."""
+    try:
+        raw = OmegaConf.load(path)
+        spec: AblationSpec = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AblationSpec), raw))
+    except Exception as exc:  # unknown key, wrong type, YAML syntax
+        first = str(exc).strip().splitlines()[0]
+        raise BenchbaseError(f"ablation spec {path}: {first}; see the keys of benchbase.ablation.AblationSpec") from None
+    problems = []
+    if spec.name != path.stem:
+        problems.append(f"name {spec.name!r} differs from the file name {path.stem!r}")
+    if not spec.variants:
+        problems.append("it has no variants")
+    if spec.plot is not None and spec.plot not in spec.columns:
+        problems.append(f"plot {spec.plot!r} is not one of its columns")
+    for i, variant in enumerate(spec.variants):
+        if variant.role not in ROLES:
+            problems.append(f"variant {i}: role {variant.role!r} is not one of {', '.join(ROLES)}")
+        if variant.role != "teacher" and not (variant.method or spec.method):
+            problems.append(f"variant {i} names no method (set `method` in the spec or the variant)")
+        if unknown := sorted(set(variant.values) - set(spec.columns)):
+            problems.append(f"variant {i}: values {unknown} are not in columns")
+    if problems:
+        raise BenchbaseError(f"ablation spec {path}: {'; '.join(problems)}")
+    return spec
+
+
+def find_spec(bb: Benchbase, name: str) -> AblationSpec:
+    """The spec called ``name``; an unknown name is a one-line error listing the known ones."""
+    paths = spec_paths(bb)
+    if name not in paths:
+        raise BenchbaseError(f"unknown ablation {name!r}; available: {', '.join(sorted(paths)) or 'none'}")
+    return load_spec(paths[name])
+
+
+def run_ablation(bb: Benchbase, name: str, overrides: Sequence[str] = (), force: bool = False,
+                 echo: Callable[[str], Any] = print) -> list[Path]:
+    """Run every variant of ablation ``name`` (``overrides`` applied last, e.g. ``seed=1``) and
+    write its table; returns the files written (none on ranks other than 0)."""
+    from benchbase.suite import (
+        _compatible,
+        check_methods,
+        describe_status,
+        run_method,
+        run_teacher_row,
+        suite_context,
+        suite_teacher,
+    )
+
+    spec = find_spec(bb, name)
+    if not distributed.is_main():
+        echo = _silent
+    datasets: dict = {}  # loaded once for variants that configure a dataset alike
+    contexts = []
+    for variant in spec.variants:  # every variant's config is checked before anything trains
+        # stored under their own suite name, so that variants stay out of the suite's main table;
+        # a run identical to one of the main suite's (same config hash) is still reused
+        ctx = suite_context(bb, [*spec.overrides, *variant.overrides, *overrides, f"suite.name={PREFIX}{spec.name}"],
+                            force, datasets)
+        method = variant.method or spec.method
+        if variant.role != "teacher":
+            _compatible(bb, [method], ctx.cfg.student.arch, explicit=True)
+            check_methods(ctx, [(variant.role, [method])])
+        contexts.append((ctx, method))
+    echo(f"ablation {spec.name}: {spec.title} ({len(spec.variants)} variants, suite {contexts[0][0].cfg.suite.name})")
+    records: list[RunRecord] = []
+    for index, (variant, (ctx, method)) in enumerate(zip(spec.variants, contexts)):
+        teacher = suite_teacher(ctx)
+        if variant.role == "teacher":
+            runs = [run_teacher_row(ctx, teacher)]
+        else:
+            runs = [run_method(ctx, variant.role, method, seed, teacher) for seed in ctx.cfg.suite.seeds]
+        cells = ", ".join(f"{k}={v}" for k, v in variant.values.items())
+        for run in runs:
+            echo(f"  [{index + 1}/{len(spec.variants)}] {cells} seed {run.seed}: {describe_status(run)}")
+        records += [_annotated(run, spec, index) for run in runs]
+    if not distributed.is_main():
+        return []
+    return publish_ablation(records, contexts[0][0].cfg.leaderboard_dir, spec.name)
+
+
+def _silent(*_args: Any) -> None:
+    """The echo of ranks other than 0."""
+
+
+def _annotated(record: RunRecord, spec: AblationSpec, index: int) -> RunRecord:
+    """A copy of ``record`` that knows its row of the table (the stored record is left as it is)."""
+    variant = spec.variants[index]
+    place = {
+        "name": spec.name, "title": spec.title, "paper": spec.paper, "columns": list(spec.columns),
+        "metrics": list(spec.metrics), "plot": spec.plot, "variant": index,
+        "values": {k: str(v) for k, v in variant.values.items()}, "overrides": list(variant.overrides),
+    }
+    return dataclasses.replace(record, config={**record.config, "ablation": place})
+
+
+def is_ablation(records: Sequence[RunRecord]) -> bool:
+    """Whether ``records`` are an ablation's exported records."""
+    return bool(records) and all("ablation" in r.config for r in records)
+
+
+def build_ablation_table(records: Sequence[RunRecord]):
+    """The ablation table (a :func:`benchbase.leaderboard.metric_frame`): one row per variant in the
+    spec's order, its descriptive cells, then the chosen metrics as mean and 95% CI over seeds."""
+    place = records[0].config["ablation"]
+    by_variant: dict[int, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        by_variant[record.config["ablation"]["variant"]].append(record)
+    rows = {index: latest_per_seed(by_variant[index]) for index in sorted(by_variant)}
+    values = {index: group[0].config["ablation"]["values"] for index, group in rows.items()}
+    columns = place["columns"]
+    return metric_frame(rows, columns, lambda index: {c: values[index].get(c, "") for c in columns},
+                        place["metrics"])
+
+
+def write_ablation(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], stem: str) -> list[Path]:
+    """Write ``<stem>.md`` and ``.csv`` (and the plot PNG) of an ablation's records into ``out_dir``."""
+    from benchbase.plots import curve_plot, metric_columns
+
+    place = records[0].config["ablation"]
+    df = build_ablation_table(records)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = []
+    plot, metrics = place.get("plot"), metric_columns(df)
+    if plot and metrics:
+        points = [(float(row[plot]), row) for _, row in df.iterrows() if _number(row[plot])]
+        if len(points) >= 2:
+            title = f"{place['title'] or place['name']}: metric vs {plot} (95% band)"
+            figures.append(curve_plot(points, metrics, plot, title, out / f"{stem}.png"))
+    head = [f"# {place['title'] or place['name']}", ""]
+    if place["paper"]:
+        head += [f"Ablation `{place['name']}`, in the layout of {place['paper']}. Measured here; "
+                 "the paper's own numbers are in reported.md, never in this table.", ""]
+    first = {r.config["ablation"]["variant"]: r for r in reversed(records)}
+    notes = ["Rows, top to bottom: what ran, and the overrides that make the row:", ""]
+    for i in sorted(first):
+        overrides = " ".join(first[i].config["ablation"]["overrides"])
+        notes.append(f"{i + 1}. {first[i].method} ({first[i].role}): " + (f"`{overrides}`" if overrides else "as configured"))
+    md, csv = out / f"{stem}.md", out / f"{stem}.csv"
+    write_text_atomic(md, markdown_page(head, records, df, figures, f"`benchbase ablate {place['name']}`", notes))
+    write_text_atomic(csv, df.to_csv(index=False))
+    return [md, csv, *figures]
+
+
+def _number(value: object) -> bool:
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def publish_ablation(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str) -> list[Path]:
+    """Export the annotated ``records`` to ``results/ablation-<name>.jsonl`` and write the table."""
+    out = Path(out_dir)
+    stem = PREFIX + name
+    write_jsonl(out / RESULTS_DIR / f"{stem}.jsonl", records)
+    return [out / RESULTS_DIR / f"{stem}.jsonl", *write_ablation(records, out, stem)]

@@ -1,0 +1,85 @@
+"""Named ablations: `benchbase ablate NAME` runs a spec's variants and renders the paper-layout table."""
+
+from __future__ import annotations
+
+import textwrap
+
+from benchbase import leaderboard
+from benchbase.cli import main
+from benchbase.results import ResultsDB, read_jsonl
+from test_run import tiny
+
+PLUGIN = '''
+from pathlib import Path
+
+from benchbase import hookimpl
+
+
+@hookimpl
+def benchbase_config_dirs():
+    return [str(Path(__file__).parent / "conf")]
+'''
+
+SPEC = """
+name: tiny
+title: Smooth-L1 beta
+paper: "a paper, Table 1"
+method: feature
+overrides: [suite.tasks.fewshot.params.episodes=40]
+columns: [target, beta]
+metrics: [fewshot/5way-1shot, top1/top1]
+plot: beta
+variants:
+  - {values: {target: teacher}, role: teacher}
+  - {values: {target: none}, method: supervised, role: reference}
+  - {values: {target: features, beta: 2.0}}
+  - {values: {target: features, beta: 0.5}, overrides: [method.params.beta=0.5]}
+"""
+
+
+def plugins_with_spec(tmp_path, spec: str = SPEC):
+    folder = tmp_path / "plugins"
+    (folder / "conf" / "ablation").mkdir(parents=True)
+    (folder / "ablations.py").write_text(PLUGIN)
+    name = next(line.split(":", 1)[1].strip() for line in spec.splitlines() if line.startswith("name:"))
+    (folder / "conf" / "ablation" / f"{name}.yaml").write_text(textwrap.dedent(spec))
+    return folder
+
+
+def test_ablation_runs_variants_and_writes_a_regenerable_table(tmp_path, capsys):
+    plugins = plugins_with_spec(tmp_path)
+    assert main(["--plugins-dir", str(plugins), "ablate", "--list"]) == 0
+    assert "tiny" in capsys.readouterr().out
+    assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path)]) == 0
+    board = tmp_path / "lb"
+    table = (board / "ablation-tiny.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert lines[0].split("|")[1:5] == [" target   ", " beta   ", " fewshot/5way-1shot   ", " top1/top1   "]
+    assert [line.split("|")[1].strip() for line in lines[1:]] == ["teacher", "none", "features", "features"]
+    assert "a paper, Table 1" in table and "`method.params.beta=0.5`" in table
+    assert (board / "ablation-tiny.png").stat().st_size > 0
+    records = read_jsonl(board / "results" / "ablation-tiny.jsonl")
+    assert [r.config["ablation"]["variant"] for r in records] == [0, 1, 2, 3]
+    assert {r.method for r in records} == {"teacher", "supervised", "feature"}
+    assert all(r.status == "done" for r in records)
+    # variants live under the ablation's own suite name, out of the suite's main table
+    db = ResultsDB(tmp_path / "results.db")
+    assert {r.suite for r in db.records()} == {"ablation-tiny"}
+    stored = len(db.records())
+
+    # regenerated from the exported records alone: identical tables
+    assert leaderboard.check(board) == []
+    # a second ablate reuses every run
+    assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path)]) == 0
+    assert len(db.records()) == stored
+
+
+def test_unknown_ablation_and_bad_spec_are_one_line_errors(tmp_path, capsys):
+    plugins = plugins_with_spec(tmp_path, SPEC.replace("plot: beta", "plot: gamma"))
+    assert main(["--plugins-dir", str(plugins), "ablate", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown ablation 'nope'; available: tiny" in err and len(err.splitlines()) == 1
+    assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "plot 'gamma' is not one of its columns" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "results.db").exists()
