@@ -51,7 +51,8 @@ class ModelConfig:
     num_heads: Optional[int] = None
     patch_size: Optional[int] = None
     mlp_ratio: Optional[float] = None
-    drop_path: float = 0.0
+    drop_path: float = 0.0  # stochastic depth rate (the last block's under the linear schedule)
+    drop_path_schedule: str = "linear"  # linear: timm's ramp from 0 to drop_path over depth; constant: every block
     checkpoint: Optional[str] = None  # path to a state dict (weights_only)
     pretrained: bool = False  # timm pretrained weights (needs the hub)
     input: Optional[str] = None  # the modality it reads from stacked data (e.g. frame, events)

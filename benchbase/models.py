@@ -7,6 +7,7 @@ from typing import Any
 
 import timm
 import torch
+from timm.layers import DropPath
 from torch import nn
 
 from benchbase.components import DataBundle
@@ -25,6 +26,27 @@ def build_vit(cfg: Any, data: DataBundle, pretrained: bool = False) -> nn.Module
     """A timm ``VisionTransformer`` for ``data``'s images, sized by ``cfg`` (a ModelConfig)."""
     sizes = {key: cfg[key] for key in _SIZE_KEYS if cfg.get(key) is not None}
     sizes.update(cfg.get("params") or {})
+    schedule = cfg.get("drop_path_schedule", "linear")
+    if schedule not in DROP_PATH_SCHEDULES:
+        raise BenchbaseError(f"drop_path_schedule={schedule!r}; use one of {', '.join(DROP_PATH_SCHEDULES)}")
+    model = _create(cfg, data, pretrained, sizes)
+    if schedule == "constant":
+        set_drop_path(model, cfg.get("drop_path", 0.0))
+    return model
+
+
+DROP_PATH_SCHEDULES = ("linear", "constant")
+
+
+def set_drop_path(model: nn.Module, rate: float) -> None:
+    """Give every block of a timm ViT the same stochastic-depth ``rate`` (TinyMIM's constant 0.1)
+    in place of timm's linear ramp over depth."""
+    for block in model.blocks:
+        for name in ("drop_path1", "drop_path2"):
+            setattr(block, name, DropPath(rate) if rate > 0 else nn.Identity())
+
+
+def _create(cfg: Any, data: DataBundle, pretrained: bool, sizes: dict[str, Any]) -> nn.Module:
     try:
         return timm.create_model(
             cfg.model,

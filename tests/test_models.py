@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from benchbase.capture import Tap
 from benchbase.components import Student, Teacher
+from benchbase.errors import BenchbaseError
 from benchbase.models import load_weights, save_weights
 from benchbase_plugins.tinymim import TinyMIMLoss
 
@@ -26,3 +28,26 @@ def test_head_aligned_student_round_trips_with_its_head_counts(tmp_path, images)
     student.eval()
     with torch.no_grad():
         torch.testing.assert_close(out[Tap("tokens")], student.run(images, [Tap("tokens")])[Tap("tokens")])
+
+
+def _drop_rates(model) -> list[float]:
+    return [getattr(b.drop_path1, "drop_prob", 0.0) for b in model.blocks]
+
+
+def test_drop_path_schedules_linear_ramp_and_constant():
+    from omegaconf import OmegaConf
+
+    from benchbase.config import ModelConfig
+    from benchbase.data.digits import load_digits_bundle
+    from benchbase.models import build_vit
+
+    data = load_digits_bundle()
+    base = {"embed_dim": 32, "depth": 5, "num_heads": 2, "patch_size": 4, "drop_path": 0.1}
+    linear = build_vit(OmegaConf.merge(OmegaConf.structured(ModelConfig), base), data)
+    constant = build_vit(OmegaConf.merge(OmegaConf.structured(ModelConfig), {**base, "drop_path_schedule": "constant"}),
+                         data)
+    assert _drop_rates(linear) == pytest.approx([0.0, 0.025, 0.05, 0.075, 0.1])
+    assert _drop_rates(constant) == pytest.approx([0.1] * 5)
+    assert all(b.drop_path2.drop_prob == pytest.approx(0.1) for b in constant.blocks)
+    with pytest.raises(BenchbaseError, match="drop_path_schedule='ramp'; use one of linear, constant"):
+        build_vit(OmegaConf.merge(OmegaConf.structured(ModelConfig), {**base, "drop_path_schedule": "ramp"}), data)
