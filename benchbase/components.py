@@ -7,9 +7,10 @@ D = embedding width; in attention shapes H = heads (see :data:`benchbase.capture
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -103,6 +104,20 @@ class Teacher(VitModel):
 
     def train(self, mode: bool = True) -> Teacher:  # a teacher never leaves eval mode
         return super().train(False)
+
+    @contextlib.contextmanager
+    def teaching(self) -> Iterator[None]:
+        """While the teacher produces a step's targets: its stochastic-depth modules (timm
+        ``DropPath``, present when ``teacher.distill_drop_path`` > 0, TinyMIM's Table 13) drop
+        paths; everything else stays in eval mode. Outside it the teacher is deterministic."""
+        drops = [m for m in self.model.modules() if type(m).__name__ == "DropPath"]
+        for module in drops:
+            module.train(True)
+        try:
+            yield
+        finally:
+            for module in drops:
+                module.train(False)
 
     def run(self, inp: ModelInput | Tensor, taps: Sequence[Tap]) -> Captures:
         """Forward under ``torch.inference_mode`` (no autograd state); the captures are returned

@@ -77,6 +77,7 @@ class TeacherConfig(ModelConfig):
 
     source: str = "recipe"
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    distill_drop_path: float = 0.0  # stochastic depth of the frozen teacher while it teaches (every block)
 
 
 @dataclass

@@ -264,10 +264,19 @@ def _step(step_module: nn.Module, teacher, loss, optimizer, images, labels, devi
     inputs = loss.make_inputs(images, labels)
     inputs.student, inputs.teacher = _to_device(inputs.student, device), _to_device(inputs.teacher, device)
     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        teacher_out = _run(teacher, inputs.teacher, loss.teacher_taps) if teacher is not None else None
+        teacher_out = None
+        if teacher is not None:
+            with teacher.teaching():
+                teacher_out = _run(teacher, inputs.teacher, loss.teacher_taps)
         terms = step_module(inputs.student, teacher_out, inputs)
     total_loss = sum(terms.values())
-    values = distributed.all_reduce_mean(torch.stack([v.detach().float() for v in terms.values()])).tolist()
+    values = torch.stack([v.detach().float() for v in terms.values()])
+    stopping = stop is not None and stop.requested
+    if distributed.world_size() > 1:
+        reduced = distributed.all_reduce_mean(torch.cat([values, values.new_tensor([float(stopping)])])).tolist()
+        values, stopping = reduced[:-1], reduced[-1] > 0
+    else:
+        values = values.tolist()
     terms_f = dict(zip(terms, values))
     if not all(math.isfinite(v) for v in values):
         raise MethodFailed(f"non-finite loss at step {step}: {terms_f}", step=step)

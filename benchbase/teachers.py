@@ -24,7 +24,7 @@ from benchbase.components import DataBundle, Student, Teacher, VitModel
 from benchbase.config import config_hash
 from benchbase.engine import train
 from benchbase.errors import BenchbaseError
-from benchbase.models import load_weights, save_weights
+from benchbase.models import load_weights, save_weights, set_drop_path
 from benchbase.plugins import Benchbase
 from benchbase.sam import SamStudent, SamTeacher, load_sam_checkpoint
 
@@ -32,9 +32,14 @@ TEACHER_FILE = "teacher.pt"
 
 
 def recipe_key(cfg: Any) -> str:
-    """Hash of what determines a recipe teacher: its config, the distillation data and trainer."""
+    """Hash of what determines a recipe teacher: its config, the distillation data and trainer.
+
+    ``teacher.distill_drop_path`` is left out: it changes how the trained teacher teaches, not
+    the teacher itself."""
+    teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
+    teacher.pop("distill_drop_path", None)
     return config_hash({
-        "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
+        "teacher": teacher,
         "distill": OmegaConf.to_container(cfg.suite.distill, resolve=True),
         "data": OmegaConf.to_container(cfg.data.get(cfg.suite.distill.dataset, {}), resolve=True),
         "trainer": {k: cfg.trainer[k] for k in ("min_lr", "weight_decay", "betas", "warmup_epochs", "clip_grad")},
@@ -86,7 +91,14 @@ def _view(wrapper: type, model: nn.Module, tcfg: Any, data: DataBundle, *args) -
 
 
 def frozen(model: nn.Module, tcfg: Any, data: DataBundle, source: str) -> Teacher:
-    """``model`` as a frozen teacher that reads the modality named by ``tcfg.input``."""
+    """``model`` as a frozen teacher that reads the modality named by ``tcfg.input``, with
+    ``tcfg.distill_drop_path`` stochastic depth in every block while it teaches."""
+    rate = tcfg.get("distill_drop_path", 0.0)
+    if rate:
+        if not hasattr(model, "blocks") or isinstance(model, ImageEncoderViT):
+            raise BenchbaseError("teacher.distill_drop_path needs a timm ViT teacher (SAM blocks have no drop path); "
+                                 "set it to 0")
+        set_drop_path(model, rate)
     return _view(Teacher, model, tcfg, data, source)
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from benchbase.cli import main
-from benchbase.config import compose_config
+from benchbase.capture import Tap
+from benchbase.config import TeacherConfig, compose_config
 from benchbase.data.digits import load_digits_bundle
 from benchbase.errors import BenchbaseError
 from benchbase.models import build_vit
 from benchbase.plugins import load
 from benchbase.results import ResultsDB
-from benchbase.teachers import TEACHER_FILE, load_teacher, recipe_key
+from benchbase.teachers import TEACHER_FILE, frozen, load_teacher, recipe_key
 
+from conftest import tiny_vit
 from test_run import tiny
 
 
@@ -81,3 +84,19 @@ def test_a_distilled_tinymim_student_teaches_the_next_run(tmp_path):
     assert len(records) == 2 and all(r.status == "done" for r in records)
     chained = [r for r in records if r.config["teacher"]["source"] == "checkpoint"]
     assert len(chained) == 1 and chained[0].config["teacher"]["checkpoint"] == str(checkpoint)
+
+
+def test_distill_drop_path_is_stochastic_only_while_teaching(images):
+    data = load_digits_bundle()
+    tcfg = OmegaConf.merge(OmegaConf.structured(TeacherConfig), {"distill_drop_path": 0.5})
+    teacher = frozen(tiny_vit(depth=4), tcfg, data, "test")
+    taps = [Tap("tokens")]
+    plain = [teacher.run(images, taps)[Tap("tokens")] for _ in range(2)]
+    torch.testing.assert_close(plain[0], plain[1], rtol=0, atol=0)  # deterministic outside teaching()
+    with teacher.teaching():
+        dropped = [teacher.run(images, taps)[Tap("tokens")] for _ in range(2)]
+    assert not torch.equal(dropped[0], dropped[1])
+    torch.testing.assert_close(teacher.run(images, taps)[Tap("tokens")], plain[0], rtol=0, atol=0)
+    assert all(b.drop_path1.drop_prob == 0.5 for b in teacher.model.blocks)
+    # how the teacher teaches is not part of which teacher the recipe trains
+    assert recipe_key(compose_config(["teacher.distill_drop_path=0.3"])) == recipe_key(compose_config([]))
