@@ -1,0 +1,128 @@
+"""Token-importance heat maps of EventSAM's loss over the frames of a suite's test images.
+
+    python -m benchbase_plugins.eventsam_maps suite=eventsam [--images 6] [--out PATH] [overrides]
+
+The suite's teacher (the cached recipe teacher, trained first if missing) sees each test frame;
+the loss's own importance function (:meth:`EventSAMLoss.token_weights`) turns its attention into
+the weights w_s [h, w] of every distilled block s, for the released single-matrix importance and
+the paper's product of attention matrices (``method.params.*`` overrides set the other options,
+e.g. β). The last block's weights are 1 everywhere by definition and are not drawn. One PNG:
+a row per image (the frame, the student's event input, then one heat map per importance and
+block over the frame); written to ``<leaderboard_dir>/eventsam-importance.png`` by default.
+Shapes: B images, C_f frame / C_e event channels, S image size, h×w token grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from benchbase.config import compose_config  # noqa: E402
+from benchbase.errors import BenchbaseError  # noqa: E402
+from benchbase.plugins import load  # noqa: E402
+from benchbase.sam import SamStudent, SamTeacher  # noqa: E402
+from benchbase.suite import loss_params  # noqa: E402
+from benchbase.teachers import load_teacher  # noqa: E402
+
+from .eventsam import EventSAMLoss  # noqa: E402
+
+IMPORTANCES = ("released_code", "paper")
+"""The importance functions drawn: the released single matrix and the paper's product."""
+
+
+def importance_maps(loss: EventSAMLoss, teacher: SamTeacher, images: Tensor) -> dict[int, Tensor]:
+    """The loss's token weights of stacked ``images`` [B, C_f + C_e, S, S] as maps {block: [B, h, w]}."""
+    inputs = loss.make_inputs(images, torch.zeros(images.shape[0], dtype=torch.long))
+    weights = loss.token_weights(teacher.run(inputs.teacher, loss.teacher_taps))
+    return {block: w.reshape(w.shape[0], *loss.grid) for block, w in weights.items()}
+
+
+def _gray(images: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, H, W] channel mean rescaled to [0, 1] per image, for display."""
+    gray = images.float().mean(1)
+    low, high = gray.amin((1, 2), keepdim=True), gray.amax((1, 2), keepdim=True)
+    return (gray - low) / (high - low).clamp_min(1e-8)
+
+
+def save_importance_figure(frames: Tensor, events: Tensor, maps: dict[str, Tensor], path: Path, title: str) -> Path:
+    """Draw a row per image: ``frames`` [B, C_f, H, W], ``events`` [B, C_e, H, W] (summed absolute
+    values), then each map of ``maps`` {column title: [B, h, w]} upsampled (nearest) over the frame,
+    with one colour scale per column. Writes and returns ``path``."""
+    count = frames.shape[0]
+    columns = 2 + len(maps)
+    fig, axes = plt.subplots(count, columns, figsize=(2.2 * columns, 2.2 * count + 0.6), squeeze=False)
+    gray, activity = _gray(frames).numpy(), events.abs().sum(1).numpy()
+    size = tuple(frames.shape[-2:])
+    for row in range(count):
+        axes[row, 0].imshow(gray[row], cmap="gray")
+        axes[row, 1].imshow(activity[row], cmap="magma")
+    for column, (name, values) in enumerate(maps.items(), start=2):
+        upsampled = F.interpolate(values[:, None].float(), size=size, mode="nearest")[:, 0].numpy()
+        low, high = float(values.min()), float(values.max())
+        for row in range(count):
+            axes[row, column].imshow(gray[row], cmap="gray")
+            image = axes[row, column].imshow(upsampled[row], cmap="inferno", alpha=0.65, vmin=low, vmax=high)
+        fig.colorbar(image, ax=axes[:, column].tolist(), shrink=0.6, location="bottom", pad=0.02)
+    for column, name in enumerate(["frame (teacher)", "events (student)", *maps]):
+        axes[0, column].set_title(name, fontsize=8)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Compose the suite (``overrides``), load its teacher, draw the first ``--images`` test images."""
+    parser = argparse.ArgumentParser(prog="python -m benchbase_plugins.eventsam_maps", description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=6, help="test images drawn (default 6)")
+    parser.add_argument("--split", default="test", help="the split of the suite's distillation data (default test)")
+    parser.add_argument("--out", type=Path, default=None, help="PNG path (default <leaderboard_dir>/eventsam-importance.png)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. suite=eventsam method.params.beta=0.3")
+    args = parser.parse_args(argv)
+    bb = load()
+    cfg = compose_config([*args.overrides, "method=eventsam"], bb.config_dirs(), bb.registry.names("losses"))
+    if cfg.student.arch != "sam" or cfg.teacher.arch != "sam":
+        raise BenchbaseError("eventsam importance maps need a suite with SAM students and teachers, e.g. suite=eventsam")
+    data = bb.registry.get("datasets", cfg.suite.distill.dataset)(cfg.data.get(cfg.suite.distill.dataset) or {})
+    teacher = load_teacher(cfg, bb, data, Path(cfg.home),
+                           lambda name: loss_params(compose_config([*args.overrides, f"method={name}"],
+                                                                   bb.config_dirs()), bb.registry.get("losses", name)))
+    student: SamStudent = bb.registry.get("students", "sam")(cfg.student, data)
+    split = data.split(args.split)
+    images = torch.stack([split[i][0] for i in range(min(args.images, len(split)))])
+    params = loss_params(cfg, EventSAMLoss)
+    maps: dict[str, Tensor] = {}
+    for importance in IMPORTANCES:
+        loss = EventSAMLoss(**{**params, "importance": importance, "init_from_teacher": False})
+        loss.setup(student, teacher)
+        for block, values in importance_maps(loss, teacher, images).items():
+            if block != loss.depth - 1:  # the last block's weights are 1 by definition
+                maps[f"{importance} w, block {block}"] = values
+    frames = images[:, : loss.frame_channels]
+    events = images[:, loss.frame_channels:]
+    out = args.out or Path(cfg.leaderboard_dir) / "eventsam-importance.png"
+    title = (f"EventSAM token importance (teacher attention, beta={loss.beta:g}) on {data.name} "
+             f"{args.split} images; teacher {teacher.source}")
+    print(save_importance_figure(frames, events, maps, out, title))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchbaseError as exc:
+        sys.exit(f"error: {exc}")
