@@ -34,10 +34,16 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0
     progress: bool = True
+    compile: bool = False  # torch.compile the transformer blocks that no tap of the loss reads
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead | max-autotune | ...
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: a quick check without codegen)
 
 
-RUN_ONLY_TRAINER_KEYS = ("progress", "device", "num_workers")
-"""Trainer keys that change how a run executes but not what it computes (left out of run hashes)."""
+RUN_ONLY_TRAINER_KEYS = ("progress", "device", "num_workers", "compile", "compile_mode", "compile_backend")
+"""Trainer keys that change how a run executes but not what it computes (left out of run hashes).
+
+``compile*`` belong here for the reason ``device`` does: a compiled block computes the same
+function, and only the order of float operations (kernel fusion) differs."""
 
 
 @dataclass
@@ -205,6 +211,19 @@ def _one_line(exc: Exception, overrides: Sequence[str]) -> str:
     return f"bad configuration ({' '.join(overrides)}): {first}"
 
 
+def register_configs(config_dirs: Sequence[str] = (), methods: Sequence[str] = ()) -> list[str]:
+    """Store benchbase's schema in Hydra's ConfigStore, with an empty ``method`` option for each of
+    ``methods`` that ships no ``method/<name>.yaml``; return the overrides that add ``config_dirs``
+    to Hydra's search path (none without dirs)."""
+    _register_schemas()
+    cs = ConfigStore.instance()
+    for name in methods:
+        if not any((Path(d) / "method" / f"{name}.yaml").exists() for d in [CONF_DIR, *config_dirs]):
+            cs.store(group="method", name=name, node=MethodConfig(name=name))
+    searchpath = ",".join(f"file://{Path(d).resolve()}" for d in config_dirs)
+    return [f"hydra.searchpath=[{searchpath}]"] if searchpath else []
+
+
 def compose_config(
     overrides: Sequence[str] = (), config_dirs: Sequence[str] = (), methods: Sequence[str] = ()
 ) -> DictConfig:
@@ -215,13 +234,7 @@ def compose_config(
     Raises :class:`BenchbaseError` with one line naming the key or group on unknown keys, unknown
     group options and wrong types.
     """
-    _register_schemas()
-    cs = ConfigStore.instance()
-    for name in methods:
-        if not any((Path(d) / "method" / f"{name}.yaml").exists() for d in [CONF_DIR, *config_dirs]):
-            cs.store(group="method", name=name, node=MethodConfig(name=name))
-    searchpath = ",".join(f"file://{Path(d).resolve()}" for d in config_dirs)
-    all_overrides = list(overrides) + ([f"hydra.searchpath=[{searchpath}]"] if searchpath else [])
+    all_overrides = list(overrides) + register_configs(config_dirs, methods)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from itertools import islice
 from typing import TypeVar
 
 import torch
@@ -77,6 +78,15 @@ def broadcast_from_main(obj: T) -> T:
     return box[0]
 
 
+def all_gather(obj: T) -> list[T]:
+    """Every rank's ``obj`` (any picklable value) in rank order, on every rank; ``[obj]`` in one process."""
+    if world_size() == 1:
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def local_batch_size(global_batch: int, world: int) -> int:
     """Each process's share of a global batch; :class:`BenchbaseError` unless ``world`` divides it
     (unequal shares would weight the processes' gradients unequally)."""
@@ -95,14 +105,15 @@ def shard(indices: Sequence[int], rank: int, world: int) -> list[int]:
 
 
 class ShardedBatches(Sampler[list[int]]):
-    """This process's slice of every global batch drawn by ``batches`` (the same on every rank)."""
+    """This process's slice of every global batch drawn by ``batches`` (the same on every rank),
+    from global batch ``start`` on (a run resumed mid-epoch skips the batches it has trained on)."""
 
-    def __init__(self, batches: BatchSampler, rank: int, world: int):
-        self.batches, self.rank, self.world = batches, rank, world
+    def __init__(self, batches: BatchSampler, rank: int, world: int, start: int = 0):
+        self.batches, self.rank, self.world, self.start = batches, rank, world, start
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batches:
+        for batch in islice(self.batches, self.start, None):
             yield shard(batch, self.rank, self.world)
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return max(0, len(self.batches) - self.start)

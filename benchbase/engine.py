@@ -23,8 +23,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
-from benchbase import distributed
-from benchbase.capture import Captures, ModelInput
+from benchbase import distributed, preemption
+from benchbase.capture import Captures, ModelInput, Tap
 from benchbase.components import LabeledImages, Loss, StepInputs, Student, Teacher
 from benchbase.errors import BenchbaseError, MethodFailed
 
@@ -144,21 +145,47 @@ def _distribute(module: StepModule) -> nn.Module:
     return DistributedDataParallel(module, device_ids=None, find_unused_parameters=True)
 
 
-def _epoch_batches(dataset: LabeledImages, cfg: Any, seed: int, epoch: int, device) -> Iterator:
-    """This process's share of each global batch of the epoch: the global batches come from one
-    permutation seeded by (seed, epoch), identical on every rank and to a single-process run."""
+def _epoch_batches(dataset: LabeledImages, cfg: Any, seed: int, epoch: int, device, skip: int = 0) -> Iterator:
+    """This process's share of each global batch of the epoch, from global batch ``skip`` on: the
+    global batches come from one permutation seeded by (seed, epoch), identical on every rank and
+    to a single-process run."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     global_batches = BatchSampler(RandomSampler(dataset, generator=generator),
                                   batch_size=min(cfg.batch_size, len(dataset)), drop_last=True)
     loader = DataLoader(
         dataset,
-        batch_sampler=distributed.ShardedBatches(global_batches, distributed.rank(), distributed.world_size()),
+        batch_sampler=distributed.ShardedBatches(global_batches, distributed.rank(), distributed.world_size(), skip),
         generator=generator,
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
     return iter(loader)
+
+
+@contextlib.contextmanager
+def compiled(models: list[tuple[Student | Teacher | None, Sequence[Tap]]], cfg: Any) -> Iterator[None]:
+    """With ``cfg.compile``: ``torch.compile`` (``cfg.compile_mode``, ``cfg.compile_backend``) every
+    transformer block of ``models`` that none of its taps names, for the duration of the context.
+
+    Tapped blocks stay eager: capture adds hooks to their submodules on every call, which a compiled
+    block would trace again each step. Blocks past a teacher's early exit never run, so never
+    compile. ``nn.Module.compile`` works in place: parameters and state-dict keys stay as they are.
+    """
+    blocks: list[nn.Module] = []
+    if cfg.compile:
+        for model, taps in models:
+            if model is not None and hasattr(model.model, "blocks"):
+                tapped = {tap.resolve(model.depth).block for tap in taps}
+                blocks += [block for index, block in enumerate(model.model.blocks) if index not in tapped]
+    mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+    for block in blocks:
+        block.compile(mode=mode, backend=cfg.compile_backend)
+    try:
+        yield
+    finally:
+        for block in blocks:  # back to eager for evaluation and for the next run's taps
+            block._compiled_call_impl = None
 
 
 def _seed_everything(seed: int, epoch: int, rank: int = 0) -> None:
@@ -216,22 +243,32 @@ def train(
         loss.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step = state["epoch"] + 1, state["step"]
+        partial = state.get("partial")
     if main:
         _truncate_log(run_dir / STEPS_LOG, step)
+        if step:
+            where = f"epoch {start_epoch}, batch {partial['batch']}" if partial else f"the start of epoch {start_epoch}"
+            tqdm.write(f"resuming {run_dir} from its checkpoint at step {step} ({where})", file=sys.stderr)
     step_module = _distribute(StepModule(student, loss))
     resumed_from = start_epoch
     terms_f: dict[str, float] = {}
     seen_images, started = 0, time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=desc, disable=None if cfg.progress and main else True, leave=False,
                dynamic_ncols=True)
-    with (run_dir / STEPS_LOG).open("a") if main else contextlib.nullcontext() as log:
+    with ((run_dir / STEPS_LOG).open("a") if main else contextlib.nullcontext() as log,
+          preemption.StopSignals() as stop_signals,
+          compiled([(student, loss.student_taps), (teacher, loss.teacher_taps)], cfg)):
         for epoch in range(start_epoch, cfg.epochs):
-            _seed_everything(seed, epoch, rank)
+            skip = partial["batch"] if partial and epoch == start_epoch else 0
+            if skip:  # resumed mid-epoch: the random streams continue where the checkpoint left them
+                preemption.set_rng_state(partial["rng"][rank])
+            else:
+                _seed_everything(seed, epoch, rank)
             student.train()
-            for images, labels in _epoch_batches(dataset, cfg, seed, epoch, device):
+            for batch, (images, labels) in enumerate(_epoch_batches(dataset, cfg, seed, epoch, device, skip), skip):
                 try:
-                    terms_f = _step(step_module, teacher, loss, optimizer, images, labels, device, amp, cfg, step,
-                                    lr_at(step, total, warmup, cfg.lr, cfg.min_lr))
+                    terms_f, stopping = _step(step_module, teacher, loss, optimizer, images, labels, device, amp, cfg,
+                                              step, lr_at(step, total, warmup, cfg.lr, cfg.min_lr), stop_signals)
                 except MethodFailed:
                     raise
                 except Exception as exc:
@@ -245,6 +282,14 @@ def train(
                                           **terms_f}) + "\n")
                 bar.set_postfix({**{k: f"{v:.4g}" for k, v in terms_f.items()}, "img/s": f"{rate:.0f}"})
                 bar.update(1)
+                if stopping:  # a stop signal on some rank: checkpoint this step, then let the signal act
+                    rngs = distributed.all_gather(preemption.rng_state())
+                    if main:
+                        log.flush()
+                        _save_checkpoint(ckpt_path, student, loss, optimizer, epoch - 1, step,
+                                         partial={"batch": batch + 1, "rng": rngs})
+                    distributed.barrier()
+                    stop_signals.deliver()
             if main:
                 log.flush()
                 _save_checkpoint(ckpt_path, student, loss, optimizer, epoch, step)
@@ -254,10 +299,13 @@ def train(
 
 
 def _step(step_module: nn.Module, teacher, loss, optimizer, images, labels, device, amp, cfg, step: int,
-          lr: float) -> dict[str, float]:
-    """One optimiser step of ``step_module`` (a :class:`StepModule`, DDP-wrapped under torchrun);
-    returns the loss terms as floats, averaged over the processes so that every rank agrees on
-    whether they are finite."""
+          lr: float, stop: preemption.StopSignals | None = None) -> tuple[dict[str, float], bool]:
+    """One optimiser step of ``step_module`` (a :class:`StepModule`, DDP-wrapped under torchrun).
+
+    Returns the loss terms as floats, averaged over the processes so that every rank agrees on
+    whether they are finite, and whether a stop signal reached any process by the time the terms
+    were reduced (the flag rides along with the terms: every rank stops after the same step, at no
+    extra collective)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -285,14 +333,17 @@ def _step(step_module: nn.Module, teacher, loss, optimizer, images, labels, devi
     if cfg.clip_grad:
         nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.clip_grad)
     optimizer.step()
-    return terms_f
+    return terms_f, stopping
 
 
-def _save_checkpoint(path: Path, student, loss, optimizer, epoch: int, step: int) -> None:
+def _save_checkpoint(path: Path, student, loss, optimizer, epoch: int, step: int, partial: dict | None = None) -> None:
+    """Everything a resume needs after ``step`` steps: ``epoch`` is the last complete epoch; ``partial``
+    (``{"batch": k, "rng": [each rank's random state]}``) says that ``k`` batches of the next epoch
+    are done as well (a checkpoint written on a stop signal)."""
     tmp = path.with_suffix(".tmp")
     torch.save(
         {"student": student.state_dict(), "loss": loss.state_dict(), "optimizer": optimizer.state_dict(),
-         "epoch": epoch, "step": step},
+         "epoch": epoch, "step": step, "partial": partial},
         tmp,
     )
     tmp.replace(path)

@@ -23,11 +23,11 @@ import time
 import timm
 import torch
 import torch.nn.functional as F
+from benchbase_plugins.tinymim import TinyMIMLoss
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchbase.components import Student, Teacher
-from benchbase.engine import _step, autocast_dtype, param_groups
-from benchbase_plugins.tinymim import TinyMIMLoss
+from benchbase.engine import StepModule, _step, autocast_dtype, param_groups
 
 
 def last_qkv(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -84,8 +84,10 @@ def main() -> None:
     labels = torch.zeros(args.batch, dtype=torch.long, device=device)
     cfg = argparse.Namespace(clip_grad=3.0)
 
+    step_module = StepModule(student, loss)
+
     def harness():
-        return _step(student, teacher, loss, optimizer, images, labels, device, amp, cfg, 0, 1e-4)
+        return _step(step_module, teacher, loss, optimizer, images, labels, device, amp, cfg, 0, 1e-4)
 
     def manual():
         return manual_step(student.model, teacher.model, optimizer, images, amp, 3.0)

@@ -1,0 +1,126 @@
+"""Preemption: a stop signal checkpoints at the next step, hands the signal on, and the resumed run
+equals an uninterrupted one; ``trainer.compile`` compiles the untapped blocks and trains the same."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import tiny_vit
+from test_resume import trainer
+
+from benchbase.builtins import Supervised
+from benchbase.capture import Tap
+from benchbase.components import Student
+from benchbase.data.digits import load_digits_bundle
+from benchbase.engine import CHECKPOINT, STEPS_LOG, train
+
+BATCHES = len(load_digits_bundle().split("base_train")) // 64  # per epoch, in trainer()'s batches of 64
+
+
+class SignalAt(Supervised):
+    """Supervised loss that sends its own process ``signum`` during the forward of step ``at``."""
+
+    def __init__(self, at: int, signum: int):
+        super().__init__()
+        self.at, self.signum, self.calls = at, signum, 0
+
+    def forward(self, student, teacher, inputs):
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), self.signum)
+        return super().forward(student, teacher, inputs)
+
+
+class Requeued(Exception):
+    """What the test's stand-in for submitit's handler raises (submitit's own exits the process)."""
+
+
+def test_stop_signal_checkpoints_that_step_hands_the_signal_on_and_resume_equals_uninterrupted(tmp_path):
+    data = load_digits_bundle().split("base_train")
+    whole = Student(tiny_vit(seed=3))
+    train(whole, None, Supervised(), data, trainer(), tmp_path / "whole", seed=7)
+    received = []
+
+    def requeue(signum, _frame):
+        received.append(signum)
+        raise Requeued
+
+    before = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        with pytest.raises(Requeued):
+            train(Student(tiny_vit(seed=3)), None, SignalAt(17, signal.SIGUSR2), data, trainer(),
+                  tmp_path / "stopped", seed=7)
+        assert received == [signal.SIGUSR2]  # handed on once, after the checkpoint
+        assert signal.getsignal(signal.SIGUSR2) is requeue  # the previous handler is back
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+    state = torch.load(tmp_path / "stopped" / CHECKPOINT, weights_only=True)
+    assert (state["epoch"], state["step"], state["partial"]["batch"]) == (0, 17, 17 - BATCHES)  # epoch 1, mid
+    assert (tmp_path / "stopped" / STEPS_LOG).read_text().count("\n") == 17
+    resumed = Student(tiny_vit(seed=99))  # weights come from the checkpoint
+    result = train(resumed, None, Supervised(), data, trainer(), tmp_path / "stopped", seed=7)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # same batches, same random streams
+    steps = [json.loads(line)["step"] for line in (tmp_path / "stopped" / STEPS_LOG).read_text().splitlines()]
+    assert steps == list(range(1, result.steps + 1))
+
+
+SCRIPT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from conftest import tiny_vit
+from test_resume import trainer
+from benchbase.builtins import Supervised
+from benchbase.components import Student
+from benchbase.data.digits import load_digits_bundle
+from benchbase.engine import train
+train(Student(tiny_vit()), None, Supervised(), load_digits_bundle().split("base_train"), trainer(epochs=50),
+      Path({run!r}), seed=0)
+"""
+
+
+def test_sigterm_with_the_default_action_ends_the_process_after_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    code = SCRIPT.format(tests=os.path.dirname(__file__), run=str(run))
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not ((run / STEPS_LOG).exists() and (run / STEPS_LOG).read_text().count("\n") >= 5):
+        assert time.time() < deadline and proc.poll() is None, f"training did not start: {proc.stderr.read()}"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == -signal.SIGTERM, proc.stderr.read()  # ended by the signal itself
+    state = torch.load(run / CHECKPOINT, weights_only=True)
+    assert state["step"] >= 5 and state["step"] == (state["epoch"] + 1) * BATCHES + state["partial"]["batch"]
+    assert (run / STEPS_LOG).read_text().count("\n") == state["step"]
+
+
+class Probe(Supervised):
+    """Supervised loss that also taps block 1's attention and notes which student blocks are compiled."""
+
+    student_taps = (Tap("logits"), Tap("attn", 1))
+
+    def forward(self, student, teacher, inputs):
+        self.compiled = [block._compiled_call_impl is not None for block in self.blocks]
+        return super().forward(student, teacher, inputs)
+
+
+def test_compile_compiles_the_untapped_blocks_and_trains_the_same_weights(tmp_path):
+    data = load_digits_bundle().split("base_train")
+    eager, fused = Student(tiny_vit(seed=3)), Student(tiny_vit(seed=3))
+    train(eager, None, Supervised(), data, trainer(epochs=1), tmp_path / "eager", seed=7)
+    probe = Probe()
+    probe.blocks = list(fused.model.blocks)  # a plain list: not the loss's submodules
+    # aot_eager: TorchDynamo capture and AOTAutograd without inductor's code generation (seconds on a CPU)
+    train(fused, None, probe, data, trainer(epochs=1, compile=True, compile_backend="aot_eager"), tmp_path / "fused", 7)
+    assert probe.compiled == [True, False, True]  # block 1 is tapped: its hooks need the eager module
+    assert not any(block._compiled_call_impl is not None for block in fused.model.blocks)  # eager again
+    for a, b in zip(eager.state_dict().values(), fused.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
