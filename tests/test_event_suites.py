@@ -54,3 +54,20 @@ def test_eventsam_reference_trains_the_event_student_from_scratch(tmp_path):
     assert {"mIoU", "seg_mIoU"} <= {m.name for m in scratch.metrics}
     table = (tmp_path / "lb" / "eventsam.md").read_text()
     assert "eventsam (importance=uniform)" in table and "eventsam (importance=released_code)" in table
+
+
+def test_every_variant_of_the_eventsam_ablation_composes_with_valid_loss_params(tmp_path):
+    from benchbase.ablation import find_spec
+    from benchbase.suite import check_methods, suite_context
+
+    bb = load()
+    spec = find_spec(bb, "eventsam")
+    roles = {variant.role for variant in spec.variants}
+    assert roles == {"teacher", "reference", "method"}
+    overrides = {tuple(v.overrides) for v in spec.variants if v.role == "method"}
+    assert len(overrides) == sum(v.role == "method" for v in spec.variants)  # no two rows run the same config
+    for variant in spec.variants:
+        ctx = suite_context(bb, [*spec.overrides, *variant.overrides, f"home={tmp_path}"])
+        assert ctx.cfg.suite.distill.dataset == "digit_scene_events"
+        if variant.role != "teacher":
+            check_methods(ctx, [(variant.role, [variant.method or spec.method])])
