@@ -60,8 +60,18 @@ from benchbase.hookspecs import Register
 
 from . import CONF_DIR
 from .smkd_parts import (
-    EmaTeacher, IBOTHead, check_choice, cosine_momentum, ema_center, enable_dynamic_img_size, ibot_masks,
-    local_crop_size, random_resized_crops, student_log_probs, teacher_probs, teacher_temperature,
+    EmaTeacher,
+    IBOTHead,
+    check_choice,
+    cosine_momentum,
+    ema_center,
+    enable_dynamic_img_size,
+    ibot_masks,
+    local_crop_size,
+    random_resized_crops,
+    student_log_probs,
+    teacher_probs,
+    teacher_temperature,
 )
 
 TOKENS, LAST_ATTN = Tap("tokens"), Tap("attn", -1)
@@ -143,50 +153,53 @@ class SMKDLoss(Loss):
         self.teacher = EmaTeacher(model, self.head)
 
     def make_inputs(self, images: Tensor, labels: Tensor) -> StepInputs:
-        """Student views: 2 masked global crops, then ``local_crops`` local crops ([B, C, h, w] each).
+        """Student views in two stacked inputs, so each group is one forward pass.
 
-        Each global view carries its mask [B, N] (True = replaced by the mask token); the teacher
-        sees the same global crops unmasked inside :meth:`forward`.
+        ``student[0]``: the 2 global crops, view-major [2·B, C, H, W], with their masks [2·B, N]
+        (True = replaced by the mask token); the teacher sees the same crops unmasked inside
+        :meth:`forward`. ``student[1]`` (only when ``local_crops`` > 0): the local crops, view-major
+        [L·B, C, h, w]. Crops and masks are drawn view by view: global crop, its masks, next view.
         """
         size = tuple(images.shape[-2:])
         grid = (size[0] // self.patch_size, size[1] // self.patch_size)
         local = tuple(local_crop_size(s, self.patch_size) for s in size)
-        views = [
-            ModelInput(random_resized_crops(images, size, self.global_crop_scale),
-                       mask=ibot_masks(images.shape[0], grid, self.mask_prob, self.mask_ratio),
-                       mask_token=self.mask_token)
-            for _ in range(GLOBAL_VIEWS)
-        ]
-        views += [ModelInput(random_resized_crops(images, local, self.local_crop_scale))
-                  for _ in range(self.local_crops)]
+        crops, masks = [], []
+        for _ in range(GLOBAL_VIEWS):
+            crops.append(random_resized_crops(images, size, self.global_crop_scale))
+            masks.append(ibot_masks(images.shape[0], grid, self.mask_prob, self.mask_ratio))
+        views = [ModelInput(torch.cat(crops), mask=torch.cat(masks), mask_token=self.mask_token)]
+        if self.local_crops:
+            views.append(ModelInput(torch.cat([random_resized_crops(images, local, self.local_crop_scale)
+                                               for _ in range(self.local_crops)])))
         return StepInputs(student=views, teacher=None, labels=labels)
 
     def forward(self, student: list[Captures], teacher: None, inputs: StepInputs) -> dict[str, Tensor]:
         """Terms ``cls``, ``patch`` (phase 2 only) and ``mim``, each weighted by its λ."""
-        global_views = inputs.student[:GLOBAL_VIEWS]
-        labels = inputs.labels
+        global_views, labels = inputs.student[0], inputs.labels
+        batch = labels.shape[0]
         if self.phase == "ssl":  # every image is its own class: only same-image pairs remain
-            labels = torch.arange(labels.shape[0], device=labels.device)
-        s_tokens = [caps[TOKENS] for caps in student]
-        s_cls, s_patch = zip(*(self.head(tokens, self.num_prefix) for tokens in s_tokens[:GLOBAL_VIEWS]))
-        s_local = [self.head.cls(tokens[:, 0]) for tokens in s_tokens[GLOBAL_VIEWS:]]
-        t_caps = [self.teacher.run(view.images, self.ema_taps) for view in global_views]
-        t_heads = [self.teacher.heads(caps[TOKENS], self.num_prefix) for caps in t_caps]
-        t_cls = torch.stack([cls for cls, _ in t_heads]).float()  # [2, B, K]
-        t_patch = torch.stack([patch for _, patch in t_heads]).float()  # [2, B, N, K]
+            labels = torch.arange(batch, device=labels.device)
+        s_tokens = student[0][TOKENS]  # [2B, T, D]
+        s_cls, s_patch = self.head(s_tokens, self.num_prefix)
+        s_cls = by_view(s_cls, GLOBAL_VIEWS)
+        if self.local_crops:
+            s_cls = torch.cat([s_cls, by_view(self.head.cls(student[1][TOKENS][:, 0]), self.local_crops)])
+        t_caps = self.teacher.run(global_views.images, self.ema_taps)
+        t_cls, t_patch = self.teacher.heads(t_caps[TOKENS], self.num_prefix)
+        t_cls, t_patch = by_view(t_cls.float(), GLOBAL_VIEWS), by_view(t_patch.float(), GLOBAL_VIEWS)  # [2, B, (N,) K]
         temp = teacher_temperature(float(self.progress), self.warmup_teacher_temp, self.teacher_temp,
                                    self.warmup_teacher_temp_fraction)
         t_cls_p, t_patch_p = teacher_probs(t_cls, self.center, temp), teacher_probs(t_patch, self.center2, temp)
-        s_cls_lp = student_log_probs(torch.stack(s_cls + tuple(s_local)), self.student_temp)  # [V, B, K]
-        s_patch_lp = student_log_probs(torch.stack(s_patch), self.student_temp)  # [2, B, N, K]
+        s_cls_lp = student_log_probs(s_cls, self.student_temp)  # [V, B, K]
+        s_patch_lp = student_log_probs(by_view(s_patch, GLOBAL_VIEWS), self.student_temp)  # [2, B, N, K]
 
         terms: dict[str, Tensor] = {}
         if self.lambda1:
             terms["cls"] = self.lambda1 * cls_loss(t_cls_p, s_cls_lp[:GLOBAL_VIEWS], s_cls_lp[GLOBAL_VIEWS:], labels)
         if self.lambda2:
-            t_feats = torch.stack([caps[TOKENS][:, self.num_prefix :] for caps in t_caps]).float()
-            s_feats = torch.stack([tokens[:, self.num_prefix :] for tokens in s_tokens[:GLOBAL_VIEWS]]).detach().float()
-            weights = self.patch_weights(t_caps, t_feats.shape[2])
+            t_feats = by_view(t_caps[TOKENS][:, self.num_prefix :].float(), GLOBAL_VIEWS)  # [2, B, N, D]
+            s_feats = by_view(s_tokens[:, self.num_prefix :].detach().float(), GLOBAL_VIEWS)
+            weights = self.patch_weights(t_caps)
             if self.patch_matching == "paper":
                 patch = patch_loss_paper(t_patch_p, s_patch_lp, t_feats, s_feats, weights, labels)
             else:
@@ -194,19 +207,18 @@ class SMKDLoss(Loss):
                                             weighted=self.patch_weight == "attention")
             terms["patch"] = self.lambda2 * patch
         if self.lambda3:
-            masks = torch.stack([view.mask for view in global_views])
-            terms["mim"] = self.lambda3 * mim_loss(t_patch_p, s_patch_lp, masks)
+            terms["mim"] = self.lambda3 * mim_loss(t_patch_p, s_patch_lp, by_view(global_views.mask, GLOBAL_VIEWS))
         self.update_centers(t_cls, t_patch)
         return terms
 
-    def patch_weights(self, t_caps: list[Captures], num_patches: int) -> Tensor:
-        """ω [2, B, N]: 1/N, or the teacher's last-block CLS→patch attention (head mean, sums to 1)."""
+    def patch_weights(self, t_caps: Captures) -> Tensor:
+        """ω [2, B, N]: 1/N, or the teacher's last-block CLS→patch attention (head mean, sums to 1);
+        ``t_caps`` are the teacher's captures of both global views stacked view-major ([2·B, ...])."""
+        tokens = t_caps[TOKENS][:, self.num_prefix :]
         if self.patch_weight == "uniform":
-            batch = t_caps[0][TOKENS].shape[0]
-            return torch.full((GLOBAL_VIEWS, batch, num_patches), 1.0 / num_patches,
-                              device=t_caps[0][TOKENS].device)
-        attn = torch.stack([caps[LAST_ATTN].float().mean(dim=1)[:, 0, self.num_prefix :] for caps in t_caps])
-        return attn / attn.sum(dim=-1, keepdim=True)
+            return by_view(torch.full(tokens.shape[:2], 1.0 / tokens.shape[1], device=tokens.device), GLOBAL_VIEWS)
+        attn = t_caps[LAST_ATTN].float().mean(dim=1)[:, 0, self.num_prefix :]
+        return by_view(attn / attn.sum(dim=-1, keepdim=True), GLOBAL_VIEWS)
 
     @torch.no_grad()
     def update_centers(self, t_cls: Tensor, t_patch: Tensor) -> None:
@@ -261,9 +273,35 @@ def mim_loss(t_probs: Tensor, s_log_probs: Tensor, masks: Tensor) -> Tensor:
     return per_image.mean()
 
 
-def same_class_groups(labels: Tensor) -> list[Tensor]:
-    """Batch indices of each label present in ``labels`` [B], ascending labels and indices."""
-    return [(labels == label).nonzero().squeeze(1) for label in labels.unique()]
+def by_view(x: Tensor, views: int) -> Tensor:
+    """[V·B, ...] stacked view-major -> [V, B, ...]."""
+    return x.view(views, -1, *x.shape[1:])
+
+
+def class_groups(labels: Tensor, min_size: int) -> tuple[Tensor, Tensor]:
+    """The images of each label that has at least ``min_size`` of them, as a padded table.
+
+    Args:
+        labels: [B].
+
+    Returns:
+        ``index`` [G, S] long: batch indices of group g in ascending order, padded with 0 to the
+        largest group's size S (groups in ascending label order); ``valid`` [G, S] bool: not padding.
+    """
+    sorted_labels, order = labels.sort(stable=True)
+    _, group_of, counts = torch.unique_consecutive(sorted_labels, return_inverse=True, return_counts=True)
+    slot = torch.arange(labels.shape[0], device=labels.device) - (counts.cumsum(0) - counts)[group_of]
+    index = torch.zeros(counts.shape[0], int(counts.max()), dtype=torch.long, device=labels.device)
+    valid = torch.zeros_like(index, dtype=torch.bool)
+    index[group_of, slot], valid[group_of, slot] = order, True
+    keep = counts >= min_size
+    return index[keep], valid[keep]
+
+
+def view_pairs(views: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Every ordered pair of distinct views (v, q) as two [V·(V-1), 1, 1] long tensors (v-major)."""
+    first, second = zip(*permutations(range(views), 2))
+    return (torch.tensor(first, device=device).view(-1, 1, 1), torch.tensor(second, device=device).view(-1, 1, 1))
 
 
 def cosine_matches(t_feats: Tensor, s_feats: Tensor) -> Tensor:
@@ -271,21 +309,24 @@ def cosine_matches(t_feats: Tensor, s_feats: Tensor) -> Tensor:
     with the highest cosine similarity to (j, k).
 
     Args:
-        t_feats: [G, N, D] teacher patch features.
-        s_feats: [G, N, D] student patch features.
+        t_feats: [..., G, N, D] teacher patch features.
+        s_feats: [..., G, N, D] student patch features.
 
     Returns:
-        [G, N, G] long (j, k, i), indices into the N patches of student image i.
+        [..., G, N, G] long (j, k, i), indices into the N patches of student image i.
     """
-    g, n = t_feats.shape[:2]
-    sim = F.normalize(t_feats, dim=-1).flatten(0, 1) @ F.normalize(s_feats, dim=-1).flatten(0, 1).T
-    return sim.view(g, n, g, n).argmax(dim=-1)
+    g, n = t_feats.shape[-3:-1]
+    sim = F.normalize(t_feats, dim=-1).flatten(-3, -2) @ F.normalize(s_feats, dim=-1).flatten(-3, -2).transpose(-1, -2)
+    return sim.view(*sim.shape[:-2], g, n, g, n).argmax(dim=-1)
 
 
 def patch_loss_paper(
     t_probs: Tensor, s_log_probs: Tensor, t_feats: Tensor, s_feats: Tensor, weights: Tensor, labels: Tensor
 ) -> Tensor:
     """Eq. 4-5 over every same-class pair (student image i ≠ teacher image j) and view pair v ≠ q.
+
+    All label groups and view pairs at once: the groups are padded to the largest (see
+    :func:`class_groups`) and padded images are left out of the mean.
 
     Args:
         t_probs: [2, B, N, K] teacher patch distributions.
@@ -298,18 +339,17 @@ def patch_loss_paper(
     Returns:
         Mean over pairs of Σ_k ω_k·H(t_probs[q, j, k], s_log_probs[v, i, k⁺]); 0 without pairs.
     """
-    per_pair = []
-    for v, q in permutations(range(t_probs.shape[0]), 2):
-        for group in same_class_groups(labels):
-            g, n = group.numel(), t_probs.shape[2]
-            if g == 1:
-                continue
-            match = cosine_matches(t_feats[q, group], s_feats[v, group])  # [j, k, i]
-            ce = -(t_probs[q, group].flatten(0, 1) @ s_log_probs[v, group].flatten(0, 1).T).view(g, n, g, n)
-            ce = ce.gather(-1, match.unsqueeze(-1)).squeeze(-1)  # [j, k, i] at the matched student patch
-            loss = (ce * weights[q, group].unsqueeze(-1)).sum(dim=1)  # [j, i]
-            per_pair.append(loss[~torch.eye(g, dtype=torch.bool, device=loss.device)])
-    return torch.cat(per_pair).mean() if per_pair else s_log_probs.new_zeros(())
+    index, valid = class_groups(labels, min_size=2)  # [G, S]
+    if not index.numel():
+        return s_log_probs.new_zeros(())
+    v, q = view_pairs(t_probs.shape[0], labels.device)  # [V', 1, 1] student view, teacher view
+    size, n = index.shape[1], t_probs.shape[2]
+    match = cosine_matches(t_feats[q, index], s_feats[v, index])  # [V', G, j, k, i]
+    ce = -(t_probs[q, index].flatten(2, 3) @ s_log_probs[v, index].flatten(2, 3).transpose(-1, -2))
+    ce = ce.view(*match.shape[:4], size, n).gather(-1, match.unsqueeze(-1)).squeeze(-1)  # [V', G, j, k, i]
+    per_pair = (ce * weights[q, index].unsqueeze(-1)).sum(dim=3)  # [V', G, j, i]
+    pairs = valid[:, :, None] & valid[:, None, :] & ~torch.eye(size, dtype=torch.bool, device=labels.device)
+    return (per_pair * pairs).sum() / (pairs.sum() * per_pair.shape[0])
 
 
 def patch_loss_released(
@@ -319,7 +359,7 @@ def patch_loss_released(
     """The patch term exactly as HL-hanlin/SMKD ``loss_functions.py::SMKDLoss`` computes it.
 
     For student view s ≠ teacher view t, each label group G (ascending batch indices), each teacher
-    image i of G and each row (image a of G, patch k):
+    image i of G and each row (image a of G, patch k) (all at once here, groups padded):
 
     1. the "similarity" is ``einsum("snc,tNC->tsNn")`` with distinct letters: the product of the
        sums of the normalised features, (Σ_c ŝ[a, n, c])·(Σ_C t̂[i, k, C]), not a dot product;
@@ -334,23 +374,24 @@ def patch_loss_released(
 
     Args: as :func:`patch_loss_paper`; ``weighted`` selects the attention weighting.
     """
-    s_feats, t_feats = F.normalize(s_feats, dim=-1), F.normalize(t_feats, dim=-1)
-    total, count = s_log_probs.new_zeros(()), 0
-    for s, t in permutations(range(t_probs.shape[0]), 2):
-        for group in same_class_groups(labels):
-            size = group.numel()
-            if size == 1 and not weighted:
-                continue
-            match = torch.einsum("snc,tNC->tsNn", s_feats[s, group], t_feats[t, group]).argmax(dim=-1)  # [i, a, k]
-            ce_first = -(t_probs[s, group] @ s_log_probs[s, group[0]].T)  # [a, k, n]: vs image G[0], patch n
-            ce = ce_first.expand(size, -1, -1, -1).gather(-1, match.unsqueeze(-1)).squeeze(-1)  # [i, a, k]
-            if weighted:
-                total = total + (ce * weights[t, group]).sum()
-            else:
-                other = ~torch.eye(size, dtype=torch.bool, device=labels.device)[:, :, None]
-                total = total + (ce * other).sum() / ((size - 1) * ce.shape[-1])
-            count += size
-    return total / count if count else total
+    index, valid = class_groups(labels, min_size=1 if weighted else 2)  # [G, S]
+    if not index.numel():
+        return s_log_probs.new_zeros(())
+    s, t = view_pairs(t_probs.shape[0], labels.device)  # [V', 1, 1]
+    size, n = index.shape[1], t_probs.shape[2]
+    s_sums = F.normalize(s_feats, dim=-1).sum(dim=-1)[s, index]  # [V', G, a, n]
+    t_sums = F.normalize(t_feats, dim=-1).sum(dim=-1)[t, index]  # [V', G, i, k]
+    match = (t_sums[:, :, :, None, :, None] * s_sums[:, :, None, :, None, :]).argmax(dim=-1)  # [V', G, i, a, k]
+    first = s_log_probs[s.squeeze(-1), index[:, 0]]  # [V', G, N, K]: the group's first image
+    ce_first = -(t_probs[s, index].flatten(2, 3) @ first.transpose(-1, -2)).view(*match.shape[:2], size, n, n)
+    ce = ce_first.unsqueeze(2).expand(-1, -1, size, -1, -1, -1).gather(-1, match.unsqueeze(-1)).squeeze(-1)
+    rows = valid[:, :, None] & valid[:, None, :]  # [G, i, a]
+    if weighted:
+        total = (ce * weights[t, index].unsqueeze(2)).sum(dim=-1)  # [V', G, i, a]
+    else:
+        rows &= ~torch.eye(size, dtype=torch.bool, device=labels.device)
+        total = ce.sum(dim=-1) / ((valid.sum(dim=1) - 1) * n)[:, None, None]
+    return (total * rows).sum() / (valid.sum() * total.shape[0])
 
 
 @hookimpl

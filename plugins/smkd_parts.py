@@ -11,6 +11,7 @@ import copy
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import Format
@@ -220,7 +221,7 @@ def block_mask(grid: tuple[int, int], ratio: float, aspect: tuple[float, float] 
         [rows, cols] bool, True = masked.
     """
     rows, cols = grid
-    mask = torch.zeros(rows, cols, dtype=torch.bool)
+    mask = np.zeros((rows, cols), dtype=bool)  # numpy: cheap per-rectangle reads and writes
     target, count = ratio * rows * cols, 0
     log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
     min_area = (min(rows, cols) // 3) ** 2
@@ -229,7 +230,7 @@ def block_mask(grid: tuple[int, int], ratio: float, aspect: tuple[float, float] 
         for _ in range(10):
             area = _uniform(min_area, budget)
             ar = math.exp(_uniform(*log_aspect))
-            h, w = int(round(math.sqrt(area * ar))), int(round(math.sqrt(area / ar)))
+            h, w = round(math.sqrt(area * ar)), round(math.sqrt(area / ar))
             if w < cols and h < rows:
                 top = int(torch.randint(0, rows - h + 1, ()))
                 left = int(torch.randint(0, cols - w + 1, ()))
@@ -242,7 +243,7 @@ def block_mask(grid: tuple[int, int], ratio: float, aspect: tuple[float, float] 
         if added == 0:
             break
         count += added
-    return mask
+    return torch.from_numpy(mask)
 
 
 def ibot_masks(batch: int, grid: tuple[int, int], mask_prob: float, ratio_range: Sequence[float]) -> Tensor:

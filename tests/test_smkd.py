@@ -11,6 +11,28 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from benchbase_plugins import CONF_DIR
+from benchbase_plugins.smkd import (
+    SMKDLoss,
+    class_groups,
+    cls_loss,
+    cosine_matches,
+    mim_loss,
+    patch_loss_paper,
+    patch_loss_released,
+)
+from benchbase_plugins.smkd_parts import (
+    IBOTHead,
+    block_mask,
+    cosine_momentum,
+    enable_dynamic_img_size,
+    ibot_masks,
+    local_crop_size,
+    random_resized_crops,
+    student_log_probs,
+    teacher_probs,
+    teacher_temperature,
+)
 from omegaconf import OmegaConf
 
 from benchbase.capture import Tap
@@ -19,17 +41,9 @@ from benchbase.components import Student
 from benchbase.engine import param_groups
 from benchbase.errors import BenchbaseError
 from benchbase.results import ResultsDB
-from benchbase_plugins import CONF_DIR
-from benchbase_plugins.smkd import (
-    SMKDLoss, cls_loss, cosine_matches, mim_loss, patch_loss_paper, patch_loss_released,
-)
-from benchbase_plugins.smkd_parts import (
-    IBOTHead, block_mask, cosine_momentum, enable_dynamic_img_size, ibot_masks, local_crop_size,
-    random_resized_crops, student_log_probs, teacher_probs, teacher_temperature,
-)
 
 TOKENS = Tap("tokens")
-SMALL_HEAD = dict(head_hidden=24, head_bottleneck=8, head_out=16)
+SMALL_HEAD = {"head_hidden": 24, "head_bottleneck": 8, "head_out": 16}
 
 
 def tiny_student(seed: int = 0) -> Student:
@@ -146,10 +160,10 @@ def test_forward_updates_centers_from_the_teacher_outputs_and_uses_the_progress(
         loss.center.fill_(1.0)
         loss.center2.fill_(-1.0)
     inputs = loss.make_inputs(torch.randn(4, 1, 16, 16), torch.tensor([0, 0, 1, 1]))
-    cls, patch = zip(*(loss.teacher.head(loss.teacher.run(v.images, [TOKENS])[TOKENS], 1) for v in inputs.student[:2]))
+    cls, patch = loss.teacher.head(loss.teacher.run(inputs.student[0].images, [TOKENS])[TOKENS], 1)  # both views
     loss([student.run(v, loss.student_taps) for v in inputs.student], None, inputs)
-    torch.testing.assert_close(loss.center, 0.9 * 1.0 + 0.1 * torch.cat(cls).mean(0, keepdim=True))
-    torch.testing.assert_close(loss.center2[0], 0.9 * -1.0 + 0.1 * torch.cat(patch).mean(dim=(0, 1))[None])
+    torch.testing.assert_close(loss.center, 0.9 * 1.0 + 0.1 * cls.mean(0, keepdim=True))
+    torch.testing.assert_close(loss.center2[0], 0.9 * -1.0 + 0.1 * patch.mean(dim=(0, 1))[None])
 
 
 # ------------------------------------------------------------------------------ views, masks
@@ -208,10 +222,24 @@ def test_dynamic_image_size_runs_local_crops_and_keeps_full_size_outputs():
 def test_make_inputs_views_and_masks():
     student = tiny_student()
     loss = built_loss(student, local_crops=3)
-    inputs = loss.make_inputs(torch.randn(5, 1, 16, 16), torch.arange(5))
-    assert [tuple(v.images.shape) for v in inputs.student] == [(5, 1, 16, 16)] * 2 + [(5, 1, 8, 8)] * 3
-    assert all(v.mask.shape == (5, 16) and v.mask_token is loss.mask_token for v in inputs.student[:2])
-    assert all(v.mask is None for v in inputs.student[2:])
+    images = torch.randn(5, 1, 16, 16)
+    torch.manual_seed(4)
+    inputs = loss.make_inputs(images, torch.arange(5))
+    global_views, local_views = inputs.student
+    assert global_views.images.shape == (2 * 5, 1, 16, 16) and local_views.images.shape == (3 * 5, 1, 8, 8)
+    assert global_views.mask.shape == (2 * 5, 16) and global_views.mask_token is loss.mask_token
+    assert local_views.mask is None
+    # view-major stacks of what the crop and mask functions draw view by view
+    torch.manual_seed(4)
+    expected_global, expected_masks = [], []
+    for _ in range(2):
+        expected_global.append(random_resized_crops(images, (16, 16), loss.global_crop_scale))
+        expected_masks.append(ibot_masks(5, (4, 4), loss.mask_prob, loss.mask_ratio))
+    expected_local = [random_resized_crops(images, (8, 8), loss.local_crop_scale) for _ in range(3)]
+    torch.testing.assert_close(global_views.images, torch.cat(expected_global))
+    assert torch.equal(global_views.mask, torch.cat(expected_masks))
+    torch.testing.assert_close(local_views.images, torch.cat(expected_local))
+    assert len(built_loss(student, local_crops=0).make_inputs(images, torch.arange(5)).student) == 1
 
 
 # ------------------------------------------------------------------------------- loss terms
@@ -266,14 +294,14 @@ def test_cosine_matching_picks_the_cosine_argmax_not_the_dot_product():
 
 def test_paper_patch_term_by_hand():
     torch.manual_seed(5)
-    labels = torch.tensor([0, 1, 0, 0])
-    t, s = random_dists(2, 4, 3, 5, seed=6)
-    t_feats, s_feats = torch.randn(2, 4, 3, 6), torch.randn(2, 4, 3, 6)
-    weights = torch.rand(2, 4, 3)
+    labels = torch.tensor([0, 1, 0, 0, 1, 2])  # classes of 3, 2 and 1 images
+    t, s = random_dists(2, 6, 3, 5, seed=6)
+    t_feats, s_feats = torch.randn(2, 6, 3, 6), torch.randn(2, 6, 3, 6)
+    weights = torch.rand(2, 6, 3)
     expected = []
     for v, q in ((0, 1), (1, 0)):
-        for i in range(4):
-            for j in range(4):
+        for i in range(6):
+            for j in range(6):
                 if i == j or labels[i] != labels[j]:
                     continue
                 total = 0.0
@@ -282,9 +310,18 @@ def test_paper_patch_term_by_hand():
                     best = max(range(3), key=lambda l: float(cos[l]))
                     total = total + weights[q, j, k] * -(t[q, j, k] * s[v, i, best]).sum()
                 expected.append(total)
-    assert len(expected) == 2 * 6
+    assert len(expected) == 2 * (6 + 2)
     torch.testing.assert_close(patch_loss_paper(t, s, t_feats, s_feats, weights, labels), torch.stack(expected).mean())
-    assert patch_loss_paper(t, s, t_feats, s_feats, weights, torch.arange(4)) == 0
+    assert patch_loss_paper(t, s, t_feats, s_feats, weights, torch.arange(6)) == 0
+
+
+def test_class_groups_pad_each_label_with_enough_images():
+    labels = torch.tensor([7, 2, 7, 5, 7, 2])
+    index, valid = class_groups(labels, min_size=2)
+    assert index.tolist() == [[1, 5, 0], [0, 2, 4]] and valid.tolist() == [[True, True, False], [True] * 3]
+    index, valid = class_groups(labels, min_size=1)
+    assert index[valid.sum(1) == 1].tolist() == [[3, 0, 0]]
+    assert class_groups(torch.arange(4), min_size=2)[0].numel() == 0
 
 
 def released_reference(t, s, t_feats, s_feats, weights, labels, weighted):
