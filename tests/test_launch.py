@@ -1,0 +1,80 @@
+"""Hydra launchers: a sweep through submitit's local executor runs each job as a real submitit job
+(pickled, started in its own process) that lands in the results database, and a job that gets
+submitit's preemption signal mid-training is requeued and resumes from its mid-epoch checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchbase.config import compose_config
+from benchbase.data.digits import load_digits_bundle
+from benchbase.engine import STEPS_LOG
+from benchbase.launch import job_arguments
+from benchbase.models import save_weights
+from benchbase.plugins import load
+from benchbase.results import ResultsDB
+
+
+def test_job_arguments_turn_method_into_the_method_to_run():
+    assert job_arguments(["method=feature", "seed=1", "method.params.beta=2"]) == (
+        ["seed=1", "method.params.beta=2"], ["feature"])
+    assert job_arguments(["seed=1"]) == (["seed=1"], None)
+
+
+def _open_step_logs(root: Path) -> dict[Path, int]:
+    """The process id that holds each step log under ``root`` open (a run training now), from /proc."""
+    found = {}
+    for fds in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fds.iterdir():
+                target = os.readlink(fd)
+                if target.startswith(str(root)) and target.endswith(STEPS_LOG):
+                    found[Path(target)] = int(fds.parent.name)
+        except OSError:  # the process ended or is not ours to read
+            continue
+    return found
+
+
+def test_submitit_local_sweep_stores_every_job_and_a_preempted_job_resumes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("finding the training processes needs Linux's /proc")
+    home, bb = tmp_path / "home", load()
+    # A teacher from a checkpoint: the two jobs run at once and must not both train the recipe teacher.
+    cfg = compose_config([], bb.config_dirs())
+    save_weights(bb.registry.get("teachers", cfg.teacher.arch)(cfg.teacher, load_digits_bundle()), tmp_path / "t.pt")
+    args = [sys.executable, "-m", "benchbase.launch", "-m", "hydra/launcher=submitit_local", "method=feature",
+            "seed=0,1", "trainer.epochs=3", "trainer.progress=false", "suite.references=[]",
+            "~suite.tasks.fewshot", "~suite.tasks.segmentation", "teacher.source=checkpoint", f"teacher.checkpoint={tmp_path}/t.pt",
+            f"home={home}", f"leaderboard_dir={home}/lb", f"hydra.sweep.dir={tmp_path}/sweep"]
+    launcher = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    preempted, deadline = set(), time.time() + 240
+    while len(preempted) < 2 and launcher.poll() is None and time.time() < deadline:
+        for log, pid in _open_step_logs(home).items():
+            if log not in preempted and log.read_text().count("\n") >= 4:
+                os.kill(pid, signal.SIGUSR2)  # what Slurm sends a submitit job before ending it
+                preempted.add(log)
+        time.sleep(0.05)
+    output = launcher.communicate(timeout=240)[0]
+    assert launcher.returncode == 0, output
+    assert len(preempted) == 2, "both jobs should have been caught training"
+    records = [r for r in ResultsDB(home / "results.db").records("default") if r.method == "feature"]
+    assert sorted((r.seed, r.status) for r in records) == [(0, "done"), (1, "done")]
+    jobs = [folder for folder in (tmp_path / "sweep" / ".submitit").iterdir() if folder.name.isdigit()]
+    assert len(jobs) == 2
+    for job in jobs:
+        text = "".join(p.read_text() for p in job.glob("*_log.*"))
+        assert "Requeued job" in text  # submitit requeued it ...
+        resumed = [line for line in text.splitlines() if line.startswith("resuming ")]
+        assert len(resumed) == 1 and ", batch " in resumed[0]  # ... and it resumed mid-epoch
+    for log in preempted:
+        steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) > 4  # each step once, training finished
