@@ -36,6 +36,17 @@ is not computed. λ3 defaults to 1 here (iBOT's MIM weight); the released ``main
 ``--lambda3`` to 0 (research notes A.1: its help strings for λ2/λ3 are swapped; in ``SMKDLoss``
 λ2 weights the patch term and λ3 the MIM term). Set ``lambda3=0`` to match it.
 
+Evaluation (``evaluate``): ``"teacher"`` (default) scores and exports the EMA teacher's backbone
+(:meth:`SMKDLoss.evaluation_model`; its projection head is not part of it), as the released
+evaluation does (``eval_smkd.py --checkpoint_key teacher``, research notes A.2; the notes record no
+statement of the paper itself); ``"student"`` scores the trained student like every other method.
+
+Two phases as one recipe (``conf/method/smkd.yaml``): a ``phase: ssl`` stage hands its student
+and its whole loss state (EMA teacher, head, mask token, centres) to the ``phase: supervised``
+final run (``then: continue``); both phases build the same modules, so the state loads as is. The
+schedules (teacher temperature, EMA momentum) start over in the next phase, as a new run of the
+released ``main_smkd.py`` does: a finished state (progress 1) counts as progress 0.
+
 Local crops are smaller than the model's image size: :func:`.smkd_parts.enable_dynamic_img_size`
 switches a fixed-size timm ViT to position-embedding interpolation (a no-op for models built with
 ``dynamic_img_size=True``; same outputs at the original size). Crops and flips only: DINO's colour
@@ -79,6 +90,7 @@ GLOBAL_VIEWS = 2
 PHASES = ("ssl", "supervised")
 PATCH_MATCHINGS = ("paper", "released_code")
 PATCH_WEIGHTS = ("uniform", "attention")
+EVALUATED = ("teacher", "student")
 
 
 class SMKDLoss(Loss):
@@ -100,6 +112,8 @@ class SMKDLoss(Loss):
         warmup_teacher_temp_fraction: fraction of training over which the teacher temperature warms up.
         momentum_teacher: initial EMA momentum (cosine schedule to 1).
         center_momentum: momentum of the teacher-output centres.
+        evaluate: the model scored and exported after training, ``"teacher"`` (the EMA teacher's
+            backbone, as the released evaluation) or ``"student"``.
     """
 
     name = "smkd"
@@ -115,12 +129,14 @@ class SMKDLoss(Loss):
         local_crop_scale: Sequence[float] = (0.05, 0.25), mask_prob: float = 0.5,
         mask_ratio: Sequence[float] = (0.1, 0.5), student_temp: float = 0.1, teacher_temp: float = 0.07,
         warmup_teacher_temp: float = 0.04, warmup_teacher_temp_fraction: float = 30 / 400,
-        momentum_teacher: float = 0.996, center_momentum: float = 0.9,
+        momentum_teacher: float = 0.996, center_momentum: float = 0.9, evaluate: str = "teacher",
     ):
         super().__init__()
         check_choice("phase", phase, PHASES)
         check_choice("patch_matching", patch_matching, PATCH_MATCHINGS)
         check_choice("patch_weight", patch_weight, PATCH_WEIGHTS)
+        check_choice("evaluate", evaluate, EVALUATED)
+        self.evaluate = evaluate
         self.phase, self.patch_matching, self.patch_weight = phase, patch_matching, patch_weight
         self.lambda1, self.lambda3 = lambda1, lambda3
         self.lambda2 = lambda2 if phase == "supervised" else 0.0  # phase 1 has no cross-image term
@@ -187,7 +203,8 @@ class SMKDLoss(Loss):
         t_caps = self.teacher.run(global_views.images, self.ema_taps)
         t_cls, t_patch = self.teacher.heads(t_caps[TOKENS], self.num_prefix)
         t_cls, t_patch = by_view(t_cls.float(), GLOBAL_VIEWS), by_view(t_patch.float(), GLOBAL_VIEWS)  # [2, B, (N,) K]
-        temp = teacher_temperature(float(self.progress), self.warmup_teacher_temp, self.teacher_temp,
+        progress = float(self.progress) if self.progress < 1 else 0.0  # 1: a previous phase's final state
+        temp = teacher_temperature(progress, self.warmup_teacher_temp, self.teacher_temp,
                                    self.warmup_teacher_temp_fraction)
         t_cls_p, t_patch_p = teacher_probs(t_cls, self.center, temp), teacher_probs(t_patch, self.center2, temp)
         s_cls_lp = student_log_probs(s_cls, self.student_temp)  # [V, B, K]
@@ -235,6 +252,17 @@ class SMKDLoss(Loss):
         """EMA update of the teacher with the cosine momentum at ``progress``; remember ``progress``."""
         self.teacher.update(student.model, self.head, cosine_momentum(self.momentum_teacher, progress))
         self.progress.fill_(progress)
+
+    def evaluation_model(self, student: Student) -> Student:
+        """The EMA teacher's backbone as a :class:`Student` (``evaluate="teacher"``), else ``student``.
+
+        The view shares the teacher's modules (no copy) and reads the same input channels as ``student``.
+        """
+        if self.evaluate == "student":
+            return student
+        view = Student(self.teacher.backbone)
+        view.input_slice = student.input_slice
+        return view
 
 
 def cls_loss(t_probs: Tensor, s_global: Tensor, s_local: Tensor, labels: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+from pathlib import Path
 
 import pytest
 import timm
@@ -34,6 +35,7 @@ from benchbase_plugins.smkd_parts import (
     teacher_temperature,
 )
 from omegaconf import OmegaConf
+from test_run import tiny
 
 from benchbase.capture import Tap
 from benchbase.cli import main
@@ -443,6 +445,39 @@ def test_state_dict_round_trip_restores_teacher_centers_and_progress():
     assert float(fresh.progress) == pytest.approx(0.3) and fresh.center.abs().sum() > 0
 
 
+def test_evaluation_model_is_the_ema_teacher_backbone_or_the_student():
+    student = tiny_student()
+    student.input_slice = (0, 1)
+    loss = built_loss(student)
+    scored = loss.evaluation_model(student)
+    assert isinstance(scored, Student) and scored.model is loss.teacher.backbone and scored.input_slice == (0, 1)
+    assert not any(name.startswith("head") for name, _ in scored.named_parameters())  # no projection head
+    with torch.no_grad():
+        for p in loss.teacher.parameters():
+            p.add_(0.5)  # the teacher now differs from the student
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(scored.run(x, [TOKENS])[TOKENS], loss.teacher.run(x, [TOKENS])[TOKENS])
+    assert not torch.allclose(scored.run(x, [TOKENS])[TOKENS], student.run(x, [TOKENS])[TOKENS])
+    assert built_loss(student, evaluate="student").evaluation_model(student) is student
+    with pytest.raises(BenchbaseError, match="evaluate"):
+        SMKDLoss(evaluate="ema")
+
+
+def test_a_finished_phase_state_restarts_the_temperature_warmup():
+    """Phase 2 starts from phase 1's state, whose progress is 1: its first step uses the warm-up
+    temperature (progress 0), as a fresh run would, not the final one."""
+    def cls_term(progress: float) -> torch.Tensor:
+        torch.manual_seed(0)
+        student = tiny_student()
+        loss = built_loss(student, lambda2=0.0, lambda3=0.0)
+        loss.progress.fill_(progress)
+        torch.manual_seed(1)
+        return run_step(loss, student, torch.tensor([0, 0, 1, 1]))["cls"]
+
+    torch.testing.assert_close(cls_term(1.0), cls_term(0.0))
+    assert not torch.allclose(cls_term(0.5), cls_term(0.0))
+
+
 def test_yaml_keys_are_the_constructor_arguments():
     cfg = OmegaConf.load(CONF_DIR / "method" / "smkd.yaml")
     assert cfg.name == SMKDLoss.name == "smkd"
@@ -451,14 +486,36 @@ def test_yaml_keys_are_the_constructor_arguments():
     SMKDLoss(**OmegaConf.to_container(cfg.params))
 
 
-def test_cli_run_stores_a_done_record(tmp_path):
-    assert main([
-        "run", "--plugins", "smkd", "trainer.epochs=1", "teacher.recipe.pretrain_epochs=1",
-        "teacher.recipe.finetune_epochs=1", "suite.tasks.fewshot.params.episodes=50", "suite.references=[]",
-        "trainer.progress=false", f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb", "method.params.local_crops=2",
-    ]) == 0
-    records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records()}
-    assert records["smkd"].status == "done"
-    assert records["smkd"].config["method"]["params"]["phase"] == "supervised"
-    steps = next(tmp_path.glob("runs/*/smkd-seed0-*/steps.jsonl")).read_text().splitlines()
-    assert steps and {"cls", "patch", "mim"} <= set(json.loads(steps[-1]))
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_two_phase_recipe_end_to_end_and_phase_2_starts_from_phase_1(tmp_path):
+    run = ["run", "--plugins", "smkd", *tiny(tmp_path, "suite.references=[]", "method.params.local_crops=2",
+                                               "method.stages.0.trainer.epochs=1")]
+    assert main(run) == 0
+    db = ResultsDB(tmp_path / "results.db")
+    (record,) = [r for r in db.records() if r.method == "smkd"]
+    assert record.status == "done" and record.config["method"]["params"]["phase"] == "supervised"
+    assert record.config["method"]["stages"][0]["params"]["phase"] == "ssl"
+    fewshot = {m.name for m in record.metrics if m.extras["task"] == "fewshot"}
+    assert {"5way-1shot", "5way-5shot"} <= fewshot
+    (stage_dir,) = (tmp_path / "stages").iterdir()
+    assert json.loads((stage_dir / "stage.json").read_text())["params"]["phase"] == "ssl"
+    last_terms = [set(json.loads(f.read_text().splitlines()[-1])) for f in
+                  (stage_dir / "steps.jsonl", Path(record.run_dir) / "steps.jsonl")]
+    assert {"cls", "mim"} <= last_terms[0] and "patch" not in last_terms[0]  # phase 1: iBOT
+    assert {"cls", "patch", "mim"} <= last_terms[1]  # phase 2: SMKD
+
+    # phase 2 without a step: the scored and exported model is phase 1's final EMA teacher backbone
+    # (evaluate=teacher), or phase 1's final student (evaluate=student); the stage is not trained again
+    stage_log = (stage_dir / "steps.jsonl").read_text()
+    phase1 = _weights(stage_dir / "loss.pt")
+    teacher = {k.removeprefix("teacher.backbone."): v for k, v in phase1.items() if k.startswith("teacher.backbone.")}
+    for evaluate, expected in (("teacher", teacher), ("student", _weights(stage_dir / "student.pt")["model"])):
+        assert main([*run, "trainer.epochs=0", f"method.params.evaluate={evaluate}"]) == 0
+        (latest,) = [r for r in db.records() if r.method == "smkd" and r.config["trainer"]["epochs"] == 0
+                     and r.config["method"]["params"]["evaluate"] == evaluate]
+        exported = _weights(Path(latest.run_dir) / "student.pt")["model"]
+        assert exported.keys() == expected.keys() and all(torch.equal(exported[k], expected[k]) for k in expected)
+    assert list((tmp_path / "stages").iterdir()) == [stage_dir] and (stage_dir / "steps.jsonl").read_text() == stage_log
