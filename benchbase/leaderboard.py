@@ -270,14 +270,15 @@ def markdown_page(head: Sequence[str], records: Sequence[RunRecord], df: pd.Data
 def write_leaderboard(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str) -> list[Path]:
     """Write ``<name>.md`` and ``<name>.csv`` (numeric) into ``out_dir``, each atomically, plus the
     PNG plots of :mod:`benchbase.plots` embedded in the Markdown (returned after md and csv)."""
-    from benchbase.plots import cost_plot, sweep_plots
+    from benchbase.plots import PARAMS, cost_plot, sweep_plots
 
     if not name or name in (".", "..") or Path(name).name != name:
         raise BenchbaseError(f"leaderboard name {name!r} must be a plain file name (it names <name>.md)")
     df = build_table(records)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figures = [p for p in [cost_plot(df, out / f"{name}.png", name)] if p] + sweep_plots(df, out, name)
+    costs = [cost_plot(df, out / f"{name}.png", name), cost_plot(df, out / f"{name}-params.png", name, PARAMS)]
+    figures = [p for p in costs if p] + sweep_plots(df, out, name)
     md, csv = out / f"{name}.md", out / f"{name}.csv"
     write_text_atomic(md, _markdown(records, df, name, figures))
     write_text_atomic(csv, df.to_csv(index=False))

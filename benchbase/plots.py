@@ -21,24 +21,29 @@ CI_SUFFIX = "_ci95"
 _VARIANT = re.compile(r"^(?P<method>[^ ]+) \((?P<param>[^=,]+)=(?P<value>[^,)]+)\)$")
 
 
+PARAMS = "cost/params_m"
+COSTS = {THROUGHPUT: "training images/s", PARAMS: "parameters (M)"}
+"""Cost columns that metrics are plotted against, with their axis labels."""
+
+
 def metric_columns(df: pd.DataFrame) -> list[str]:
-    """The metric columns of a table frame (those with a ``_ci95`` twin), throughput left out."""
-    return [c for c in df.columns if c + CI_SUFFIX in df.columns and c != THROUGHPUT]
+    """The metric columns of a table frame (those with a ``_ci95`` twin), cost columns left out."""
+    return [c for c in df.columns if c + CI_SUFFIX in df.columns and c != THROUGHPUT and not c.startswith("cost/")]
 
 
 def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def cost_plot(df: pd.DataFrame, path: Path, title: str) -> Path | None:
-    """Each metric against the student's training throughput (images/s), one point per row.
+def cost_plot(df: pd.DataFrame, path: Path, title: str, cost: str = THROUGHPUT) -> Path | None:
+    """Each metric against the model's ``cost`` column (a key of :data:`COSTS`), one point per row.
 
-    Returns the written PNG, or None when the table has no throughput column or no metric.
+    Returns the written PNG, or None when the table has no such column or no metric.
     """
     metrics = metric_columns(df)
-    if THROUGHPUT not in df.columns or not metrics:
+    if cost not in df.columns or not metrics:
         return None
-    rows = df[df[THROUGHPUT].map(_finite)]
+    rows = df[df[cost].map(_finite)]
     if rows.empty:
         return None
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.0), squeeze=False)
@@ -47,12 +52,12 @@ def cost_plot(df: pd.DataFrame, path: Path, title: str) -> Path | None:
             if not _finite(row[column]):
                 continue
             ci = row[column + CI_SUFFIX]
-            ax.errorbar(row[THROUGHPUT], row[column], yerr=ci if _finite(ci) else None, fmt="o", capsize=3)
-            ax.annotate(row["method"], (row[THROUGHPUT], row[column]), fontsize=7,
+            ax.errorbar(row[cost], row[column], yerr=ci if _finite(ci) else None, fmt="o", capsize=3)
+            ax.annotate(row["method"], (row[cost], row[column]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("training images/s")
+        ax.set_xlabel(COSTS[cost])
         ax.set_title(column, fontsize=9)
-    fig.suptitle(f"{title}: metric vs student training throughput", fontsize=10)
+    fig.suptitle(f"{title}: metric vs {COSTS[cost]}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from benchbase import __version__, distributed
 from benchbase.components import DataBundle, Metric, Student, Teacher, VitModel
 from benchbase.config import RUN_ONLY_TRAINER_KEYS, DatasetConfig, compose_config, config_hash
+from benchbase.cost import cost_metrics
 from benchbase.engine import resolve_device, train
 from benchbase.errors import BenchbaseError, MethodFailed
 from benchbase.leaderboard import build_table, current_records, format_table, publish
@@ -195,7 +196,7 @@ def run_teacher_row(ctx: SuiteContext, teacher: VitModel) -> RunRecord:
     if found := _stored(ctx, h):
         return found
     started = time.perf_counter()
-    metrics = evaluate(ctx, teacher, seed=0)
+    metrics = evaluate(ctx, teacher, seed=0) + cost_metrics(teacher, ctx.dataset(ctx.cfg.suite.distill.dataset))
     record = _record(ctx, ctx.cfg, "teacher", "teacher", 0, h, status="done", metrics=metrics,
                      wall_time=time.perf_counter() - started)
     _save(ctx, record)
@@ -261,7 +262,7 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
             save_weights(scored.export(), run_dir / "student.pt")
             if stages:
                 (run_dir / "stages.json").write_text(json.dumps(describe(stages, ctx.home), indent=2))
-        metrics = evaluate(ctx, scored, seed)
+        metrics = evaluate(ctx, scored, seed) + cost_metrics(scored, data)
         metrics.append(Metric("images_per_second", result.images_per_second, result.steps,
                               _throughput_protocol(ctx.device), extras={"task": "train"}))
         kw.update(status="done", metrics=metrics)

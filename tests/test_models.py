@@ -51,3 +51,20 @@ def test_drop_path_schedules_linear_ramp_and_constant():
     assert all(b.drop_path2.drop_prob == pytest.approx(0.1) for b in constant.blocks)
     with pytest.raises(BenchbaseError, match="drop_path_schedule='ramp'; use one of linear, constant"):
         build_vit(OmegaConf.merge(OmegaConf.structured(ModelConfig), {**base, "drop_path_schedule": "ramp"}), data)
+
+
+def test_cost_metrics_count_vit_tiny_like_the_papers():
+    import timm
+
+    from benchbase.cost import cost_metrics
+
+    class Images:
+        in_chans, image_size = 3, 224
+
+    metrics = {m.name: m.value for m in cost_metrics(Student(timm.create_model("vit_tiny_patch16_224")), Images)}
+    # ViT-T/16 at 224 px: 5.7 M parameters and 1.3 GFLOPs (multiply-adds) as DeiT and TinyMIM report;
+    # by hand, 12 blocks x (197 tokens x 12 x 192² linear MACs + 2 x 197² x 192 attention MACs)
+    # + the patch embedding's 196 x 768 x 192 = 1.2535 GMACs
+    by_hand = 12 * (197 * 12 * 192**2 + 2 * 197**2 * 192) + 196 * 768 * 192
+    assert metrics["params_m"] == pytest.approx(5.717, abs=0.001)
+    assert metrics["gflops"] == pytest.approx(by_hand / 1e9, rel=1e-3)
