@@ -37,7 +37,7 @@ from benchbase_plugins.smkd_parts import (
 from omegaconf import OmegaConf
 from test_run import tiny
 
-from benchbase.capture import Tap
+from benchbase.capture import ModelInput, Tap, embed
 from benchbase.cli import main
 from benchbase.components import Student
 from benchbase.engine import param_groups
@@ -168,6 +168,27 @@ def test_forward_updates_centers_from_the_teacher_outputs_and_uses_the_progress(
     torch.testing.assert_close(loss.center2[0], 0.9 * -1.0 + 0.1 * patch.mean(dim=(0, 1))[None])
 
 
+def test_forward_uses_the_scheduled_teacher_temperature_and_the_centre():
+    torch.manual_seed(0)
+    student = tiny_student()
+    loss = built_loss(student, lambda2=0.0, lambda3=0.0)
+    loss.progress.fill_(loss.warmup_teacher_temp_fraction / 2)  # half-way through the warm-up
+    with torch.no_grad():
+        loss.center.normal_()
+    center, labels = loss.center.clone(), torch.tensor([0, 0, 1, 2])
+    torch.manual_seed(1)
+    inputs = loss.make_inputs(torch.randn(4, 1, 16, 16), labels)
+    caps = [student.run(v, loss.student_taps) for v in inputs.student]
+    t_cls, _ = loss.teacher.head(loss.teacher.run(inputs.student[0].images, [TOKENS])[TOKENS], 1)
+    s_cls, _ = loss.head(caps[0][TOKENS], 1)
+    s_local = loss.head.cls(caps[1][TOKENS][:, 0])
+    temp = (0.04 + 0.07) / 2
+    expected = cls_loss(F.softmax((t_cls.view(2, 4, -1) - center) / temp, dim=-1),
+                        F.log_softmax(s_cls.view(2, 4, -1) / 0.1, dim=-1), F.log_softmax(s_local.view(2, 4, -1) / 0.1, dim=-1),
+                        labels)
+    torch.testing.assert_close(loss(caps, None, inputs)["cls"], expected)
+
+
 # ------------------------------------------------------------------------------ views, masks
 
 
@@ -219,6 +240,31 @@ def test_dynamic_image_size_runs_local_crops_and_keeps_full_size_outputs():
     enable_dynamic_img_size(student.model)
     torch.testing.assert_close(student.run(x, [TOKENS])[TOKENS], before)
     assert student.run(torch.randn(2, 1, 8, 8), [TOKENS])[TOKENS].shape == (2, 1 + 4, 32)
+
+
+def test_masked_positions_carry_the_mask_embedding_and_only_they_enter_the_mim_loss():
+    student = tiny_student()
+    loss = built_loss(student, mask_prob=1.0)
+    with torch.no_grad():
+        loss.mask_token.normal_()
+    view = loss.make_inputs(torch.randn(3, 1, 16, 16), torch.arange(3)).student[0]
+    model = student.model
+    tokens = embed(model, view)[:, model.num_prefix_tokens :]  # after the position embedding
+    plain = embed(model, ModelInput(view.images))[:, model.num_prefix_tokens :]
+    pos = model.pos_embed[:, model.num_prefix_tokens :]
+    mask = view.mask
+    assert mask.any() and (~mask).any()
+    torch.testing.assert_close(tokens[mask], (loss.mask_token + pos.expand(6, -1, -1)[mask]))
+    torch.testing.assert_close(tokens[~mask], plain[~mask])
+    # the MIM term reads the student's prediction at masked positions only
+    t, s = random_dists(2, 3, 16, 5, seed=14)
+    masks = mask.view(2, 3, 16)
+    before = mim_loss(t, s, masks)
+    changed = s.clone()
+    changed[~masks] = changed[~masks].flip(-1)
+    torch.testing.assert_close(mim_loss(t, changed, masks), before)
+    changed[masks] = changed[masks].flip(-1)
+    assert not torch.allclose(mim_loss(t, changed, masks), before)
 
 
 def test_make_inputs_views_and_masks():
@@ -324,6 +370,45 @@ def test_class_groups_pad_each_label_with_enough_images():
     index, valid = class_groups(labels, min_size=1)
     assert index[valid.sum(1) == 1].tolist() == [[3, 0, 0]]
     assert class_groups(torch.arange(4), min_size=2)[0].numel() == 0
+
+
+def test_patch_matching_stays_within_the_student_image():
+    """Teacher patch (image 0, patch 0) points along x. The teacher's own image holds the exact
+    direction (cosine 1), the other image of the class a close one (its patch 1): the match is
+    patch 1 of the student image of the pair, never a patch of another image."""
+    t_feats = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]]).expand(2, -1, -1, -1)
+    s_feats = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.2]]]).expand(2, -1, -1, -1)
+    match = cosine_matches(t_feats[0], s_feats[0])  # [j, k, i]
+    assert match[0, 0, 1] == 1 and match[0, 0, 0] == 0
+    t, s = random_dists(2, 2, 2, 4, seed=10)
+    weights = torch.zeros(2, 2, 2)
+    weights[:, 0, 0] = 1.0  # only teacher patch (0, 0) counts
+    loss = patch_loss_paper(t, s, t_feats, s_feats, weights, torch.tensor([3, 3]))
+    by_hand = [-(t[q, 0, 0] * s[v, 1, 1]).sum() for v, q in ((0, 1), (1, 0))]
+    torch.testing.assert_close(loss, (by_hand[0] + by_hand[1]) / 4)  # 2 view pairs x 2 image pairs
+    wrong = [-(t[q, 0, 0] * s[v, i, k]).sum() for v, q in ((0, 1), (1, 0)) for i, k in ((0, 0), (1, 0))]
+    assert all(not torch.allclose(loss, (wrong[a] + wrong[b]) / 4) for a, b in ((0, 2), (1, 3)))
+
+
+def test_images_alone_in_their_class_add_only_self_distillation():
+    labels = torch.tensor([0, 1, 0, 2])  # images 1 and 3 are alone in their class
+    t, s = random_dists(2, 4, 5, seed=11)
+    _, s_local = random_dists(2, 4, 5, seed=12)
+    own = [-(t[q, i] * s[v, i]).sum() for i in (1, 3) for v in range(2) for q in range(2) if v != q]
+    own += [-(t[q, i] * s_local[l, i]).sum() for i in (1, 3) for l in range(2) for q in range(2)]
+    pair = [-(t[q, j] * s[v, i]).sum() for i in (0, 2) for j in (0, 2) for v in range(2) for q in range(2)
+            if i != j or v != q]
+    pair += [-(t[q, i] * s_local[l, i]).sum() for i in (0, 2) for l in range(2) for q in range(2)]
+    torch.testing.assert_close(cls_loss(t, s, s_local, labels), torch.stack(own + pair).mean())
+    # the patch term ignores them: changing everything about images 1 and 3 changes nothing
+    tp, sp = random_dists(2, 4, 3, 5, seed=13)
+    feats, weights = torch.randn(2, 2, 4, 3, 6), torch.rand(2, 4, 3)
+    before = patch_loss_paper(tp, sp, feats[0], feats[1], weights, labels)
+    alone = torch.tensor([1, 3])
+    tp2, sp2, f2, w2 = tp.clone(), sp.clone(), feats.clone(), weights.clone()
+    tp2[:, alone], sp2[:, alone] = tp2[:, alone].flip(-1), sp2[:, alone].flip(-1)
+    f2[:, :, alone], w2[:, alone] = -f2[:, :, alone], 1 - w2[:, alone]
+    torch.testing.assert_close(patch_loss_paper(tp2, sp2, f2[0], f2[1], w2, labels), before)
 
 
 def released_reference(t, s, t_feats, s_feats, weights, labels, weighted):
