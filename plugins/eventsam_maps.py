@@ -60,7 +60,8 @@ def save_importance_figure(frames: Tensor, events: Tensor, maps: dict[str, Tenso
     with one colour scale per column. Writes and returns ``path``."""
     count = frames.shape[0]
     columns = 2 + len(maps)
-    fig, axes = plt.subplots(count, columns, figsize=(2.2 * columns, 2.2 * count + 0.6), squeeze=False)
+    fig, axes = plt.subplots(count, columns, figsize=(2.2 * columns, 2.2 * count + 1.0), squeeze=False,
+                             layout="constrained")
     gray, activity = _gray(frames).numpy(), events.abs().sum(1).numpy()
     size = tuple(frames.shape[-2:])
     for row in range(count):
@@ -72,7 +73,7 @@ def save_importance_figure(frames: Tensor, events: Tensor, maps: dict[str, Tenso
         for row in range(count):
             axes[row, column].imshow(gray[row], cmap="gray")
             image = axes[row, column].imshow(upsampled[row], cmap="inferno", alpha=0.65, vmin=low, vmax=high)
-        fig.colorbar(image, ax=axes[:, column].tolist(), shrink=0.6, location="bottom", pad=0.02)
+        fig.colorbar(image, ax=axes[:, column].tolist(), shrink=0.8, location="bottom")
     for column, name in enumerate(["frame (teacher)", "events (student)", *maps]):
         axes[0, column].set_title(name, fontsize=8)
     for axis in axes.flat:
