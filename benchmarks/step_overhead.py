@@ -5,8 +5,9 @@ up to its last block's q/k/v, student forward up to its (head-aligned) last bloc
 Q-K and V-V relation KL, backward, gradient clipping and an AdamW step. The benchbase path goes
 through the engine's step (capture hooks, ``Loss.make_inputs``/``forward``, loss-term logging);
 the manual path calls the timm modules directly. Steps alternate between the two paths so drift
-(clocks, thermals) hits both equally. Prints one JSON line with images/s of both, their ratio,
-the model FLOPs of a step and, on CUDA, the model-FLOPs utilisation against ``--peak-tflops``.
+(clocks, thermals, other processes) hits both equally; images/s come from the median step time.
+Prints one JSON line with images/s of both, their ratio, the model FLOPs of a step and, on CUDA,
+the model-FLOPs utilisation against ``--peak-tflops``.
 
     python benchmarks/step_overhead.py --teacher vit_base_patch16_224 --student vit_small_patch16_224 \
         --img 224 --batch 128 --steps 30            # a GPU, bf16
@@ -16,14 +17,14 @@ the model FLOPs of a step and, on CUDA, the model-FLOPs utilisation against ``--
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import platform
-import time
 
 import timm
 import torch
 import torch.nn.functional as F
 from benchbase_plugins.tinymim import TinyMIMLoss
+from common import device_name, interleaved_medians
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchbase.components import Student, Teacher
@@ -92,25 +93,13 @@ def main() -> None:
     def manual():
         return manual_step(student.model, teacher.model, optimizer, images, amp, 3.0)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     with FlopCounterMode(display=False) as counter:
         harness()
     flops = counter.get_total_flops()
-    timings = {"benchbase": 0.0, "manual": 0.0}
-    for index in range(args.warmup + args.steps):
-        for name, fn in (("benchbase", harness), ("manual", manual)) if index % 2 else (("manual", manual), ("benchbase", harness)):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            if index >= args.warmup:
-                timings[name] += time.perf_counter() - start
-    rate = {k: args.batch * args.steps / v for k, v in timings.items()}
+    timings = interleaved_medians({"benchbase": harness, "manual": manual}, args.steps, device, args.warmup)
+    rate = {k: args.batch / v for k, v in timings.items()}
     result = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu {platform.machine()} ({torch.get_num_threads()} threads)",
+        "date": datetime.date.today().isoformat(), "device": device_name(device),
         "precision": "bf16" if amp else "fp32", "teacher": args.teacher, "student": args.student, "img": args.img,
         "batch": args.batch, "steps": args.steps, "images_per_s_benchbase": round(rate["benchbase"], 1),
         "images_per_s_manual": round(rate["manual"], 1), "overhead_ratio": round(timings["benchbase"] / timings["manual"], 3),

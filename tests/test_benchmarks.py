@@ -1,0 +1,54 @@
+"""The benchmark scripts run (in this process, with tiny settings) and print what their README
+figures come from; the timings themselves are not tested."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(script: str, *argv: str, capsys) -> dict:
+    """``benchmarks/<script>`` as ``__main__`` with ``argv``; its last printed JSON line."""
+    saved = sys.argv, list(sys.path)
+    sys.argv = [str(BENCHMARKS / script), *argv]
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
+    finally:
+        sys.argv, sys.path[:] = saved
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_evaluation_benchmark_baselines_compute_what_benchbase_computes(capsys):
+    out = run("evaluation.py", "--episodes=20", "--per-class=30", "--dim=16", "--images=3", "--size=24",
+              "--seg-classes=6", "--repeats=1", capsys=capsys)
+    assert out["miou"]["miou"]["benchbase"] == pytest.approx(out["miou"]["miou"]["loop"], abs=1e-12)
+    accuracy = out["fewshot"]["mean_accuracy"]  # different random episodes, same classifier
+    assert accuracy["benchbase_5shot"] == pytest.approx(accuracy["loop_5shot"], abs=0.2)
+    assert set(out["fewshot"]["seconds"]) == {"benchbase_1shot", "loop_1shot", "benchbase_5shot", "loop_5shot"}
+
+
+def test_capture_cost_benchmark_times_every_variant(capsys):
+    out = run("capture_cost.py", "--model=vit_tiny_patch16_224", "--img=32", "--batch=2", "--block=6",
+              "--repeats=1", capsys=capsys)
+    assert set(out["forward_ms"]) == {"no_capture", "capture_one_map", "unfused_all_blocks", "attn_map_alone"}
+    assert out["early_exit_expected"] == {"block_2": 0.25, "block_5": 0.5, "block_8": 0.75}
+    assert all(v > 0 for v in out["early_exit_ms"].values())
+
+
+def test_step_overhead_benchmark_runs_both_paths(capsys):
+    out = run("step_overhead.py", "--img=32", "--batch=2", "--steps=1", "--warmup=0", capsys=capsys)
+    assert out["images_per_s_benchbase"] > 0 and out["images_per_s_manual"] > 0 and out["overhead_ratio"] > 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the CPU measurement needs Linux's /proc")
+def test_memory_benchmark_measures_a_step(capsys):
+    out = run("memory.py", "--one=feature", "--teacher=vit_tiny_patch16_224", "--img=32", "--batch=2",
+              "--classes=10", capsys=capsys)
+    assert out["peak_step_mib"] > 0 and out["resident_mib"] > out["peak_step_mib"]
