@@ -27,9 +27,12 @@ are taken over the same visible tokens as the student's (q/k/v gathered at the k
 ``softmax=False`` is the Table 7 "no softmax" ablation. A KL needs distributions, so each term is
 then the MSE between the raw scaled products ``A Bᵀ / sqrt(d_head)`` of student and teacher.
 
-Not part of the loss: drop path (teacher 0.0, student 0.1 in the paper) is set by the suite's
-``teacher.drop_path`` / ``student.drop_path``. Sequential distillation (a TinyMIM student as the
-next teacher) is a harness recipe, not a loss option.
+Not part of the loss: drop path (teacher 0.0, student 0.1 in the paper, the same rate in every
+block) is set by the suite: ``student.drop_path=0.1 student.drop_path_schedule=constant`` and
+``teacher.distill_drop_path`` (stochastic depth of the frozen teacher while it teaches). Sequential
+distillation (B -> S -> T) is a harness stage: ``method.stages=[{name: S, then: teach, student:
+{...S sizes...}}]`` trains S from the suite's teacher, caches it, and makes it the final run's
+teacher (see :mod:`benchbase.stages` and the ``tinymim-sequential`` ablation).
 """
 
 from __future__ import annotations
