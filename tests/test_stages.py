@@ -93,3 +93,13 @@ def test_bad_stage_is_a_one_line_error(tmp_path, capsys, stage, message):
 def test_stages_compose_from_yaml_defaults():
     cfg = compose_config(["method=supervised", "method.stages=[{name:a,params:{x:1}}]"])
     assert cfg.method.stages[0].then == "continue" and cfg.method.stages[0].params == {"x": 1}
+
+
+def test_tinymim_sequential_chain_distils_through_a_head_aligned_intermediate(tmp_path):
+    # B (4 heads) -> S (2 heads; its last block aligned to B's 4) -> T: S loads back with its heads
+    stage = "method.stages=[{name:S,then:teach,student:{embed_dim:32,num_heads:2},trainer:{epochs:1}}]"
+    assert main(["run", "--plugins", "tinymim", *tiny(tmp_path, stage, "suite.references=[]")]) == 0
+    (stage_dir,) = (tmp_path / "stages").iterdir()
+    assert _state(stage_dir / "student.pt")["block_heads"] == [2, 2, 2, 4]
+    record = next(r for r in ResultsDB(tmp_path / "results.db").records() if r.method == "tinymim")
+    assert record.status == "done", record.error
