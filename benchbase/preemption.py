@@ -53,9 +53,17 @@ class StopSignals:
                     signal.signal(sig, self._note)
         return self
 
-    def __exit__(self, *_exc: object) -> None:
+    def _restore(self) -> None:
         for sig, before in self.previous.items():
             signal.signal(sig, before)
+
+    def __exit__(self, *_exc: object) -> None:
+        """Restore the previous handlers; a signal still pending (it came during the last step,
+        after its check) reaches its handler now, after the final checkpoint."""
+        self._restore()
+        signum, self.received = self.received, None
+        if signum is not None:
+            self._hand_on(signum)
 
     def deliver(self) -> None:
         """Hand the noted signal to its previous handler (after the caller saved a checkpoint).
@@ -66,15 +74,18 @@ class StopSignals:
         signum, self.received = self.received, None
         if signum is None:
             return
-        before = self.previous.get(signum, signal.SIG_DFL)
-        self.__exit__()
+        self._restore()
         try:
-            if callable(before):
-                before(signum, None)
-            else:  # SIG_DFL: the signal's own default action, now that the checkpoint is on disk
-                os.kill(os.getpid(), signum)
+            self._hand_on(signum)
         finally:
             self.__enter__()
+
+    def _hand_on(self, signum: int) -> None:
+        before = self.previous.get(signum, signal.SIG_DFL)
+        if callable(before):
+            before(signum, None)
+        else:  # SIG_DFL: the signal's own default action, now that the checkpoint is on disk
+            os.kill(os.getpid(), signum)
 
 
 def rng_state() -> dict[str, torch.Tensor | None]:

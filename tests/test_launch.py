@@ -29,6 +29,22 @@ def test_job_arguments_turn_method_into_the_method_to_run():
     assert job_arguments(["seed=1"]) == (["seed=1"], None)
 
 
+def sweep(tmp_path: Path, launcher: str, *extra: str) -> list[str]:
+    """A two-job sweep (feature, seeds 0 and 1) of a tiny default suite through ``launcher``."""
+    # A teacher from a checkpoint: jobs that run at once must not each train the recipe teacher.
+    bb, home = load(), tmp_path / "home"
+    cfg = compose_config([], bb.config_dirs())
+    save_weights(bb.registry.get("teachers", cfg.teacher.arch)(cfg.teacher, load_digits_bundle()), tmp_path / "t.pt")
+    return [sys.executable, "-m", "benchbase.launch", "-m", launcher, "method=feature", "seed=0,1",
+            "trainer.progress=false", "suite.references=[]", "~suite.tasks.fewshot", "~suite.tasks.segmentation",
+            "teacher.source=checkpoint", f"teacher.checkpoint={tmp_path}/t.pt", f"home={home}",
+            f"leaderboard_dir={home}/lb", f"hydra.sweep.dir={tmp_path}/sweep", *extra]
+
+
+def stored(home: Path) -> list[tuple[int, str]]:
+    return sorted((r.seed, r.status) for r in ResultsDB(home / "results.db").records("default") if r.method == "feature")
+
+
 def _open_step_logs(root: Path) -> dict[Path, int]:
     """The process id that holds each step log under ``root`` open (a run training now), from /proc."""
     found = {}
@@ -47,14 +63,8 @@ def test_submitit_local_sweep_stores_every_job_and_a_preempted_job_resumes(tmp_p
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     if not Path("/proc/self/fd").is_dir():
         pytest.skip("finding the training processes needs Linux's /proc")
-    home, bb = tmp_path / "home", load()
-    # A teacher from a checkpoint: the two jobs run at once and must not both train the recipe teacher.
-    cfg = compose_config([], bb.config_dirs())
-    save_weights(bb.registry.get("teachers", cfg.teacher.arch)(cfg.teacher, load_digits_bundle()), tmp_path / "t.pt")
-    args = [sys.executable, "-m", "benchbase.launch", "-m", "hydra/launcher=submitit_local", "method=feature",
-            "seed=0,1", "trainer.epochs=3", "trainer.progress=false", "suite.references=[]",
-            "~suite.tasks.fewshot", "~suite.tasks.segmentation", "teacher.source=checkpoint", f"teacher.checkpoint={tmp_path}/t.pt",
-            f"home={home}", f"leaderboard_dir={home}/lb", f"hydra.sweep.dir={tmp_path}/sweep"]
+    home = tmp_path / "home"
+    args = sweep(tmp_path, "hydra/launcher=submitit_local", "trainer.epochs=3")
     launcher = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     preempted, deadline = set(), time.time() + 240
     while len(preempted) < 2 and launcher.poll() is None and time.time() < deadline:
@@ -66,8 +76,7 @@ def test_submitit_local_sweep_stores_every_job_and_a_preempted_job_resumes(tmp_p
     output = launcher.communicate(timeout=240)[0]
     assert launcher.returncode == 0, output
     assert len(preempted) == 2, "both jobs should have been caught training"
-    records = [r for r in ResultsDB(home / "results.db").records("default") if r.method == "feature"]
-    assert sorted((r.seed, r.status) for r in records) == [(0, "done"), (1, "done")]
+    assert stored(home) == [(0, "done"), (1, "done")]
     jobs = [folder for folder in (tmp_path / "sweep" / ".submitit").iterdir() if folder.name.isdigit()]
     assert len(jobs) == 2
     for job in jobs:
@@ -78,3 +87,12 @@ def test_submitit_local_sweep_stores_every_job_and_a_preempted_job_resumes(tmp_p
     for log in preempted:
         steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
         assert steps == list(range(1, len(steps) + 1)) and len(steps) > 4  # each step once, training finished
+
+
+def test_ray_launcher_sweep_stores_every_job(tmp_path):
+    """Hydra's Ray launcher on a local Ray instance (the ``ray`` extra; skipped where it is not installed)."""
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    args = sweep(tmp_path, "hydra/launcher=ray", "trainer.epochs=1", "+hydra.launcher.ray.init.num_cpus=2")
+    done = subprocess.run(args, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert stored(tmp_path / "home") == [(0, "done"), (1, "done")]

@@ -38,6 +38,19 @@ class SignalAt(Supervised):
         return super().forward(student, teacher, inputs)
 
 
+class SignalAfterLastStep(Supervised):
+    """Supervised loss that sends its own process ``signum`` after its last step (past the step's check)."""
+
+    def __init__(self, last: int, signum: int):
+        super().__init__()
+        self.last, self.signum, self.steps = last, signum, 0
+
+    def after_step(self, student, progress):
+        self.steps += 1
+        if self.steps == self.last:
+            os.kill(os.getpid(), self.signum)
+
+
 class Requeued(Exception):
     """What the test's stand-in for submitit's handler raises (submitit's own exits the process)."""
 
@@ -72,6 +85,26 @@ def test_stop_signal_checkpoints_that_step_hands_the_signal_on_and_resume_equals
     assert steps == list(range(1, result.steps + 1))
 
 
+def test_a_signal_during_the_last_step_reaches_its_handler_after_the_final_checkpoint(tmp_path):
+    data = load_digits_bundle().split("base_train")
+    received = []
+
+    def requeue(signum, _frame):
+        received.append(signum)
+        raise Requeued
+
+    before = signal.signal(signal.SIGTERM, requeue)
+    try:
+        with pytest.raises(Requeued):
+            train(Student(tiny_vit()), None, SignalAfterLastStep(BATCHES, signal.SIGTERM), data, trainer(epochs=1),
+                  tmp_path / "run", seed=0)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert received == [signal.SIGTERM]
+    state = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    assert (state["epoch"], state["step"], state["partial"]) == (0, BATCHES, None)  # the complete run
+
+
 SCRIPT = """
 import sys
 from pathlib import Path
@@ -90,13 +123,16 @@ train(Student(tiny_vit()), None, Supervised(), load_digits_bundle().split("base_
 def test_sigterm_with_the_default_action_ends_the_process_after_a_checkpoint(tmp_path):
     run = tmp_path / "run"
     code = SCRIPT.format(tests=os.path.dirname(__file__), run=str(run))
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
+    with (tmp_path / "stderr").open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", code], stderr=stderr)
+    deadline = time.time() + 240
     while not ((run / STEPS_LOG).exists() and (run / STEPS_LOG).read_text().count("\n") >= 5):
-        assert time.time() < deadline and proc.poll() is None, f"training did not start: {proc.stderr.read()}"
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail(f"training did not start: {(tmp_path / 'stderr').read_text()}")
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == -signal.SIGTERM, proc.stderr.read()  # ended by the signal itself
+    assert proc.wait(timeout=120) == -signal.SIGTERM, (tmp_path / "stderr").read_text()  # ended by the signal itself
     state = torch.load(run / CHECKPOINT, weights_only=True)
     assert state["step"] >= 5 and state["step"] == (state["epoch"] + 1) * BATCHES + state["partial"]["batch"]
     assert (run / STEPS_LOG).read_text().count("\n") == state["step"]
