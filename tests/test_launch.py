@@ -59,6 +59,7 @@ def _open_step_logs(root: Path) -> dict[Path, int]:
     return found
 
 
+@pytest.mark.timeout(900)  # four process starts and two tiny runs: minutes on a busy 2-core machine
 def test_submitit_local_sweep_stores_every_job_and_a_preempted_job_resumes(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     if not Path("/proc/self/fd").is_dir():
@@ -66,14 +67,14 @@ def test_submitit_local_sweep_stores_every_job_and_a_preempted_job_resumes(tmp_p
     home = tmp_path / "home"
     args = sweep(tmp_path, "hydra/launcher=submitit_local", "trainer.epochs=3")
     launcher = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    preempted, deadline = set(), time.time() + 240
+    preempted, deadline = set(), time.time() + 400
     while len(preempted) < 2 and launcher.poll() is None and time.time() < deadline:
         for log, pid in _open_step_logs(home).items():
             if log not in preempted and log.read_text().count("\n") >= 4:
                 os.kill(pid, signal.SIGUSR2)  # what Slurm sends a submitit job before ending it
                 preempted.add(log)
         time.sleep(0.05)
-    output = launcher.communicate(timeout=240)[0]
+    output = launcher.communicate(timeout=400)[0]
     assert launcher.returncode == 0, output
     assert len(preempted) == 2, "both jobs should have been caught training"
     assert stored(home) == [(0, "done"), (1, "done")]
@@ -89,6 +90,7 @@ def test_submitit_local_sweep_stores_every_job_and_a_preempted_job_resumes(tmp_p
         assert steps == list(range(1, len(steps) + 1)) and len(steps) > 4  # each step once, training finished
 
 
+@pytest.mark.timeout(900)
 def test_ray_launcher_sweep_stores_every_job(tmp_path):
     """Hydra's Ray launcher on a local Ray instance (the ``ray`` extra; skipped where it is not installed)."""
     pytest.importorskip("hydra_plugins.hydra_ray_launcher")

@@ -9,10 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from conftest import tiny_vit
+from test_distributed import WORLD, _free_port, _join
 from test_resume import trainer
 
 from benchbase.builtins import Supervised
@@ -24,7 +28,15 @@ from benchbase.engine import CHECKPOINT, STEPS_LOG, train
 BATCHES = len(load_digits_bundle().split("base_train")) // 64  # per epoch, in trainer()'s batches of 64
 
 
-class SignalAt(Supervised):
+class Noisy(Supervised):
+    """Supervised loss on images with fresh noise from torch's global generator each step, so that a
+    resumed run matches only if the random streams continue where they stopped."""
+
+    def make_inputs(self, images, labels):
+        return super().make_inputs(images + 0.5 * torch.randn_like(images), labels)
+
+
+class SignalAt(Noisy):
     """Supervised loss that sends its own process ``signum`` during the forward of step ``at``."""
 
     def __init__(self, at: int, signum: int):
@@ -38,7 +50,7 @@ class SignalAt(Supervised):
         return super().forward(student, teacher, inputs)
 
 
-class SignalAfterLastStep(Supervised):
+class SignalAfterLastStep(Noisy):
     """Supervised loss that sends its own process ``signum`` after its last step (past the step's check)."""
 
     def __init__(self, last: int, signum: int):
@@ -58,7 +70,7 @@ class Requeued(Exception):
 def test_stop_signal_checkpoints_that_step_hands_the_signal_on_and_resume_equals_uninterrupted(tmp_path):
     data = load_digits_bundle().split("base_train")
     whole = Student(tiny_vit(seed=3))
-    train(whole, None, Supervised(), data, trainer(), tmp_path / "whole", seed=7)
+    train(whole, None, Noisy(), data, trainer(), tmp_path / "whole", seed=7)
     received = []
 
     def requeue(signum, _frame):
@@ -78,7 +90,7 @@ def test_stop_signal_checkpoints_that_step_hands_the_signal_on_and_resume_equals
     assert (state["epoch"], state["step"], state["partial"]["batch"]) == (0, 17, 17 - BATCHES)  # epoch 1, mid
     assert (tmp_path / "stopped" / STEPS_LOG).read_text().count("\n") == 17
     resumed = Student(tiny_vit(seed=99))  # weights come from the checkpoint
-    result = train(resumed, None, Supervised(), data, trainer(), tmp_path / "stopped", seed=7)
+    result = train(resumed, None, Noisy(), data, trainer(), tmp_path / "stopped", seed=7)
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # same batches, same random streams
     steps = [json.loads(line)["step"] for line in (tmp_path / "stopped" / STEPS_LOG).read_text().splitlines()]
@@ -110,6 +122,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from conftest import tiny_vit
+from test_distributed import WORLD, _free_port, _join
 from test_resume import trainer
 from benchbase.builtins import Supervised
 from benchbase.components import Student
@@ -160,3 +173,54 @@ def test_compile_compiles_the_untapped_blocks_and_trains_the_same_weights(tmp_pa
     assert not any(block._compiled_call_impl is not None for block in fused.model.blocks)  # eager again
     for a, b in zip(eager.state_dict().values(), fused.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+class SignalAfterStep(Noisy):
+    """Noisy loss that sends its own process ``signum`` after step ``at`` (past that step's check)."""
+
+    def __init__(self, at: int, signum: int):
+        super().__init__()
+        self.at, self.signum, self.steps = at, signum, 0
+
+    def after_step(self, student, progress):
+        self.steps += 1
+        if self.steps == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+def _ddp_worker(rank: int, port: int, out: Path, interrupt: bool) -> None:
+    _join(rank, port)
+    data, run = load_digits_bundle().split("base_train"), out / ("stopped" if interrupt else "whole")
+    if interrupt:
+        received = []
+
+        def requeue(signum, _frame):
+            received.append(signum)
+            raise Requeued
+
+        signal.signal(signal.SIGUSR2, requeue)
+        # rank 1 is signalled before step 4's check, rank 0 only after it: both must stop after step 4
+        loss = SignalAt(4, signal.SIGUSR2) if rank == 1 else SignalAfterStep(4, signal.SIGUSR2)
+        with pytest.raises(Requeued):
+            train(Student(tiny_vit(seed=3)), None, loss, data, trainer(epochs=1), run, seed=7)
+        assert received == [signal.SIGUSR2]
+        dist.barrier()
+        if rank == 0:
+            state = torch.load(run / CHECKPOINT, weights_only=True)
+            assert (state["step"], state["partial"]["batch"], len(state["partial"]["rng"])) == (4, 4, WORLD)
+            assert not torch.equal(state["partial"]["rng"][0]["cpu"], state["partial"]["rng"][1]["cpu"])
+    student = Student(tiny_vit(seed=99 if interrupt else 3))
+    train(student, None, Noisy(), data, trainer(epochs=1), run, seed=7)
+    if rank == 0:
+        torch.save(student.state_dict(), out / f"{run.name}.pt")
+    dist.destroy_process_group()
+
+
+def test_under_ddp_every_rank_stops_after_the_same_step_and_resumes_exactly(tmp_path):
+    for interrupt in (False, True):
+        mp.spawn(_ddp_worker, args=(_free_port(), tmp_path, interrupt), nprocs=WORLD)
+    whole, resumed = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("whole", "stopped"))
+    for name, value in whole.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "stopped" / STEPS_LOG).read_text().splitlines()]
+    assert steps == list(range(1, BATCHES + 1))
