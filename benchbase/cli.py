@@ -18,6 +18,7 @@ overrides are Hydra's KEY=VALUE syntax on the composed config (see --cfg job):
   benchbase run --plugins mae,feature trainer.epochs=3 seed=1
   benchbase run --plugins cls_token student=vit_tiny teacher.source=checkpoint teacher.checkpoint=t.pt
   benchbase run -m --plugins feature method.params.beta=1.0,2.0      a sweep: one suite per value
+  python -m benchbase.launch -m hydra/launcher=slurm method=feature seed=0,1   each job on a cluster
   benchbase run --cfg job                         print the composed config and exit
 
 config groups: suite, student, teacher, method, trainer, eval, data (dataset paths: data.<name>.root=PATH).
