@@ -169,7 +169,8 @@ def _annotated(record: RunRecord, spec: AblationSpec, index: int) -> RunRecord:
         "metrics": list(spec.metrics), "plot": spec.plot, "variant": index,
         "values": {k: str(v) for k, v in variant.values.items()}, "overrides": list(variant.overrides),
     }
-    return dataclasses.replace(record, config={**record.config, "ablation": place})
+    # a run first stored by another ablation or suite (reused by config hash) is exported as this one's
+    return dataclasses.replace(record, suite=PREFIX + spec.name, config={**record.config, "ablation": place})
 
 
 def is_ablation(records: Sequence[RunRecord]) -> bool:

@@ -228,8 +228,15 @@ def _distinct(values: Iterable[object]) -> str:
 
 
 def _epochs(record: RunRecord) -> object:
+    """The run's epochs; with method stages, each stage's and the final run's (``20+10``)."""
     trainer = record.config.get("trainer")
-    return trainer.get("epochs") if isinstance(trainer, dict) else None
+    if not isinstance(trainer, dict):
+        return None
+    stages = (record.config.get("method") or {}).get("stages") or []
+    if not stages:
+        return trainer.get("epochs")
+    per_stage = [(stage.get("trainer") or {}).get("epochs", trainer.get("epochs")) for stage in stages]
+    return "+".join(str(e) for e in [*per_stage, trainer.get("epochs")])
 
 
 def _markdown(records: Sequence[RunRecord], df: pd.DataFrame, name: str, figures: Sequence[Path] = ()) -> str:

@@ -61,7 +61,7 @@ def test_ablation_runs_variants_and_writes_a_regenerable_table(tmp_path, capsys)
     records = read_jsonl(board / "results" / "ablation-tiny.jsonl")
     assert [r.config["ablation"]["variant"] for r in records] == [0, 1, 2, 3]
     assert {r.method for r in records} == {"teacher", "supervised", "feature"}
-    assert all(r.status == "done" for r in records)
+    assert all(r.status == "done" and r.suite == "ablation-tiny" for r in records)
     # variants live under the ablation's own suite name, out of the suite's main table
     db = ResultsDB(tmp_path / "results.db")
     assert {r.suite for r in db.records()} == {"ablation-tiny"}
@@ -78,7 +78,7 @@ def test_unknown_ablation_and_bad_spec_are_one_line_errors(tmp_path, capsys):
     plugins = plugins_with_spec(tmp_path, SPEC.replace("plot: beta", "plot: gamma"))
     assert main(["--plugins-dir", str(plugins), "ablate", "nope"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "unknown ablation 'nope'; available: tiny" in err and len(err.splitlines()) == 1
+    assert "unknown ablation 'nope'; available: " in err and ", tiny," in err and len(err.splitlines()) == 1
     assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "plot 'gamma' is not one of its columns" in err and len(err.splitlines()) == 1

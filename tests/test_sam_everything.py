@@ -18,6 +18,7 @@ from benchbase.evaluation.sam_masks import (
     SamEverything,
     drop_repeated_masks,
     paint_segments,
+    clean_small_regions,
     remove_small_regions,
     sam_prompt_and_decoder,
 )
@@ -134,6 +135,19 @@ def test_small_holes_are_filled_and_small_islands_removed():
     lone = np.zeros((5, 5), dtype=bool)
     lone[0, 0] = lone[3:5, 3:5] = True
     assert remove_small_regions(lone, 10, "islands").sum() == 4  # all small: the largest stays
+
+
+def test_clean_up_is_followed_by_nms_that_prefers_unchanged_masks():
+    unchanged = np.zeros((20, 20), dtype=bool)
+    unchanged[2:12, 2:12] = True
+    changed = unchanged.copy()
+    changed[2:12, 3:12] = True
+    changed[18, 18] = True  # an island: removed, so the mask changes and its box shrinks onto the other's
+    elsewhere = np.zeros((20, 20), dtype=bool)
+    elsewhere[14:19, 0:5] = True
+    kept = clean_small_regions([changed, unchanged, elsewhere], area=4, nms_threshold=0.7)
+    assert len(kept) == 2 and np.array_equal(kept[0], unchanged) and np.array_equal(kept[1], elsewhere)
+    assert clean_small_regions([changed], area=0, nms_threshold=0.7)[0][18, 18]  # area 0: no clean-up
 
 
 def test_repeats_inside_a_larger_box_are_dropped_and_segments_painted_largest_first():

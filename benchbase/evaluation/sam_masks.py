@@ -27,6 +27,8 @@ from scipy import ndimage
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.modeling.image_encoder import ImageEncoderViT
+from segment_anything.utils.amg import batched_mask_to_box
+from torchvision.ops import batched_nms
 
 from benchbase.capture import Tap
 from benchbase.components import DataBundle, Evaluator, Metric, VitModel
@@ -129,6 +131,22 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / (area_a + area_b - inter))
 
 
+def clean_small_regions(masks: list[np.ndarray], area: int, nms_threshold: float) -> list[np.ndarray]:
+    """SAM's clean-up of generated [H, W] bool masks: holes, then islands, under ``area`` pixels
+    are removed; then box NMS at ``nms_threshold`` (SAM's max of its box and crop NMS thresholds),
+    preferring masks the clean-up left unchanged (score 1) over changed ones (score 0)."""
+    if area <= 0 or not masks:
+        return list(masks)
+    cleaned, scores = [], []
+    for mask in masks:
+        new = remove_small_regions(remove_small_regions(mask, area, "holes"), area, "islands")
+        cleaned.append(new)
+        scores.append(float(np.array_equal(new, mask)))
+    boxes = batched_mask_to_box(torch.as_tensor(np.stack(cleaned))).float()
+    keep = batched_nms(boxes, torch.tensor(scores), torch.zeros(len(cleaned)), iou_threshold=nms_threshold)
+    return [cleaned[i] for i in keep.tolist()]
+
+
 def drop_repeated_masks(masks: list[np.ndarray], box_iou_threshold: float) -> list[np.ndarray]:
     """EventSAM's ``remove_repeat_mask``: from the largest mask down, a mask whose box centre lies
     in the box of a kept (larger) mask and whose box IoU with it exceeds ``box_iou_threshold`` is
@@ -162,8 +180,8 @@ class SamEverything(Evaluator):
     ``checkpoint``) with a ``points_per_side``² grid of points on the student's embedding
     (:class:`EmbeddingPredictor`), keeping masks with predicted IoU above ``pred_iou_thresh`` and
     stability above ``stability_score_thresh``, box NMS at ``box_nms_thresh``, one crop layer.
-    Each mask then loses holes and islands under ``min_mask_region_area`` pixels (SAM's clean-up;
-    SAM's NMS pass after it is not repeated), masks under ``min_mask_area`` pixels are dropped and
+    Each mask then loses holes and islands under ``min_mask_region_area`` pixels, followed by SAM's
+    NMS pass over the cleaned masks (:func:`clean_small_regions`, SAM's own clean-up), masks under ``min_mask_area`` pixels are dropped and
     repeats removed (EventSAM's post-processing, ``repeat_box_iou``), and the rest are painted into
     one segment map, scored against the connected regions of the label map.
 
@@ -204,16 +222,10 @@ class SamEverything(Evaluator):
 
     def masks(self, generator: SamAutomaticMaskGenerator, image: torch.Tensor) -> list[np.ndarray]:
         """The cleaned-up, de-duplicated [H, W] bool masks of one [C, H, W] image, largest first."""
-        found = generator.generate(image.permute(1, 2, 0).cpu().numpy())
-        masks = []
-        for record in found:
-            mask = record["segmentation"]
-            if self.min_mask_region_area > 0:
-                for mode in ("holes", "islands"):
-                    mask = remove_small_regions(mask, self.min_mask_region_area, mode)
-            if mask.sum() >= max(self.min_mask_area, 1):
-                masks.append(mask)
-        return drop_repeated_masks(masks, self.repeat_box_iou)
+        found = [record["segmentation"] for record in generator.generate(image.permute(1, 2, 0).cpu().numpy())]
+        masks = clean_small_regions(found, self.min_mask_region_area,
+                                    max(generator.box_nms_thresh, generator.crop_nms_thresh))
+        return drop_repeated_masks([m for m in masks if m.sum() >= max(self.min_mask_area, 1)], self.repeat_box_iou)
 
     def evaluate(self, student: VitModel, data: DataBundle, device: torch.device) -> list[Metric]:
         encoder = student.model
