@@ -110,6 +110,7 @@ class MethodConfig:
 
     name: str = MISSING
     params: dict[str, Any] = field(default_factory=dict)
+    stages: list[StageConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -119,7 +120,6 @@ class TaskConfig:
     evaluator: str = MISSING
     dataset: str = MISSING
     params: dict[str, Any] = field(default_factory=dict)
-    stages: list[StageConfig] = field(default_factory=list)
 
 
 @dataclass
