@@ -32,6 +32,7 @@ from benchbase.data.fewshot_folders import build_cifarfs, build_fc100, build_min
 from benchbase.data.folders import load_image_folder
 from benchbase.data.omniglot import build_omniglot
 from benchbase.data.scenes import load_digit_scenes
+from benchbase.errors import BenchbaseError
 from benchbase.evaluation.classification import FineTune, LinearProbe
 from benchbase.evaluation.fewshot import FewShot
 from benchbase.evaluation.sam_masks import SamEverything
@@ -67,8 +68,13 @@ class SupervisedSegmentation(Loss):
     uses_teacher = False
     student_taps = (Tap("tokens"),)
 
-    def __init__(self, num_classes: int = 2, ignore_index: int = -100):
+    def __init__(self, num_classes: int | None = None, ignore_index: int = -100):
+        """``num_classes`` (and ``ignore_index``) left unset come from the distillation data
+        (:func:`benchbase.suite.build_loss`)."""
         super().__init__()
+        if num_classes is None or num_classes < 1:
+            raise BenchbaseError("supervised_segmentation needs method.params.num_classes >= 1 (the harness fills it "
+                                 "from the distillation data)")
         self.num_classes, self.ignore_index = num_classes, ignore_index
 
     def setup(self, student: Student, teacher: None) -> None:

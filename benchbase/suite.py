@@ -99,6 +99,20 @@ def loss_params(cfg: DictConfig, loss_cls: type) -> dict[str, Any]:
     return params
 
 
+DATA_ARGS = ("num_classes", "ignore_index")
+"""Loss constructor arguments that, left unset by the config, come from the distillation data."""
+
+
+def build_loss(loss_cls: type, params: dict[str, Any], data: DataBundle) -> Any:
+    """``loss_cls(**params)``, with :data:`DATA_ARGS` the constructor takes and the config leaves
+    unset (or null) filled from ``data``: its class count and unlabelled value (-100 if none)."""
+    accepted = inspect.signature(loss_cls.__init__).parameters
+    from_data = {"num_classes": data.num_classes,
+                 "ignore_index": -100 if data.ignore_index is None else data.ignore_index}
+    filled = {k: from_data[k] for k in DATA_ARGS if k in accepted and params.get(k) is None}
+    return loss_cls(**{**params, **filled})
+
+
 def _identity(cfg: DictConfig, role: str, name: str, params: dict, seed: int,
               stages: list[Stage] = ()) -> dict[str, Any]:
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -248,12 +262,12 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
         data = ctx.dataset(cfg.suite.distill.dataset)
         build = _builder(ctx, data)
         handover = run_stages(stages, ctx.home, data, teacher, seed, build,
-                              lambda loss, p: ctx.bb.registry.get("losses", loss)(**p),
+                              lambda loss, p: build_loss(ctx.bb.registry.get("losses", loss), p, data),
                               lambda s, scfg, source: frozen(s.export(), scfg, data, source))
         torch.manual_seed(seed)  # the student's initial weights depend on the seed alone
         student = build(cfg)
         start_student(student, handover)
-        loss = loss_cls(**params)
+        loss = build_loss(loss_cls, params, data)
         result = train(student, handover.teacher if loss.uses_teacher else None, loss,
                        data.split(cfg.suite.distill.split), cfg.trainer, run_dir, seed, desc=f"{name} seed {seed}",
                        loss_state=loss_state(handover))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 
 from benchbase.cli import main
 from benchbase.results import ResultsDB
@@ -160,3 +161,19 @@ def test_same_seed_repeats_exactly_and_other_seeds_differ(tmp_path):
     runs = tmp_path / "a" / "runs" / "default"
     students = [next(runs.glob(f"feature-seed{seed}-*")) / "student.pt" for seed in (0, 1)]
     assert students[0].read_bytes() != students[1].read_bytes()  # other initial weights and batches
+
+
+def test_data_dependent_loss_arguments_come_from_the_distillation_data():
+    from types import SimpleNamespace
+
+    from benchbase.builtins import SupervisedSegmentation
+    from benchbase.errors import BenchbaseError
+    from benchbase.suite import build_loss
+
+    data = SimpleNamespace(num_classes=7, ignore_index=255)
+    loss = build_loss(SupervisedSegmentation, {"num_classes": None, "ignore_index": None}, data)
+    assert (loss.num_classes, loss.ignore_index) == (7, 255)
+    kept = build_loss(SupervisedSegmentation, {"num_classes": 3}, SimpleNamespace(num_classes=7, ignore_index=None))
+    assert (kept.num_classes, kept.ignore_index) == (3, -100)  # set in the config: kept; no unlabelled value
+    with pytest.raises(BenchbaseError, match="needs method.params.num_classes"):
+        SupervisedSegmentation()
