@@ -34,6 +34,7 @@ from benchbase.components import DataBundle, Student, Teacher
 from benchbase.config import config_hash
 from benchbase.engine import train
 from benchbase.errors import BenchbaseError
+from benchbase.locks import building
 from benchbase.models import load_weights, save_weights
 
 THEN = ("continue", "init", "teach")
@@ -106,8 +107,9 @@ def run_stages(stages: list[Stage], home: Path, data: DataBundle, teacher: Teach
     handover = Handover(None, None, teacher)
     for stage in stages:
         folder = home / "stages" / stage.key
-        if not distributed.broadcast_from_main((folder / STAGE_FILE).exists()):
-            _train_stage(stage, folder, data, handover, seed, build_student, build_loss)
+        with building(folder):  # another job training this stage now: wait, then use its result
+            if not distributed.broadcast_from_main((folder / STAGE_FILE).exists()):
+                _train_stage(stage, folder, data, handover, seed, build_student, build_loss)
         distributed.barrier()  # rank 0 has written the stage's files
         if stage.then == "teach":
             torch.manual_seed(seed)

@@ -24,6 +24,7 @@ from benchbase.components import DataBundle, Student, Teacher, VitModel
 from benchbase.config import config_hash
 from benchbase.engine import train
 from benchbase.errors import BenchbaseError
+from benchbase.locks import building
 from benchbase.models import load_weights, save_weights, set_drop_path
 from benchbase.plugins import Benchbase
 from benchbase.sam import SamStudent, SamTeacher, load_sam_checkpoint
@@ -129,17 +130,17 @@ def _recipe_teacher(cfg: Any, bb: Benchbase, build, data: DataBundle, home: Path
     path = folder / TEACHER_FILE
     torch.manual_seed(0)  # the recipe teacher's initial weights are part of what the key names
     model = build(cfg.teacher, data)
-    if distributed.broadcast_from_main(path.exists()):  # every rank takes rank 0's branch
-        load_weights(model, path, what="teacher")
-        return frozen(model, cfg.teacher, data, f"recipe:{key}")
-    recipe = cfg.teacher.recipe
-    trainer = OmegaConf.merge(cfg.trainer, {"lr": recipe.lr, "batch_size": recipe.batch_size})
-    split = data.split(cfg.suite.distill.split)
-    net = _view(Student, model, cfg.teacher, data)
-    for stage, loss, epochs in _recipe_losses(recipe, bb, data, method_params):
-        train(net, None, loss, split, OmegaConf.merge(trainer, {"epochs": epochs}), folder / stage, seed=0,
-              desc=f"teacher: {stage}")
-    if distributed.is_main():  # DDP kept every rank's copy identical: no rank needs to reload it
-        save_weights(model, path)
+    with building(folder):  # a job training this teacher now: wait for it, then load its result
+        if distributed.broadcast_from_main(path.exists()):  # every rank takes rank 0's branch
+            load_weights(model, path, what="teacher")
+            return frozen(model, cfg.teacher, data, f"recipe:{key}")
+        recipe = cfg.teacher.recipe
+        trainer = OmegaConf.merge(cfg.trainer, {"lr": recipe.lr, "batch_size": recipe.batch_size})
+        split = data.split(cfg.suite.distill.split)
+        net = _view(Student, model, cfg.teacher, data)
+        for stage, loss, epochs in _recipe_losses(recipe, bb, data, method_params):
+            train(net, None, loss, split, OmegaConf.merge(trainer, {"epochs": epochs}), folder / stage, seed=0,
+                  desc=f"teacher: {stage}")
+        if distributed.is_main():  # DDP kept every rank's copy identical: no rank needs to reload it
+            save_weights(model, path)
     return frozen(model, cfg.teacher, data, f"recipe:{key}")
-
