@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -107,7 +108,20 @@ def current_records(records: Sequence[RunRecord]) -> list[RunRecord]:
     return [r for r in records if setting_key(r) == latest]
 
 
-def _assign_columns(rows: dict[tuple[str, str], list[RunRecord]]) -> dict[tuple[str, str], str]:
+RUN_SEED = "the run's seed"
+
+
+def protocol_of(metric: Metric, record: RunRecord) -> str:
+    """The metric's protocol with the run's own seed written as :data:`RUN_SEED`.
+
+    Evaluators draw their episodes, splits or probe initialisations from the run's seed and name
+    it (``seed 3``); runs of other seeds then follow the same protocol and share a column. A seed
+    that a task fixes (and that differs from the run's) stays a number, hence another protocol.
+    """
+    return re.sub(rf"\bseed {record.seed}\b", f"seed = {RUN_SEED}", metric.protocol)
+
+
+def _assign_columns(rows: Mapping[Hashable, Sequence[RunRecord]]) -> dict[tuple[str, str], str]:
     """A column label for each (metric key, protocol) pair, in order of first appearance.
 
     The first protocol seen for a key keeps the bare key, later ones get `` [2]``, `` [3]``, ...
@@ -117,8 +131,8 @@ def _assign_columns(rows: dict[tuple[str, str], list[RunRecord]]) -> dict[tuple[
         for record in group:
             for metric in record.metrics:
                 seen = protocols.setdefault(metric_key(metric), [])
-                if metric.protocol not in seen:
-                    seen.append(metric.protocol)
+                if protocol_of(metric, record) not in seen:
+                    seen.append(protocol_of(metric, record))
     return {
         (key, protocol): key if i == 0 else f"{key} [{i + 1}]"
         for key, seen in protocols.items()
@@ -175,7 +189,8 @@ def metric_frame(rows: Mapping[Hashable, Sequence[RunRecord]], lead_columns: Seq
         done = [r for r in group if r.status == "done"]
         by_column: dict[str, list[Metric]] = defaultdict(list)
         for record in done:
-            for label, metric in {columns.get((metric_key(m), m.protocol)): m for m in record.metrics}.items():
+            for label, metric in {columns.get((metric_key(m), protocol_of(m, record))): m
+                                  for m in record.metrics}.items():
                 if label is not None:
                     by_column[label].append(metric)
         row = dict(lead(key))

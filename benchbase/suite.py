@@ -12,6 +12,7 @@ is reused and tells the others.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import platform
@@ -374,11 +375,18 @@ def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, fo
                 echo(f"  {name} seed {seed}: {describe_status(record)}")
                 records.append(record)
     if ctx.db is not None:
-        current = current_records(ctx.db.records(cfg.suite.name))
+        current = current_records(_with_borrowed(ctx.db.records(cfg.suite.name), records, cfg.suite.name))
         paths = publish(current, Path(cfg.leaderboard_dir), cfg.suite.name)
         echo(format_table(build_table(current)))
         echo("written: " + ", ".join(str(p) for p in paths))
     return records
+
+
+def _with_borrowed(stored: list[RunRecord], ran: list[RunRecord], suite: str) -> list[RunRecord]:
+    """The suite's stored records plus the runs of this invocation that were reused from another
+    suite's record (same config hash, e.g. an ablation's), relabelled as this suite's."""
+    known = {(r.config_hash, r.created_at) for r in stored}
+    return stored + [dataclasses.replace(r, suite=suite) for r in ran if (r.config_hash, r.created_at) not in known]
 
 
 def describe_status(record: RunRecord) -> str:

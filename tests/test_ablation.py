@@ -83,3 +83,17 @@ def test_unknown_ablation_and_bad_spec_are_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "plot 'gamma' is not one of its columns" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "results.db").exists()
+
+
+def test_a_suite_table_keeps_rows_reused_from_an_ablation(tmp_path):
+    # the ablation stores the supervised reference first (under its own suite name); the suite's
+    # own run reuses it by config hash and still shows it as its reference row
+    spec = SPEC.replace("overrides: [suite.tasks.fewshot.params.episodes=40]", "overrides: []")
+    plugins = plugins_with_spec(tmp_path, spec)
+    assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path)]) == 0
+    assert main(["--plugins-dir", str(plugins), "run", "--plugins", "feature", *tiny(tmp_path)]) == 0
+    rows = [line.split("|")[2].strip() for line in (tmp_path / "lb" / "default.md").read_text().splitlines()
+            if line.startswith("| ") and "method" not in line.split("|")[2]]
+    assert rows == ["teacher", "supervised", "feature"]
+    records = read_jsonl(tmp_path / "lb" / "results" / "default.jsonl")
+    assert {r.suite for r in records} == {"default"} and len(records) == 3

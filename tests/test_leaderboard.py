@@ -239,3 +239,12 @@ def test_reported_numbers_get_their_own_table(tmp_path: Path) -> None:
     assert text.startswith("# Reported in the papers") and "not benchbase measurements" in text
     assert text.index("## s1") < text.index("## s2")
     assert "| P       | Table 1 | m        | ViT-S     |           | 80.1   | 95.0   |" in text
+
+
+def test_runs_of_other_seeds_share_a_column_unless_a_task_fixes_the_seed():
+    runs = [run("a", seed, 0.8 + seed / 100, protocol=f"probe, seed {seed}") for seed in (0, 1, 2)]
+    df = build_table(runs)
+    assert [c for c in df.columns if c.startswith("top1")] == ["top1/top1", "top1/top1_ci95"] and df["seeds"][0] == 3
+    assert df.attrs["protocols"]["top1/top1"] == "probe, seed = the run's seed"
+    fixed = build_table([run("a", 0, 0.8, protocol="probe, seed 0"), run("a", 1, 0.8, protocol="probe, seed 0")])
+    assert "top1/top1 [2]" in fixed.columns  # seed 0 fixed by the task is not the seed-1 run's own seed
