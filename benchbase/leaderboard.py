@@ -90,11 +90,12 @@ def _group_rows(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunR
 def setting_key(record: RunRecord) -> str:
     """What makes runs comparable in one table: suite tasks, data, student, teacher and trainer.
 
-    Method, method params and seed are left out (they are the rows); so are paths and devices.
+    Method, method params and seed are left out (they are the rows); so are paths, devices and the
+    suite's name (a run reused from another suite's record, e.g. an ablation's, belongs here too).
     """
     cfg = record.config
     trainer = {k: v for k, v in (cfg.get("trainer") or {}).items() if k not in RUN_ONLY_TRAINER_KEYS}
-    suite = {k: v for k, v in (cfg.get("suite") or {}).items() if k in ("name", "distill", "tasks")}
+    suite = {k: v for k, v in (cfg.get("suite") or {}).items() if k in ("distill", "tasks")}
     blob = json.dumps([suite, cfg.get("data"), cfg.get("student"), cfg.get("teacher"), trainer],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
