@@ -204,7 +204,8 @@ def test_runs_end_to_end(tmp_path):
     assert main(["run", "--plugins", "$name", *overrides]) == 0
     record = next(r for r in ResultsDB(tmp_path / "results.db").records() if r.method == "$name")
     assert record.status == "done", record.error
-    assert record.config["method"] == {"name": "$name", "params": {"tau": 4.0, "alpha": 0.1}}
+    assert record.config["method"]["name"] == "$name"
+    assert record.config["method"]["params"] == {"tau": 4.0, "alpha": 0.1}
     assert record.versions["plugin:$name"] == "0.1.0"
     assert "$name" in (tmp_path / "lb" / "default.md").read_text()
 ''')

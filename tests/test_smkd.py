@@ -585,7 +585,7 @@ def test_two_phase_recipe_end_to_end_and_phase_2_starts_from_phase_1(tmp_path):
     assert record.config["method"]["stages"][0]["params"]["phase"] == "ssl"
     fewshot = {m.name for m in record.metrics if m.extras["task"] == "fewshot"}
     assert {"5way-1shot", "5way-5shot"} <= fewshot
-    (stage_dir,) = (tmp_path / "stages").iterdir()
+    (stage_dir,) = (tmp_path / "stages").glob("*/")
     assert json.loads((stage_dir / "stage.json").read_text())["params"]["phase"] == "ssl"
     last_terms = [set(json.loads(f.read_text().splitlines()[-1])) for f in
                   (stage_dir / "steps.jsonl", Path(record.run_dir) / "steps.jsonl")]
@@ -603,4 +603,4 @@ def test_two_phase_recipe_end_to_end_and_phase_2_starts_from_phase_1(tmp_path):
                      and r.config["method"]["params"]["evaluate"] == evaluate]
         exported = _weights(Path(latest.run_dir) / "student.pt")["model"]
         assert exported.keys() == expected.keys() and all(torch.equal(exported[k], expected[k]) for k in expected)
-    assert list((tmp_path / "stages").iterdir()) == [stage_dir] and (stage_dir / "steps.jsonl").read_text() == stage_log
+    assert list((tmp_path / "stages").glob("*/")) == [stage_dir] and (stage_dir / "steps.jsonl").read_text() == stage_log

@@ -30,7 +30,7 @@ def test_init_stage_hands_its_student_to_the_final_run_and_is_cached(tmp_path):
     stage = "method.stages=[{name:pre,method:mae,then:init,trainer:{epochs:1}}]"
     # the final run trains no step, so its exported student is exactly the stage's
     assert main(["run", "--plugins", "feature", *tiny(tmp_path, stage, "trainer.epochs=0")]) == 0
-    (stage_dir,) = (tmp_path / "stages").iterdir()
+    (stage_dir,) = (tmp_path / "stages").glob("*/")
     assert (stage_dir / "stage.json").exists() and (stage_dir / "steps.jsonl").read_text().count("\n") > 0
     final = _state(_run_dir(tmp_path, "feature") / "student.pt")["model"]
     staged = _state(stage_dir / "student.pt")["model"]
@@ -42,13 +42,13 @@ def test_init_stage_hands_its_student_to_the_final_run_and_is_cached(tmp_path):
     log = (stage_dir / "steps.jsonl").read_text()
     assert main(["run", "--plugins", "feature", *tiny(tmp_path, stage, "trainer.epochs=0",
                                                      "method.params.beta=1.0")]) == 0
-    assert list((tmp_path / "stages").iterdir()) == [stage_dir] and (stage_dir / "steps.jsonl").read_text() == log
+    assert list((tmp_path / "stages").glob("*/")) == [stage_dir] and (stage_dir / "steps.jsonl").read_text() == log
 
 
 def test_continue_stage_hands_over_the_loss_state(tmp_path):
     stage = "method.stages=[{name:phase1,then:continue,trainer:{epochs:1}}]"
     assert main(["run", "--plugins", "mae", *tiny(tmp_path, stage)]) == 0
-    (stage_dir,) = (tmp_path / "stages").iterdir()
+    (stage_dir,) = (tmp_path / "stages").glob("*/")
     handed = _state(stage_dir / "loss.pt")
     assert handed and handed.keys() == _state(_run_dir(tmp_path, "mae") / CHECKPOINT)["loss"].keys()
 
@@ -99,7 +99,7 @@ def test_tinymim_sequential_chain_distils_through_a_head_aligned_intermediate(tm
     # B (4 heads) -> S (2 heads; its last block aligned to B's 4) -> T: S loads back with its heads
     stage = "method.stages=[{name:S,then:teach,student:{embed_dim:32,num_heads:2},trainer:{epochs:1}}]"
     assert main(["run", "--plugins", "tinymim", *tiny(tmp_path, stage, "suite.references=[]")]) == 0
-    (stage_dir,) = (tmp_path / "stages").iterdir()
+    (stage_dir,) = (tmp_path / "stages").glob("*/")
     assert _state(stage_dir / "student.pt")["block_heads"] == [2, 2, 2, 4]
     record = next(r for r in ResultsDB(tmp_path / "results.db").records() if r.method == "tinymim")
     assert record.status == "done", record.error
