@@ -39,7 +39,7 @@ def test_cpu_real_suite_runs_on_real_data(tmp_path, cifar_root, camvid_root):
         "teacher.embed_dim=32", "teacher.depth=2", "teacher.num_heads=2",
         f"data.cifar10.root={cifar_root}", "+data.cifar10.params.max_per_class=40",
         "+data.cifar10.params.holdout_fraction=0.25",
-        f"data.omniglot.root={DATA / 'omniglot'}", "+data.omniglot.params.in_chans=3",
+        f"data.omniglot.root={DATA / 'omniglot'}",
         f"data.camvid.root={camvid_root}", "data.camvid.image_size=32",
         "suite.tasks.fewshot.params.episodes=100", "suite.tasks.segmentation.params.epochs=1",
         f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb",
