@@ -30,6 +30,12 @@ def test_suites_compose_with_their_models(suite, student, distill):
     assert compose_config([f"suite={suite}", "student=vit_tiny"]).student.drop_path == 0.1  # the command line wins
 
 
+def test_cpu_real_sizes_its_data_as_its_description_says():
+    data = compose_config(["suite=cpu-real"]).data
+    assert data.cifar10.params == {"max_per_class": 1000, "holdout_fraction": 0.2}  # 800 train + 200 val per class
+    assert data.omniglot.params == {"in_chans": 3}  # the RGB student reads the grayscale characters
+
+
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared test data folder {DATA} is absent")
 def test_cpu_real_suite_runs_on_real_data(tmp_path, cifar_root, camvid_root):
     tiny = [
@@ -37,8 +43,8 @@ def test_cpu_real_suite_runs_on_real_data(tmp_path, cifar_root, camvid_root):
         "teacher.recipe.pretrain_epochs=1", "teacher.recipe.finetune_epochs=1", "trainer.progress=false",
         "student.embed_dim=32", "student.depth=2", "student.num_heads=2",
         "teacher.embed_dim=32", "teacher.depth=2", "teacher.num_heads=2",
-        f"data.cifar10.root={cifar_root}", "+data.cifar10.params.max_per_class=40",
-        "+data.cifar10.params.holdout_fraction=0.25",
+        f"data.cifar10.root={cifar_root}", "data.cifar10.params.max_per_class=40",
+        "data.cifar10.params.holdout_fraction=0.25",
         f"data.omniglot.root={DATA / 'omniglot'}",
         f"data.camvid.root={camvid_root}", "data.camvid.image_size=32",
         "suite.tasks.fewshot.params.episodes=100", "suite.tasks.segmentation.params.epochs=1",
