@@ -101,6 +101,8 @@ class Teacher(VitModel):
         self.source = source
         self.train(False)
         self.model.requires_grad_(False)
+        # found once, not on every training step: the stochastic-depth modules teaching() enables
+        self._drop_paths = [m for m in self.model.modules() if type(m).__name__ == "DropPath"]
 
     def train(self, mode: bool = True) -> Teacher:  # a teacher never leaves eval mode
         return super().train(False)
@@ -109,14 +111,14 @@ class Teacher(VitModel):
     def teaching(self) -> Iterator[None]:
         """While the teacher produces a step's targets: its stochastic-depth modules (timm
         ``DropPath``, present when ``teacher.distill_drop_path`` > 0, TinyMIM's Table 13) drop
-        paths; everything else stays in eval mode. Outside it the teacher is deterministic."""
-        drops = [m for m in self.model.modules() if type(m).__name__ == "DropPath"]
-        for module in drops:
+        paths; everything else stays in eval mode. Outside it the teacher is deterministic. The
+        modules are those the model had when it became a teacher."""
+        for module in self._drop_paths:
             module.train(True)
         try:
             yield
         finally:
-            for module in drops:
+            for module in self._drop_paths:
                 module.train(False)
 
     def run(self, inp: ModelInput | Tensor, taps: Sequence[Tap]) -> Captures:

@@ -94,11 +94,12 @@ def _view(wrapper: type, model: nn.Module, tcfg: Any, data: DataBundle, *args) -
 def frozen(model: nn.Module, tcfg: Any, data: DataBundle, source: str) -> Teacher:
     """``model`` as a frozen teacher that reads the modality named by ``tcfg.input``, with
     ``tcfg.distill_drop_path`` stochastic depth in every block while it teaches."""
-    rate = tcfg.get("distill_drop_path", 0.0)
-    if rate:
-        if not hasattr(model, "blocks") or isinstance(model, ImageEncoderViT):
-            raise BenchbaseError("teacher.distill_drop_path needs a timm ViT teacher (SAM blocks have no drop path); "
-                                 "set it to 0")
+    rate = tcfg.get("distill_drop_path") or 0.0
+    timm_vit = hasattr(model, "blocks") and not isinstance(model, ImageEncoderViT)
+    if rate and not timm_vit:
+        raise BenchbaseError("teacher.distill_drop_path needs a timm ViT teacher (SAM blocks have no drop path); "
+                             "set it to 0")
+    if timm_vit:  # exactly this rate while teaching, whatever drop path the model was trained with
         set_drop_path(model, rate)
     return _view(Teacher, model, tcfg, data, source)
 

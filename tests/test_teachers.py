@@ -98,5 +98,13 @@ def test_distill_drop_path_is_stochastic_only_while_teaching(images):
     assert not torch.equal(dropped[0], dropped[1])
     torch.testing.assert_close(teacher.run(images, taps)[Tap("tokens")], plain[0], rtol=0, atol=0)
     assert all(b.drop_path1.drop_prob == 0.5 for b in teacher.model.blocks)
+    # a model trained with drop path (a stage's student) teaches deterministically unless asked
+    trained_with_drop_path = build_vit(OmegaConf.merge(OmegaConf.structured(TeacherConfig),
+                                                       {"embed_dim": 32, "depth": 3, "num_heads": 2, "patch_size": 4,
+                                                        "drop_path": 0.3}), data)
+    still = frozen(trained_with_drop_path, OmegaConf.structured(TeacherConfig), data, "test")
+    with still.teaching():
+        again = [still.run(images, taps)[Tap("tokens")] for _ in range(2)]
+    torch.testing.assert_close(again[0], again[1], rtol=0, atol=0)
     # how the teacher teaches is not part of which teacher the recipe trains
     assert recipe_key(compose_config(["teacher.distill_drop_path=0.3"])) == recipe_key(compose_config([]))
