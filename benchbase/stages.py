@@ -86,6 +86,7 @@ def plan(cfg: DictConfig, method: str, identity: Callable[[DictConfig, str, dict
 
 
 def _stage_config(cfg: DictConfig, spec: DictConfig, loss_name: str, index: int) -> DictConfig:
+    spec = OmegaConf.create(OmegaConf.to_container(spec, resolve=True))  # `${trainer.epochs}` means the run's
     stage_cfg = cfg.copy()
     try:
         stage_cfg.trainer = OmegaConf.merge(cfg.trainer, spec.trainer)

@@ -95,6 +95,22 @@ def test_stages_compose_from_yaml_defaults():
     assert cfg.method.stages[0].then == "continue" and cfg.method.stages[0].params == {"x": 1}
 
 
+def _phase1_epochs(*overrides: str) -> int:
+    from benchbase.plugins import load
+    from benchbase.stages import plan
+
+    cfg = compose_config(["method=smkd", *overrides], load().config_dirs())
+    (phase1,) = plan(cfg, "smkd", lambda c, loss, params: {"trainer": dict(c.trainer)}, lambda c, loss: {})
+    return phase1.cfg.trainer.epochs
+
+
+def test_smkd_phase1_follows_the_run_epochs_unless_the_stage_sets_its_own():
+    assert _phase1_epochs() == 30  # the default trainer's
+    assert _phase1_epochs("trainer.epochs=7") == 7  # `${trainer.epochs}` resolves to the run's, not to itself
+    assert _phase1_epochs("suite=cpu-real") == 10
+    assert _phase1_epochs("trainer.epochs=0", "method.stages.0.trainer.epochs=20") == 20
+
+
 def test_tinymim_sequential_chain_distils_through_a_head_aligned_intermediate(tmp_path):
     # B (4 heads) -> S (2 heads; its last block aligned to B's 4) -> T: S loads back with its heads
     stage = "method.stages=[{name:S,then:teach,student:{embed_dim:32,num_heads:2},trainer:{epochs:1}}]"

@@ -32,7 +32,7 @@ def test_suites_compose_with_their_models(suite, student, distill):
 
 def test_cpu_real_sizes_its_data_as_its_description_says():
     data = compose_config(["suite=cpu-real"]).data
-    assert data.cifar10.params == {"max_per_class": 1000, "holdout_fraction": 0.2}  # 800 train + 200 val per class
+    assert data.cifar10.params == {"max_per_class": 250, "holdout_fraction": 0.2}  # 200 train + 50 val per class
     assert data.omniglot.params == {"in_chans": 3}  # the RGB student reads the grayscale characters
 
 
