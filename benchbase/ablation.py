@@ -30,6 +30,7 @@ from benchbase.config import CONF_DIR
 from benchbase.errors import BenchbaseError
 from benchbase.leaderboard import (
     RESULTS_DIR,
+    attached_figures,
     latest_per_seed,
     markdown_page,
     metric_frame,
@@ -192,8 +193,10 @@ def build_ablation_table(records: Sequence[RunRecord]):
                         place["metrics"])
 
 
-def write_ablation(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], stem: str) -> list[Path]:
-    """Write ``<stem>.md`` and ``.csv`` (and the plot PNG) of an ablation's records into ``out_dir``."""
+def write_ablation(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], stem: str,
+                   figures_from: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Write ``<stem>.md`` and ``.csv`` (and the plot PNG) of an ablation's records into ``out_dir``;
+    the page also embeds the attached figures of ``figures_from`` (default ``out_dir``)."""
     from benchbase.plots import curve_plot, metric_columns
 
     place = records[0].config["ablation"]
@@ -217,7 +220,8 @@ def write_ablation(records: Sequence[RunRecord], out_dir: str | os.PathLike[str]
         overrides = " ".join(first[i].config["ablation"]["overrides"])
         notes.append(f"{i + 1}. {first[i].method} ({first[i].role}): " + (f"`{overrides}`" if overrides else "as configured"))
     md, csv = out / f"{stem}.md", out / f"{stem}.csv"
-    write_text_atomic(md, markdown_page(head, records, df, figures, f"`benchbase ablate {place['name']}`", notes))
+    shown = [p.relative_to(out) for p in figures] + attached_figures(figures_from or out, stem)
+    write_text_atomic(md, markdown_page(head, records, df, shown, f"`benchbase ablate {place['name']}`", notes))
     write_text_atomic(csv, df.to_csv(index=False))
     return [md, csv, *figures]
 

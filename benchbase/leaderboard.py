@@ -34,6 +34,16 @@ ERROR_WIDTH = 60
 _MISSING = "—"
 RESULTS_DIR = "results"
 """Sub-folder of the leaderboard folder holding the exported run records (JSON lines)."""
+FIGURES_DIR = "figures"
+"""Sub-folder of the leaderboard folder with figures that other tools draw for a table, e.g.
+EventSAM's token-importance heat maps: ``figures/<name>/*.png`` is embedded in ``<name>.md``
+below the table's own plots."""
+
+
+def attached_figures(folder: str | os.PathLike[str], name: str) -> list[Path]:
+    """The PNGs of ``<folder>/figures/<name>/``, sorted, as paths relative to ``folder``."""
+    root = Path(folder)
+    return sorted(p.relative_to(root) for p in (root / FIGURES_DIR / name).glob("*.png"))
 
 
 def metric_key(metric: Metric) -> str:
@@ -255,16 +265,13 @@ def _epochs(record: RunRecord) -> object:
     return "+".join(str(e) for e in [*per_stage, trainer.get("epochs")])
 
 
-def _markdown(records: Sequence[RunRecord], df: pd.DataFrame, name: str, figures: Sequence[Path] = ()) -> str:
-    return markdown_page([f"# {name}", ""], records, df, figures, "`benchbase leaderboard`")
-
-
 def markdown_page(head: Sequence[str], records: Sequence[RunRecord], df: pd.DataFrame, figures: Sequence[Path],
                   generator: str, notes: Sequence[str] = ()) -> str:
-    """``head`` lines, the table of ``df``, its figures, then how it was measured (protocols, data,
-    teacher, student, epochs, device, dates), ``notes`` lines and the command that generated it."""
+    """``head`` lines, the table of ``df``, its ``figures`` (paths relative to the page), then how it
+    was measured (protocols, data, teacher, student, epochs, device, dates), ``notes`` lines and
+    the command that generated it."""
     lines = [*head, _markdown_table(df), ""]
-    lines += [f"![{figure.stem}]({figure.name})" for figure in figures]
+    lines += [f"![{figure.stem}]({figure.as_posix()})" for figure in figures]
     if figures:
         lines.append("")
     lines.append("Cells: mean ± 95% CI over seeds (1.96·std/√n); with one seed, the metric's own 95% CI.")
@@ -290,9 +297,11 @@ def markdown_page(head: Sequence[str], records: Sequence[RunRecord], df: pd.Data
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str) -> list[Path]:
+def write_leaderboard(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str,
+                      figures_from: str | os.PathLike[str] | None = None) -> list[Path]:
     """Write ``<name>.md`` and ``<name>.csv`` (numeric) into ``out_dir``, each atomically, plus the
-    PNG plots of :mod:`benchbase.plots` embedded in the Markdown (returned after md and csv)."""
+    PNG plots of :mod:`benchbase.plots` embedded in the Markdown (returned after md and csv). The
+    page also embeds the :data:`FIGURES_DIR` figures of ``figures_from`` (default ``out_dir``)."""
     from benchbase.plots import PARAMS, cost_plot, sweep_plots
 
     if not name or name in (".", "..") or Path(name).name != name:
@@ -303,7 +312,8 @@ def write_leaderboard(records: Sequence[RunRecord], out_dir: str | os.PathLike[s
     costs = [cost_plot(df, out / f"{name}.png", name), cost_plot(df, out / f"{name}-params.png", name, PARAMS)]
     figures = [p for p in costs if p] + sweep_plots(df, out, name)
     md, csv = out / f"{name}.md", out / f"{name}.csv"
-    write_text_atomic(md, _markdown(records, df, name, figures))
+    shown = [p.relative_to(out) for p in figures] + attached_figures(figures_from or out, name)
+    write_text_atomic(md, markdown_page([f"# {name}", ""], records, df, shown, "`benchbase leaderboard`"))
     write_text_atomic(csv, df.to_csv(index=False))
     return [md, csv, *figures]
 
@@ -336,7 +346,7 @@ def regenerate_from_records(out_dir: str | os.PathLike[str], tables_dir: str | o
     written = []
     for f in files:
         records = read_jsonl(f)
-        written += (write_ablation if is_ablation(records) else write_leaderboard)(records, tables, f.stem)
+        written += (write_ablation if is_ablation(records) else write_leaderboard)(records, tables, f.stem, out)
     return written + write_reported(out, tables)
 
 

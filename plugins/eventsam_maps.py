@@ -8,7 +8,8 @@ the weights w_s [h, w] of every distilled block s, for the released single-matri
 the paper's product of attention matrices (``method.params.*`` overrides set the other options,
 e.g. β). The last block's weights are 1 everywhere by definition and are not drawn. One PNG:
 a row per image (the frame, the student's event input, then one heat map per importance and
-block over the frame); written to ``<leaderboard_dir>/eventsam-importance.png`` by default.
+block over the frame); written to ``<leaderboard_dir>/figures/<suite>/eventsam-importance.png`` by
+default, where the suite's leaderboard page embeds it (:data:`benchbase.leaderboard.FIGURES_DIR`).
 Shapes: B images, C_f frame / C_e event channels, S image size, h×w token grid.
 """
 
@@ -29,6 +30,7 @@ from torch import Tensor  # noqa: E402
 
 from benchbase.config import compose_config  # noqa: E402
 from benchbase.errors import BenchbaseError  # noqa: E402
+from benchbase.leaderboard import FIGURES_DIR  # noqa: E402
 from benchbase.plugins import load  # noqa: E402
 from benchbase.sam import SamStudent, SamTeacher  # noqa: E402
 from benchbase.suite import loss_params  # noqa: E402
@@ -91,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchbase_plugins.eventsam_maps", description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=6, help="test images drawn (default 6)")
     parser.add_argument("--split", default="test", help="the split of the suite's distillation data (default test)")
-    parser.add_argument("--out", type=Path, default=None, help="PNG path (default <leaderboard_dir>/eventsam-importance.png)")
+    parser.add_argument("--out", type=Path, default=None, help="PNG path (default <leaderboard_dir>/figures/<suite>/eventsam-importance.png, shown on the suite's page)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. suite=eventsam method.params.beta=0.3")
     args = parser.parse_args(argv)
     bb = load()
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 maps[f"{importance} w, block {block}"] = values
     frames = images[:, : loss.frame_channels]
     events = images[:, loss.frame_channels:]
-    out = args.out or Path(cfg.leaderboard_dir) / "eventsam-importance.png"
+    out = args.out or Path(cfg.leaderboard_dir) / FIGURES_DIR / cfg.suite.name / "eventsam-importance.png"
     title = (f"EventSAM token importance (teacher attention, beta={loss.beta:g}) on {data.name} "
              f"{args.split} images; teacher {teacher.source}")
     print(save_importance_figure(frames, events, maps, out, title))

@@ -161,10 +161,15 @@ def test_write_leaderboard_markdown_and_csv(tmp_path: Path) -> None:
     assert feature["top1/top1_ci95"] == pytest.approx(1.96)
 
 
-def test_regenerate_writes_one_board_per_suite(tmp_path: Path) -> None:
+def _db_with(tmp_path: Path, *records: RunRecord) -> ResultsDB:
     db = ResultsDB(tmp_path / "results.db")
-    for record in [run("a", 0, 1.0, suite="s1"), run("a", 0, 2.0, suite="s2"), run("b", 1, 3.0, suite="s2")]:
+    for record in records:
         db.save(record)
+    return db
+
+
+def test_regenerate_writes_one_board_per_suite(tmp_path: Path) -> None:
+    db = _db_with(tmp_path, run("a", 0, 1.0, suite="s1"), run("a", 0, 2.0, suite="s2"), run("b", 1, 3.0, suite="s2"))
     paths = regenerate(db, tmp_path / "boards")
     assert [p.name for p in paths] == ["s1.jsonl", "s1.md", "s1.csv", "s2.jsonl", "s2.md", "s2.csv"]
     assert "from 2 stored runs" in (tmp_path / "boards" / "s2.md").read_text()
@@ -226,6 +231,20 @@ def test_plots_are_written_and_embedded(tmp_path: Path) -> None:
     text = (tmp_path / "suite.md").read_text()
     assert "![suite](suite.png)" in text and "![suite-feature-beta](suite-feature-beta.png)" in text
 
+
+
+def test_figures_drawn_by_other_tools_are_embedded_and_checked(tmp_path: Path) -> None:
+    boards = tmp_path / "boards"
+    regenerate(_db_with(tmp_path, run("a", 0, 1.0, suite="s1")), boards)
+    heat_map = boards / "figures" / "s1" / "heat.png"
+    heat_map.parent.mkdir(parents=True)
+    heat_map.write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert check(boards) == ["s1.md"]  # the committed page does not show the new figure yet
+    regenerate_from_records(boards)
+    assert "![heat](figures/s1/heat.png)" in (boards / "s1.md").read_text()
+    assert check(boards) == []  # --check regenerates elsewhere but finds the figures here
+    heat_map.unlink()
+    assert check(boards) == ["s1.md"]  # a page showing a figure that is gone is out of date
 
 def test_reported_numbers_get_their_own_table(tmp_path: Path) -> None:
     from benchbase.leaderboard import write_reported
