@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", default="leaderboards", help="leaderboard folder (default: %(default)s)")
     board.add_argument("--db", nargs="?", const="", metavar="PATH",
                        help="first export the current runs of every suite from a results database "
-                            "(default path: the config's `db`, $BENCHBASE_HOME/results.db)")
+                            "(default path: the config's `db`, $BENCHBASE_HOME/results.db); ablation "
+                            "tables are exported by `benchbase ablate NAME`")
     board.add_argument("--import", dest="import_file", metavar="FILE",
                        help="merge records exported elsewhere (JSON lines) into the database; duplicates "
                             "(same config hash) are skipped; then export and regenerate")
@@ -204,6 +205,7 @@ def _cmd_leaderboard(args, bb) -> int:
             added, skipped = db.import_jsonl(args.import_file)
             print(f"imported {added} records, skipped {skipped} duplicates")
         paths = leaderboard.regenerate(db, args.out)
+        print("ablation tables are exported by `benchbase ablate NAME` (stored runs are reused, nothing reruns)")
     else:
         paths = leaderboard.regenerate_from_records(args.out)
     for path in paths:

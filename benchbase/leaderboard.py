@@ -9,6 +9,7 @@ table.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -326,11 +327,28 @@ def publish(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name:
 
 
 def regenerate(db: ResultsDB, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Publish one leaderboard per suite in ``db`` (its current setting); returns the files written."""
+    """Publish one leaderboard per suite in ``db`` (its current setting); returns the files written.
+
+    A suite keeps the rows its last export borrowed from another suite's runs (a run reused from an
+    ablation's record is stored under the ablation), as long as ``db`` still holds them. Ablation
+    suites are left alone: ``benchbase ablate NAME`` exports them in their spec's layout.
+    """
+    from benchbase.ablation import PREFIX
+
+    out = Path(out_dir)
+    stored = db.records()
+    by_hash = {r.config_hash: r for r in stored}
     by_suite: dict[str, list[RunRecord]] = defaultdict(list)
-    for record in db.records():
+    for record in stored:
         by_suite[record.suite].append(record)
-    return [p for suite in sorted(by_suite) for p in publish(current_records(by_suite[suite]), out_dir, suite)]
+    written = []
+    for suite in sorted(s for s in by_suite if not s.startswith(PREFIX)):
+        export = out / RESULTS_DIR / f"{suite}.jsonl"
+        before = read_jsonl(export) if export.exists() else []
+        borrowed = [dataclasses.replace(by_hash[r.config_hash], suite=suite) for r in before
+                    if r.config_hash in by_hash and by_hash[r.config_hash].suite != suite]
+        written += publish(current_records(by_suite[suite] + borrowed), out, suite)
+    return written
 
 
 def regenerate_from_records(out_dir: str | os.PathLike[str], tables_dir: str | os.PathLike[str] | None = None

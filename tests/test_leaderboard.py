@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from pathlib import Path
@@ -14,7 +15,7 @@ from benchbase.errors import BenchbaseError
 from benchbase.leaderboard import (
     build_table, check, current_records, format_table, regenerate, regenerate_from_records, write_leaderboard,
 )
-from benchbase.results import ResultsDB, RunRecord
+from benchbase.results import ResultsDB, RunRecord, read_jsonl, write_jsonl
 
 PROBE = "linear probe on base_test (5 classes), 450 images"
 FEWSHOT = "5-way 5-shot, 15 queries, 2000 episodes"
@@ -183,6 +184,20 @@ def test_regenerate_writes_one_board_per_suite(tmp_path: Path) -> None:
     (tmp_path / "boards" / "s1.csv").write_text("edited by hand\n")
     assert check(tmp_path / "boards") == ["s1.csv"]
 
+
+
+def test_export_from_the_database_keeps_borrowed_rows_and_leaves_ablations_alone(tmp_path: Path) -> None:
+    boards = tmp_path / "boards"
+    ablation_tables = boards / "ablation-x.md"
+    boards.mkdir()
+    ablation_tables.write_text("the spec's layout\n")
+    shared = run("supervised", 0, 7.0, suite="ablation-x", role="reference")
+    db = _db_with(tmp_path, run("a", 0, 1.0, suite="s1"), shared)
+    write_jsonl(boards / "results" / "s1.jsonl", [dataclasses.replace(shared, suite="s1")])  # borrowed at run time
+    paths = regenerate(db, boards)
+    assert [p.name for p in paths] == ["s1.jsonl", "s1.md", "s1.csv"]
+    assert ablation_tables.read_text() == "the spec's layout\n"
+    assert sorted(r.method for r in read_jsonl(boards / "results" / "s1.jsonl")) == ["a", "supervised"]
 
 def test_sweep_variants_are_separate_rows_and_old_settings_are_left_out() -> None:
     low, high = run("feature", 0, 1.0), run("feature", 0, 2.0)
