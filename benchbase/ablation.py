@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import pandas as pd
 from omegaconf import MISSING, OmegaConf
 
 from benchbase import distributed
@@ -64,7 +65,7 @@ class AblationSpec:
     overrides: list[str] = field(default_factory=list)  # applied to every variant, before its own
     columns: list[str] = field(default_factory=list)  # descriptive columns, in order
     metrics: list[str] = field(default_factory=list)  # <task>/<metric> columns shown (empty: all)
-    plot: Optional[str] = None  # a descriptive column with numeric cells: each metric against it
+    plot: Optional[str] = None  # a numeric column: each metric against it, over the rows differing only in it
     variants: list[VariantSpec] = field(default_factory=list)
 
 
@@ -206,7 +207,7 @@ def write_ablation(records: Sequence[RunRecord], out_dir: str | os.PathLike[str]
     figures = []
     plot, metrics = place.get("plot"), metric_columns(df)
     if plot and metrics:
-        points = [(float(row[plot]), row) for _, row in df.iterrows() if _number(row[plot])]
+        points = sweep_points(df, plot, place["columns"])
         if len(points) >= 2:
             title = f"{place['title'] or place['name']}: metric vs {plot} (95% band)"
             figures.append(curve_plot(points, metrics, plot, title, out / f"{stem}.png"))
@@ -224,6 +225,18 @@ def write_ablation(records: Sequence[RunRecord], out_dir: str | os.PathLike[str]
     write_text_atomic(md, markdown_page(head, records, df, shown, f"`benchbase ablate {place['name']}`", notes))
     write_text_atomic(csv, df.to_csv(index=False))
     return [md, csv, *figures]
+
+
+def sweep_points(df: pd.DataFrame, plot: str, columns: Sequence[str]) -> list[tuple[float, pd.Series]]:
+    """The curve of column ``plot``: (value, row) of the rows with a numeric ``plot`` value that agree
+    on every other column of ``columns``, the largest such set (the first on a tie). Rows
+    that change something else besides (e.g. EventSAM's other choices at the default β) are not on it."""
+    others = [c for c in columns if c != plot]
+    groups: dict[tuple, list[tuple[float, pd.Series]]] = {}
+    for _, row in df.iterrows():
+        if _number(row[plot]):
+            groups.setdefault(tuple(str(row[c]) for c in others), []).append((float(row[plot]), row))
+    return max(groups.values(), key=len, default=[])
 
 
 def _number(value: object) -> bool:

@@ -87,6 +87,10 @@ def sweep_plots(df: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
     return written
 
 
+MIN_HALF_SPAN = 1.0
+"""Curves show at least ±1 unit (a point of accuracy or IoU) around their middle."""
+
+
 def curve_plot(points: list[tuple[float, pd.Series]], metrics: list[str], xlabel: str, title: str,
                path: Path) -> Path:
     """Each metric column of the table rows in ``points`` against their x value, with the 95% band
@@ -98,7 +102,11 @@ def curve_plot(points: list[tuple[float, pd.Series]], metrics: list[str], xlabel
         ys = [float(r[column]) for _, r in points]
         cis = [float(r[column + CI_SUFFIX]) if _finite(r[column + CI_SUFFIX]) else 0.0 for _, r in points]
         ax.plot(xs, ys, marker="o")
-        ax.fill_between(xs, [y - c for y, c in zip(ys, cis)], [y + c for y, c in zip(ys, cis)], alpha=0.25)
+        low, high = [y - c for y, c in zip(ys, cis)], [y + c for y, c in zip(ys, cis)]
+        ax.fill_between(xs, low, high, alpha=0.25)
+        middle, half = (min(low) + max(high)) / 2, max((max(high) - min(low)) / 2 * 1.1, MIN_HALF_SPAN)
+        ax.set_ylim(middle - half, middle + half)  # a flat curve looks flat, not zoomed to its noise
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.set_xlabel(xlabel)
         ax.set_title(column, fontsize=9)
     fig.suptitle(title, fontsize=10)

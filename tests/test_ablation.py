@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import textwrap
 
+import pandas as pd
+
 from benchbase import leaderboard
+from benchbase.ablation import sweep_points
 from benchbase.cli import main
 from benchbase.results import ResultsDB, read_jsonl
 from test_run import tiny
@@ -97,3 +100,13 @@ def test_a_suite_table_keeps_rows_reused_from_an_ablation(tmp_path):
     assert rows == ["teacher", "supervised", "feature"]
     records = read_jsonl(tmp_path / "lb" / "results" / "default.jsonl")
     assert {r.suite for r in records} == {"default"} and len(records) == 3
+
+
+def test_a_curve_follows_the_rows_that_differ_only_in_its_column():
+    df = pd.DataFrame({"weights": ["importance", "uniform", "importance", "importance", "importance"],
+                       "beta": ["0.5", "-", "0.25", "0.5", "1.0"],
+                       "blocks": ["global", "global", "global", "last only", "global"],
+                       "mIoU": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    points = sweep_points(df, "beta", ["weights", "beta", "blocks"])
+    assert sorted((x, row["mIoU"]) for x, row in points) == [(0.25, 3.0), (0.5, 1.0), (1.0, 5.0)]
+    assert sweep_points(df, "beta", ["beta"]) and sweep_points(df.iloc[[1]], "beta", ["beta"]) == []
