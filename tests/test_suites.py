@@ -34,6 +34,7 @@ def test_cpu_real_sizes_its_data_as_its_description_says():
     data = compose_config(["suite=cpu-real"]).data
     assert data.cifar10.params == {"max_per_class": 250, "holdout_fraction": 0.2}  # 200 train + 50 val per class
     assert data.omniglot.params == {"in_chans": 3}  # the RGB student reads the grayscale characters
+    assert (data.omniglot.image_size, data.camvid.image_size) == (32, 64)  # 8x8 and 16x16 tokens of 4x4 patches
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared test data folder {DATA} is absent")
