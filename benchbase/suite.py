@@ -278,8 +278,9 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
             if stages:
                 (run_dir / "stages.json").write_text(json.dumps(describe(stages, ctx.home), indent=2))
         metrics = evaluate(ctx, scored, seed) + cost_metrics(scored, data)
-        metrics.append(Metric("images_per_second", result.images_per_second, result.steps,
-                              _throughput_protocol(ctx.device), extras={"task": "train"}))
+        if result.images_per_second:  # 0: resumed after its last step, nothing trained here to time
+            metrics.append(Metric("images_per_second", result.images_per_second, result.steps,
+                                  _throughput_protocol(ctx.device), extras={"task": "train"}))
         kw.update(status="done", metrics=metrics)
     except MethodFailed as exc:
         kw.update(status="failed", metrics=[], error=str(exc), failed_step=exc.step)

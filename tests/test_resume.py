@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from benchbase.builtins import Supervised
+from benchbase.cli import main
 from benchbase.components import Student
 from benchbase.config import TrainerConfig
 from benchbase.data.digits import load_digits_bundle
@@ -116,3 +117,13 @@ def test_sigkill_then_same_command_resumes_to_the_same_metrics(tmp_path):
     assert metrics(tmp_path / "killed") == metrics(tmp_path / "clean")
     log = next(runs.glob("feature-*/" + STEPS_LOG)).read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == list(range(1, len(log) + 1))
+
+
+def test_a_run_resumed_after_its_last_step_reports_no_throughput(tmp_path):
+    args = ["run", "--plugins", "feature", *tiny(tmp_path, "suite.references=[]")]
+    assert main(args) == 0
+    (tmp_path / "results.db").unlink()  # as if stopped after training, before the record was stored
+    assert main(args) == 0
+    (record,) = [r for r in ResultsDB(tmp_path / "results.db").records() if r.method == "feature"]
+    assert record.status == "done" and "top1" in {m.name for m in record.metrics}
+    assert "images_per_second" not in {m.name for m in record.metrics}  # not a rate of 0
