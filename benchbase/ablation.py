@@ -31,10 +31,10 @@ from benchbase.config import CONF_DIR
 from benchbase.errors import BenchbaseError
 from benchbase.leaderboard import (
     RESULTS_DIR,
-    attached_figures,
     latest_per_seed,
     markdown_page,
     metric_frame,
+    page_figures,
 )
 from benchbase.plugins import Benchbase
 from benchbase.results import RunRecord, write_jsonl, write_text_atomic
@@ -221,7 +221,7 @@ def write_ablation(records: Sequence[RunRecord], out_dir: str | os.PathLike[str]
         overrides = " ".join(first[i].config["ablation"]["overrides"])
         notes.append(f"{i + 1}. {first[i].method} ({first[i].role}): " + (f"`{overrides}`" if overrides else "as configured"))
     md, csv = out / f"{stem}.md", out / f"{stem}.csv"
-    shown = [p.relative_to(out) for p in figures] + attached_figures(figures_from or out, stem)
+    shown = page_figures(figures, out, stem, figures_from)
     write_text_atomic(md, markdown_page(head, records, df, shown, f"`benchbase ablate {place['name']}`", notes))
     write_text_atomic(csv, df.to_csv(index=False))
     return [md, csv, *figures]

@@ -41,10 +41,13 @@ EventSAM's token-importance heat maps: ``figures/<name>/*.png`` is embedded in `
 below the table's own plots."""
 
 
-def attached_figures(folder: str | os.PathLike[str], name: str) -> list[Path]:
-    """The PNGs of ``<folder>/figures/<name>/``, sorted, as paths relative to ``folder``."""
-    root = Path(folder)
-    return sorted(p.relative_to(root) for p in (root / FIGURES_DIR / name).glob("*.png"))
+def page_figures(drawn: Sequence[Path], out: Path, name: str, figures_from: str | os.PathLike[str] | None
+                 ) -> list[Path]:
+    """The figures page ``<out>/<name>.md`` embeds, relative to ``out``: the plots ``drawn`` into
+    ``out``, then the PNGs of ``<figures_from>/figures/<name>/`` (``figures_from`` default ``out``)."""
+    root = Path(figures_from or out)
+    attached = sorted(p.relative_to(root) for p in (root / FIGURES_DIR / name).glob("*.png"))
+    return [p.relative_to(out) for p in drawn] + attached
 
 
 def metric_key(metric: Metric) -> str:
@@ -94,8 +97,6 @@ def _group_rows(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunR
         groups[(record.role, labels[id(record)])].append(record)
     order = sorted(groups, key=lambda key: (ROLE_ORDER.index(key[0]), key[1]))
     return {key: latest_per_seed(groups[key]) for key in order}
-
-
 
 
 def setting_key(record: RunRecord) -> str:
@@ -313,7 +314,7 @@ def write_leaderboard(records: Sequence[RunRecord], out_dir: str | os.PathLike[s
     costs = [cost_plot(df, out / f"{name}.png", name), cost_plot(df, out / f"{name}-params.png", name, PARAMS)]
     figures = [p for p in costs if p] + sweep_plots(df, out, name)
     md, csv = out / f"{name}.md", out / f"{name}.csv"
-    shown = [p.relative_to(out) for p in figures] + attached_figures(figures_from or out, name)
+    shown = page_figures(figures, out, name, figures_from)
     write_text_atomic(md, markdown_page([f"# {name}", ""], records, df, shown, "`benchbase leaderboard`"))
     write_text_atomic(csv, df.to_csv(index=False))
     return [md, csv, *figures]

@@ -185,7 +185,6 @@ def test_regenerate_writes_one_board_per_suite(tmp_path: Path) -> None:
     assert check(tmp_path / "boards") == ["s1.csv"]
 
 
-
 def test_export_from_the_database_keeps_borrowed_rows_and_leaves_ablations_alone(tmp_path: Path) -> None:
     boards = tmp_path / "boards"
     ablation_tables = boards / "ablation-x.md"
@@ -198,6 +197,7 @@ def test_export_from_the_database_keeps_borrowed_rows_and_leaves_ablations_alone
     assert [p.name for p in paths] == ["s1.jsonl", "s1.md", "s1.csv"]
     assert ablation_tables.read_text() == "the spec's layout\n"
     assert sorted(r.method for r in read_jsonl(boards / "results" / "s1.jsonl")) == ["a", "supervised"]
+
 
 def test_sweep_variants_are_separate_rows_and_old_settings_are_left_out() -> None:
     low, high = run("feature", 0, 1.0), run("feature", 0, 2.0)
@@ -247,7 +247,6 @@ def test_plots_are_written_and_embedded(tmp_path: Path) -> None:
     assert "![suite](suite.png)" in text and "![suite-feature-beta](suite-feature-beta.png)" in text
 
 
-
 def test_figures_drawn_by_other_tools_are_embedded_and_checked(tmp_path: Path) -> None:
     boards = tmp_path / "boards"
     regenerate(_db_with(tmp_path, run("a", 0, 1.0, suite="s1")), boards)
@@ -260,6 +259,7 @@ def test_figures_drawn_by_other_tools_are_embedded_and_checked(tmp_path: Path) -
     assert check(boards) == []  # --check regenerates elsewhere but finds the figures here
     heat_map.unlink()
     assert check(boards) == ["s1.md"]  # a page showing a figure that is gone is out of date
+
 
 def test_reported_numbers_get_their_own_table(tmp_path: Path) -> None:
     from benchbase.leaderboard import write_reported
