@@ -25,9 +25,11 @@ from tabulate import tabulate
 from benchbase.components import Metric, mean_ci95
 from benchbase.config import RUN_ONLY_TRAINER_KEYS
 from benchbase.errors import BenchbaseError
+from benchbase.eval_rows import ROLE as EVAL_ROLE
+from benchbase.eval_rows import shown_eval_rows
 from benchbase.results import ResultsDB, RunRecord, read_jsonl, write_jsonl, write_text_atomic
 
-ROLE_ORDER = ("teacher", "reference", "method")
+ROLE_ORDER = ("teacher", "reference", "method", "eval")
 CI_SUFFIX = "_ci95"
 ERROR_WIDTH = 60
 """Characters of the first error shown in a row's status."""
@@ -114,11 +116,13 @@ def setting_key(record: RunRecord) -> str:
 
 
 def current_records(records: Sequence[RunRecord]) -> list[RunRecord]:
-    """The records that share the setting of the most recent one (older settings are left out)."""
-    if not records:
+    """The records that share the setting of the most recent run (older settings are left out),
+    then the eval records shown as rows (:func:`benchbase.eval_rows.shown_eval_rows`)."""
+    runs = [r for r in records if r.role != EVAL_ROLE]
+    if not runs:
         return []
-    latest = setting_key(max(records, key=lambda r: r.created_at))
-    return [r for r in records if setting_key(r) == latest]
+    newest = max(runs, key=lambda r: r.created_at)
+    return [r for r in runs if setting_key(r) == setting_key(newest)] + shown_eval_rows(records, newest)
 
 
 RUN_SEED = "the run's seed"
@@ -138,11 +142,14 @@ def _assign_columns(rows: Mapping[Hashable, Sequence[RunRecord]]) -> dict[tuple[
     """A column label for each (metric key, protocol) pair, in order of first appearance.
 
     The first protocol seen for a key keeps the bare key, later ones get `` [2]``, `` [3]``, ...
+    In a table with runs, eval records add no columns: their metrics fill the runs' columns of
+    the same protocol (a table of eval records alone has their columns).
     """
     protocols: dict[str, list[str]] = {}
+    with_runs = any(record.role != EVAL_ROLE for group in rows.values() for record in group)
     for group in rows.values():
         for record in group:
-            for metric in record.metrics:
+            for metric in record.metrics if not (with_runs and record.role == EVAL_ROLE) else ():
                 seen = protocols.setdefault(metric_key(metric), [])
                 if protocol_of(metric, record) not in seen:
                     seen.append(protocol_of(metric, record))

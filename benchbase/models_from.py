@@ -1,0 +1,159 @@
+"""The models ``benchbase eval`` scores without training, and where each came from.
+
+MODEL is one of:
+
+- a stored run: its folder (``<home>/runs/<suite>/<method>-seed<N>-<hash>``), the ``student.pt``
+  inside it, or its config hash (or a unique prefix of 6+ characters) in the results database; the
+  run's own config gives the architecture, and by default the suite, data and seed;
+- a checkpoint file: a ``student.pt`` elsewhere (it records each block's head count) or any state
+  dict, built with the ``student`` config (``student=vit_tiny``, ``student.embed_dim=...``; a SAM
+  encoder with ``student.arch=sam``, whose checkpoint may be SAM's own);
+- ``timm:NAME`` with ``--weights FILE``: timm's architecture NAME with its pretrained weights read
+  from FILE (timm adapts them to the image size and channels); nothing is downloaded;
+- ``sam:PRESET`` with ``--weights FILE``: SAM's image encoder (``vit_b``, ``vit_l``, ``vit_h``)
+  from a SAM checkpoint.
+
+Weights are identified by the SHA-256 of their file, so the same weights under another path reuse
+stored results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from benchbase.components import DataBundle, Student
+from benchbase.config import ModelConfig
+from benchbase.errors import BenchbaseError
+from benchbase.models import load_weights
+from benchbase.plugins import Benchbase
+from benchbase.results import ResultsDB
+from benchbase.sam import load_sam_checkpoint
+
+RUN_FILES = ("config.yaml", "student.pt")
+PREFIXES = {"timm": "vit", "sam": "sam"}
+"""``KIND:NAME`` models and the student architecture each is built as."""
+_HASH = re.compile(r"[0-9a-f]{6,16}")
+_USAGE = ("a run folder, a checkpoint file, a stored run's config hash, timm:NAME or sam:PRESET "
+          "(see `benchbase eval --help`)")
+
+
+@dataclass
+class ModelSpec:
+    """A MODEL argument, resolved: its kind, its weights file and, for a stored run, the run.
+
+    ``architecture`` is the ``student`` config a ``KIND:NAME`` model is built with (None: the
+    composed ``student`` config, or a stored run's own).
+    """
+
+    kind: str  # run | checkpoint | timm | sam
+    label: str
+    weights: Path
+    run: DictConfig | None = None
+    run_hash: str = ""
+    architecture: dict[str, Any] | None = None
+    sha256: str = field(default="", init=False)
+
+    def provenance(self) -> dict[str, Any]:
+        """What a record stores about the model: kind, weights file and its SHA-256, the run."""
+        found = {"kind": self.kind, "weights": str(self.weights), "sha256": self.file_hash()}
+        if self.run is not None:
+            found["run"] = {"config_hash": self.run_hash, "run_dir": str(self.weights.parent),
+                            "suite": self.run.suite.name, "method": (self.run.get("method") or {}).get("name", ""),
+                            "seed": self.run.seed}
+        return found
+
+    def identity(self) -> dict[str, Any]:
+        """The parts of :meth:`provenance` that decide the model (no paths)."""
+        found = {"kind": self.kind, "sha256": self.file_hash()}
+        if self.run_hash:
+            found["run"] = self.run_hash
+        return found
+
+    def file_hash(self) -> str:
+        if not self.sha256:
+            digest = hashlib.sha256()
+            with open(self.weights, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            self.sha256 = digest.hexdigest()
+        return self.sha256
+
+
+def _run_spec(folder: Path) -> ModelSpec:
+    missing = [name for name in RUN_FILES if not (folder / name).is_file()]
+    if missing:
+        raise BenchbaseError(f"{folder} is not a benchbase run folder (no {', '.join(missing)}); MODEL is {_USAGE}")
+    run = OmegaConf.load(folder / "config.yaml")
+    suffix = folder.name.rsplit("-", 1)[-1]
+    method = (run.get("method") or {}).get("name", "run")
+    return ModelSpec("run", f"{method}@{suffix[:8]}", folder / "student.pt", run,
+                     suffix if _HASH.fullmatch(suffix) else "")
+
+
+def _stored_run(prefix: str, db: ResultsDB) -> ModelSpec:
+    found = {r.run_dir for r in db.records() if r.config_hash.startswith(prefix) and r.run_dir}
+    if len(found) != 1:
+        problem = "no stored run" if not found else f"{len(found)} stored runs"
+        raise BenchbaseError(f"{problem} in {db.path} with a config hash starting {prefix!r}; MODEL is {_USAGE}")
+    return _run_spec(Path(found.pop()))
+
+
+def resolve_model(text: str, weights: str | None, db: ResultsDB) -> ModelSpec:
+    """The model named by ``text`` (module docstring); ``weights`` is ``--weights``; ``db`` finds
+    stored runs by config hash. Anything else is a one-line error saying what MODEL may be."""
+    kind, _, name = text.partition(":")
+    if kind in PREFIXES and name:
+        if weights is None:
+            raise BenchbaseError(f"{text} needs --weights FILE (benchbase eval never downloads weights)")
+        path = Path(weights)
+        if not path.is_file():
+            raise BenchbaseError(f"--weights {path} is not a file; pass the weights of {name}")
+        architecture = {"arch": PREFIXES[kind], "model": name}
+        if kind == "timm":  # timm reads the file itself (pretrained_cfg_overlay) and adapts it
+            architecture.update(pretrained=True, params={"pretrained_cfg_overlay": {"file": str(path.resolve())}})
+        return ModelSpec(kind, text, path, architecture=architecture)
+    if weights is not None:
+        raise BenchbaseError(f"--weights is for timm:NAME and sam:PRESET models; {text} names its own weights")
+    path = Path(text)
+    if path.is_dir():
+        return _run_spec(path)
+    if path.is_file():
+        if all((path.parent / name).is_file() for name in RUN_FILES) and path.name == "student.pt":
+            return _run_spec(path.parent)
+        return ModelSpec("checkpoint", f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem, path)
+    if _HASH.fullmatch(text):
+        return _stored_run(text, db)
+    raise BenchbaseError(f"MODEL {text!r} is not a file or folder here; MODEL is {_USAGE}")
+
+
+def build_model(spec: ModelSpec, cfg: DictConfig, bb: Benchbase, data: DataBundle) -> Student:
+    """The model, built by the ``cfg.student`` architecture for ``data``'s images and loaded from
+    ``spec``'s weights; a checkpoint of another architecture is a one-line error naming the keys."""
+    arch = cfg.student.arch
+    try:
+        model = bb.registry.get("students", arch)(cfg.student, data)
+    except BenchbaseError:
+        raise
+    except Exception as exc:  # timm reading the weights file (spec.kind == "timm")
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BenchbaseError(f"cannot build {spec.label} from {spec.weights} ({first}); check the name and the "
+                             "file") from None
+    if spec.kind in ("checkpoint", "sam") and arch == "sam":  # SAM's own checkpoints (image_encoder.*, larger images)
+        load_sam_checkpoint(model.model, spec.weights)
+    elif spec.kind != "timm":  # timm read its weights while building
+        load_weights(model.model, spec.weights, what=f"{arch} model ({spec.label})")
+    return model
+
+
+def architecture_node(spec: ModelSpec) -> dict[str, Any] | None:
+    """The ``student`` config a ``KIND:NAME`` model starts from (the schema's defaults plus its
+    architecture), or None for the other kinds."""
+    if spec.architecture is None:
+        return None
+    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(ModelConfig), spec.architecture))
