@@ -146,6 +146,7 @@ def test_gram_path_equals_direct_path_on_random_features():
 def test_paths_are_chosen_by_size_and_small_chunks_change_nothing(monkeypatch):
     assert uses_gram(1000, 384, 10_000, 5, 1, 15) and not uses_gram(12_000, 384, 10_000, 5, 1, 15)
     assert not uses_gram(1000, 384, 20, 5, 1, 15)  # a few episodes: the n² Gram costs more than they do
+    assert not uses_gram(1000, 64, 10_000, 5, 5, 15)  # narrow features, 5 shots: direct products are cheaper
     features = torch.randn(LABELS.numel(), 32, generator=torch.Generator().manual_seed(9))
     support, query = episodes(LABELS, 2, "all", 60)
     expected = {path: fn(features, support, query) for path, fn in (
@@ -155,7 +156,7 @@ def test_paths_are_chosen_by_size_and_small_chunks_change_nothing(monkeypatch):
     monkeypatch.setattr(fewshot, "_CACHE_FLOATS", 700)
     for path, accuracy in expected.items():
         monkeypatch.setattr(fewshot, "_GRAM_MAX_IMAGES", 10**6 if path == "gram" else 0)
-        monkeypatch.setattr(fewshot, "_GRAM_GATHER_COST", 0)
+        monkeypatch.setattr(fewshot, "_GRAM_GATHER_NS", 0.0)
         assert torch.equal(prototype_accuracy(features, support, query), accuracy)
 
 

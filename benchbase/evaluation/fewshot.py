@@ -36,9 +36,10 @@ _SAMPLE_CHUNK = 1024  # episodes sampled per generator call (bounds the [chunk, 
 _CHUNK_ELEMENTS = 1 << 24  # values per chunk of episodes (64 MiB of float32): bounds every [e, ...] temporary
 _CACHE_FLOATS = 1 << 18  # feature values gathered per step of a linear scorer (1 MiB: stays in a core's L2 cache)
 _GRAM_MAX_IMAGES = 4096  # the Gram path's [n, n] matrix stays within 64 MiB
-_GRAM_GATHER_COST = 500  # one scalar gathered from the Gram matrix, in large-matmul multiply-adds (see uses_gram)
-_FLOAT_GATHER_COST = 15  # one feature value gathered into the cache-sized buffer
-_BMM_COST = 3  # one multiply-add of the direct path's [N·Q, F] x [F, N] products
+# Costs in nanoseconds, measured on one core of the development machine (only their ratios matter):
+_MATMUL_NS = 0.026  # a multiply-add of a large matrix product (the Gram matrix)
+_GRAM_SLOT_NS, _GRAM_GATHER_NS = 100.0, 26.0  # the Gram path, per query and per scalar it gathers (N·K per query)
+_DIRECT_SLOT_NS, _DIRECT_FLOAT_NS = 245.0, 1.8  # the direct path, per query and per feature value (F per query)
 
 
 def _class_members(labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -255,18 +256,17 @@ def _gram_prototype_accuracy(features: Tensor, support_idx: Tensor, query_idx: T
 def uses_gram(images: int, dim: int, episodes: int, ways: int, shots: int, queries: int) -> bool:
     """Whether :func:`prototype_accuracy` scores through the Gram matrix rather than batched products.
 
-    By a cost model in units of one multiply-add of a large matrix product, measured on one CPU
-    thread: the Gram path costs n²·F for the matrix plus ~:data:`_GRAM_GATHER_COST` per scalar
-    gathered (E·N·Q·N·K); the direct path ~:data:`_FLOAT_GATHER_COST` per feature value gathered
-    (E·N·Q·F) and ~:data:`_BMM_COST` per multiply-add of its small products (E·N·Q·N·F). Splits of
-    more than :data:`_GRAM_MAX_IMAGES` images always take the direct path (bounded memory).
+    By the costs measured on one CPU core: the Gram path pays n²·F multiply-adds for the matrix,
+    then per query slot (E·N·Q of them) a fixed cost and N·K scalar gathers; the direct path pays
+    per query slot a fixed cost and the gather and products of its F feature values. The Gram path
+    wins for small splits, many episodes, wide features and few shots. Splits of more than
+    :data:`_GRAM_MAX_IMAGES` images always take the direct path (bounded memory).
     """
     if images > _GRAM_MAX_IMAGES:
         return False
     slots = episodes * ways * queries
-    gram = images * images * dim + _GRAM_GATHER_COST * slots * ways * shots
-    direct = slots * dim * (_FLOAT_GATHER_COST + _BMM_COST * ways)
-    return gram < direct
+    gram = _MATMUL_NS * images * images * dim + slots * (_GRAM_SLOT_NS + _GRAM_GATHER_NS * ways * shots)
+    return gram < slots * (_DIRECT_SLOT_NS + _DIRECT_FLOAT_NS * dim)
 
 
 def prototype_accuracy(features: Tensor, support_idx: Tensor, query_idx: Tensor) -> Tensor:
