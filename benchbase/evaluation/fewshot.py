@@ -24,6 +24,8 @@ from torch import Tensor
 from benchbase.components import DataBundle, Evaluator, Metric, VitModel, mean_ci95
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.features import check_pooling, extract_features
+from benchbase.outcomes import KEY as OUTCOMES
+from benchbase.outcomes import mean_outcomes
 
 Queries = int | Literal["all"]
 
@@ -249,7 +251,8 @@ class FewShot(Evaluator):
     ``queries="all"`` uses every remaining image of each class as a query; ``protocol="smkd_released"``
     is SMKD's released evaluation (all remaining images as queries, 10,000 episodes).
     One :class:`Metric` per K, named ``"{ways}way-{K}shot"``: mean episode accuracy in percent with
-    ci95 = 1.96·std/sqrt(episodes).
+    ci95 = 1.96·std/sqrt(episodes); each episode's correct and total queries are kept as its
+    outcomes (:mod:`benchbase.outcomes`) for paired tests between models.
     """
 
     name = "fewshot"
@@ -336,7 +339,9 @@ class FewShot(Evaluator):
             else:
                 generator = torch.Generator().manual_seed(self.seed)
                 accuracy = cosine_linear_accuracy(features, support, query, self.linear_epochs, generator)
-            value, ci95 = mean_ci95(accuracy.cpu() * 100)
+            total = (query >= 0).sum(dim=(1, 2))  # [E] queries of each episode
+            correct = torch.round(accuracy.cpu().double() * total)  # exact: accuracy is correct / total
+            value, ci95 = mean_ci95(correct / total * 100)
             metrics.append(
                 Metric(
                     name=f"{self.ways}way-{shots}shot",
@@ -344,7 +349,8 @@ class FewShot(Evaluator):
                     n=self.episodes,
                     protocol=self.protocol(shots),
                     ci95=ci95,
-                    extras={"episodes": self.episodes, "queries": self.queries},
+                    extras={"episodes": self.episodes, "queries": self.queries,
+                            OUTCOMES: mean_outcomes(correct, total)},
                 )
             )
         return metrics
