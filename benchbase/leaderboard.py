@@ -27,7 +27,7 @@ from benchbase.config import RUN_ONLY_TRAINER_KEYS
 from benchbase.errors import BenchbaseError
 from benchbase.outcomes import Outcomes, outcomes_of
 from benchbase.results import ROLES, ResultsDB, RunRecord, read_jsonl, write_jsonl, write_text_atomic
-from benchbase.significance import METHOD, Comparison, compare_rows, ranks
+from benchbase.significance import METHOD, Comparison, bootstrap_ci95, compare_rows, ranks
 
 CI_SUFFIX = "_ci95"
 RANK_SUFFIX = "_rank"
@@ -178,11 +178,14 @@ def _status(group: Sequence[RunRecord]) -> str:
 
 
 def _mean_ci(metrics: Sequence[Metric]) -> tuple[float, float]:
-    """Mean over seeds and its 95% CI; with one seed, the metric's own CI (NaN when it has none)."""
+    """Mean over seeds and its 95% CI; with one seed, the metric's own CI, or else a bootstrap CI from its
+    stored outcomes (mIoU, pixel accuracy), NaN when it has neither."""
     if not metrics:
         return math.nan, math.nan
     if len(metrics) == 1:
-        ci95 = metrics[0].ci95
+        ci95, outcomes = metrics[0].ci95, outcomes_of(metrics[0].extras)
+        if ci95 is None and outcomes is not None:
+            ci95 = bootstrap_ci95(outcomes)
         return metrics[0].value, math.nan if ci95 is None else ci95
     return mean_ci95([m.value for m in metrics])
 
@@ -192,7 +195,7 @@ def build_table(records: Sequence[RunRecord]) -> pd.DataFrame:
 
     Columns: ``role``, ``method``, then per metric column ``<col>`` (mean over done seeds) and
     ``<col>_ci95`` (95% CI half-width: 1.96·std/sqrt(n_seeds) with two or more seeds, the metric's
-    own ``ci95`` with one, NaN otherwise), then ``seeds`` (done seeds) and ``status`` (``ok`` or
+    own ``ci95`` with one or a bootstrap over its stored outcomes, NaN otherwise), then ``seeds`` (done seeds) and ``status`` (``ok`` or
     ``failed (k/n): <first error>``). Where a (role, method) has several runs for one seed (its
     config changed), the latest counts. ``df.attrs["protocols"]`` maps each metric column to its
     protocol.
@@ -349,7 +352,8 @@ def markdown_page(head: Sequence[str], records: Sequence[RunRecord], df: pd.Data
     lines += [f"![{figure.stem}]({figure.as_posix()})" for figure in figures]
     if figures:
         lines.append("")
-    lines.append("Cells: mean ± 95% CI over seeds (1.96·std/√n); with one seed, the metric's own 95% CI.")
+    lines.append("Cells: mean ± 95% CI over seeds (1.96·std/√n); with one seed, the metric's own 95% CI (for mIoU and "
+                 "pixel accuracy a percentile bootstrap over the test images).")
     if df.attrs.get("comparisons"):
         lines.append(f"(#k): paired rank in its column, 1 + the rows significantly above it ({METHOD}); rows "
                      "that no test separates from those above them share a rank.")
