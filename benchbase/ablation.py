@@ -121,6 +121,7 @@ def run_ablation(bb: Benchbase, name: str, overrides: Sequence[str] = (), force:
         _compatible,
         check_methods,
         describe_status,
+        run_floor,
         run_method,
         run_teacher_row,
         suite_context,
@@ -143,7 +144,14 @@ def run_ablation(bb: Benchbase, name: str, overrides: Sequence[str] = (), force:
             check_methods(ctx, [(variant.role, [method])])
         contexts.append((ctx, method))
     echo(f"ablation {spec.name}: {spec.title} ({len(spec.variants)} variants, suite {contexts[0][0].cfg.suite.name})")
+    # the floors of the suite the variants change (the spec's and the command's overrides only)
+    base = suite_context(bb, [*spec.overrides, *overrides, f"suite.name={PREFIX}{spec.name}"], force, datasets)
     records: list[RunRecord] = []
+    for index, floor in enumerate(base.cfg.suite.floors):
+        for seed in base.cfg.suite.seeds:
+            run = run_floor(base, floor, seed)
+            echo(f"  [floor] {floor} seed {seed}: {describe_status(run)}")
+            records.append(_annotated(run, spec, index - len(base.cfg.suite.floors)))
     for index, (variant, (ctx, method)) in enumerate(zip(spec.variants, contexts)):
         teacher = suite_teacher(ctx)
         if variant.role == "teacher":
@@ -165,11 +173,14 @@ def _silent(*_args: Any) -> None:
 
 def _annotated(record: RunRecord, spec: AblationSpec, index: int) -> RunRecord:
     """A copy of ``record`` that knows its row of the table (the stored record is left as it is)."""
-    variant = spec.variants[index]
+    if index < 0:  # a floor row, first in the table: named in the first descriptive column
+        values, overrides = ({spec.columns[0]: f"floor: {record.method}"} if spec.columns else {}), []
+    else:
+        values, overrides = spec.variants[index].values, spec.variants[index].overrides
     place = {
         "name": spec.name, "title": spec.title, "paper": spec.paper, "columns": list(spec.columns),
         "metrics": list(spec.metrics), "plot": spec.plot, "variant": index,
-        "values": {k: str(v) for k, v in variant.values.items()}, "overrides": list(variant.overrides),
+        "values": {k: str(v) for k, v in values.items()}, "overrides": list(overrides),
     }
     # a run first stored by another ablation or suite (reused by config hash) is exported as this one's
     return dataclasses.replace(record, suite=PREFIX + spec.name, config={**record.config, "ablation": place})
@@ -187,7 +198,9 @@ def build_ablation_table(records: Sequence[RunRecord]):
     by_variant: dict[int, list[RunRecord]] = defaultdict(list)
     for record in records:
         by_variant[record.config["ablation"]["variant"]].append(record)
-    rows = {index: latest_per_seed(by_variant[index]) for index in sorted(by_variant)}
+    # the teacher's rows first, then the floors (negative indices), then the spec's order
+    order = sorted(by_variant, key=lambda i: (by_variant[i][0].role != "teacher", i))
+    rows = {index: latest_per_seed(by_variant[index]) for index in order}
     values = {index: group[0].config["ablation"]["values"] for index, group in rows.items()}
     columns = place["columns"]
     return metric_frame(rows, columns, lambda index: {c: values[index].get(c, "") for c in columns},
@@ -217,9 +230,9 @@ def write_ablation(records: Sequence[RunRecord], out_dir: str | os.PathLike[str]
                  "the paper's own numbers are in reported.md, never in this table.", ""]
     first = {r.config["ablation"]["variant"]: r for r in reversed(records)}
     notes = ["Rows, top to bottom: what ran, and the overrides that make the row:", ""]
-    for i in sorted(first):
+    for row, i in enumerate(sorted(first, key=lambda i: (first[i].role != "teacher", i)), 1):
         overrides = " ".join(first[i].config["ablation"]["overrides"])
-        notes.append(f"{i + 1}. {first[i].method} ({first[i].role}): " + (f"`{overrides}`" if overrides else "as configured"))
+        notes.append(f"{row}. {first[i].method} ({first[i].role}): " + (f"`{overrides}`" if overrides else "as configured"))
     md, csv = out / f"{stem}.md", out / f"{stem}.csv"
     shown = page_figures(figures, out, stem, figures_from)
     write_text_atomic(md, markdown_page(head, records, df, shown, f"`benchbase ablate {place['name']}`", notes))

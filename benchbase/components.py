@@ -80,13 +80,29 @@ class VitModel(nn.Module):
         """The architecture's capture; a wrapper for another architecture overrides this."""
         return run_vit(self.model, inp, taps)
 
+    def export(self) -> nn.Module:
+        """The network as a plain timm/torch model (what fine-tuning evaluators copy and train)."""
+        return self.model
+
+    def features(self, images: Tensor, pooling: str) -> Tensor:
+        """One frozen feature vector per image ([B, C, H, W] -> [B, F]), pooled from the final
+        tokens as :func:`benchbase.evaluation.features.pool_tokens` describes."""
+        from benchbase.evaluation.features import check_class_token, feature_taps, pool_tokens
+
+        check_class_token(self, pooling)
+        captured = self.run(images, feature_taps(pooling))
+        return pool_tokens(captured[Tap("tokens")], captured.get(Tap("attn", -1)), self.num_prefix_tokens, pooling)
+
+    def patch_grid(self, images: Tensor) -> Tensor:
+        """Final-norm patch tokens on the patch grid ([B, C, S, S] -> [B, D, h, w]), see
+        :func:`benchbase.evaluation.segmentation.patch_features`."""
+        from benchbase.evaluation.segmentation import patch_features
+
+        return patch_features(self, images)
+
 
 class Student(VitModel):
     """The model being trained (a timm ViT by default)."""
-
-    def export(self) -> nn.Module:
-        """The trained network as a plain timm/torch model for evaluation."""
-        return self.model
 
 
 class Teacher(VitModel):

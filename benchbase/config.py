@@ -138,6 +138,7 @@ class SuiteConfig:
     tasks: dict[str, TaskConfig] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
     references: list[str] = field(default_factory=lambda: ["supervised"])  # reference rows (from scratch)
+    floors: list[str] = field(default_factory=lambda: ["pixels", "random_init"])  # benchbase.floors.FLOORS
 
 
 @dataclass

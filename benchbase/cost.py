@@ -15,7 +15,7 @@ def cost_metrics(model: VitModel, data: DataBundle) -> list[Metric]:
     on one image of ``data`` (to the final token features, no task head), in the papers'
     convention (fvcore's): one multiply-accumulate counts as one FLOP, i.e. half of what
     :class:`torch.utils.flop_counter.FlopCounterMode` reports. Both are tagged ``task=cost``."""
-    network = model.export() if hasattr(model, "export") else model.model
+    network = model.export()
     params = sum(p.numel() for p in network.parameters())
     device = next(network.parameters()).device
     image = torch.zeros(1, data.in_chans, data.image_size, data.image_size, device=device)

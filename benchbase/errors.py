@@ -15,3 +15,8 @@ class MethodFailed(Exception):
     def __init__(self, message: str, step: int | None = None):
         super().__init__(message)
         self.step = step
+
+
+class NotApplicable(BenchbaseError):
+    """An evaluator cannot score this kind of model (e.g. fine-tuning the ``pixels`` floor, which has
+    no network): the harness leaves that task's cells of the row empty instead of failing it."""

@@ -27,10 +27,17 @@ from benchbase.config import RUN_ONLY_TRAINER_KEYS
 from benchbase.errors import BenchbaseError
 from benchbase.eval_rows import ROLE as EVAL_ROLE
 from benchbase.eval_rows import shown_eval_rows
-from benchbase.results import ResultsDB, RunRecord, read_jsonl, write_jsonl, write_text_atomic
+from benchbase.outcomes import Outcomes, outcomes_of
+from benchbase.results import ROLES, ResultsDB, RunRecord, read_jsonl, write_jsonl, write_text_atomic
+from benchbase.significance import METHOD, Comparison, bootstrap_ci95, compare_rows, ranks
 
-ROLE_ORDER = ("teacher", "reference", "method", "eval")
 CI_SUFFIX = "_ci95"
+RANK_SUFFIX = "_rank"
+"""A metric column's paired rank (:mod:`benchbase.significance`) is ``<column>_rank``."""
+BELOW_SUFFIX = "_below_floor"
+"""``<column>_below_floor`` is True where a learned row's cell does not lie above the best floor."""
+BELOW_MARK = "▼"
+LEARNED_ROLES = tuple(r for r in ROLES if r != "floor")
 ERROR_WIDTH = 60
 """Characters of the first error shown in a row's status."""
 
@@ -97,8 +104,15 @@ def _group_rows(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunR
     groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for record in records:
         groups[(record.role, labels[id(record)])].append(record)
-    order = sorted(groups, key=lambda key: (ROLE_ORDER.index(key[0]), key[1]))
+    order = sorted(groups, key=lambda key: (ROLES.index(key[0]), _floor_order(key)))
     return {key: latest_per_seed(groups[key]) for key in order}
+
+
+def _floor_order(key: tuple[str, str]) -> tuple[int, str]:
+    """Floors in :data:`benchbase.floors.FLOORS` order, other rows by label."""
+    from benchbase.floors import FLOORS
+
+    return (FLOORS.index(key[1]), "") if key[0] == "floor" and key[1] in FLOORS else (len(FLOORS), key[1])
 
 
 def setting_key(record: RunRecord) -> str:
@@ -171,11 +185,14 @@ def _status(group: Sequence[RunRecord]) -> str:
 
 
 def _mean_ci(metrics: Sequence[Metric]) -> tuple[float, float]:
-    """Mean over seeds and its 95% CI; with one seed, the metric's own CI (NaN when it has none)."""
+    """Mean over seeds and its 95% CI; with one seed, the metric's own CI, or else a bootstrap CI from its
+    stored outcomes (mIoU, pixel accuracy), NaN when it has neither."""
     if not metrics:
         return math.nan, math.nan
     if len(metrics) == 1:
-        ci95 = metrics[0].ci95
+        ci95, outcomes = metrics[0].ci95, outcomes_of(metrics[0].extras)
+        if ci95 is None and outcomes is not None:
+            ci95 = bootstrap_ci95(outcomes)
         return metrics[0].value, math.nan if ci95 is None else ci95
     return mean_ci95([m.value for m in metrics])
 
@@ -185,7 +202,7 @@ def build_table(records: Sequence[RunRecord]) -> pd.DataFrame:
 
     Columns: ``role``, ``method``, then per metric column ``<col>`` (mean over done seeds) and
     ``<col>_ci95`` (95% CI half-width: 1.96·std/sqrt(n_seeds) with two or more seeds, the metric's
-    own ``ci95`` with one, NaN otherwise), then ``seeds`` (done seeds) and ``status`` (``ok`` or
+    own ``ci95`` with one or a bootstrap over its stored outcomes, NaN otherwise), then ``seeds`` (done seeds) and ``status`` (``ok`` or
     ``failed (k/n): <first error>``). Where a (role, method) has several runs for one seed (its
     config changed), the latest counts. ``df.attrs["protocols"]`` maps each metric column to its
     protocol.
@@ -199,12 +216,19 @@ def metric_frame(rows: Mapping[Hashable, Sequence[RunRecord]], lead_columns: Seq
     ``lead_columns``), then
     each metric's mean and ``_ci95`` over the done seeds, ``seeds`` and ``status`` (see
     :func:`build_table`). ``only`` keeps just these metric keys (``<task>/<name>``), in its order.
+
+    Where runs stored per-sample outcomes, each metric column also gets ``<col>_rank`` (paired
+    rank, :mod:`benchbase.significance`) and ``<col>_below_floor`` (a learned row whose cell's 95%
+    interval does not lie above the best floor row of the column). ``df.attrs`` holds
+    ``protocols`` (column -> protocol), ``roles`` (each row's role), ``comparisons`` (column -> the
+    tested pairs, by row name) and ``floors`` (column -> (best floor row name, its value)).
     """
     columns = _assign_columns(rows)
     if only:
         order = {key: i for i, key in enumerate(only)}
         columns = dict(sorted(((k, v) for k, v in columns.items() if k[0] in order), key=lambda kv: order[kv[0][0]]))
     table = []
+    outcomes: dict[str, dict[Hashable, dict[int, Outcomes]]] = defaultdict(dict)
     for key, group in rows.items():
         done = [r for r in group if r.status == "done"]
         by_column: dict[str, list[Metric]] = defaultdict(list)
@@ -213,6 +237,8 @@ def metric_frame(rows: Mapping[Hashable, Sequence[RunRecord]], lead_columns: Seq
                                   for m in record.metrics}.items():
                 if label is not None:
                     by_column[label].append(metric)
+                    if (stored := outcomes_of(metric.extras)) is not None:
+                        outcomes[label].setdefault(key, {})[record.seed] = stored
         row = dict(lead(key))
         for label in columns.values():
             row[label], row[label + CI_SUFFIX] = _mean_ci(by_column[label])
@@ -222,7 +248,50 @@ def metric_frame(rows: Mapping[Hashable, Sequence[RunRecord]], lead_columns: Seq
     metric_columns = [c for label in columns.values() for c in (label, label + CI_SUFFIX)]
     df = pd.DataFrame(table, columns=[*lead_columns, *metric_columns, "seeds", "status"])
     df.attrs["protocols"] = {label: protocol for (_, protocol), label in columns.items()}
+    names = [_row_name(lead(key), lead_columns) for key in rows]
+    roles = [group[0].role if group else "" for group in rows.values()]
+    df.attrs["roles"] = roles
+    _add_significance(df, list(rows), names, outcomes)
+    _add_floor_marks(df, names, roles, list(columns.values()))
     return df
+
+
+def _row_name(cells: Mapping[str, object], lead_columns: Sequence[str]) -> str:
+    """A row's name in texts: its method (suite tables) or its descriptive cells (ablations)."""
+    if "method" in cells:
+        return str(cells["method"])
+    return ", ".join(f"{c}={cells[c]}" for c in lead_columns if cells.get(c) not in ("", None)) or "row"
+
+
+def _add_significance(df: pd.DataFrame, keys: list[Hashable], names: list[str],
+                      outcomes: Mapping[str, Mapping[Hashable, Mapping[int, Outcomes]]]) -> None:
+    """``<col>_rank`` columns and ``df.attrs["comparisons"]`` for the columns with outcomes."""
+    df.attrs["comparisons"] = {}
+    name_of = dict(zip(keys, names))
+    for label, by_row in outcomes.items():
+        comparisons = compare_rows(by_row)
+        if not comparisons:
+            continue
+        rank_of = ranks(by_row, comparisons)
+        df[label + RANK_SUFFIX] = [rank_of.get(key, math.nan) for key in keys]
+        df.attrs["comparisons"][label] = [
+            Comparison(name_of[c.a], name_of[c.b], c.delta, c.p, c.p_holm) for c in comparisons
+        ]
+
+
+def _add_floor_marks(df: pd.DataFrame, names: list[str], roles: list[str], labels: list[str]) -> None:
+    """``<col>_below_floor`` columns and ``df.attrs["floors"]`` for the columns a floor row measured."""
+    df.attrs["floors"] = {}
+    floor_rows = [i for i, role in enumerate(roles) if role == "floor"]
+    for label in labels:
+        values = [(float(df.at[i, label]), names[i]) for i in floor_rows if math.isfinite(float(df.at[i, label]))]
+        if not values:
+            continue
+        best, name = max(values)
+        df.attrs["floors"][label] = (name, best)
+        lower = df[label].astype(float) - df[label + CI_SUFFIX].astype(float).fillna(0.0)
+        df[label + BELOW_SUFFIX] = [role in LEARNED_ROLES and math.isfinite(low) and low <= best
+                                    for role, low in zip(roles, lower)]
 
 
 def _decimals(values: pd.Series) -> int:
@@ -234,15 +303,22 @@ def _decimals(values: pd.Series) -> int:
 
 
 def _formatted(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with each metric column and its CI merged into one ``"83.2 ± 0.4"`` string column."""
+    """``df`` with each metric column, its CI, paired rank and below-floor mark merged into one
+    ``"83.2 ± 0.4 (#1)"`` string column (``▼`` appended below the floor)."""
     metric_columns = [c for c in df.columns if c + CI_SUFFIX in df.columns]
-    out = df.drop(columns=[c + CI_SUFFIX for c in metric_columns])
+    extra = [c + suffix for c in metric_columns for suffix in (CI_SUFFIX, RANK_SUFFIX, BELOW_SUFFIX)]
+    out = df.drop(columns=[c for c in extra if c in df.columns])
     for column in metric_columns:
         d = _decimals(df[column].astype(float))
-        out[column] = [
-            _MISSING if math.isnan(mean) else f"{mean:.{d}f}" if math.isnan(ci) else f"{mean:.{d}f} ± {ci:.{d}f}"
-            for mean, ci in zip(df[column].astype(float), df[column + CI_SUFFIX].astype(float))
-        ]
+        rank = df[column + RANK_SUFFIX] if column + RANK_SUFFIX in df else pd.Series(math.nan, index=df.index)
+        below = df[column + BELOW_SUFFIX] if column + BELOW_SUFFIX in df else pd.Series(False, index=df.index)
+        cells = []
+        for mean, ci, place, low in zip(df[column].astype(float), df[column + CI_SUFFIX].astype(float), rank, below):
+            cell = _MISSING if math.isnan(mean) else f"{mean:.{d}f}" if math.isnan(ci) else f"{mean:.{d}f} ± {ci:.{d}f}"
+            if not math.isnan(mean) and math.isfinite(place):
+                cell += f" (#{int(place)})"
+            cells.append(f"{cell} {BELOW_MARK}" if bool(low) else cell)
+        out[column] = cells
     return out
 
 
@@ -279,12 +355,25 @@ def markdown_page(head: Sequence[str], records: Sequence[RunRecord], df: pd.Data
     """``head`` lines, the table of ``df``, its ``figures`` (paths relative to the page), then how it
     was measured (protocols, data, teacher, student, epochs, device, dates), ``notes`` lines and
     the command that generated it."""
-    lines = [*head, _markdown_table(df), ""]
+    lines = [*head, *floor_summary(df), _markdown_table(df), ""]
     lines += [f"![{figure.stem}]({figure.as_posix()})" for figure in figures]
     if figures:
         lines.append("")
-    lines.append("Cells: mean ± 95% CI over seeds (1.96·std/√n); with one seed, the metric's own 95% CI.")
+    lines.append("Cells: mean ± 95% CI over seeds (1.96·std/√n); with one seed, the metric's own 95% CI (for mIoU and "
+                 "pixel accuracy a percentile bootstrap over the test images).")
+    if df.attrs.get("comparisons"):
+        lines.append(f"(#k): paired rank in its column, 1 + the rows significantly above it ({METHOD}); rows "
+                     "that no test separates from those above them share a rank.")
+    else:
+        lines.append("No paired ranks: no row of this table stored per-sample outcomes (its records predate them).")
+    if df.attrs.get("floors"):
+        lines.append(f"{BELOW_MARK}: the cell's 95% interval does not lie above the column's best floor (pixels = the "
+                     "image itself as the features, random_init = the student at initialisation, same evaluators).")
+    else:
+        lines.append("No floor rows: this table's records predate them (running the suite adds them).")
+    lines.append(f"{_MISSING}: not measured (e.g. fine-tuning does not apply to the pixels floor).")
     lines.append("")
+    lines += _comparison_details(df)
     if df.attrs["protocols"]:
         lines.append("Protocols:")
         lines += [f"- `{column}`: {protocol}" for column, protocol in df.attrs["protocols"].items()]
@@ -304,6 +393,37 @@ def markdown_page(head: Sequence[str], records: Sequence[RunRecord], df: pd.Data
     lines += [*notes, *([""] if notes else [])]
     lines.append(f"Generated by {generator} from {len(records)} stored runs; do not edit.")
     return "\n".join(lines) + "\n"
+
+
+def floor_summary(df: pd.DataFrame) -> list[str]:
+    """Lines saying, per column with floors, whether the teacher row clears the best floor."""
+    floors = df.attrs.get("floors") or {}
+    roles = df.attrs.get("roles") or []
+    if not floors or "teacher" not in roles:
+        return []
+    i = df.index[roles.index("teacher")]
+    lines = ["Does the teacher clear the floors (its 95% interval above the best floor)?", ""]
+    for label, (name, best) in floors.items():
+        mean, ci = float(df.at[i, label]), float(df.at[i, label + CI_SUFFIX])
+        if math.isnan(mean):
+            continue
+        low = mean if math.isnan(ci) else mean - ci
+        verdict = "yes" if low > best else "**no: this column does not measure what the teacher knows**"
+        lines.append(f"- `{label}`: {verdict} (teacher {mean:.1f}, best floor {name} {best:.1f})")
+    return [*lines, ""] if len(lines) > 2 else []
+
+
+def _comparison_details(df: pd.DataFrame) -> list[str]:
+    """A collapsed list of each column's significant pairs (and how many pairs were tested)."""
+    comparisons: dict[str, list[Comparison]] = df.attrs.get("comparisons") or {}
+    if not comparisons:
+        return []
+    lines = ["<details><summary>Paired tests: significantly different pairs per column</summary>", ""]
+    for label, tested in comparisons.items():
+        found = sorted((c for c in tested if c.significant), key=lambda c: -c.delta)
+        lines.append(f"- `{label}` ({len(found)} of {len(tested)} pairs): " + (
+            "; ".join(f"{c.a} > {c.b} (Δ {c.delta:.2f}, p_Holm {c.p_holm:.2g})" for c in found) or "none"))
+    return [*lines, "", "</details>", ""]
 
 
 def write_leaderboard(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str,

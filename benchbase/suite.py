@@ -33,7 +33,8 @@ from benchbase.components import DataBundle, Metric, Student, Teacher, VitModel
 from benchbase.config import RUN_ONLY_TRAINER_KEYS, DatasetConfig, compose_config, config_hash
 from benchbase.cost import cost_metrics
 from benchbase.engine import resolve_device, train
-from benchbase.errors import BenchbaseError, MethodFailed
+from benchbase.errors import BenchbaseError, MethodFailed, NotApplicable
+from benchbase.floors import FLOORS, PixelModel
 from benchbase.leaderboard import build_table, current_records, format_table, publish
 from benchbase.models import load_weights, save_weights
 from benchbase.plugins import Benchbase
@@ -152,24 +153,31 @@ def _device_name(device: torch.device) -> str:
 
 
 def evaluate(ctx: SuiteContext, model: VitModel, seed: int) -> list[Metric]:
-    """Every task of the suite on ``model``; each metric is tagged with its task name.
+    """Every task of the suite on ``model``; each metric is tagged with its task name."""
+    return [m for name, task in ctx.cfg.suite.tasks.items() for m in evaluate_task(ctx, name, task, model, seed)]
+
+
+def evaluate_task(ctx: SuiteContext, task_name: str, task: DictConfig, model: VitModel, seed: int) -> list[Metric]:
+    """One task of the suite on ``model``, its metrics tagged with ``task_name``; none when the task's
+    evaluator does not apply to the model (:class:`~benchbase.errors.NotApplicable`).
 
     An evaluator that takes a ``seed`` (episodes, probe initialisation) gets the run's seed unless
     the task sets one: every method of a seed is scored on the same episodes, and other seeds
     draw other episodes.
     """
-    metrics: list[Metric] = []
-    for task_name, task in ctx.cfg.suite.tasks.items():
-        ev_cls = ctx.bb.registry.get("evaluators", task.evaluator)
-        params = OmegaConf.to_container(task.params, resolve=True) or {}
-        accepted = inspect.signature(ev_cls.__init__).parameters
-        if "batch_size" in accepted:
-            params.setdefault("batch_size", ctx.cfg.eval.batch_size)
-        if "seed" in accepted:
-            params.setdefault("seed", seed)
-        for metric in ev_cls(**params).evaluate(model, ctx.dataset(task.dataset), ctx.device):
-            metric.extras["task"] = task_name
-            metrics.append(metric)
+    ev_cls = ctx.bb.registry.get("evaluators", task.evaluator)
+    params = OmegaConf.to_container(task.params, resolve=True) or {}
+    accepted = inspect.signature(ev_cls.__init__).parameters
+    if "batch_size" in accepted:
+        params.setdefault("batch_size", ctx.cfg.eval.batch_size)
+    if "seed" in accepted:
+        params.setdefault("seed", seed)
+    try:
+        metrics = ev_cls(**params).evaluate(model, ctx.dataset(task.dataset), ctx.device)
+    except NotApplicable:
+        return []
+    for metric in metrics:
+        metric.extras["task"] = task_name
     return metrics
 
 
@@ -214,6 +222,32 @@ def run_teacher_row(ctx: SuiteContext, teacher: VitModel) -> RunRecord:
     metrics = evaluate(ctx, teacher, seed=0) + cost_metrics(teacher, ctx.dataset(ctx.cfg.suite.distill.dataset))
     record = _record(ctx, ctx.cfg, "teacher", "teacher", 0, h, status="done", metrics=metrics,
                      wall_time=time.perf_counter() - started)
+    _save(ctx, record)
+    return record
+
+
+def run_floor(ctx: SuiteContext, name: str, seed: int) -> RunRecord:
+    """The floor ``name`` (:mod:`benchbase.floors`) on every task for ``seed``, stored as a row of role
+    ``floor``: the pixels themselves, or the student at its initialisation for the seed."""
+    cfg = ctx.cfg
+    if name not in FLOORS:
+        raise BenchbaseError(f"unknown floor {name!r} in suite.floors; available: {', '.join(FLOORS)}")
+    h = config_hash(_identity(cfg, "floor", name, {}, seed))
+    if found := _stored(ctx, h):
+        return found
+    started = time.perf_counter()
+    try:
+        torch.manual_seed(seed)  # the initial weights depend on the seed alone, as a trained student's do
+        student = _builder(ctx, ctx.dataset(cfg.suite.distill.dataset))(cfg).to(ctx.device)
+        metrics = []
+        for task_name, task in cfg.suite.tasks.items():
+            data = ctx.dataset(task.dataset)
+            model = student if name == "random_init" else PixelModel.reading(data, student.input_slice)
+            metrics += evaluate_task(ctx, task_name, task, model, seed)
+        kw: dict[str, Any] = {"status": "done", "metrics": metrics}
+    except Exception as exc:  # a floor that cannot be scored shows as a failed row
+        kw = {"status": "failed", "metrics": [], "error": traceback.format_exception_only(type(exc), exc)[-1].strip()}
+    record = _record(ctx, cfg, "floor", name, seed, h, wall_time=time.perf_counter() - started, **kw)
     _save(ctx, record)
     return record
 
@@ -369,6 +403,10 @@ def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, fo
     echo(f"methods: {', '.join(methods) or 'none'}; seeds: {list(cfg.suite.seeds)}; device: {_device_name(ctx.device)}")
     teacher = suite_teacher(ctx)
     records = [run_teacher_row(ctx, teacher)]
+    for name in cfg.suite.floors:
+        for seed in cfg.suite.seeds:
+            records.append(run_floor(ctx, name, seed))
+            echo(f"  floor {name} seed {seed}: {describe_status(records[-1])}")
     for role, names in roles:
         for name in names:
             for seed in cfg.suite.seeds:

@@ -53,17 +53,18 @@ def test_ablation_runs_variants_and_writes_a_regenerable_table(tmp_path, capsys)
     plugins = plugins_with_spec(tmp_path)
     assert main(["--plugins-dir", str(plugins), "ablate", "--list"]) == 0
     assert "tiny" in capsys.readouterr().out
-    assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path)]) == 0
+    assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path, floors=True)]) == 0
     board = tmp_path / "lb"
     table = (board / "ablation-tiny.md").read_text()
     lines = [line for line in table.splitlines() if line.startswith("| ")]
-    assert lines[0].split("|")[1:5] == [" target   ", " beta   ", " fewshot/5way-1shot   ", " top1/top1   "]
-    assert [line.split("|")[1].strip() for line in lines[1:]] == ["teacher", "none", "features", "features"]
+    assert [c.strip() for c in lines[0].split("|")[1:5]] == ["target", "beta", "fewshot/5way-1shot", "top1/top1"]
+    assert [line.split("|")[1].strip() for line in lines[1:]] == [
+        "teacher", "floor: pixels", "floor: random_init", "none", "features", "features"]
     assert "a paper, Table 1" in table and "`method.params.beta=0.5`" in table
     assert (board / "ablation-tiny.png").stat().st_size > 0
     records = read_jsonl(board / "results" / "ablation-tiny.jsonl")
-    assert [r.config["ablation"]["variant"] for r in records] == [0, 1, 2, 3]
-    assert {r.method for r in records} == {"teacher", "supervised", "feature"}
+    assert [r.config["ablation"]["variant"] for r in records] == [-2, -1, 0, 1, 2, 3]  # floors first
+    assert {r.method for r in records} == {"teacher", "pixels", "random_init", "supervised", "feature"}
     assert all(r.status == "done" and r.suite == "ablation-tiny" for r in records)
     # variants live under the ablation's own suite name, out of the suite's main table
     db = ResultsDB(tmp_path / "results.db")
@@ -73,7 +74,7 @@ def test_ablation_runs_variants_and_writes_a_regenerable_table(tmp_path, capsys)
     # regenerated from the exported records alone: identical tables
     assert leaderboard.check(board) == []
     # a second ablate reuses every run
-    assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path)]) == 0
+    assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path, floors=True)]) == 0
     assert len(db.records()) == stored
 
 

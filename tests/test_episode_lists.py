@@ -16,6 +16,7 @@ from benchbase.components import DataBundle, VitModel
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.episode_lists import read_episode_list
 from benchbase.evaluation.fewshot import FewShot
+from benchbase.outcomes import outcomes_of
 
 from conftest import tensor_images
 
@@ -98,7 +99,9 @@ def test_two_hand_made_episodes_give_the_hand_computed_accuracy(tmp_path, fmt, k
     assert metric.value == pytest.approx(100 * sum(HAND) / 2)
     std = math.sqrt(sum((100 * h - metric.value) ** 2 for h in HAND))  # n - 1 = 1
     assert metric.ci95 == pytest.approx(1.96 * std / math.sqrt(2))
-    assert metric.extras == {"episodes": 2, "queries": "listed"}
+    assert {k: metric.extras[k] for k in ("episodes", "queries")} == {"episodes": 2, "queries": "listed"}
+    outcomes = outcomes_of(metric.extras)  # per episode: correct and total queries
+    assert outcomes.arrays["correct"].tolist() == [2, 3] and outcomes.arrays["total"].tolist() == [3, 4]
     assert metric.protocol.startswith(f"2-way 1-shot, the 2 episodes of episodes.{fmt} (sha256 ")
     assert metric.protocol.endswith("prototype (cosine) classifier" + (", split novel" if kind == "indices" else ""))
 

@@ -28,7 +28,7 @@ def test_camvid_events_suite_composes_with_sam_on_frames_and_events():
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared test data folder {DATA} is absent")
 def test_camvid_events_suite_runs_on_the_real_camvid_frames(tmp_path, camvid_root):
     tiny = ["suite=camvid-events", *TINY, f"data.camvid_events.root={camvid_root}", "data.camvid_events.image_size=32",
-            f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb"]
+            f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb", "suite.floors=[]"]
     assert main(["run", "--plugins", "eventsam", *tiny]) == 0
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records("camvid-events")}
     assert set(records) == {"teacher", "supervised_segmentation", "eventsam"}
@@ -48,7 +48,12 @@ def test_eventsam_reference_trains_the_event_student_from_scratch(tmp_path):
     by_row = {(r.role, r.method, (r.config.get("method") or {}).get("params", {}).get("importance")): r
               for r in records}
     assert set(by_row) == {("teacher", "teacher", None), ("reference", "supervised_segmentation", None),
-                           ("method", "eventsam", "released_code"), ("method", "eventsam", "uniform")}
+                           ("method", "eventsam", "released_code"), ("method", "eventsam", "uniform"),
+                           ("floor", "pixels", None), ("floor", "random_init", None)}
+    # the floors of a SAM-student suite: the pixels floor reads the student's modality (3 event channels)
+    pixels = by_row[("floor", "pixels", None)]
+    assert pixels.status == "done" and "mIoU" in {m.name for m in pixels.metrics}
+    assert by_row[("floor", "random_init", None)].status == "done"
     scratch = by_row[("reference", "supervised_segmentation", None)]
     assert scratch.status == "done", scratch.error
     assert {"mIoU", "seg_mIoU"} <= {m.name for m in scratch.metrics}

@@ -28,6 +28,7 @@ from benchbase.evaluation.fewshot import (
     uses_gram,
 )
 
+from benchbase.outcomes import outcomes_of
 from conftest import tensor_images
 
 
@@ -257,7 +258,10 @@ def test_fewshot_evaluator_metrics():
     metrics = FewShot(shots=[1, 5], episodes=300).evaluate(tiny_student(), data, torch.device("cpu"))
     assert [m.name for m in metrics] == ["5way-1shot", "5way-5shot"]
     for metric, shots in zip(metrics, (1, 5)):
-        assert metric.n == 300 and metric.extras == {"episodes": 300, "queries": 15}
+        outcomes = outcomes_of(metric.extras)
+        assert metric.n == 300 and {k: metric.extras[k] for k in ("episodes", "queries")} == {"episodes": 300, "queries": 15}
+        assert outcomes.kind == "mean" and outcomes.n == 300 and set(outcomes.arrays["total"].tolist()) == {75}
+        assert outcomes.value() == pytest.approx(metric.value, abs=1e-9)  # the stored episodes give the metric
         assert metric.protocol == (
             f"5-way {shots}-shot, 15 queries/class, 300 episodes (seed 0), features cls+attn, "
             "prototype (cosine) classifier, split novel"
@@ -284,7 +288,7 @@ def test_fewshot_other_classifiers_and_all_queries():
     evaluator = FewShot(shots=[1], episodes=20, queries="all", classifier="cosine_linear", linear_epochs=3)
     [linear] = evaluator.evaluate(student, data, torch.device("cpu"))
     assert linear.name == "5way-1shot" and linear.n == 20
-    assert linear.extras == {"episodes": 20, "queries": "all"}
+    assert {k: linear.extras[k] for k in ("episodes", "queries")} == {"episodes": 20, "queries": "all"}
     assert linear.protocol == (
         "5-way 1-shot, all remaining images of each class as queries, 20 episodes (seed 0), features cls+attn, "
         "cosine linear classifier (distLinear, scale 2; SGD lr 0.01, momentum 0.9, dampening 0.9, "

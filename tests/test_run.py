@@ -12,25 +12,36 @@ from benchbase.results import ResultsDB
 from thirdparty import make_distribution
 
 
-def tiny(home, *extra, fewshot: bool = True):
-    """Overrides for a seconds-long run of the default suite (or another suite with fewshot=False)."""
+def tiny(home, *extra, fewshot: bool = True, floors: bool = False):
+    """Overrides for a seconds-long run of the default suite (or another suite with fewshot=False);
+    the floor rows only with ``floors`` (they are tested where a test asks for them)."""
     return [
         "trainer.epochs=1", "teacher.recipe.pretrain_epochs=1", "teacher.recipe.finetune_epochs=1",
         *(["suite.tasks.fewshot.params.episodes=50"] if fewshot else []), "trainer.progress=false",
+        *([] if floors else ["suite.floors=[]"]),
         f"home={home}", f"leaderboard_dir={home}/lb", *extra,
     ]
 
 
+def names_of(record) -> set[tuple[str, str]]:
+    return {(m.extras["task"], m.name) for m in record.metrics}
+
+
 def test_tiny_run_writes_records_and_table_and_reuses_them(tmp_path, capsys):
-    assert main(["run", "--plugins", "feature,mae", *tiny(tmp_path)]) == 0
+    assert main(["run", "--plugins", "feature,mae", *tiny(tmp_path, floors=True)]) == 0
     out = capsys.readouterr().out
     records = ResultsDB(tmp_path / "results.db").records("default")
     by_method = {r.method: r for r in records}
-    assert set(by_method) == {"teacher", "supervised", "feature", "mae"}
+    assert set(by_method) == {"teacher", "pixels", "random_init", "supervised", "feature", "mae"}
     assert by_method["teacher"].role == "teacher" and by_method["supervised"].role == "reference"
+    assert by_method["pixels"].role == by_method["random_init"].role == "floor"
+    # the floors are scored by the same evaluators, with per-sample outcomes for the paired tests
+    assert {(m.extras["task"], m.name) for m in by_method["pixels"].metrics} == {
+        (t, m) for t, m in names_of(by_method["feature"]) if t != "cost" and t != "train"}
+    assert all("outcomes" in m.extras for m in by_method["pixels"].metrics)
     feature = by_method["feature"]
     assert feature.status == "done" and feature.config["method"]["name"] == "feature"
-    names = {(m.extras["task"], m.name) for m in feature.metrics}
+    names = names_of(feature)
     assert {("top1", "top1"), ("fewshot", "5way-1shot"), ("fewshot", "5way-5shot")} <= names
     fewshot = next(m for m in feature.metrics if m.name == "5way-1shot")
     assert fewshot.n == 50 and fewshot.ci95 > 0 and "prototype" in fewshot.protocol
@@ -44,12 +55,12 @@ def test_tiny_run_writes_records_and_table_and_reuses_them(tmp_path, capsys):
     assert (feature_dir / "config.yaml").exists() and (feature_dir / "steps.jsonl").read_text().count("\n") > 0
     # the same command reuses stored runs: nothing is trained again
     before = feature_dir.joinpath("steps.jsonl").stat().st_mtime_ns
-    assert main(["run", "--plugins", "feature", *tiny(tmp_path)]) == 0
+    assert main(["run", "--plugins", "feature", *tiny(tmp_path, floors=True)]) == 0
     assert feature_dir.joinpath("steps.jsonl").stat().st_mtime_ns == before
-    assert len(ResultsDB(tmp_path / "results.db").records("default")) == 4
+    assert len(ResultsDB(tmp_path / "results.db").records("default")) == 6
     # --force reruns it and replaces the record
-    assert main(["run", "--force", "--plugins", "feature", *tiny(tmp_path)]) == 0
-    assert len(ResultsDB(tmp_path / "results.db").records("default")) == 4
+    assert main(["run", "--force", "--plugins", "feature", *tiny(tmp_path, floors=True)]) == 0
+    assert len(ResultsDB(tmp_path / "results.db").records("default")) == 6
 
 
 NAN_PLUGIN = '''

@@ -66,6 +66,7 @@ def test_eventsam_suite_runs_sam_on_frames_to_sam_on_events(tmp_path):
         "suite=eventsam", "trainer.epochs=1", "teacher.recipe.finetune_epochs=1", "trainer.progress=false",
         "suite.tasks.segmentation.params.epochs=1", "+data.digit_scene_events.params.n_train=32",
         "+data.digit_scene_events.params.n_test=16", f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb",
+        "suite.floors=[]",  # the floors of this suite are tested in test_event_suites.py
     ]
     assert main(["run", *tiny]) == 0  # every method plugin: only eventsam fits SAM students, the rest skip
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records("eventsam")}

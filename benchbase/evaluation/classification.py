@@ -17,9 +17,11 @@ from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from benchbase.components import DataBundle, Evaluator, Metric, Student, VitModel
+from benchbase.components import DataBundle, Evaluator, Metric, VitModel
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.features import check_pooling, extract_features
+from benchbase.outcomes import KEY as OUTCOMES
+from benchbase.outcomes import mean_outcomes
 
 TOP5_MIN_CLASSES = 10
 """Top-5 accuracy is reported only for datasets with at least this many classes."""
@@ -45,7 +47,8 @@ def topk_hits(scores: Tensor, labels: Tensor, k: int) -> Tensor:
 
 
 def accuracy_metrics(scores: Tensor, labels: Tensor, num_classes: int, protocol: str) -> list[Metric]:
-    """``top1`` (and ``top5`` when ``num_classes`` >= 10) in percent with binomial 95% intervals.
+    """``top1`` (and ``top5`` when ``num_classes`` >= 10) in percent with binomial 95% intervals,
+    each image's hit kept as its outcomes (:mod:`benchbase.outcomes`).
 
     Args:
         scores: [n, C] class scores of the test images.
@@ -56,7 +59,8 @@ def accuracy_metrics(scores: Tensor, labels: Tensor, num_classes: int, protocol:
     interval = f"ci95 = binomial 1.96·sqrt(p(1-p)/n) over n={n} test images"
     metrics = []
     for k in (1, 5) if num_classes >= TOP5_MIN_CLASSES else (1,):
-        accuracy = float(topk_hits(scores, labels, k).float().mean())
+        hits = topk_hits(scores, labels, k)
+        accuracy = float(hits.float().mean())
         metrics.append(
             Metric(
                 name=f"top{k}",
@@ -64,6 +68,7 @@ def accuracy_metrics(scores: Tensor, labels: Tensor, num_classes: int, protocol:
                 n=n,
                 protocol=f"{protocol}; top-{k} accuracy, {interval}",
                 ci95=100 * binomial_ci95(accuracy, n),
+                extras={OUTCOMES: mean_outcomes(hits.long(), 1)},
             )
         )
     return metrics
@@ -156,7 +161,7 @@ class FineTune(Evaluator):
             devices.append(torch.cuda.current_device() if device.index is None else device.index)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
-            model = copy.deepcopy(student.export() if isinstance(student, Student) else student.model)
+            model = copy.deepcopy(student.export())
             model.reset_classifier(data.num_classes)
             model.requires_grad_(True)  # a teacher's exported weights come frozen
             model.to(device).train()

@@ -33,6 +33,17 @@ def check_pooling(pooling: str) -> None:
         raise BenchbaseError(f"unknown feature pooling {pooling!r}; available: {', '.join(POOLINGS)}")
 
 
+def feature_taps(pooling: str) -> list[Tap]:
+    """The taps :func:`pool_tokens` needs for ``pooling``: the final tokens (and the last attention)."""
+    return [_TOKENS, _LAST_ATTN] if pooling == "cls+attn" else [_TOKENS]
+
+
+def check_class_token(model: VitModel, pooling: str) -> None:
+    """Raise :class:`BenchbaseError` when ``pooling`` needs a class token that ``model`` lacks."""
+    if pooling != "mean" and getattr(model.model, "cls_token", None) is None:
+        raise BenchbaseError(f"feature pooling {pooling!r} needs a class token, but the model has none; use 'mean'")
+
+
 def pool_tokens(tokens: Tensor, attn: Tensor | None, num_prefix_tokens: int, pooling: str) -> Tensor:
     """One feature vector per image from the final tokens.
 
@@ -80,13 +91,8 @@ def extract_features(
         ([n, F] float32 features on the CPU, [n] long labels).
     """
     check_pooling(pooling)
-    if pooling != "mean" and getattr(student.model, "cls_token", None) is None:
-        raise BenchbaseError(
-            f"feature pooling {pooling!r} needs a class token, but the model has none; use 'mean'"
-        )
     if len(dataset) == 0:
         raise BenchbaseError("cannot extract features of an empty dataset")
-    taps = [_TOKENS, _LAST_ATTN] if pooling == "cls+attn" else [_TOKENS]
     # a generator of its own: starting an iteration would otherwise draw from the global random state
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
     features: list[Tensor] = []
@@ -96,11 +102,7 @@ def extract_features(
     try:
         with torch.inference_mode():
             for images, targets in loader:
-                captured = student.run(images.to(device), taps)
-                pooled = pool_tokens(
-                    captured[_TOKENS], captured.get(_LAST_ATTN), student.num_prefix_tokens, pooling
-                )
-                features.append(pooled.float().cpu())
+                features.append(student.features(images.to(device), pooling).float().cpu())
                 labels.append(torch.as_tensor(targets, dtype=torch.long))
     finally:
         student.train(was_training)

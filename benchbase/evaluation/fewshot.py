@@ -23,10 +23,12 @@ from sklearn.linear_model import LogisticRegression
 from torch import Tensor
 
 from benchbase.components import DataBundle, Evaluator, LabeledImages, Metric, VitModel, mean_ci95
-from benchbase.errors import BenchbaseError
 from benchbase.data.folders import LazyImages
+from benchbase.errors import BenchbaseError
 from benchbase.evaluation.episode_lists import EpisodeList, read_episode_list
 from benchbase.evaluation.features import check_pooling, extract_features
+from benchbase.outcomes import KEY as OUTCOMES
+from benchbase.outcomes import mean_outcomes
 
 Queries = int | Literal["all"]
 
@@ -391,7 +393,8 @@ class FewShot(Evaluator):
     default the file's folder); ``ways``, ``shots``, ``queries`` and ``episodes`` then come from
     the file.
     One :class:`Metric` per K (per (N, K) of a file), named ``"{ways}way-{K}shot"``: mean episode
-    accuracy in percent with ci95 = 1.96·std/sqrt(episodes).
+    accuracy in percent with ci95 = 1.96·std/sqrt(episodes); each episode's correct and total
+    queries are kept as its outcomes (:mod:`benchbase.outcomes`) for paired tests between models.
     """
 
     name = "fewshot"
@@ -527,7 +530,9 @@ class FewShot(Evaluator):
             else:
                 generator = torch.Generator().manual_seed(self.seed)
                 accuracy = cosine_linear_accuracy(features, support, query, self.linear_epochs, generator)
-            value, ci95 = mean_ci95(accuracy.cpu() * 100)
+            total = (query >= 0).sum(dim=(1, 2))  # [E] queries of each episode
+            correct = torch.round(accuracy.cpu().double() * total)  # exact: accuracy is correct / total
+            value, ci95 = mean_ci95(correct / total * 100)
             count = support.shape[0]
             metrics.append(
                 Metric(
@@ -536,7 +541,8 @@ class FewShot(Evaluator):
                     n=count,
                     protocol=self.protocol(shots, listed, ways),
                     ci95=ci95,
-                    extras={"episodes": count, "queries": self.queries if listed is None else "listed"},
+                    extras={"episodes": count, "queries": self.queries if listed is None else "listed",
+                            OUTCOMES: mean_outcomes(correct, total)},
                 )
             )
         return metrics

@@ -19,9 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchbase.capture import Tap
-from benchbase.components import DataBundle, Evaluator, Metric, SegmentationImages, Student, VitModel
+from benchbase.components import DataBundle, Evaluator, Metric, SegmentationImages, VitModel
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.segments import GT_MIN_AREA, SegmentMetricAccumulator
+from benchbase.outcomes import KEY as OUTCOMES
+from benchbase.outcomes import iou_outcomes, ratio_outcomes
 
 HEADS: dict[str, str] = {
     "linear": "linear probe (1x1 conv on the frozen final-norm patch tokens, no BatchNorm)",
@@ -59,17 +61,41 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_inde
     Raises:
         BenchbaseError: a labelled target lies outside [0, K).
     """
-    pred, target = pred.reshape(-1), target.reshape(-1)
+    return confusion_matrices(pred.reshape(1, -1), target.reshape(1, -1), num_classes, ignore_index)[0]
+
+
+def confusion_matrices(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = None) -> Tensor:
+    """One confusion matrix per image, as :func:`confusion_matrix` computes it for each.
+
+    Args:
+        pred: [b, ...] long predicted classes in [0, K).
+        target: [b, ...] long true classes (same shape) in [0, K), or ``ignore_index``.
+
+    Returns:
+        [b, K, K] long; their sum over images is the matrix of all pixels.
+    """
+    images = pred.shape[0]
+    pred, target = pred.reshape(images, -1), target.reshape(images, -1)
+    image = torch.arange(images, device=pred.device).unsqueeze(1).expand_as(target)
     if ignore_index is not None:
         labelled = target != ignore_index
-        pred, target = pred[labelled], target[labelled]
+        pred, target, image = pred[labelled], target[labelled], image[labelled]
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
         raise BenchbaseError(
             f"label values must lie in 0..{num_classes - 1} (or be the ignore index {ignore_index}), "
             f"found {int(target.min())}..{int(target.max())}; check the dataset's num_classes and ignore_index"
         )
-    pairs = target * num_classes + pred
-    return torch.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    pairs = (image.reshape(-1) * num_classes + target.reshape(-1)) * num_classes + pred.reshape(-1)
+    counts = torch.bincount(pairs, minlength=images * num_classes * num_classes)
+    return counts.reshape(images, num_classes, num_classes)
+
+
+def image_iou_counts(cms: Tensor) -> Tensor:
+    """[b, 3, K] per image and class: intersection (the diagonal), union (row + column - diagonal)
+    and labelled pixels (the row sum) of [b, K, K] confusion matrices."""
+    diagonal = cms.diagonal(dim1=1, dim2=2)
+    truth = cms.sum(dim=2)
+    return torch.stack([diagonal, truth + cms.sum(dim=1) - diagonal, truth], dim=1)
 
 
 def iou_from_confusion(cm: Tensor) -> tuple[Tensor, float]:
@@ -233,8 +259,7 @@ class SegmentationProbe(Evaluator):
                     features = self._frozen_features(student, train_set, device)
                     parameters = [{"params": head.parameters()}]
                 else:
-                    plain = student.export() if isinstance(student, Student) else student.model
-                    backbone = VitModel(copy.deepcopy(plain))
+                    backbone = VitModel(copy.deepcopy(student.export()))
                     backbone.requires_grad_(True).to(device).train()  # a teacher's exported weights come frozen
                     head = decoder_head(student.token_width, data.num_classes).to(device)
                     features = None
@@ -246,10 +271,10 @@ class SegmentationProbe(Evaluator):
                 self._train(backbone, head, features, train_set, data.ignore_index, optimizer, device)
                 backbone.eval()
                 head.eval()
-                cm, segments = self._predict(backbone, head, test_set, data, device)
+                cm, per_image, segments = self._predict(backbone, head, test_set, data, device)
         finally:
             student.train(was_training)
-        return self._metrics(cm, segments, data, test_set, len(train_set))
+        return self._metrics(cm, per_image, segments, data, test_set, len(train_set))
 
     def _frozen_features(
         self, student: VitModel, dataset: SegmentationImages, device: torch.device
@@ -262,7 +287,7 @@ class SegmentationProbe(Evaluator):
 
         def run(images: Tensor) -> Tensor:
             with torch.no_grad():
-                return patch_features(student, images.to(device))
+                return student.patch_grid(images.to(device))
 
         size = len(dataset) * student.token_width * student.num_patches
         if size > FEATURE_CACHE_ELEMENTS:
@@ -290,7 +315,7 @@ class SegmentationProbe(Evaluator):
         for _ in range(self.epochs):
             order = torch.randperm(len(dataset), generator=generator)
             for index, images, labels in _batches(dataset, order, self.batch_size):
-                inputs = patch_features(backbone, images.to(device)) if features is None else features(index, images)
+                inputs = backbone.patch_grid(images.to(device)) if features is None else features(index, images)
                 labels = [label.to(device) for label in labels]
                 losses, labelled = [], 0
                 for logits, target in upsampled_groups(head(inputs), labels):
@@ -304,30 +329,37 @@ class SegmentationProbe(Evaluator):
 
     def _predict(
         self, backbone: VitModel, head: nn.Module, dataset: SegmentationImages, data: DataBundle, device: torch.device
-    ) -> tuple[Tensor, SegmentMetricAccumulator | None]:
-        """The [K, K] confusion matrix over the whole split (and the segment metric's accumulator)."""
+    ) -> tuple[Tensor, Tensor, SegmentMetricAccumulator | None]:
+        """The [K, K] confusion matrix over the whole split, each test image's [n, K, K] diagonal and
+        union counts (see :func:`image_iou_counts`), and the segment metric's accumulator."""
         cm = torch.zeros(data.num_classes, data.num_classes, dtype=torch.long, device=device)
+        per_image = []
         segments = SegmentMetricAccumulator(data.ignore_index) if self.segment_metric else None
         with torch.inference_mode():
             for _, images, labels in _batches(dataset, torch.arange(len(dataset)), self.batch_size):
-                logits = head(patch_features(backbone, images.to(device)))
+                logits = head(backbone.patch_grid(images.to(device)))
                 for upsampled, target in upsampled_groups(logits, [label.to(device) for label in labels]):
                     pred = upsampled.argmax(dim=1)  # [b, H, W]
-                    cm += confusion_matrix(pred, target, data.num_classes, data.ignore_index)
+                    image_cms = confusion_matrices(pred, target, data.num_classes, data.ignore_index)
+                    cm += image_cms.sum(dim=0)
+                    per_image.append(image_iou_counts(image_cms).cpu())
                     if segments is not None:
                         for pred_map, gt_map in zip(pred.cpu(), target.cpu()):
                             segments.update(pred_map, gt_map)
-        return cm, segments
+        return cm, torch.cat(per_image), segments
 
     def _metrics(
         self,
         cm: Tensor,
+        per_image: Tensor,
         segments: SegmentMetricAccumulator | None,
         data: DataBundle,
         test_set: SegmentationImages,
         train_size: int,
     ) -> list[Metric]:
-        """``mIoU`` and ``pixel_acc`` (and the ``seg_*`` metrics) in percent."""
+        """``mIoU`` and ``pixel_acc`` (and the ``seg_*`` metrics) in percent; ``per_image`` [n, 3, K]
+        (intersections, unions, labelled pixels per class of each test image) becomes the outcomes of
+        ``mIoU`` and ``pixel_acc``."""
         pixels = int(cm.sum())
         if pixels == 0:
             raise BenchbaseError(f"test split {self.test_split!r} of dataset {data.name!r} has no labelled pixels")
@@ -345,9 +377,11 @@ class SegmentationProbe(Evaluator):
                 value=100 * miou,
                 n=pixels,
                 protocol=f"{protocol}; mIoU {counted}, mean IoU over the classes present in ground truth or prediction",
-                extras={"per_class_iou": per_class_iou, "pixel_accuracy": 100 * accuracy},
+                extras={"per_class_iou": per_class_iou, "pixel_accuracy": 100 * accuracy,
+                        OUTCOMES: iou_outcomes(per_image[:, 0], per_image[:, 1])},
             ),
-            Metric(name="pixel_acc", value=100 * accuracy, n=pixels, protocol=f"{protocol}; pixel accuracy {counted}"),
+            Metric(name="pixel_acc", value=100 * accuracy, n=pixels, protocol=f"{protocol}; pixel accuracy {counted}",
+                   extras={OUTCOMES: ratio_outcomes(per_image[:, 0].sum(dim=1), per_image[:, 2].sum(dim=1))}),
         ]
         if segments is not None:
             result = segments.compute()

@@ -1,0 +1,152 @@
+"""Which differences between table rows are real: paired tests on the same episodes and images.
+
+Every row of a table is scored on the same samples for a given seed (the same few-shot episodes,
+the same test images), and each metric keeps its per-sample outcomes (:mod:`benchbase.outcomes`).
+Two rows are compared on the seeds both ran, pairing their outcomes sample by sample:
+
+- a mean of per-sample scores (few-shot accuracy per episode, top-k hit per image): a paired
+  t-test on the per-sample differences, stratified by seed (the difference is the mean over seeds
+  of each seed's mean difference; its variance the sum of the seeds' variances of the mean / S²);
+- a ratio of sums or a mean IoU (pixel accuracy, mIoU): a paired bootstrap over test images
+  (:data:`BOOTSTRAP` resamples, the same resampled images for both rows; per resample the
+  difference is averaged over seeds), two-sided p = 2·min(P(Δ* ≤ 0), P(Δ* ≥ 0)) with the +1
+  correction.
+
+All pairs of a column are corrected together with Holm's step-down method at level :data:`ALPHA`.
+A row's rank is 1 + the number of rows significantly better than it, so rows no test separates from
+those above them share a rank. The tests measure evaluation noise given the trained models (which
+episodes and images were drawn), not the spread over training seeds (the ± of a cell).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from benchbase.outcomes import Outcomes
+
+ALPHA = 0.05
+"""Family-wise error rate of the pairwise tests of one column (Holm-corrected)."""
+
+BOOTSTRAP = 2000
+"""Resamples of the paired bootstrap (ratio and IoU metrics)."""
+
+BOOTSTRAP_SEED = 0
+"""The bootstrap's random seed: a table regenerates identically from its records."""
+
+METHOD = (
+    "paired tests on the same episodes / test images, pooled over the seeds both rows ran: t-test on "
+    "per-sample differences for means (few-shot, top-k), paired bootstrap over test images "
+    f"({BOOTSTRAP} resamples) for ratios and mIoU; Holm-corrected over all pairs of the column, α = {ALPHA}"
+)
+"""How ranks are computed, as printed under every table."""
+
+RowOutcomes = Mapping[int, Outcomes]
+"""One row's outcomes of one column, by seed."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Row ``a`` against row ``b`` on one column: ``delta`` = a - b (metric units), its p-value
+    before and after the Holm correction, and whether the difference is significant."""
+
+    a: Hashable
+    b: Hashable
+    delta: float
+    p: float
+    p_holm: float = math.nan
+
+    @property
+    def significant(self) -> bool:
+        return self.p_holm < ALPHA
+
+
+def _paired_seeds(a: RowOutcomes, b: RowOutcomes) -> list[int]:
+    """The seeds where both rows have outcomes of the same kind over the same number of samples."""
+    return [s for s in sorted(set(a) & set(b)) if a[s].kind == b[s].kind and a[s].n == b[s].n]
+
+
+def paired_test(a: RowOutcomes, b: RowOutcomes, rng: np.random.Generator | None = None) -> tuple[float, float] | None:
+    """(delta = a - b in metric units, two-sided p) over the seeds both rows ran, or None without any.
+
+    See the module docstring for the tests; ``rng`` drives the bootstrap (default: seeded with
+    :data:`BOOTSTRAP_SEED`).
+    """
+    seeds = _paired_seeds(a, b)
+    if not seeds:
+        return None
+    if a[seeds[0]].kind == "mean":
+        return _t_test([a[s] for s in seeds], [b[s] for s in seeds])
+    return _bootstrap([a[s] for s in seeds], [b[s] for s in seeds], rng or np.random.default_rng(BOOTSTRAP_SEED))
+
+
+def _t_test(a: list[Outcomes], b: list[Outcomes]) -> tuple[float, float]:
+    means, variances, dof = [], [], 0
+    for x, y in zip(a, b):
+        diff = 100 * (x.arrays["correct"] / x.arrays["total"] - y.arrays["correct"] / y.arrays["total"])
+        means.append(diff.mean())
+        variances.append(diff.var(ddof=1) / diff.size if diff.size > 1 else 0.0)
+        dof += diff.size - 1
+    delta = float(np.mean(means))
+    se = math.sqrt(sum(variances)) / len(means)
+    if se == 0 or dof == 0:
+        return delta, 1.0 if delta == 0 else 0.0
+    return delta, float(2 * stats.t.sf(abs(delta) / se, dof))
+
+
+def _bootstrap(a: list[Outcomes], b: list[Outcomes], rng: np.random.Generator) -> tuple[float, float]:
+    delta = float(np.mean([x.value() - y.value() for x, y in zip(a, b)]))
+    resampled = np.zeros(BOOTSTRAP)
+    for x, y in zip(a, b):
+        weights = rng.multinomial(x.n, np.full(x.n, 1 / x.n), size=BOOTSTRAP).astype(np.float64)  # [R, n]
+        resampled += (x.value(weights) - y.value(weights)) / len(a)
+    resampled = resampled[np.isfinite(resampled)]
+    below = (np.sum(resampled <= 0) + 1) / (resampled.size + 1)
+    above = (np.sum(resampled >= 0) + 1) / (resampled.size + 1)
+    return delta, float(min(1.0, 2 * min(below, above)))
+
+
+def bootstrap_ci95(outcomes: Outcomes, rng: np.random.Generator | None = None) -> float:
+    """Half-width of the 95% percentile-bootstrap interval of one run's metric over its samples
+    (the mean of the distances from the value to the 2.5th and 97.5th percentiles)."""
+    rng = rng or np.random.default_rng(BOOTSTRAP_SEED)
+    weights = rng.multinomial(outcomes.n, np.full(outcomes.n, 1 / outcomes.n), size=BOOTSTRAP).astype(np.float64)
+    values = outcomes.value(weights)
+    low, high = np.nanpercentile(values, [2.5, 97.5])
+    return float((high - low) / 2)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def compare_rows(rows: Mapping[Hashable, RowOutcomes]) -> list[Comparison]:
+    """Every pair of rows with paired outcomes, Holm-corrected together; ``a`` is the row with the
+    higher value of each pair."""
+    keys = [k for k, outcomes in rows.items() if outcomes]
+    tested = []
+    for i, first in enumerate(keys):
+        for second in keys[i + 1 :]:
+            result = paired_test(rows[first], rows[second])
+            if result is not None:
+                delta, p = result
+                a, b = (first, second) if delta >= 0 else (second, first)
+                tested.append(Comparison(a, b, abs(delta), p))
+    adjusted = holm([c.p for c in tested])
+    return [Comparison(c.a, c.b, c.delta, c.p, q) for c, q in zip(tested, adjusted)]
+
+
+def ranks(rows: Mapping[Hashable, RowOutcomes], comparisons: list[Comparison]) -> dict[Hashable, int]:
+    """Each row with outcomes: 1 + the number of rows significantly better (higher) than it."""
+    return {key: 1 + sum(c.significant and c.b == key for c in comparisons) for key, outcomes in rows.items() if outcomes}
