@@ -30,12 +30,14 @@ reused unless --force. The comparison table is printed and written to leaderboar
 
 EVAL_EPILOG = """\
 MODEL is a stored run (its folder, its student.pt, or its config hash), a checkpoint file with its
-architecture in the student config, timm:NAME or sam:PRESET with --weights FILE (never downloaded):
+architecture in the student config, timm:NAME or sam:PRESET with --weights FILE (never downloaded),
+or pixels (the image itself as the features: the floor a learned model must beat):
   benchbase eval .benchbase/runs/default/feature-seed0-1a2b3c4d5e6f7a8b     every task of the run's suite
   benchbase eval 1a2b3c4d fewshot suite.tasks.fewshot.params.episodes=10000  a stored run by config hash
   benchbase eval ckpt.pth fewshot student=vit_tiny suite=cpu-real data.omniglot.root=DIR
   benchbase eval --weights vit_s16.pth timm:vit_small_patch16_224 fewshot suite=cpu-real data.omniglot.root=DIR
   benchbase eval --weights sam_vit_b_01ec64.pth sam:vit_b suite=eventsam
+  benchbase eval pixels fewshot suite=cpu-real data.omniglot.root=DIR
   benchbase eval ckpt.pth fewshot '+suite.tasks.fewshot.params.episodes_file=test_episodes.csv'
   benchbase eval ckpt.pth omni20 suite=cpu-real data.omniglot.root=DIR suite.tasks.omni20.evaluator=fewshot \\
       suite.tasks.omni20.dataset=omniglot +suite.tasks.omni20.params.ways=20 +suite.tasks.omni20.params.within_group=true
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--row", action="store_true",
                     help="show the records as a row of the suite's table where tasks and protocols match")
     ev.add_argument("--force", action="store_true", help="evaluate again even if an identical record is stored")
-    ev.add_argument("model", metavar="MODEL", help="stored run, checkpoint, timm:NAME or sam:PRESET (see below)")
+    ev.add_argument("model", metavar="MODEL", help="stored run, checkpoint, timm:NAME, sam:PRESET or pixels (see below)")
     ev.add_argument("items", nargs="*", metavar="TASK|KEY=VALUE", help="tasks to run and Hydra overrides")
 
     plugins = sub.add_parser("plugins", help="list installed plugins and what they register")

@@ -2,7 +2,9 @@
 
 The config is composed as for ``benchbase run``, starting from the model's defaults: a stored
 run's own suite (tasks, data), teacher, seed and architecture, a ``KIND:NAME`` model's
-architecture, or the default suite and ``student`` config for a checkpoint. Hydra overrides
+architecture, or the default suite and ``student`` config for a checkpoint (and ``pixels``, the
+image itself as the features). A task whose evaluator does not apply to the model (fine-tuning
+pixels) gives no metrics. Hydra overrides
 change anything (``suite=cpu-real``, ``data.omniglot.root=DIR``, ``seed=1``, ``student=vit_tiny``).
 TASK names tasks of the suite (default: all of them); a task given inline is
 ``suite.tasks.NAME.evaluator=E suite.tasks.NAME.dataset=D`` plus ``+suite.tasks.NAME.params.K=V``.
@@ -25,14 +27,15 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from benchbase.components import DataBundle, Student
+from benchbase.components import DataBundle, VitModel
 from benchbase.config import DatasetConfig, compose_config, config_hash
 from benchbase.errors import BenchbaseError
 from benchbase.leaderboard import build_table, format_table
-from benchbase.models_from import ModelSpec, architecture_node, build_model, resolve_model
+from benchbase.floors import PixelModel
+from benchbase.models_from import PIXELS, ModelSpec, architecture_node, build_model, resolve_model
 from benchbase.plugins import Benchbase
 from benchbase.results import ResultsDB, RunRecord
-from benchbase.suite import SuiteContext, _record, evaluate, suite_context
+from benchbase.suite import SuiteContext, _record, evaluate_task, suite_context
 
 MODEL_OPTION = "_eval_model"
 """The ``student`` and ``suite`` options holding a model's own defaults (ConfigStore)."""
@@ -126,10 +129,22 @@ def eval_identity(spec: ModelSpec, cfg: Any, seed: int) -> dict[str, Any]:
     }
 
 
-def _evaluated(ctx: SuiteContext, spec: ModelSpec, model: Student, label: str, seed: int, h: str,
-               row: bool) -> RunRecord:
+def _scorer(ctx: SuiteContext, spec: ModelSpec) -> Callable[[DataBundle], VitModel]:
+    """The model a task's data is scored with: the model, built once, or the pixels of that data
+    (of the channels the ``student`` config reads)."""
+    sizing = _sizing_data(ctx, spec)
+    if spec.kind == PIXELS:
+        input_slice = sizing.channels(ctx.cfg.student.get("input"))
+        return lambda data: PixelModel.reading(data, input_slice)
+    model = build_model(spec, ctx.cfg, ctx.bb, sizing).to(ctx.device)
+    return lambda data: model
+
+
+def _evaluated(ctx: SuiteContext, spec: ModelSpec, model_for: Callable[[DataBundle], VitModel], label: str,
+               seed: int, h: str, row: bool) -> RunRecord:
     started = time.perf_counter()
-    metrics = evaluate(ctx, model, seed)
+    metrics = [metric for name, task in ctx.cfg.suite.tasks.items()
+               for metric in evaluate_task(ctx, name, task, model_for(ctx.dataset(task.dataset)), seed)]
     record = _record(ctx, ctx.cfg, "eval", label, seed, h, status="done", metrics=metrics,
                      wall_time=time.perf_counter() - started)
     return dataclasses.replace(record, teacher=record.teacher if spec.run is not None else "",
@@ -143,12 +158,12 @@ def run_eval(bb: Benchbase, model: str, items: Sequence[str], weights: str | Non
 
     Args:
         model: MODEL (see :mod:`benchbase.models_from`); ``weights``: its ``--weights``.
-        items: TASK names and ``KEY=VALUE`` overrides, in any order.
+        items: TASK names and Hydra overrides (``KEY=VALUE``, ``~KEY``), in any order.
         name: the row label (default: the run's method and hash, the file, or ``KIND:NAME``).
         row: show the records as a row of their suite's table where the protocols match.
     """
-    tasks = [item for item in items if "=" not in item]
-    overrides = [item for item in items if "=" in item]
+    overrides = [item for item in items if "=" in item or item.startswith("~")]  # ~KEY deletes without a value
+    tasks = [item for item in items if item not in overrides]
     location = [o for o in overrides if o.split("=", 1)[0] in ("home", "db")]
     spec = resolve_model(model, weights, ResultsDB(compose_config(location, bb.config_dirs()).db))
     overrides = [*_model_defaults(spec, overrides), *_inline_tasks(overrides), *overrides]
@@ -157,7 +172,7 @@ def run_eval(bb: Benchbase, model: str, items: Sequence[str], weights: str | Non
     label = name or spec.label
     echo(f"eval {label} on suite {ctx.cfg.suite.name}: tasks {', '.join(ctx.cfg.suite.tasks)}; "
          f"seeds {list(ctx.cfg.suite.seeds)}")
-    built: Student | None = None
+    model_for: Callable[[DataBundle], VitModel] | None = None
     records = []
     for seed in ctx.cfg.suite.seeds:
         h = config_hash(eval_identity(spec, ctx.cfg, seed))
@@ -169,9 +184,8 @@ def run_eval(bb: Benchbase, model: str, items: Sequence[str], weights: str | Non
                 ctx.db.save(found)
             records.append(found)
             continue
-        if built is None:
-            built = build_model(spec, ctx.cfg, bb, _sizing_data(ctx, spec)).to(ctx.device)
-        record = _evaluated(ctx, spec, built, label, seed, h, row)
+        model_for = model_for or _scorer(ctx, spec)
+        record = _evaluated(ctx, spec, model_for, label, seed, h, row)
         ctx.db.save(record)
         echo(f"  seed {seed}: evaluated, stored as {h}")
         records.append(record)

@@ -11,7 +11,9 @@ MODEL is one of:
 - ``timm:NAME`` with ``--weights FILE``: timm's architecture NAME with its pretrained weights read
   from FILE (timm adapts them to the image size and channels); nothing is downloaded;
 - ``sam:PRESET`` with ``--weights FILE``: SAM's image encoder (``vit_b``, ``vit_l``, ``vit_h``)
-  from a SAM checkpoint.
+  from a SAM checkpoint;
+- ``pixels``: the image itself as the features (the ``pixels`` floor of :mod:`benchbase.floors`),
+  of the channels the ``student`` config reads.
 
 Weights are identified by the SHA-256 of their file, so the same weights under another path reuse
 stored results.
@@ -39,7 +41,8 @@ RUN_FILES = ("config.yaml", "student.pt")
 PREFIXES = {"timm": "vit", "sam": "sam"}
 """``KIND:NAME`` models and the student architecture each is built as."""
 _HASH = re.compile(r"[0-9a-f]{6,16}")
-_USAGE = ("a run folder, a checkpoint file, a stored run's config hash, timm:NAME or sam:PRESET "
+PIXELS = "pixels"
+_USAGE = ("a run folder, a checkpoint file, a stored run's config hash, timm:NAME, sam:PRESET or pixels "
           "(see `benchbase eval --help`)")
 
 
@@ -51,9 +54,9 @@ class ModelSpec:
     composed ``student`` config, or a stored run's own).
     """
 
-    kind: str  # run | checkpoint | timm | sam
+    kind: str  # run | checkpoint | timm | sam | pixels
     label: str
-    weights: Path
+    weights: Path | None = None
     run: DictConfig | None = None
     run_hash: str = ""
     architecture: dict[str, Any] | None = None
@@ -61,7 +64,9 @@ class ModelSpec:
 
     def provenance(self) -> dict[str, Any]:
         """What a record stores about the model: kind, weights file and its SHA-256, the run."""
-        found = {"kind": self.kind, "weights": str(self.weights), "sha256": self.file_hash()}
+        found = self.identity()
+        if self.weights is not None:
+            found["weights"] = str(self.weights)
         if self.run is not None:
             found["run"] = {"config_hash": self.run_hash, "run_dir": str(self.weights.parent),
                             "suite": self.run.suite.name, "method": (self.run.get("method") or {}).get("name", ""),
@@ -70,7 +75,9 @@ class ModelSpec:
 
     def identity(self) -> dict[str, Any]:
         """The parts of :meth:`provenance` that decide the model (no paths)."""
-        found = {"kind": self.kind, "sha256": self.file_hash()}
+        found: dict[str, Any] = {"kind": self.kind}
+        if self.weights is not None:
+            found["sha256"] = self.file_hash()
         if self.run_hash:
             found["run"] = self.run_hash
         return found
@@ -107,6 +114,10 @@ def _stored_run(prefix: str, db: ResultsDB) -> ModelSpec:
 def resolve_model(text: str, weights: str | None, db: ResultsDB) -> ModelSpec:
     """The model named by ``text`` (module docstring); ``weights`` is ``--weights``; ``db`` finds
     stored runs by config hash. Anything else is a one-line error saying what MODEL may be."""
+    if text == PIXELS:
+        if weights is not None:
+            raise BenchbaseError("the pixels model has no weights; drop --weights")
+        return ModelSpec(PIXELS, PIXELS)
     kind, _, name = text.partition(":")
     if kind in PREFIXES and name:
         if weights is None:

@@ -1,4 +1,4 @@
-"""``benchbase eval``: stored runs, checkpoints, timm and SAM weights scored without training."""
+"""``benchbase eval``: stored runs, checkpoints, timm and SAM weights, pixels, scored without training."""
 
 from __future__ import annotations
 
@@ -86,6 +86,14 @@ def test_eval_of_checkpoint_timm_and_sam_weights(stored, tmp_path, capsys):
     assert all(0 < m.value <= 100 for r in kinds.values() for m in r.metrics)
 
 
+def test_eval_of_pixels_equals_the_suites_pixels_floor(stored):
+    home, _ = stored
+    [floor] = [r for r in ResultsDB(home / "results.db").records() if r.role == "floor" and r.method == "pixels"]
+    assert main(["eval", "pixels", *fast(home)[3:]]) == 0  # the run's suite, tasks and seed
+    [record] = [r for r in evals(home) if r.config["provenance"] == {"kind": "pixels"}]
+    assert record.metrics == floor.metrics and record.method == "pixels"
+
+
 def test_inline_task(stored, capsys):
     home, folder = stored
     inline = ["suite.tasks.three.evaluator=fewshot", "suite.tasks.three.dataset=digits",
@@ -104,6 +112,7 @@ def test_inline_task(stored, capsys):
     (["abcdef12"], "no stored run in .* with a config hash starting 'abcdef12'"),
     (["timm:vit_tiny_patch16_224"], "timm:vit_tiny_patch16_224 needs --weights FILE"),
     (["--weights", "w.pth", "sam:vit_b"], "--weights w.pth is not a file"),
+    (["--weights", "w.pth", "pixels"], "the pixels model has no weights; drop --weights"),
     (["{run}", "nope"], "suite 'default' has no task 'nope'; its tasks: top1, fewshot"),
     (["--weights", "{run}/student.pt", "{run}"], "--weights is for timm:NAME and sam:PRESET models"),
     (["{run}", "student=vit_tiny"], "brings its own architecture; drop the student=... override"),
