@@ -47,7 +47,8 @@ suite.tasks.NAME.dataset=D with +suite.tasks.NAME.params.KEY=VALUE. A stored run
 suite, data and seed; other models from the default suite (suite=... picks another). One record per
 seed of the suite (role eval, with the model's provenance) goes to the results database; a stored
 record with the same config hash is reused unless --force. With --row the records are a row of the
-suite's table (where the tasks and protocols match the suite's runs) the next time it is written.
+suite's table (where the tasks and protocols match the suite's runs) the next time it is written,
+and stay one (--force replaces them).
 """
 
 

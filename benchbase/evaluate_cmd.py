@@ -2,16 +2,16 @@
 
 The config is composed as for ``benchbase run``, starting from the model's defaults: a stored
 run's own suite (tasks, data), teacher, seed and architecture, a ``KIND:NAME`` model's
-architecture, or the default suite and ``student`` config for a checkpoint (and ``pixels``, the
-image itself as the features). A task whose evaluator does not apply to the model (fine-tuning
-pixels) gives no metrics. Hydra overrides
-change anything (``suite=cpu-real``, ``data.omniglot.root=DIR``, ``seed=1``, ``student=vit_tiny``).
-TASK names tasks of the suite (default: all of them); a task given inline is
-``suite.tasks.NAME.evaluator=E suite.tasks.NAME.dataset=D`` plus ``+suite.tasks.NAME.params.K=V``.
+architecture, or the default suite and ``student`` config for a checkpoint and for ``pixels``.
+Hydra overrides change anything (``suite=cpu-real``, ``data.omniglot.root=DIR``, ``seed=1``,
+``student=vit_tiny``). TASK names tasks of the suite (default: all of them); a task given inline
+is ``suite.tasks.NAME.evaluator=E suite.tasks.NAME.dataset=D`` plus ``+suite.tasks.NAME.params.K=V``.
+A task whose evaluator does not apply to the model (fine-tuning ``pixels``) gives no metrics.
 
 Each seed of ``suite.seeds`` gives one record with role ``eval``: the selected tasks' metrics,
 the full config, and under ``provenance`` the model's kind, weights file, its SHA-256 and, for a
-stored run, the run. A record whose config hash is stored is reused (``force`` recomputes it).
+stored run, the run. A record whose config hash is stored is reused (``force`` recomputes it); a
+reused record takes a new ``name`` and becomes a row with ``row``, and stays one.
 ``row`` records are shown as a row of their suite's table (see
 :func:`benchbase.eval_rows.shown_eval_rows`); the others stay out of every suite table.
 """
@@ -30,8 +30,8 @@ from omegaconf import OmegaConf
 from benchbase.components import DataBundle, VitModel
 from benchbase.config import DatasetConfig, compose_config, config_hash
 from benchbase.errors import BenchbaseError
-from benchbase.leaderboard import build_table, format_table
 from benchbase.floors import PixelModel
+from benchbase.leaderboard import build_table, format_table
 from benchbase.models_from import PIXELS, ModelSpec, architecture_node, build_model, resolve_model
 from benchbase.plugins import Benchbase
 from benchbase.results import ResultsDB, RunRecord
@@ -161,6 +161,7 @@ def run_eval(bb: Benchbase, model: str, items: Sequence[str], weights: str | Non
         items: TASK names and Hydra overrides (``KEY=VALUE``, ``~KEY``), in any order.
         name: the row label (default: the run's method and hash, the file, or ``KIND:NAME``).
         row: show the records as a row of their suite's table where the protocols match.
+        force: evaluate again, replacing stored records (their label and row flag included).
     """
     overrides = [item for item in items if "=" in item or item.startswith("~")]  # ~KEY deletes without a value
     tasks = [item for item in items if item not in overrides]
@@ -179,8 +180,9 @@ def run_eval(bb: Benchbase, model: str, items: Sequence[str], weights: str | Non
         found = ctx.db.find(h) if not force else None
         if found is not None:
             echo(f"  seed {seed}: stored record {h} reused")
-            if found.config.get("row") != row or found.method != label:
-                found = dataclasses.replace(found, method=label, config={**found.config, "row": row})
+            if (row and not found.config.get("row")) or (name and found.method != name):
+                found = dataclasses.replace(found, method=name or found.method,
+                                            config={**found.config, "row": row or found.config.get("row", False)})
                 ctx.db.save(found)
             records.append(found)
             continue
