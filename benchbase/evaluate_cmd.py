@@ -119,11 +119,9 @@ def eval_identity(spec: ModelSpec, cfg: Any, seed: int) -> dict[str, Any]:
     """What an eval record's config hash covers: the model (weights by SHA-256, architecture), the
     tasks and their data, the evaluation batch size and the seed; paths and devices are left out."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    student = dict(container["student"])
-    student["params"] = {k: v for k, v in student["params"].items() if k != "pretrained_cfg_overlay"}  # timm's path
     datasets = {cfg.suite.distill.dataset} | {task.dataset for task in cfg.suite.tasks.values()}
     return {
-        "role": "eval", "model": spec.identity(), "student": student, "tasks": container["suite"]["tasks"],
+        "role": "eval", "model": spec.identity(), "student": container["student"], "tasks": container["suite"]["tasks"],
         "data": {k: v for k, v in container["data"].items() if k in datasets}, "eval": container["eval"],
         "seed": seed,
     }

@@ -8,8 +8,8 @@ MODEL is one of:
 - a checkpoint file: a ``student.pt`` elsewhere (it records each block's head count) or any state
   dict, built with the ``student`` config (``student=vit_tiny``, ``student.embed_dim=...``; a SAM
   encoder with ``student.arch=sam``, whose checkpoint may be SAM's own);
-- ``timm:NAME`` with ``--weights FILE``: timm's architecture NAME with its pretrained weights read
-  from FILE (timm adapts them to the image size and channels); nothing is downloaded;
+- ``timm:NAME`` with ``--weights FILE``: timm's architecture NAME with weights read from FILE and
+  adapted as timm adapts pretrained weights (:func:`load_timm_weights`); nothing is downloaded;
 - ``sam:PRESET`` with ``--weights FILE``: SAM's image encoder (``vit_b``, ``vit_l``, ``vit_h``)
   from a SAM checkpoint;
 - ``pixels``: the image itself as the features (the ``pixels`` floor of :mod:`benchbase.floors`),
@@ -22,17 +22,20 @@ stored results.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from timm.models import adapt_input_conv
+from torch import nn
 
 from benchbase.components import DataBundle, Student
 from benchbase.config import ModelConfig
 from benchbase.errors import BenchbaseError
-from benchbase.models import load_weights
+from benchbase.models import load_state, load_weights, read_state_dict
 from benchbase.plugins import Benchbase
 from benchbase.results import ResultsDB
 from benchbase.sam import load_sam_checkpoint
@@ -83,6 +86,7 @@ class ModelSpec:
         return found
 
     def file_hash(self) -> str:
+        """The SHA-256 of the weights file (read once)."""
         if not self.sha256:
             digest = hashlib.sha256()
             with open(self.weights, "rb") as f:
@@ -125,10 +129,7 @@ def resolve_model(text: str, weights: str | None, db: ResultsDB) -> ModelSpec:
         path = Path(weights)
         if not path.is_file():
             raise BenchbaseError(f"--weights {path} is not a file; pass the weights of {name}")
-        architecture = {"arch": PREFIXES[kind], "model": name}
-        if kind == "timm":  # timm reads the file itself (pretrained_cfg_overlay) and adapts it
-            architecture.update(pretrained=True, params={"pretrained_cfg_overlay": {"file": str(path.resolve())}})
-        return ModelSpec(kind, text, path, architecture=architecture)
+        return ModelSpec(kind, text, path, architecture={"arch": PREFIXES[kind], "model": name})
     if weights is not None:
         raise BenchbaseError(f"--weights is for timm:NAME and sam:PRESET models; {text} names its own weights")
     path = Path(text)
@@ -143,21 +144,40 @@ def resolve_model(text: str, weights: str | None, db: ResultsDB) -> ModelSpec:
     raise BenchbaseError(f"MODEL {text!r} is not a file or folder here; MODEL is {_USAGE}")
 
 
+def load_timm_weights(model: nn.Module, path: Path) -> None:
+    """The weights of ``path`` in the timm model ``model``, adapted as timm adapts its pretrained
+    weights: the model family's ``checkpoint_filter_fn`` (other checkpoint layouts, the position
+    embedding resampled to the image size) and the first convolution's input channels
+    (``adapt_input_conv``). A classifier for another number of classes is left out (no evaluator
+    reads it); any other key missing, unexpected or of another shape is a one-line error."""
+    state = read_state_dict(path)
+    filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            state = filter_fn(state, model)
+        except Exception as exc:  # a layout the filter cannot convert
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BenchbaseError(f"checkpoint {path} is not a {type(model).__name__} checkpoint timm can read "
+                                 f"({first})") from None
+    own, config = model.state_dict(), getattr(model, "pretrained_cfg", {}) or {}
+    conv = f"{config.get('first_conv')}.weight"
+    if conv in state and conv in own and state[conv].shape[1] != own[conv].shape[1]:
+        state[conv] = adapt_input_conv(own[conv].shape[1], state[conv])
+    head = [f"{config.get('classifier')}.{p}" for p in ("weight", "bias")]
+    state = {k: v for k, v in state.items() if k not in head or v.shape == own[k].shape}
+    load_state(model, state, path, f"timm {type(model).__name__}", optional=tuple(head))
+
+
 def build_model(spec: ModelSpec, cfg: DictConfig, bb: Benchbase, data: DataBundle) -> Student:
     """The model, built by the ``cfg.student`` architecture for ``data``'s images and loaded from
     ``spec``'s weights; a checkpoint of another architecture is a one-line error naming the keys."""
     arch = cfg.student.arch
-    try:
-        model = bb.registry.get("students", arch)(cfg.student, data)
-    except BenchbaseError:
-        raise
-    except Exception as exc:  # timm reading the weights file (spec.kind == "timm")
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BenchbaseError(f"cannot build {spec.label} from {spec.weights} ({first}); check the name and the "
-                             "file") from None
-    if spec.kind in ("checkpoint", "sam") and arch == "sam":  # SAM's own checkpoints (image_encoder.*, larger images)
+    model = bb.registry.get("students", arch)(cfg.student, data)
+    if spec.kind == "timm":
+        load_timm_weights(model.model, spec.weights)
+    elif spec.kind in ("checkpoint", "sam") and arch == "sam":  # SAM's own checkpoints (image_encoder.*, larger images)
         load_sam_checkpoint(model.model, spec.weights)
-    elif spec.kind != "timm":  # timm read its weights while building
+    else:
         load_weights(model.model, spec.weights, what=f"{arch} model ({spec.label})")
     return model
 

@@ -11,6 +11,7 @@ import torch
 
 from benchbase.cli import main
 from benchbase.results import ResultsDB
+from benchbase.models_from import load_timm_weights
 from benchbase.sam import build_sam_encoder
 
 FEWSHOT_20 = "suite.tasks.fewshot.params.episodes=20"
@@ -86,6 +87,18 @@ def test_eval_of_checkpoint_timm_and_sam_weights(stored, tmp_path, capsys):
     assert all(0 < m.value <= 100 for r in kinds.values() for m in r.metrics)
 
 
+def test_timm_weights_are_loaded_and_adapted_like_timms_pretrained_weights(tmp_path):
+    source = timm.create_model("vit_tiny_patch16_224", depth=2, num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "vit.pth")
+    model = timm.create_model("vit_tiny_patch16_224", depth=2, num_classes=5, img_size=16, in_chans=1,
+                              dynamic_img_size=True)
+    load_timm_weights(model, tmp_path / "vit.pth")
+    assert torch.equal(model.blocks[1].mlp.fc1.weight, source.blocks[1].mlp.fc1.weight)
+    assert torch.allclose(model.patch_embed.proj.weight, source.patch_embed.proj.weight.sum(dim=1, keepdim=True))
+    assert model.pos_embed.shape == (1, 2, 192)  # class token + one 16-pixel patch
+    assert model.head.weight.shape == (5, 192)  # the 10-class classifier is left out
+
+
 def test_eval_of_pixels_equals_the_suites_pixels_floor(stored):
     home, _ = stored
     [floor] = [r for r in ResultsDB(home / "results.db").records() if r.role == "floor" and r.method == "pixels"]
@@ -113,6 +126,8 @@ def test_inline_task(stored, capsys):
     (["timm:vit_tiny_patch16_224"], "timm:vit_tiny_patch16_224 needs --weights FILE"),
     (["--weights", "w.pth", "sam:vit_b"], "--weights w.pth is not a file"),
     (["--weights", "w.pth", "pixels"], "the pixels model has no weights; drop --weights"),
+    (["--weights", "{run}/student.pt", "timm:vit_tiny_patch16_224"],
+     "checkpoint .*student.pt does not fit this timm VisionTransformer's architecture .*shape mismatch"),
     (["{run}", "nope"], "suite 'default' has no task 'nope'; its tasks: top1, fewshot"),
     (["--weights", "{run}/student.pt", "{run}"], "--weights is for timm:NAME and sam:PRESET models"),
     (["{run}", "student=vit_tiny"], "brings its own architecture; drop the student=... override"),
