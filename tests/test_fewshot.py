@@ -136,12 +136,17 @@ def test_fewshot_within_group_on_a_split_with_class_groups():
         FewShot(within_group=True).evaluate(tiny_student(), make_fewshot_data(), torch.device("cpu"))
 
 
+def direct_path(features: Tensor, support: Tensor, query: Tensor) -> Tensor:
+    """The prototype classifier by batched products of gathered query features (no Gram matrix)."""
+    sums, norms = _prototypes(features, support)
+    return _linear_accuracy(F.normalize(features, dim=-1), sums, query, norms)
+
+
 def test_gram_path_equals_direct_path_on_random_features():
     features = torch.randn(LABELS.numel(), 48, generator=torch.Generator().manual_seed(8))
     for shots, queries in [(1, 15), (5, 15), (3, "all")]:
         support, query = episodes(LABELS, shots, queries, 400)
-        direct = _linear_accuracy(F.normalize(features, dim=-1), _prototypes(features, support), query)
-        assert torch.equal(_gram_prototype_accuracy(features, support, query), direct)
+        assert torch.equal(_gram_prototype_accuracy(features, support, query), direct_path(features, support, query))
 
 
 def test_paths_are_chosen_by_size_and_small_chunks_change_nothing(monkeypatch):
@@ -151,8 +156,7 @@ def test_paths_are_chosen_by_size_and_small_chunks_change_nothing(monkeypatch):
     features = torch.randn(LABELS.numel(), 32, generator=torch.Generator().manual_seed(9))
     support, query = episodes(LABELS, 2, "all", 60)
     expected = {path: fn(features, support, query) for path, fn in (
-        ("gram", _gram_prototype_accuracy),
-        ("direct", lambda f, s, q: _linear_accuracy(F.normalize(f, dim=-1), _prototypes(f, s), q)))}
+        ("gram", _gram_prototype_accuracy), ("direct", direct_path))}
     monkeypatch.setattr(fewshot, "_CHUNK_ELEMENTS", 5000)  # a few episodes per chunk: memory stays bounded
     monkeypatch.setattr(fewshot, "_CACHE_FLOATS", 700)
     for path, accuracy in expected.items():

@@ -183,7 +183,7 @@ def _episode_chunks(episodes: int, per_episode: int, budget: int = _CHUNK_ELEMEN
         yield slice(start, min(start + size, episodes))
 
 
-def _linear_accuracy(inputs: Tensor, weights: Tensor, query_idx: Tensor) -> Tensor:
+def _linear_accuracy(inputs: Tensor, weights: Tensor, query_idx: Tensor, scales: Tensor | None = None) -> Tensor:
     """Accuracy per episode of a linear classifier over the queries.
 
     The query features are gathered a cache-sized step of episodes at a time into one reused
@@ -192,8 +192,9 @@ def _linear_accuracy(inputs: Tensor, weights: Tensor, query_idx: Tensor) -> Tens
     Args:
         inputs: [n, F] classifier inputs of every image.
         weights: [E, N, F] class weights of each episode; a query's prediction is the argmax of
-            its N scores ``weights[e] @ inputs[query]``.
+            its N scores ``weights[e] @ inputs[query]`` (divided by ``scales[e]`` if given).
         query_idx: [E, N, Q] query indices into ``inputs``, -1 marking padding.
+        scales: [E, N] divisors of each class's scores (the norms of unnormalised class means).
 
     Returns:
         [E] fraction of each episode's (non-padding) queries predicted as their own way.
@@ -214,16 +215,19 @@ def _linear_accuracy(inputs: Tensor, weights: Tensor, query_idx: Tensor) -> Tens
             count = (inner.stop - inner.start) * slots
             queries_f = torch.index_select(inputs, 0, flat[inner].flatten(), out=gathered[:count])
             torch.bmm(queries_f.view(-1, slots, dim), classes[inner], out=scores[inner])
+        if scales is not None:
+            scores /= scales[part].unsqueeze(1)
         valid = index >= 0
         accuracy[part] = ((scores.argmax(dim=-1) == truth) & valid).sum(dim=1) / valid.sum(dim=1)
     return accuracy
 
 
-def _prototypes(features: Tensor, support_idx: Tensor) -> Tensor:
-    """[E, N, F] L2-normalised class means of each episode's [E, N, K] support ``features``."""
+def _prototypes(features: Tensor, support_idx: Tensor) -> tuple[Tensor, Tensor]:
+    """([E, N, F] sums of each episode's [E, N, K] support ``features`` per way, [E, N] their norms):
+    the class means' directions, which cosines need, without dividing every feature value."""
     episodes, ways, shots = support_idx.shape
     sums = F.embedding_bag(support_idx.reshape(episodes * ways, shots), features, mode="sum")  # gathers and sums
-    return F.normalize(sums, dim=-1).view(episodes, ways, -1)
+    return sums.view(episodes, ways, -1), sums.norm(dim=-1).clamp_min(1e-12).view(episodes, ways)
 
 
 def _gram_prototype_accuracy(features: Tensor, support_idx: Tensor, query_idx: Tensor) -> Tensor:
@@ -292,10 +296,10 @@ def prototype_accuracy(features: Tensor, support_idx: Tensor, query_idx: Tensor)
         return _gram_prototype_accuracy(features, support_idx, query_idx)
     support_idx = support_idx.to(features.device)
     normed = F.normalize(features, dim=-1)
-    accuracy = [
-        _linear_accuracy(normed, _prototypes(features, support_idx[part]), query_idx[part])
-        for part in _episode_chunks(episodes, ways * features.shape[1])  # bounds the [e, N, F] class means
-    ]
+    accuracy = []
+    for part in _episode_chunks(episodes, ways * features.shape[1]):  # bounds the [e, N, F] class sums
+        sums, norms = _prototypes(features, support_idx[part])
+        accuracy.append(_linear_accuracy(normed, sums, query_idx[part], norms))
     return torch.cat(accuracy) if accuracy else torch.empty(0, device=features.device)
 
 
