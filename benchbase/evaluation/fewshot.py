@@ -186,8 +186,9 @@ def _episode_chunks(episodes: int, per_episode: int, budget: int = _CHUNK_ELEMEN
 def _linear_accuracy(inputs: Tensor, weights: Tensor, query_idx: Tensor, scales: Tensor | None = None) -> Tensor:
     """Accuracy per episode of a linear classifier over the queries.
 
-    The query features are gathered a cache-sized step of episodes at a time into one reused
-    buffer and scored by a batched matrix product, so no [E, N, Q, F] copy is ever made.
+    The query features are gathered a step of episodes at a time into one reused buffer (on the
+    CPU, of the size of a core's cache) and scored by a batched matrix product, so no
+    [E, N, Q, F] copy is ever made.
 
     Args:
         inputs: [n, F] classifier inputs of every image.
@@ -204,14 +205,15 @@ def _linear_accuracy(inputs: Tensor, weights: Tensor, query_idx: Tensor, scales:
     query_idx = query_idx.to(inputs.device).reshape(episodes, slots)
     truth = torch.arange(ways, device=inputs.device).repeat_interleave(queries)  # [N·Q] way of each query slot
     accuracy = torch.empty(episodes, device=inputs.device)
-    step = max(1, min(episodes, _CACHE_FLOATS // (slots * dim)))
+    budget = _CACHE_FLOATS if inputs.device.type == "cpu" else _CHUNK_ELEMENTS  # a GPU wants few large steps
+    step = max(1, min(episodes, budget // (slots * dim)))
     gathered = torch.empty(step * slots, dim, device=inputs.device)
     for part in _episode_chunks(episodes, slots * ways):
         index = query_idx[part]
         flat = index.clamp(min=0)
         scores = torch.empty(index.shape[0], slots, ways, device=inputs.device)  # [e, N·Q, N]
         classes = weights[part].transpose(1, 2)  # [e, F, N]
-        for inner in _episode_chunks(index.shape[0], slots * dim, _CACHE_FLOATS):
+        for inner in _episode_chunks(index.shape[0], slots * dim, budget):
             count = (inner.stop - inner.start) * slots
             queries_f = torch.index_select(inputs, 0, flat[inner].flatten(), out=gathered[:count])
             torch.bmm(queries_f.view(-1, slots, dim), classes[inner], out=scores[inner])
