@@ -475,7 +475,9 @@ def regenerate(db: ResultsDB, out_dir: str | os.PathLike[str]) -> list[Path]:
         before = read_jsonl(export) if export.exists() else []
         borrowed = [dataclasses.replace(by_hash[r.config_hash], suite=suite) for r in before
                     if r.config_hash in by_hash and by_hash[r.config_hash].suite != suite]
-        written += publish(current_records(by_suite[suite] + borrowed), out, suite)
+        current = current_records(by_suite[suite] + borrowed)
+        if current:  # a suite of eval records alone has no table
+            written += publish(current, out, suite)
     return written
 
 

@@ -312,3 +312,10 @@ def test_eval_records_are_rows_only_when_asked_and_only_for_tasks_the_table_runs
     assert math.isnan(row(df, "model-d")["top1/top1"])  # another protocol: no cell, no column
     alone = build_table([records[1]])  # a table of eval records alone shows their own columns
     assert "top1/top1" in alone.columns and alone["role"].tolist() == ["eval"]
+
+
+def test_a_suite_of_eval_records_alone_gets_no_table(tmp_path: Path) -> None:
+    db = ResultsDB(tmp_path / "results.db")
+    record = run("model-a", 0, 80.0, role="eval")
+    db.save(dataclasses.replace(record, config={**record.config, "row": True}))
+    assert regenerate(db, tmp_path / "lb") == [] and not (tmp_path / "lb" / "default.md").exists()
