@@ -130,11 +130,9 @@ def eval_identity(spec: ModelSpec, cfg: Any, seed: int) -> dict[str, Any]:
 def _scorer(ctx: SuiteContext, spec: ModelSpec) -> Callable[[DataBundle], VitModel]:
     """The model a task's data is scored with: the model, built once, or the pixels of that data
     (of the channels the ``student`` config reads)."""
-    sizing = _sizing_data(ctx, spec)
     if spec.kind == PIXELS:
-        input_slice = sizing.channels(ctx.cfg.student.get("input"))
-        return lambda data: PixelModel.reading(data, input_slice)
-    model = build_model(spec, ctx.cfg, ctx.bb, sizing).to(ctx.device)
+        return lambda data: PixelModel.reading(data, data.channels(ctx.cfg.student.get("input")))
+    model = build_model(spec, ctx.cfg, ctx.bb, _sizing_data(ctx, spec)).to(ctx.device)
     return lambda data: model
 
 
