@@ -28,6 +28,29 @@ Results go to the database at `db` (default .benchbase/results.db); a run with t
 reused unless --force. The comparison table is printed and written to leaderboards/.
 """
 
+EVAL_EPILOG = """\
+MODEL is a stored run (its folder, its student.pt, or its config hash), a checkpoint file with its
+architecture in the student config, timm:NAME or sam:PRESET with --weights FILE (never downloaded),
+or pixels (the image itself as the features: the floor a learned model must beat):
+  benchbase eval .benchbase/runs/default/feature-seed0-1a2b3c4d5e6f7a8b     every task of the run's suite
+  benchbase eval 1a2b3c4d fewshot suite.tasks.fewshot.params.episodes=10000  a stored run by config hash
+  benchbase eval ckpt.pth fewshot student=vit_tiny suite=cpu-real data.omniglot.root=DIR
+  benchbase eval --weights vit_s16.pth timm:vit_small_patch16_224 fewshot suite=cpu-real data.omniglot.root=DIR
+  benchbase eval --weights sam_vit_b_01ec64.pth sam:vit_b suite=eventsam
+  benchbase eval pixels fewshot suite=cpu-real data.omniglot.root=DIR
+  benchbase eval ckpt.pth fewshot '+suite.tasks.fewshot.params.episodes_file=test_episodes.csv'
+  benchbase eval ckpt.pth omni20 suite=cpu-real data.omniglot.root=DIR suite.tasks.omni20.evaluator=fewshot \\
+      suite.tasks.omni20.dataset=omniglot +suite.tasks.omni20.params.ways=20 +suite.tasks.omni20.params.within_group=true
+
+TASK names tasks of the suite (default: all); a task inline is suite.tasks.NAME.evaluator=E
+suite.tasks.NAME.dataset=D with +suite.tasks.NAME.params.KEY=VALUE. A stored run starts from its own
+suite, data and seed; other models from the default suite (suite=... picks another). One record per
+seed of the suite (role eval, with the model's provenance) goes to the results database; a stored
+record with the same config hash is reused unless --force. With --row the records are a row of the
+suite's table (where the tasks and protocols match the suite's runs) the next time it is written,
+and stay one (--force replaces them).
+"""
+
 
 def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -53,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-m", "--multirun", action="store_true", help="sweep comma-separated override values")
     run.add_argument("--cfg", choices=["job"], help="print the composed config and exit")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
+
+    ev = sub.add_parser("eval", help="score a model on suite tasks without training and store the records",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EVAL_EPILOG)
+    ev.add_argument("--weights", metavar="FILE", help="the weights of a timm:NAME or sam:PRESET model")
+    ev.add_argument("--name", metavar="LABEL", help="the row label (default: from the model)")
+    ev.add_argument("--row", action="store_true",
+                    help="show the records as a row of the suite's table where tasks and protocols match")
+    ev.add_argument("--force", action="store_true", help="evaluate again even if an identical record is stored")
+    ev.add_argument("model", metavar="MODEL", help="stored run, checkpoint, timm:NAME, sam:PRESET or pixels (see below)")
+    ev.add_argument("items", nargs="*", metavar="TASK|KEY=VALUE", help="tasks to run and Hydra overrides")
 
     plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
     plugins.add_argument("--hooks", action="store_true", help="show which plugin implements which hook")
@@ -143,6 +176,13 @@ def _run_jobs(args, bb, verbose: bool) -> None:
         if len(jobs) > 1 and verbose:
             print(f"[{index + 1}/{len(jobs)}] {' '.join(overrides)}")
         run_suite(bb, list(overrides), args.plugins, force=args.force)
+
+
+def _cmd_eval(args, bb) -> int:
+    from benchbase.evaluate_cmd import run_eval
+
+    run_eval(bb, args.model, args.items, args.weights, args.name, args.row, args.force)
+    return 0
 
 
 def _cmd_plugins(args, bb) -> int:
@@ -255,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in caught:
             if "benchbase plugin" in str(warning.message):
                 print(f"warning: {warning.message}", file=sys.stderr)
-        command = {"run": _cmd_run, "plugins": _cmd_plugins, "leaderboard": _cmd_leaderboard,
+        command = {"run": _cmd_run, "eval": _cmd_eval, "plugins": _cmd_plugins, "leaderboard": _cmd_leaderboard,
                    "ablate": _cmd_ablate}[args.command]
         return command(args, bb)
     except BenchbaseError as exc:

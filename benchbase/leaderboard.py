@@ -25,6 +25,8 @@ from tabulate import tabulate
 from benchbase.components import Metric, mean_ci95
 from benchbase.config import RUN_ONLY_TRAINER_KEYS
 from benchbase.errors import BenchbaseError
+from benchbase.eval_rows import ROLE as EVAL_ROLE
+from benchbase.eval_rows import shown_eval_rows
 from benchbase.outcomes import Outcomes, outcomes_of
 from benchbase.results import ROLES, ResultsDB, RunRecord, read_jsonl, write_jsonl, write_text_atomic
 from benchbase.significance import METHOD, Comparison, bootstrap_ci95, compare_rows, ranks
@@ -128,11 +130,13 @@ def setting_key(record: RunRecord) -> str:
 
 
 def current_records(records: Sequence[RunRecord]) -> list[RunRecord]:
-    """The records that share the setting of the most recent one (older settings are left out)."""
-    if not records:
+    """The records that share the setting of the most recent run (older settings are left out),
+    then the eval records shown as rows (:func:`benchbase.eval_rows.shown_eval_rows`)."""
+    runs = [r for r in records if r.role != EVAL_ROLE]
+    if not runs:
         return []
-    latest = setting_key(max(records, key=lambda r: r.created_at))
-    return [r for r in records if setting_key(r) == latest]
+    newest = max(runs, key=lambda r: r.created_at)
+    return [r for r in runs if setting_key(r) == setting_key(newest)] + shown_eval_rows(records, newest)
 
 
 RUN_SEED = "the run's seed"
@@ -152,11 +156,14 @@ def _assign_columns(rows: Mapping[Hashable, Sequence[RunRecord]]) -> dict[tuple[
     """A column label for each (metric key, protocol) pair, in order of first appearance.
 
     The first protocol seen for a key keeps the bare key, later ones get `` [2]``, `` [3]``, ...
+    In a table with runs, eval records add no columns: their metrics fill the runs' columns of
+    the same protocol (a table of eval records alone has their columns).
     """
     protocols: dict[str, list[str]] = {}
+    with_runs = any(record.role != EVAL_ROLE for group in rows.values() for record in group)
     for group in rows.values():
         for record in group:
-            for metric in record.metrics:
+            for metric in record.metrics if not (with_runs and record.role == EVAL_ROLE) else ():
                 seen = protocols.setdefault(metric_key(metric), [])
                 if protocol_of(metric, record) not in seen:
                     seen.append(protocol_of(metric, record))
@@ -468,7 +475,9 @@ def regenerate(db: ResultsDB, out_dir: str | os.PathLike[str]) -> list[Path]:
         before = read_jsonl(export) if export.exists() else []
         borrowed = [dataclasses.replace(by_hash[r.config_hash], suite=suite) for r in before
                     if r.config_hash in by_hash and by_hash[r.config_hash].suite != suite]
-        written += publish(current_records(by_suite[suite] + borrowed), out, suite)
+        current = current_records(by_suite[suite] + borrowed)
+        if current:  # a suite of eval records alone has no table
+            written += publish(current, out, suite)
     return written
 
 

@@ -282,3 +282,40 @@ def test_runs_of_other_seeds_share_a_column_unless_a_task_fixes_the_seed():
     assert df.attrs["protocols"]["top1/top1"] == "probe, seed = the run's seed"
     fixed = build_table([run("a", 0, 0.8, protocol="probe, seed 0"), run("a", 1, 0.8, protocol="probe, seed 0")])
     assert "top1/top1 [2]" in fixed.columns  # seed 0 fixed by the task is not the seed-1 run's own seed
+
+
+def test_eval_records_are_rows_only_when_asked_and_only_for_tasks_the_table_runs_alike():
+    tasks = {"top1": {"evaluator": "linear_probe", "dataset": "digits", "params": {}},
+             "fewshot": {"evaluator": "fewshot", "dataset": "digits", "params": {"episodes": 2000}}}
+    setting = {"suite": {"tasks": tasks}, "data": {"digits": {"root": None}}, "trainer": {"epochs": 30}}
+
+    def record(method, role="method", row=None, created_at="2024-05-01T10:00:00+00:00", protocol=PROBE, **changes):
+        base = run(method, 0, 80.0, role=role, fewshot=(60.0, 1.0), created_at=created_at, protocol=protocol)
+        config = {**setting, "suite": {"tasks": {**tasks, **changes}}}
+        return dataclasses.replace(base, config={**config, **({} if row is None else {"row": row})})
+
+    records = [
+        record("feature"),
+        record("model-a", "eval", row=True, created_at="2024-06-01T10:00:00+00:00"),  # newest: sets nothing
+        record("model-b", "eval", row=True, fewshot={**tasks["fewshot"], "params": {"episodes": 50}}),
+        record("model-c", "eval", row=False),
+        record("model-d", "eval", row=True, protocol="another probe"),
+    ]
+    current = current_records(records)
+    assert [r.method for r in current] == ["feature", "model-a", "model-b", "model-d"]
+    assert [m.extras["task"] for m in current[2].metrics] == ["top1"]  # its few-shot task differs from the table's
+    df = build_table(current)
+    assert list(df["method"]) == ["feature", "model-a", "model-b", "model-d"] and list(df["role"])[-1] == "eval"
+    assert [c for c in df.columns if not c.endswith("_ci95")] == [
+        "role", "method", "top1/top1", "fewshot/acc_5shot", "seeds", "status"]  # no column from an eval record
+    assert row(df, "model-a")["fewshot/acc_5shot"] == 60.0 and math.isnan(row(df, "model-b")["fewshot/acc_5shot"])
+    assert math.isnan(row(df, "model-d")["top1/top1"])  # another protocol: no cell, no column
+    alone = build_table([records[1]])  # a table of eval records alone shows their own columns
+    assert "top1/top1" in alone.columns and alone["role"].tolist() == ["eval"]
+
+
+def test_a_suite_of_eval_records_alone_gets_no_table(tmp_path: Path) -> None:
+    db = ResultsDB(tmp_path / "results.db")
+    record = run("model-a", 0, 80.0, role="eval")
+    db.save(dataclasses.replace(record, config={**record.config, "row": True}))
+    assert regenerate(db, tmp_path / "lb") == [] and not (tmp_path / "lb" / "default.md").exists()
