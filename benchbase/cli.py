@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default path: the config's `db`, $BENCHBASE_HOME/results.db); ablation "
                             "tables are exported by `benchbase ablate NAME`")
     board.add_argument("--import", dest="import_file", metavar="FILE",
-                       help="merge records exported elsewhere (JSON lines) into the database; duplicates "
-                            "(same config hash) are skipped; then export and regenerate")
+                       help="merge records exported elsewhere (JSON lines) into the database; records "
+                            "already stored (same config hash and time) are skipped; then export and regenerate")
     board.add_argument("--check", action="store_true",
                        help="exit 1 if a committed table differs from what its records produce")
 

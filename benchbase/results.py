@@ -1,8 +1,10 @@
 """The results database: every run's record and metrics in one SQLite file.
 
-Each run is stored once, keyed by the hash of its resolved config: saving a record whose
-``config_hash`` is already stored replaces the old record (``--force`` reruns, retried failures).
-Several processes may write at once (WAL journal, busy timeout), and every write is one
+Runs are keyed by the hash of their resolved config. Saving a record whose ``config_hash`` is
+already stored (``--force`` reruns, retried failures) adds it next to the old one: the newer
+record supersedes the older, which stays in the database. :meth:`ResultsDB.find` and
+:meth:`ResultsDB.records` give the newest record per config hash (the one tables show);
+``records(superseded=True)`` gives every record. Several processes may write at once (WAL journal, busy timeout), and every write is one
 transaction, so a crash never leaves half a record behind. Leaderboards are built from this
 database alone (:mod:`benchbase.leaderboard`); JSON lines move records between databases.
 """
@@ -27,8 +29,9 @@ from benchbase.components import Metric
 from benchbase.errors import BenchbaseError
 
 STATUSES = ("done", "failed")
-ROLES = ("teacher", "reference", "method")
-"""A row's role: the teacher itself, a reference such as from-scratch training, or a method."""
+ROLES = ("teacher", "floor", "reference", "method", "eval")
+"""A row's role: the teacher itself, a floor (what a student reaches without the teacher's
+knowledge), a reference such as from-scratch training, a method, or an evaluation of a model."""
 
 BUSY_TIMEOUT_S = 60.0
 """How long a write waits for another process's transaction before giving up."""
@@ -36,23 +39,24 @@ BUSY_TIMEOUT_S = 60.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _FIX = "move it away or pass db=<another path>"
 _APPLICATION_ID = 0x62626462  # "bbdb": marks the file as a benchbase results database
-_SCHEMA_VERSION = 2
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    # version -> statements that bring a database of that version to the next one
-    1: ("CREATE INDEX runs_suite_role_method ON runs (suite, role, method)",),
-}
-_SCHEMA = (
-    """CREATE TABLE runs (
+_SCHEMA_VERSION = 3
+
+
+def _runs_table(name: str) -> str:
+    """The current definition of the ``runs`` table, created as ``name``."""
+    roles = ", ".join(f"'{role}'" for role in ROLES)
+    statuses = ", ".join(f"'{status}'" for status in STATUSES)
+    return f"""CREATE TABLE {name} (
         id INTEGER PRIMARY KEY,
-        config_hash TEXT NOT NULL UNIQUE,
+        config_hash TEXT NOT NULL,
         suite TEXT NOT NULL,
-        role TEXT NOT NULL CHECK (role IN ('teacher', 'reference', 'method')),
+        role TEXT NOT NULL CHECK (role IN ({roles})),
         method TEXT NOT NULL,
         teacher TEXT NOT NULL,
         student TEXT NOT NULL,
         dataset TEXT NOT NULL,
         seed INTEGER NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+        status TEXT NOT NULL CHECK (status IN ({statuses})),
         error TEXT NOT NULL,
         failed_step INTEGER,
         config TEXT NOT NULL,  -- JSON
@@ -62,8 +66,36 @@ _SCHEMA = (
         wall_time REAL NOT NULL,
         created_at TEXT NOT NULL,
         run_dir TEXT NOT NULL
-    )""",
+    )"""
+
+
+_RUNS_INDEXES = (
     "CREATE INDEX runs_suite ON runs (suite)",
+    "CREATE INDEX runs_suite_role_method ON runs (suite, role, method)",
+    "CREATE INDEX runs_config_hash ON runs (config_hash)",
+)
+_RUN_COLUMNS = (
+    "config_hash", "suite", "role", "method", "teacher", "student", "dataset", "seed", "status",
+    "error", "failed_step", "config", "git_rev", "versions", "device", "wall_time", "created_at",
+    "run_dir",
+)
+_REBUILD_RUNS = (
+    # SQLite's procedure for changing a table's constraints: new table, copy, drop, rename, indexes.
+    # It runs with foreign keys off (see _init_schema), so dropping the old table keeps the metrics.
+    _runs_table("runs_new"),
+    f"INSERT INTO runs_new (id, {', '.join(_RUN_COLUMNS)}) SELECT id, {', '.join(_RUN_COLUMNS)} FROM runs",
+    "DROP TABLE runs",
+    "ALTER TABLE runs_new RENAME TO runs",
+    *_RUNS_INDEXES,
+)
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # version -> statements that bring a database of that version to the next one
+    1: ("CREATE INDEX runs_suite_role_method ON runs (suite, role, method)",),
+    2: _REBUILD_RUNS,  # config_hash no longer UNIQUE (superseded records stay), roles from ROLES
+}
+_SCHEMA = (
+    _runs_table("runs"),
+    *_RUNS_INDEXES,
     """CREATE TABLE metrics (
         id INTEGER PRIMARY KEY,
         run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
@@ -75,19 +107,18 @@ _SCHEMA = (
         extras TEXT NOT NULL  -- JSON
     )""",
     "CREATE INDEX metrics_run ON metrics (run_id)",
-    *(statement for version in sorted(_MIGRATIONS) for statement in _MIGRATIONS[version]),
-)
-_RUN_COLUMNS = (
-    "config_hash", "suite", "role", "method", "teacher", "student", "dataset", "seed", "status",
-    "error", "failed_step", "config", "git_rev", "versions", "device", "wall_time", "created_at",
-    "run_dir",
 )
 _JSON_RUN_COLUMNS = ("config", "versions")
 _METRIC_COLUMNS = ("name", "value", "n", "ci95", "protocol", "extras")
 _SELECT = (
-    f"SELECT {', '.join('r.' + c for c in _RUN_COLUMNS)}, "
+    f"SELECT r.id, {', '.join('r.' + c for c in _RUN_COLUMNS)}, "
     f"{', '.join('m.' + c for c in _METRIC_COLUMNS)} "
     "FROM runs r LEFT JOIN metrics m ON m.run_id = r.id"
+)
+_NEWEST = (
+    # the record no other record of its config hash supersedes (later created_at; on a tie, later insert)
+    "NOT EXISTS (SELECT 1 FROM runs n WHERE n.config_hash = r.config_hash AND "
+    "(n.created_at > r.created_at OR (n.created_at = r.created_at AND n.id > r.id)))"
 )
 _FRAME_RUN_COLUMNS = tuple(c for c in _RUN_COLUMNS if c not in _JSON_RUN_COLUMNS)
 FRAME_COLUMNS = (*_FRAME_RUN_COLUMNS, "metric", "task", "value", "n", "ci95", "protocol", "extras")
@@ -104,8 +135,9 @@ class RunRecord:
 
     ``config`` is the full resolved config and ``config_hash`` its hash (the record's key).
     ``status`` is ``"done"`` or ``"failed"``; a failed run keeps its ``error`` and the step it
-    failed at. ``role`` is ``"method"`` for a distillation method, ``"teacher"`` for the teacher's
-    own row and ``"reference"`` for baselines such as from-scratch training.
+    failed at. ``role`` is one of :data:`ROLES`: ``"method"`` for a distillation method,
+    ``"teacher"`` for the teacher's own row, ``"reference"`` for baselines such as from-scratch
+    training.
     ``versions`` maps package and plugin names to versions; ``created_at`` is ISO 8601 UTC.
     """
 
@@ -207,25 +239,35 @@ class ResultsDB:
     # -- public API ------------------------------------------------------------------------
 
     def find(self, config_hash: str) -> RunRecord | None:
-        """The stored *done* run with this config hash (for reuse), or None."""
-        found = self._query(f"{_SELECT} WHERE r.config_hash = ? AND r.status = 'done'", (config_hash,))
-        return found[0] if found else None
+        """The newest stored record with this config hash if it is *done* (for reuse), else None.
+
+        A newer failed record (a ``--force`` rerun that failed) means the config is retried, as the
+        tables show it failed.
+        """
+        found = self._query(f"{_SELECT} WHERE r.config_hash = ? AND {_NEWEST}", (config_hash,))
+        return found[0] if found and found[0].status == "done" else None
 
     def save(self, record: RunRecord) -> int:
-        """Store ``record`` and return its row id, replacing a stored record with the same hash.
+        """Store ``record`` and return its row id.
 
-        The replacement happens in the same transaction as the insert: readers see the old
-        record or the new one, never neither.
+        A stored record with the same config hash stays in the database, superseded by ``record``
+        when that is newer (see :meth:`records`).
         """
         with self._write() as conn:
-            conn.execute("DELETE FROM runs WHERE config_hash = ?", (record.config_hash,))
             return self._insert(conn, record)
 
-    def records(self, suite: str | None = None) -> list[RunRecord]:
-        """All stored records (of one suite if given), oldest insert first."""
-        if suite is None:
-            return self._query(_SELECT)
-        return self._query(f"{_SELECT} WHERE r.suite = ?", (suite,))
+    def records(self, suite: str | None = None, *, superseded: bool = False) -> list[RunRecord]:
+        """The stored records (of one suite if given), oldest insert first.
+
+        One record per config hash, the newest (latest ``created_at``; on a tie, the later save),
+        unless ``superseded``: then every record, the older ones of a config hash included.
+        """
+        where = [] if superseded else [_NEWEST]
+        params: tuple[str, ...] = ()
+        if suite is not None:
+            where.append("r.suite = ?")
+            params = (suite,)
+        return self._query(f"{_SELECT} WHERE {' AND '.join(where)}" if where else _SELECT, params)
 
     def metrics_frame(self, suite: str | None = None) -> pd.DataFrame:
         """One row per stored metric with its run's fields (:data:`FRAME_COLUMNS`).
@@ -250,22 +292,25 @@ class ResultsDB:
         return pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
 
     def export_jsonl(self, path: str | os.PathLike[str], suite: str | None = None) -> int:
-        """Write the records (of one suite if given) as JSON lines; returns how many."""
-        records = self.records(suite)
+        """Write every record (of one suite if given, superseded ones included) as JSON lines;
+        returns how many."""
+        records = self.records(suite, superseded=True)
         write_jsonl(Path(path), records)
         return len(records)
 
     def import_jsonl(self, path: str | os.PathLike[str]) -> tuple[int, int]:
         """Add the records in a JSON-lines file; returns (added, skipped).
 
-        A record whose config hash is already stored (or appeared earlier in the file) is skipped.
-        The import is one transaction: a malformed line adds nothing.
+        A record already stored (same config hash and ``created_at``, or earlier in the file) is
+        skipped; a record of a stored config hash made at another time is added, and the newer of
+        the two supersedes the other. The import is one transaction: a malformed line adds nothing.
         """
         records = read_jsonl(Path(path))
         added = 0
         with self._write() as conn:
             for record in records:
-                if conn.execute("SELECT 1 FROM runs WHERE config_hash = ?", (record.config_hash,)).fetchone():
+                if conn.execute("SELECT 1 FROM runs WHERE config_hash = ? AND created_at = ?",
+                                (record.config_hash, record.created_at)).fetchone():
                     continue
                 self._insert(conn, record)
                 added += 1
@@ -288,11 +333,15 @@ class ResultsDB:
             )
 
     def _init_schema(self) -> None:
-        """Check the file's marker, switch to WAL and create the schema in a new file."""
+        """Check the file's marker, switch to WAL and create the schema in a new file (or migrate
+        an older one)."""
         with self._connect() as conn:
             self._is_new(conn)  # refuse a foreign database before anything is written to it
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
+            # off for this connection (it has no effect inside a transaction): a migration that
+            # rebuilds `runs` drops the old table, which must not cascade to the metrics
+            conn.execute("PRAGMA foreign_keys = OFF")
             conn.execute("BEGIN IMMEDIATE")
             with conn:
                 if self._is_new(conn):  # decided again under the write lock: others may create it too
@@ -303,15 +352,18 @@ class ResultsDB:
                 else:
                     self._migrate(conn)
 
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
+    def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring an older schema up to date in the open transaction; the stored runs are kept."""
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == _SCHEMA_VERSION:
+            return
         while version < _SCHEMA_VERSION:
             for statement in _MIGRATIONS[version]:
                 conn.execute(statement)
             version += 1
             conn.execute(f"PRAGMA user_version = {version}")
+        if conn.execute("PRAGMA foreign_key_check").fetchone():  # raising rolls the migration back
+            raise BenchbaseError(f"results database {self.path}: a migration left metrics without their run; {_FIX}")
 
     def _is_new(self, conn: sqlite3.Connection) -> bool:
         """True for an empty database, False for a benchbase one; raises for anything else."""
@@ -396,15 +448,15 @@ class ResultsDB:
         """Records from a ``_SELECT`` query (one statement, hence one consistent snapshot)."""
         with self._connect() as conn:
             rows = conn.execute(f"{sql} ORDER BY r.id, m.id", params).fetchall()
-        records: dict[str, RunRecord] = {}
-        n_run = len(_RUN_COLUMNS)
+        records: dict[int, RunRecord] = {}
+        n_run = 1 + len(_RUN_COLUMNS)
         for row in rows:
-            run = dict(zip(_RUN_COLUMNS, row[:n_run]))
-            record = records.get(run["config_hash"])
+            record = records.get(row[0])
             if record is None:
+                run = dict(zip(_RUN_COLUMNS, row[1:n_run]))
                 for c in _JSON_RUN_COLUMNS:
                     run[c] = json.loads(run[c])
-                record = records[run["config_hash"]] = RunRecord(**run, metrics=[])
+                record = records[row[0]] = RunRecord(**run, metrics=[])
             name, value, n, ci95, protocol, extras = row[n_run:]
             if name is not None:  # LEFT JOIN row of a run without metrics
                 value = math.nan if value is None else value

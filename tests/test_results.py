@@ -1,4 +1,5 @@
-"""The results database: save/find/replace, exact round trips, concurrent writers, bad files, JSONL."""
+"""The results database: save/find/supersede, exact round trips, concurrent writers, bad files, JSONL,
+migrations."""
 
 from __future__ import annotations
 
@@ -56,28 +57,42 @@ def test_creates_parent_dirs_and_wal(db: ResultsDB) -> None:
     assert ResultsDB(db.path).records() == []  # reopening an existing database works
 
 
-def test_save_find_replace(db: ResultsDB) -> None:
+def test_save_find_supersede(db: ResultsDB) -> None:
     assert db.find("h1") is None
-    first = db.save(make_record("h1"))
+    first = db.save(make_record("h1", created_at="2024-05-01T12:00:00+00:00"))
     assert isinstance(first, int)
-    assert db.find("h1") == make_record("h1", created_at=db.find("h1").created_at)
+    assert db.find("h1") == make_record("h1", created_at="2024-05-01T12:00:00+00:00")
 
-    replaced = make_record("h1", metrics=[Metric("top1", 0.9, 450, "linear probe, base_test")], seed=3)
-    db.save(replaced)
-    records = db.records()
-    assert records == [replaced]  # replaced in place: one record, old metrics gone
+    newer = make_record("h1", metrics=[Metric("top1", 0.9, 450, "linear probe, base_test")], seed=3,
+                        created_at="2024-06-01T12:00:00+00:00")
+    db.save(newer)
+    assert db.find("h1") == newer
+    assert db.records() == [newer]  # the newer record supersedes the older one...
+    history = db.records(superseded=True)
+    assert [r.created_at[:7] for r in history] == ["2024-05", "2024-06"]  # ...which is still stored
+    assert len(history[0].metrics) == 2 and len(history[1].metrics) == 1
     with sqlite3.connect(db.path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 1
+        assert conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 3
+
+    db.save(make_record("h1", created_at="2024-01-01T00:00:00+00:00"))  # an older record saved later
+    assert db.find("h1") == newer  # newest by created_at, not by insert order
+    same_second = make_record("h1", created_at=newer.created_at, wall_time=1.0)
+    db.save(same_second)
+    assert db.find("h1") == same_second  # a tie goes to the later save
+    assert len(db.records(superseded=True)) == 4
 
 
-def test_find_ignores_failed_runs_and_retry_replaces_them(db: ResultsDB) -> None:
-    db.save(make_record("h1", status="failed"))
+def test_find_ignores_failed_runs_and_retry_supersedes_them(db: ResultsDB) -> None:
+    db.save(make_record("h1", status="failed", created_at="2024-05-01T12:00:00+00:00"))
     assert db.find("h1") is None
     assert [r.status for r in db.records()] == ["failed"]
     assert db.records()[0].error == "loss is NaN" and db.records()[0].failed_step == 17
-    db.save(make_record("h1"))
+    db.save(make_record("h1", created_at="2024-05-02T12:00:00+00:00"))
     assert db.find("h1") is not None
     assert [r.status for r in db.records()] == ["done"]
+    assert [r.status for r in db.records(superseded=True)] == ["failed", "done"]
+    db.save(make_record("h1", status="failed", created_at="2024-05-03T12:00:00+00:00"))  # a forced rerun failed
+    assert db.find("h1") is None  # the current record failed: the config is retried
 
 
 def test_round_trip_is_exact(db: ResultsDB) -> None:
@@ -127,8 +142,8 @@ def _writer(path: str, worker: int) -> None:
     db = ResultsDB(path)
     for i in range(25):
         db.save(make_record(f"w{worker}-{i}", seed=i))
-    for i in range(0, 25, 5):  # re-save some: replacement under contention
-        db.save(make_record(f"w{worker}-{i}", seed=i, wall_time=99.0))
+    for i in range(0, 25, 5):  # re-save some: superseding under contention
+        db.save(make_record(f"w{worker}-{i}", seed=i, wall_time=99.0, created_at="2099-01-01T00:00:00+00:00"))
 
 
 def test_concurrent_writers(tmp_path: Path) -> None:
@@ -151,7 +166,8 @@ def test_concurrent_writers(tmp_path: Path) -> None:
     }
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 8 * 25 * 2
+        assert conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 8 * 30 * 2
+    assert len(ResultsDB(path).records(superseded=True)) == 8 * 30
 
 
 @pytest.mark.parametrize(
@@ -204,10 +220,12 @@ def test_export_import_jsonl(tmp_path: Path, db: ResultsDB) -> None:
     assert [json.loads(line)["config_hash"] for line in out.read_text().splitlines()] == ["b", "c"]
 
     other = ResultsDB(tmp_path / "other.db")
-    other.save(make_record("b", suite="s2", seed=7))  # already there: the import skips it
+    other.save(make_record("b", suite="s2", seed=7, created_at=db.find("b").created_at))  # already there
+    other.save(make_record("c", suite="s2", seed=7, created_at="2000-01-01T00:00:00+00:00"))  # older
     assert other.import_jsonl(out) == (1, 1)
-    assert other.find("b").seed == 7
-    assert other.records("s2")[1] == db.records("s2")[1]
+    assert other.find("b").seed == 7  # skipped: same config hash and time
+    assert other.records("s2")[1] == db.records("s2")[1]  # the imported failed "c" supersedes the old one
+    assert len(other.records("s2", superseded=True)) == 3
     assert other.import_jsonl(out) == (0, 2)  # idempotent
 
     all_out = tmp_path / "all.jsonl"
@@ -235,8 +253,110 @@ def test_older_schema_is_migrated_and_keeps_its_runs(tmp_path):
         conn.execute("PRAGMA user_version = 1")
     db = ResultsDB(path)
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION == 3
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert "runs_suite_role_method" in indexes
     assert [r.config_hash for r in db.records()] == ["kept"]
+
+
+_V2_SCHEMA = (  # the schema of version 2, verbatim: config_hash UNIQUE, three roles
+    """CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        config_hash TEXT NOT NULL UNIQUE,
+        suite TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('teacher', 'reference', 'method')),
+        method TEXT NOT NULL,
+        teacher TEXT NOT NULL,
+        student TEXT NOT NULL,
+        dataset TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+        error TEXT NOT NULL,
+        failed_step INTEGER,
+        config TEXT NOT NULL,
+        git_rev TEXT NOT NULL,
+        versions TEXT NOT NULL,
+        device TEXT NOT NULL,
+        wall_time REAL NOT NULL,
+        created_at TEXT NOT NULL,
+        run_dir TEXT NOT NULL
+    )""",
+    "CREATE INDEX runs_suite ON runs (suite)",
+    """CREATE TABLE metrics (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        value REAL,
+        n INTEGER NOT NULL,
+        ci95 REAL,
+        protocol TEXT NOT NULL,
+        extras TEXT NOT NULL
+    )""",
+    "CREATE INDEX metrics_run ON metrics (run_id)",
+    "CREATE INDEX runs_suite_role_method ON runs (suite, role, method)",
+)
+
+
+def _v2_database(path: Path, records: list[RunRecord]) -> None:
+    """A version-2 database file holding ``records``, written with the old schema."""
+    from benchbase.results import _APPLICATION_ID
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys = ON")
+    for statement in _V2_SCHEMA:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 2")
+    for record in records:
+        data = record_to_dict(record)
+        run = {k: json.dumps(v, sort_keys=True) if k in ("config", "versions") else v
+               for k, v in data.items() if k != "metrics"}
+        run_id = conn.execute(f"INSERT INTO runs ({', '.join(run)}) VALUES ({', '.join('?' * len(run))})",
+                              list(run.values())).lastrowid
+        for m in record.metrics:
+            conn.execute("INSERT INTO metrics (run_id, name, value, n, ci95, protocol, extras) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (run_id, m.name, m.value, m.n, m.ci95, m.protocol, json.dumps(m.extras, sort_keys=True)))
+    with pytest.raises(sqlite3.IntegrityError):  # what version 3 lifts
+        conn.execute("INSERT INTO runs SELECT NULL, config_hash, suite, 'floor', method, teacher, student, dataset, "
+                     "seed, status, error, failed_step, config, git_rev, versions, device, wall_time, created_at, "
+                     "run_dir FROM runs LIMIT 1")
+    conn.close()
+
+
+def test_v2_database_is_migrated_to_v3(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    old = [make_record("a", created_at="2024-05-01T12:00:00+00:00"),
+           make_record("b", suite="s2", status="failed", role="reference", created_at="2024-05-02T12:00:00+00:00"),
+           make_record("c", seed=2, created_at="2024-05-03T12:00:00+00:00")]
+    _v2_database(path, old)
+
+    db = ResultsDB(path)
+    assert db.records() == old  # every run and metric survives, ids (insert order) kept
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 4
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"runs_suite", "runs_suite_role_method", "runs_config_hash", "metrics_run"} <= indexes
+    assert tables == {"runs", "metrics"}
+
+    newer = make_record("a", role="floor", created_at="2024-07-01T00:00:00+00:00")  # same hash, a new role
+    db.save(newer)
+    db.save(make_record("e", role="eval"))
+    assert db.find("a") == newer
+    assert [r.created_at[:7] for r in db.records(superseded=True) if r.config_hash == "a"] == ["2024-05", "2024-07"]
+    with sqlite3.connect(path) as conn:  # deleting a run still cascades to its metrics
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("DELETE FROM runs WHERE config_hash = 'c'")
+        assert conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 6  # a, the newer a, e
+    assert ResultsDB(path).find("c") is None  # reopening a current database migrates nothing
+
+
+def test_schema_role_check_follows_roles() -> None:
+    from benchbase.results import ROLES, _SCHEMA
+
+    assert ROLES == ("teacher", "floor", "reference", "method", "eval")
+    assert "CHECK (role IN ('teacher', 'floor', 'reference', 'method', 'eval'))" in _SCHEMA[0]
