@@ -21,6 +21,14 @@ def tiny(home, *extra, fewshot: bool = True):
     ]
 
 
+def instant(home, *extra):
+    """Overrides for a default-suite run that trains nothing (zero-epoch teacher recipe and student),
+    scored by the linear probe alone, without a reference row: a few seconds end to end."""
+    return ["trainer.epochs=0", "teacher.recipe.pretrain_method=none", "teacher.recipe.finetune_epochs=0",
+            "~suite.tasks.fewshot", "~suite.tasks.segmentation", "suite.references=[]", "trainer.progress=false",
+            f"home={home}", f"leaderboard_dir={home}/lb", *extra]
+
+
 def test_tiny_run_writes_records_and_table_and_reuses_them(tmp_path, capsys):
     assert main(["run", "--plugins", "feature,mae", *tiny(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -42,14 +50,19 @@ def test_tiny_run_writes_records_and_table_and_reuses_them(tmp_path, capsys):
     run_dir = tmp_path / "runs" / "default"
     feature_dir = next(run_dir.glob("feature-seed0-*"))
     assert (feature_dir / "config.yaml").exists() and (feature_dir / "steps.jsonl").read_text().count("\n") > 0
-    # the same command reuses stored runs: nothing is trained again
+    # the same command reuses stored runs, and says so: nothing is trained again
     before = feature_dir.joinpath("steps.jsonl").stat().st_mtime_ns
     assert main(["run", "--plugins", "feature", *tiny(tmp_path)]) == 0
     assert feature_dir.joinpath("steps.jsonl").stat().st_mtime_ns == before
     assert len(ResultsDB(tmp_path / "results.db").records("default")) == 4
-    # --force reruns it and replaces the record
+    when = feature.created_at[:16].replace("T", " ")
+    assert f"feature seed 0: reusing the run stored {when} UTC (made by benchbase " in capsys.readouterr().out
+    # --force reruns it; the new record supersedes the old one, which stays in the database
     assert main(["run", "--force", "--plugins", "feature", *tiny(tmp_path)]) == 0
-    assert len(ResultsDB(tmp_path / "results.db").records("default")) == 4
+    assert "reusing" not in capsys.readouterr().out
+    db = ResultsDB(tmp_path / "results.db")
+    assert len(db.records("default")) == 4  # teacher row, reference and feature ran again:
+    assert len(db.records("default", superseded=True)) == 7  # their older records are kept
 
 
 NAN_PLUGIN = '''
