@@ -36,7 +36,7 @@ from benchbase.config import RUN_ONLY_TRAINER_KEYS, DatasetConfig, compose_confi
 from benchbase.cost import cost_metrics
 from benchbase.engine import resolve_device, train
 from benchbase.errors import BenchbaseError, MethodFailed
-from benchbase.leaderboard import build_table, current_records, format_table, publish
+from benchbase.leaderboard import build_table, current_records, format_table, local_dir, publish, write_local
 from benchbase.models import load_weights, save_weights
 from benchbase.plugins import Benchbase
 from benchbase.provenance import TEACHER, changed, code_summary, code_versions, suite_components
@@ -398,10 +398,12 @@ def suite_teacher(ctx: SuiteContext) -> Teacher:
 
 
 def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, force: bool = False,
-              echo=print) -> list[RunRecord]:
-    """Run the composed suite for the chosen method plugins; write and print its leaderboard.
+              echo=print, publish_runs: bool = False) -> list[RunRecord]:
+    """Run the composed suite for the chosen method plugins; print its table and write the local
+    one (committed records and this machine's runs); with ``publish_runs``, also merge the runs
+    into the committed records of the leaderboard folder and rewrite its table.
 
-    Under torchrun every rank calls this; only rank 0 stores, publishes and echoes.
+    Under torchrun every rank calls this; only rank 0 stores, writes tables and echoes.
     """
     if not distributed.is_main():
         echo = _silent
@@ -424,9 +426,13 @@ def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, fo
                 records.append(record)
     if ctx.db is not None:
         current = current_records(_with_borrowed(ctx.db.records(cfg.suite.name), records, cfg.suite.name))
-        paths = publish(current, Path(cfg.leaderboard_dir), cfg.suite.name)
+        paths = write_local(current, cfg.leaderboard_dir, local_dir(cfg.db), cfg.suite.name)
         echo(format_table(build_table(current)))
-        echo("written: " + ", ".join(str(p) for p in paths))
+        echo(f"local table (with the committed records of {cfg.leaderboard_dir}/): {paths[1]}")
+        if publish_runs:
+            echo(publish(current, cfg.leaderboard_dir, cfg.suite.name).summary(cfg.suite.name))
+        else:
+            echo(f"{cfg.leaderboard_dir}/ is unchanged; --publish merges these runs into its records and tables")
     return records
 
 
