@@ -35,7 +35,8 @@ from benchbase.leaderboard import build_table, format_table
 from benchbase.models_from import PIXELS, ModelSpec, architecture_node, build_model, resolve_model
 from benchbase.plugins import Benchbase
 from benchbase.results import ResultsDB, RunRecord
-from benchbase.suite import SuiteContext, _record, evaluate_task, suite_context
+from benchbase.provenance import code_versions, suite_components
+from benchbase.suite import SuiteContext, _record, _stored, evaluate_task, suite_context
 
 MODEL_OPTION = "_eval_model"
 """The ``student`` and ``suite`` options holding a model's own defaults (ConfigStore)."""
@@ -137,11 +138,11 @@ def _scorer(ctx: SuiteContext, spec: ModelSpec) -> Callable[[DataBundle], VitMod
 
 
 def _evaluated(ctx: SuiteContext, spec: ModelSpec, model_for: Callable[[DataBundle], VitModel], label: str,
-               seed: int, h: str, row: bool) -> RunRecord:
+               seed: int, h: str, made: dict[str, str], row: bool) -> RunRecord:
     started = time.perf_counter()
     metrics = [metric for name, task in ctx.cfg.suite.tasks.items()
                for metric in evaluate_task(ctx, name, task, model_for(ctx.dataset(task.dataset)), seed)]
-    record = _record(ctx, ctx.cfg, "eval", label, seed, h, status="done", metrics=metrics,
+    record = _record(ctx, ctx.cfg, "eval", label, seed, h, made, status="done", metrics=metrics,
                      wall_time=time.perf_counter() - started)
     return dataclasses.replace(record, teacher=record.teacher if spec.run is not None else "",
                                config={**record.config, "provenance": spec.provenance(), "row": row})
@@ -164,8 +165,9 @@ def run_eval(bb: Benchbase, model: str, items: Sequence[str], weights: str | Non
     location = [o for o in overrides if o.split("=", 1)[0] in ("home", "db")]
     spec = resolve_model(model, weights, ResultsDB(compose_config(location, bb.config_dirs()).db))
     overrides = [*_model_defaults(spec, overrides), *_inline_tasks(overrides), *overrides]
-    ctx = suite_context(bb, overrides, force)
+    ctx = suite_context(bb, overrides, force, echo=echo)
     _select_tasks(ctx, tasks)
+    made = code_versions(ctx.bb, suite_components(ctx.cfg))  # the evaluators', datasets' and builders' code
     label = name or spec.label
     echo(f"eval {label} on suite {ctx.cfg.suite.name}: tasks {', '.join(ctx.cfg.suite.tasks)}; "
          f"seeds {list(ctx.cfg.suite.seeds)}")
@@ -173,9 +175,8 @@ def run_eval(bb: Benchbase, model: str, items: Sequence[str], weights: str | Non
     records = []
     for seed in ctx.cfg.suite.seeds:
         h = config_hash(eval_identity(spec, ctx.cfg, seed))
-        found = ctx.db.find(h) if not force else None
+        found = _stored(ctx, h, made, f"seed {seed}")  # reused unless forced or its code changed (it says which)
         if found is not None:
-            echo(f"  seed {seed}: stored record {h} reused")
             if (row and not found.config.get("row")) or (name and found.method != name):
                 found = dataclasses.replace(found, method=name or found.method,
                                             config={**found.config, "row": row or found.config.get("row", False)})
@@ -183,7 +184,7 @@ def run_eval(bb: Benchbase, model: str, items: Sequence[str], weights: str | Non
             records.append(found)
             continue
         model_for = model_for or _scorer(ctx, spec)
-        record = _evaluated(ctx, spec, model_for, label, seed, h, row)
+        record = _evaluated(ctx, spec, model_for, label, seed, h, made, row)
         ctx.db.save(record)
         echo(f"  seed {seed}: evaluated, stored as {h}")
         records.append(record)

@@ -52,7 +52,7 @@ def test_eval_of_a_stored_run_reproduces_its_metrics_and_reuses_its_record(store
     # the same evaluation by config-hash prefix (or the run's student.pt) reuses the stored record
     assert main(["eval", run.config_hash[:8], f"home={home}"]) == 0
     assert main(["eval", str(folder / "student.pt"), "top1", "fewshot", f"home={home}"]) == 0
-    assert "stored record" in capsys.readouterr().out and len(evals(home)) == 1
+    assert "reusing the run stored" in capsys.readouterr().out and len(evals(home)) == 1
     # another seed draws other episodes; --row makes the record a row of the suite's table
     assert main(["eval", "--row", "--name", "feature-seed1", str(folder), "fewshot", "seed=1", f"home={home}"]) == 0
     other = next(r for r in evals(home) if r.seed == 1)

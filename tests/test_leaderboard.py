@@ -13,9 +13,10 @@ import pytest
 from benchbase.components import Metric
 from benchbase.errors import BenchbaseError
 from benchbase.leaderboard import (
-    build_table, check, current_records, format_table, regenerate, regenerate_from_records, write_leaderboard,
+    build_table, check, current_records, format_table, local_records, publish, regenerate_from_records,
+    write_leaderboard,
 )
-from benchbase.results import ResultsDB, RunRecord, read_jsonl, write_jsonl
+from benchbase.results import ResultsDB, RunRecord, write_jsonl
 
 PROBE = "linear probe on base_test (5 classes), 450 images"
 FEWSHOT = "5-way 5-shot, 15 queries, 2000 episodes"
@@ -169,9 +170,10 @@ def _db_with(tmp_path: Path, *records: RunRecord) -> ResultsDB:
     return db
 
 
-def test_regenerate_writes_one_board_per_suite(tmp_path: Path) -> None:
+def test_publishing_a_database_writes_one_board_per_suite(tmp_path: Path) -> None:
     db = _db_with(tmp_path, run("a", 0, 1.0, suite="s1"), run("a", 0, 2.0, suite="s2"), run("b", 1, 3.0, suite="s2"))
-    paths = regenerate(db, tmp_path / "boards")
+    local = local_records(db, tmp_path / "local")
+    paths = [p for suite, records in local.items() for p in publish(records, tmp_path / "boards", suite).paths]
     assert [p.name for p in paths] == ["s1.jsonl", "s1.md", "s1.csv", "s2.jsonl", "s2.md", "s2.csv"]
     assert "from 2 stored runs" in (tmp_path / "boards" / "s2.md").read_text()
     assert pd.read_csv(tmp_path / "boards" / "s1.csv")["top1/top1"].tolist() == [1.0]
@@ -185,18 +187,14 @@ def test_regenerate_writes_one_board_per_suite(tmp_path: Path) -> None:
     assert check(tmp_path / "boards") == ["s1.csv"]
 
 
-def test_export_from_the_database_keeps_borrowed_rows_and_leaves_ablations_alone(tmp_path: Path) -> None:
-    boards = tmp_path / "boards"
-    ablation_tables = boards / "ablation-x.md"
-    boards.mkdir()
-    ablation_tables.write_text("the spec's layout\n")
+def test_local_records_of_the_database_keep_borrowed_rows_and_leave_ablations_out(tmp_path: Path) -> None:
+    local = tmp_path / "local"
     shared = run("supervised", 0, 7.0, suite="ablation-x", role="reference")
     db = _db_with(tmp_path, run("a", 0, 1.0, suite="s1"), shared)
-    write_jsonl(boards / "results" / "s1.jsonl", [dataclasses.replace(shared, suite="s1")])  # borrowed at run time
-    paths = regenerate(db, boards)
-    assert [p.name for p in paths] == ["s1.jsonl", "s1.md", "s1.csv"]
-    assert ablation_tables.read_text() == "the spec's layout\n"
-    assert sorted(r.method for r in read_jsonl(boards / "results" / "s1.jsonl")) == ["a", "supervised"]
+    write_jsonl(local / "results" / "s1.jsonl", [dataclasses.replace(shared, suite="s1")])  # borrowed at run time
+    found = local_records(db, local)
+    assert list(found) == ["s1"]  # `benchbase ablate NAME` writes the ablation's tables in its spec's layout
+    assert sorted(r.method for r in found["s1"]) == ["a", "supervised"] and {r.suite for r in found["s1"]} == {"s1"}
 
 
 def test_sweep_variants_are_separate_rows_and_old_settings_are_left_out() -> None:
@@ -249,7 +247,7 @@ def test_plots_are_written_and_embedded(tmp_path: Path) -> None:
 
 def test_figures_drawn_by_other_tools_are_embedded_and_checked(tmp_path: Path) -> None:
     boards = tmp_path / "boards"
-    regenerate(_db_with(tmp_path, run("a", 0, 1.0, suite="s1")), boards)
+    publish([run("a", 0, 1.0, suite="s1")], boards, "s1")
     heat_map = boards / "figures" / "s1" / "heat.png"
     heat_map.parent.mkdir(parents=True)
     heat_map.write_bytes(b"\x89PNG\r\n\x1a\n")
