@@ -35,7 +35,8 @@ from benchbase.cost import cost_metrics
 from benchbase.engine import resolve_device, train
 from benchbase.errors import BenchbaseError, MethodFailed, NotApplicable
 from benchbase.floors import FLOORS, PixelModel
-from benchbase.leaderboard import build_table, current_records, format_table, publish
+from benchbase.leaderboard import build_table, current_records, format_table, metric_key, publish
+from benchbase.loggers import RunInfo, check_loggers, run_loggers
 from benchbase.models import load_weights, save_weights
 from benchbase.plugins import Benchbase
 from benchbase.results import ResultsDB, RunRecord
@@ -293,6 +294,8 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
     distributed.barrier()  # no rank resumes from a checkpoint that --force just removed
     started = time.perf_counter()
     kw: dict[str, Any] = {"run_dir": str(run_dir)}
+    loggers = run_loggers(ctx.bb, cfg, RunInfo(cfg.suite.name, f"{name}-seed{seed}", run_dir,
+                                               OmegaConf.to_container(cfg, resolve=True)))
     try:
         data = ctx.dataset(cfg.suite.distill.dataset)
         build = _builder(ctx, data)
@@ -305,7 +308,7 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
         loss = build_loss(loss_cls, params, data)
         result = train(student, handover.teacher if loss.uses_teacher else None, loss,
                        data.split(cfg.suite.distill.split), cfg.trainer, run_dir, seed, desc=f"{name} seed {seed}",
-                       loss_state=loss_state(handover))
+                       loss_state=loss_state(handover), loggers=loggers)
         scored = loss.evaluation_model(student)
         if distributed.is_main():
             save_weights(scored.export(), run_dir / "student.pt")
@@ -315,12 +318,15 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
         if result.images_per_second:  # 0: resumed after its last step, nothing trained here to time
             metrics.append(Metric("images_per_second", result.images_per_second, result.steps,
                                   _throughput_protocol(ctx.device), extras={"task": "train"}))
+        loggers.log_metrics({metric_key(m): m for m in metrics}, result.steps)
         kw.update(status="done", metrics=metrics)
     except MethodFailed as exc:
         kw.update(status="failed", metrics=[], error=str(exc), failed_step=exc.step)
     except Exception as exc:  # one failing method never takes down the suite
         detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         kw.update(status="failed", metrics=[], error=detail)
+    finally:
+        loggers.finish(kw.get("status", "stopped"))
     record = _record(ctx, cfg, role, name, seed, h, wall_time=time.perf_counter() - started, **kw)
     _save(ctx, record)
     return record
@@ -358,6 +364,7 @@ def suite_context(bb: Benchbase, overrides: list[str], force: bool = False,
     """The composed suite (``method.*`` overrides kept for the methods' own configs) and its
     database (rank 0 only). ``datasets`` may share already loaded datasets between suites."""
     cfg = compose_config(_without_method_overrides(overrides), bb.config_dirs())
+    check_loggers(bb, cfg.logger)
     ctx = SuiteContext(bb, cfg, list(overrides), ResultsDB(cfg.db) if distributed.is_main() else None,
                        Path(cfg.home), force, resolve_device(cfg.trainer.device))
     if datasets is not None:
