@@ -392,8 +392,9 @@ def suite_teacher(ctx: SuiteContext) -> Teacher:
 
 
 def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, force: bool = False,
-              echo=print) -> list[RunRecord]:
-    """Run the composed suite for the chosen method plugins; write and print its leaderboard.
+              echo=print, methods: list[str] | None = None) -> list[RunRecord]:
+    """Run the composed suite for the chosen method plugins (or the registered losses ``methods``,
+    e.g. one method of a plugin); write and print its leaderboard.
 
     Under torchrun every rank calls this; only rank 0 stores, publishes and echoes.
     """
@@ -401,7 +402,10 @@ def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, fo
         echo = _silent
     ctx = suite_context(bb, overrides, force)
     cfg = ctx.cfg
-    methods, skipped = _compatible(bb, bb.select_methods(plugins), cfg.student.arch, explicit=plugins is not None)
+    for name in methods or ():
+        bb.registry.get("losses", name)  # an unknown name is a one-line error listing the known ones
+    methods, skipped = _compatible(bb, bb.select_methods(plugins) if methods is None else list(methods),
+                                   cfg.student.arch, explicit=plugins is not None or methods is not None)
     roles = [("reference", list(cfg.suite.references)), ("method", methods)]
     check_methods(ctx, roles)
     echo(f"suite {cfg.suite.name}: {cfg.suite.description}")
