@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "already stored (same config hash and time) are skipped; then export and regenerate")
     board.add_argument("--check", action="store_true",
                        help="exit 1 if a committed table differs from what its records produce")
+    board.add_argument("--html", metavar="DIR",
+                       help="also write the tables as a static web site into DIR (sortable, filterable; "
+                            "open DIR/index.html, no server needed)")
 
     ablate = sub.add_parser(
         "ablate", help="run a named ablation (a paper's ablation table) and write its table",
@@ -208,6 +211,10 @@ def _cmd_leaderboard(args, bb) -> int:
         print("ablation tables are exported by `benchbase ablate NAME` (stored runs are reused, nothing reruns)")
     else:
         paths = leaderboard.regenerate_from_records(args.out)
+    if args.html:
+        from benchbase.site import write_site
+
+        paths += write_site(args.out, args.html)
     for path in paths:
         print(path)
     return 0
