@@ -37,10 +37,10 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from benchbase import distributed, preemption
-from benchbase.loggers import STEPS_LOG, RunLoggers, StepLog, training  # STEPS_LOG: the run folder's step log
 from benchbase.capture import Captures, ModelInput, Tap
 from benchbase.components import LabeledImages, Loss, StepInputs, Student, Teacher
 from benchbase.errors import BenchbaseError, MethodFailed
+from benchbase.loggers import RunLoggers, StepLog, training
 
 CHECKPOINT = "checkpoint.pt"
 

@@ -217,7 +217,8 @@ class RunLoggers:
         self._each("flush", lambda logger: logger.flush())
 
     def finish(self, status: str) -> None:
-        """Finish every started logger with ``status`` (``done``, ``failed`` or ``stopped``, see :meth:`Logger.finish`); they are then closed."""
+        """Finish every started logger with ``status`` (``done``, ``failed`` or ``stopped``: see
+        :meth:`Logger.finish`); they are then closed."""
         self._each("finish", lambda logger: logger.finish(status))
         self.active.clear()
 

@@ -166,8 +166,8 @@ def check_component(kind: str, name: str, factory: Any, plugin: str) -> None:
     """Check that ``factory`` fits the interface of its ``kind`` (see :mod:`benchbase.hookspecs`).
 
     Losses, evaluators and loggers must be concrete subclasses of :class:`~benchbase.components.Loss`,
-    :class:`~benchbase.components.Evaluator` and :class:`~benchbase.loggers.Logger`; students and teachers must be callables that accept
-    ``build(cfg, data)``, datasets ``build(cfg)``.
+    :class:`~benchbase.components.Evaluator` and :class:`~benchbase.loggers.Logger`; students and
+    teachers must be callables that accept ``build(cfg, data)``, datasets ``build(cfg)``.
 
     Raises:
         BenchbaseError: one line naming the plugin, the component and what is wrong.

@@ -141,7 +141,8 @@ def _table_html(df: pd.DataFrame) -> str:
             attrs = f' data-value="{_number(df[column].iat[i])}"' if column in numeric else ""
             if column + BELOW_SUFFIX in df.columns and bool(df[column + BELOW_SUFFIX].iat[i]):
                 name, best = floors[column]
-                attrs += f' class="below" title="95% interval not above the best floor ({html.escape(name)} {best:.1f})"'
+                floor = f"{html.escape(name)} {best:.1f}"
+                attrs += f' class="below" title="95% interval not above the best floor ({floor})"'
             cells.append(f"<td{attrs}>{html.escape(str(shown[column].iat[i]))}</td>")
         body.append(f'<tr data-role="{html.escape(role)}" class="role-{html.escape(role)}">{"".join(cells)}</tr>')
     return (f'<div class="board-wrap"><table class="board"><thead><tr>{"".join(head)}</tr></thead>'
@@ -230,11 +231,11 @@ def _index(pages: list[Page]) -> str:
         f"<td>{html.escape(page.dates)}</td></tr>"
         for page in pages
     )
+    head = "".join(f'<th scope="col">{name}</th>' for name in ("page", "kind", "what", "rows", "runs", "dates (UTC)"))
     return ("<h1>benchbase leaderboards</h1>\n<p>Every table generated from the stored run records, one page per "
             "suite and ablation. Click a column header to sort; type to filter.</p>\n"
-            '<div class="board-wrap"><table class="board"><thead><tr><th scope="col">page</th><th scope="col">kind</th>'
-            '<th scope="col">what</th><th scope="col">rows</th><th scope="col">runs</th><th scope="col">dates (UTC)</th>'
-            f"</tr></thead><tbody>\n{rows}\n</tbody></table></div>")
+            f'<div class="board-wrap"><table class="board"><thead><tr>{head}</tr></thead>'
+            f"<tbody>\n{rows}\n</tbody></table></div>")
 
 
 def _document(title: str, body: str) -> str:

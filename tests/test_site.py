@@ -77,7 +77,8 @@ def chromium() -> str:
     except ImportError:
         found = None
     if found is None:
-        reason = "the browser test needs Debian's chromium and playwright (apt-get install chromium; pip install -e '.[dev]')"
+        reason = ("the browser test needs Debian's chromium and playwright "
+                  "(apt-get install chromium; pip install -e '.[dev]')")
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
@@ -98,7 +99,10 @@ def test_the_page_sorts_and_filters_in_a_real_browser(site):
             page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto((site / "demo.html").as_uri())
-            methods = lambda: page.locator("table.board tbody tr:visible td:nth-child(2)").all_inner_texts()  # noqa: E731
+
+            def methods() -> list[str]:
+                return page.locator("table.board tbody tr:visible td:nth-child(2)").all_inner_texts()
+
             assert methods() == ["teacher", "pixels", "random_init", "alpha", "beta", "gamma"]
 
             header = page.locator(f'table.board th:text-is("{FEWSHOT}")')
