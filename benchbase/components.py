@@ -229,10 +229,16 @@ def mean_ci95(values: Sequence[float] | Tensor) -> tuple[float, float]:
 
 
 class LabeledImages(Dataset):
-    """A dataset of ([C, H, W] float image, int label) pairs with its labels in ``targets``."""
+    """A dataset of ([C, H, W] float image, int label) pairs with its labels in ``targets``.
+
+    ``class_groups``, where the classes come in groups (Omniglot's characters in alphabets), names
+    the group of each class (aligned with ``classes``); few-shot episodes can then be drawn within
+    one group (``within_group``). None when the classes carry no group.
+    """
 
     targets: Sequence[int]
     classes: Sequence[str]
+    class_groups: Sequence[str] | None = None
 
 
 class SegmentationImages(Dataset):
