@@ -25,16 +25,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchbase.ablation import build_ablation_table, is_ablation, write_ablation
+from benchbase.ablation import is_ablation
 from benchbase.errors import BenchbaseError
 from benchbase.leaderboard import (
     BELOW_SUFFIX,
     CI_SUFFIX,
     RESULTS_DIR,
     _formatted,
-    build_table,
     page_figures,
-    write_leaderboard,
+    shown_records,
+    table_frame,
+    write_table,
 )
 from benchbase.results import RunRecord, read_jsonl, write_text_atomic
 
@@ -45,7 +46,8 @@ INDEX = "index.html"
 
 @dataclass
 class Page:
-    """One table's page: its file stem, kind (``suite`` or ``ablation``), title and what it shows."""
+    """One table's page: its file stem, kind (``suite`` or ``ablation``), title, the suite's
+    description, and the rows, runs and dates its table shows."""
 
     stem: str
     kind: str
@@ -62,7 +64,8 @@ def write_site(out_dir: str | os.PathLike[str], site_dir: str | os.PathLike[str]
     out, site = Path(out_dir), Path(site_dir)
     files = sorted((out / RESULTS_DIR).glob("*.jsonl"))
     if not files:
-        raise BenchbaseError(f"no records in {out / RESULTS_DIR}; run `benchbase run` or `benchbase leaderboard --db`")
+        raise BenchbaseError(f"no records in {out / RESULTS_DIR}; publish some with `benchbase run --publish` "
+                             "or `benchbase leaderboard --publish`")
     (site / "assets").mkdir(parents=True, exist_ok=True)
     written = [site / INDEX]
     for name in ASSETS:
@@ -92,8 +95,8 @@ def _render(records: list[RunRecord], stem: str, out: Path, site: Path, tmp: Pat
     The Markdown page and its plots are written to ``tmp`` exactly as ``benchbase leaderboard``
     writes them; the body is that page with its table made interactive."""
     ablation = is_ablation(records)
-    md, csv, *drawn = (write_ablation if ablation else write_leaderboard)(records, tmp, stem, out)
-    df = build_ablation_table(records) if ablation else build_table(records)
+    md, csv, *drawn = write_table(records, tmp, stem, out)
+    df = table_frame(records)
     copied = [site / f"{stem}.csv"]
     shutil.copyfile(csv, copied[0])
     for figure in page_figures(drawn, tmp, stem, out):
@@ -106,9 +109,11 @@ def _render(records: list[RunRecord], stem: str, out: Path, site: Path, tmp: Pat
     title = next((line[2:] for line in lines if line.startswith("# ")), stem)
     download = f'<p class="download">Download: <a href="{html.escape(stem)}.csv">{html.escape(stem)}.csv</a></p>'
     body = _markdown_html(lines, _table_html(df) + download)
-    dates = sorted(r.created_at[:10] for r in records)
-    description = "" if ablation else str((records[0].config.get("suite") or {}).get("description", ""))
-    page = Page(stem, "ablation" if ablation else "suite", title, description, len(df), len(records),
+    shown = shown_records(records)
+    dates = sorted(r.created_at[:10] for r in shown)
+    latest = max(shown, key=lambda r: r.created_at)
+    description = "" if ablation else str((latest.config.get("suite") or {}).get("description", ""))
+    page = Page(stem, "ablation" if ablation else "suite", title, description, len(df), len(shown),
                 dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}")
     return page, body, copied
 

@@ -33,13 +33,14 @@ def test_run_one_method_from_python_with_loggers_then_load_its_results(tmp_path,
     assert board.frame["method"].tolist() == ["teacher", "feature"] and board.name == "default"
     assert str(board) == format_table(board.frame) and "<table" in board._repr_html_()
 
-    tidy = bb.results("default", leaderboard_dir=tmp_path / "lb")
-    assert {"role", "method", "seed", "key", "value", "ci95", "protocol"} <= set(tidy.columns)
-    assert len(tidy) == sum(len(r.metrics) for r in board.records)  # one row per run x metric
+    tidy = bb.results("default", db=tmp_path / "results.db")
+    assert {"role", "method", "seed", "shown", "key", "value", "ci95", "protocol"} <= set(tidy.columns)
+    assert len(tidy) == sum(len(r.metrics) for r in board.records) and tidy.shown.all()  # one row per run x metric
     top1 = tidy[(tidy.method == "feature") & (tidy.key == "top1/top1")].iloc[0]
     assert top1.role == "method" and top1.seed == 0 and "linear probe" in top1.protocol
     assert top1.value == board.frame.loc[board.frame.method == "feature", "top1/top1"].item()
-    assert len(bb.results("default", db=tmp_path / "results.db")) == len(tidy)
+    assert bb.table("default", db=tmp_path / "results.db").text == board.text
+    assert not (tmp_path / "lb").exists()  # the committed folder changes only on publish
 
     # the loggers the config key named followed the method's run (not the teacher recipe's)
     (run_dir,) = (tmp_path / "runs" / "default").glob("feature-seed0-*")
@@ -49,10 +50,11 @@ def test_run_one_method_from_python_with_loggers_then_load_its_results(tmp_path,
     assert tracked.info.run_name == "feature-seed0" and tracked.info.status == "FINISHED"
     assert tracked.data.metrics["eval/top1/top1"] == pytest.approx(top1.value)
 
-    # the same call again reuses every stored run
+    # the same call again reuses every stored run; publish=True merges them into the committed folder
     stored = len(ResultsDB(tmp_path / "results.db").records())
-    assert bb.run(*quick(tmp_path), methods="feature", echo=lambda line: None).text == board.text
+    assert bb.run(*quick(tmp_path), methods="feature", publish=True, echo=lambda line: None).text == board.text
     assert len(ResultsDB(tmp_path / "results.db").records()) == stored
+    assert bb.table("default", leaderboard_dir=tmp_path / "lb").text == board.text
 
 
 def test_bad_overrides_and_names_are_the_command_lines_one_line_errors(tmp_path):
@@ -62,7 +64,7 @@ def test_bad_overrides_and_names_are_the_command_lines_one_line_errors(tmp_path)
         bb.run(*quick(tmp_path), methods=["nope"])
     with pytest.raises(BenchbaseError, match="^unknown logger 'wandb'"):
         bb.run(*quick(tmp_path, "logger=[wandb]"), methods="feature")
-    with pytest.raises(BenchbaseError, match="^no exported records for default in "):
+    with pytest.raises(BenchbaseError, match="^no records of default in "):
         bb.table("default", leaderboard_dir=tmp_path)
     with pytest.raises(BenchbaseError, match="^no results database at "):
         bb.results(db=tmp_path / "missing.db")
@@ -78,7 +80,7 @@ def test_tables_of_exported_records_are_the_published_ones(name):
 def test_tidy_results_of_exported_records_average_to_the_table():
     tidy = bb.results("default", leaderboard_dir=LEADERBOARDS)
     board = bb.table("default", leaderboard_dir=LEADERBOARDS)
-    cells = tidy[tidy.key == "top1/top1"].groupby("method")["value"].mean()
+    cells = tidy[tidy.shown & (tidy.key == "top1/top1")].groupby("method")["value"].mean()
     for method, mean in cells.items():
         assert math.isclose(board.frame.loc[board.frame.method == method, "top1/top1"].item(), mean)
     assert set(bb.results(leaderboard_dir=LEADERBOARDS).suite) >= {"default", "ablation-tinymim-relations"}
