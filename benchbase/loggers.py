@@ -178,8 +178,10 @@ def _warn(text: str) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The first line of ``exc``, after its type unless it is a :class:`BenchbaseError` (whose message
+    names the problem and the fix)."""
     first = next((line for line in str(exc).splitlines() if line.strip()), "")
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return first if isinstance(exc, BenchbaseError) and first else f"{type(exc).__name__}: {first}".rstrip(": ")
 
 
 class RunLoggers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 import torch
@@ -176,3 +177,15 @@ def test_logger_key_is_validated_and_logger_classes_are_checked():
         check_component("loggers", "bad", object, "someone")
     with pytest.raises(BenchbaseError, match="does not implement log_step"):
         check_component("loggers", "half", type("Half", (Logger,), {"start": lambda self, run: None}), "someone")
+
+
+def test_a_tracker_whose_package_is_missing_is_a_one_line_warning(tmp_path, monkeypatch, capsys):
+    from benchbase_plugins.mlflow_logger import MLflow
+
+    monkeypatch.setitem(sys.modules, "mlflow.tracking", None)  # as if `pip install benchbase[mlflow]` never ran
+    loggers = RunLoggers({"jsonl": StepsFile, "mlflow": MLflow}, RunInfo("default", "feature-seed0", tmp_path))
+    loggers.start(0, 10)
+    assert list(loggers.active) == ["jsonl"]
+    assert capsys.readouterr().err == ("warning: logger 'mlflow' failed to start: the mlflow package is not installed; "
+                                       "pip install 'benchbase[mlflow]'; feature-seed0 goes on without it\n")
+    loggers.finish("done")
