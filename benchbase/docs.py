@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FunctionType, ModuleType
 from typing import Any
 
-from benchbase import PROJECT_NAME, capture, components, hookspecs
+from benchbase import PROJECT_NAME, capture, components, hookspecs, loggers
 from benchbase.errors import BenchbaseError
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "writing-a-plugin.md"
@@ -202,12 +202,13 @@ def render_class(cls: type, level: int = 3) -> str:
 
 INTERFACES: tuple[type, ...] = (
     components.Loss, components.VitModel, components.Student, components.Teacher, components.Evaluator,
+    loggers.Logger,
 )
 """The component interfaces (Student and Teacher share :class:`VitModel`)."""
 
 SUPPORTING: tuple[type, ...] = (
     components.StepInputs, capture.ModelInput, capture.Tap, capture.Captures, components.Metric,
-    components.DataBundle,
+    components.DataBundle, loggers.RunInfo, loggers.StepLog,
 )
 """The types those interfaces pass around."""
 
@@ -228,7 +229,7 @@ def render_components(interfaces: Iterable[type] = INTERFACES, supporting: Itera
 
 SECTIONS: dict[str, tuple[str, Callable[[], str]]] = {
     "hookspecs": ("benchbase/hookspecs.py", render_hookspecs),
-    "components": ("benchbase/components.py and benchbase/capture.py", render_components),
+    "components": ("benchbase/components.py, benchbase/capture.py and benchbase/loggers.py", render_components),
 }
 """Generated section name -> (where it comes from, renderer)."""
 

@@ -20,13 +20,14 @@ import pluggy
 from benchbase import PROJECT_NAME, hookspecs
 from benchbase.components import Evaluator, Loss
 from benchbase.errors import BenchbaseError
+from benchbase.loggers import Logger
 
-COMPONENT_KINDS = ("losses", "students", "teachers", "evaluators", "datasets")
+COMPONENT_KINDS = ("losses", "students", "teachers", "evaluators", "datasets", "loggers")
 SINGULAR = {"losses": "loss", "students": "student", "teachers": "teacher", "evaluators": "evaluator",
-            "datasets": "dataset"}
+            "datasets": "dataset", "loggers": "logger"}
 CORE_PLUGIN = "core"
 
-_BASE_CLASSES: dict[str, type] = {"losses": Loss, "evaluators": Evaluator}
+_BASE_CLASSES: dict[str, type] = {"losses": Loss, "evaluators": Evaluator, "loggers": Logger}
 """Component kinds registered as classes: the base class each must subclass (and complete)."""
 _BUILD_ARGS: dict[str, tuple[str, ...]] = {"students": ("cfg", "data"), "teachers": ("cfg", "data"),
                                            "datasets": ("cfg",)}
@@ -164,9 +165,9 @@ def _describe(obj: Any) -> str:
 def check_component(kind: str, name: str, factory: Any, plugin: str) -> None:
     """Check that ``factory`` fits the interface of its ``kind`` (see :mod:`benchbase.hookspecs`).
 
-    Losses and evaluators must be concrete subclasses of :class:`~benchbase.components.Loss` and
-    :class:`~benchbase.components.Evaluator`; students and teachers must be callables that accept
-    ``build(cfg, data)``, datasets ``build(cfg)``.
+    Losses, evaluators and loggers must be concrete subclasses of :class:`~benchbase.components.Loss`,
+    :class:`~benchbase.components.Evaluator` and :class:`~benchbase.loggers.Logger`; students and
+    teachers must be callables that accept ``build(cfg, data)``, datasets ``build(cfg)``.
 
     Raises:
         BenchbaseError: one line naming the plugin, the component and what is wrong.
