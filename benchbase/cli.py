@@ -26,7 +26,15 @@ suites: default (embedded, no download), cpu-real (CIFAR-10, Omniglot, CamVid), 
 miniimagenet, tieredimagenet, cifarfs, fc100, imagefolder; e.g. suite=cpu-real data.cifar10.root=DIR
 Results go to the database at `db` (default .benchbase/results.db); a run with the same config is
 reused unless --force. The comparison table is printed and written to leaderboards/.
+Exit status: 0 every row done; 1 a row failed (a method, or a task's evaluator on any row, teacher and
+floors included: its status says why, and the other rows and tasks still ran); 2 a usage or
+configuration error, found before anything ran.
 """
+
+
+EXIT_FAILED_ROWS = 1
+"""Exit status of a run in which a row failed (a method, or a task's evaluator on any row);
+user errors exit with 2 before anything runs."""
 
 
 def _split(value: str) -> list[str]:
@@ -117,14 +125,19 @@ def _cmd_run(args, bb) -> int:
         return 0
     distributed.init_from_env()  # under torchrun: join the other processes (no-op otherwise)
     try:
-        _run_jobs(args, bb, verbose=distributed.is_main())
+        records = _run_jobs(args, bb, verbose=distributed.is_main())
     finally:
         distributed.shutdown()
+    failed = [r for r in records if r.status == "failed"]
+    if failed:
+        print(f"{len(failed)} of {len(records)} rows failed (their status says why); exit status {EXIT_FAILED_ROWS}",
+              file=sys.stderr)
+        return EXIT_FAILED_ROWS
     return 0
 
 
-def _run_jobs(args, bb, verbose: bool) -> None:
-    """One suite per job: the overrides as given, or each point of a ``-m`` sweep."""
+def _run_jobs(args, bb, verbose: bool) -> list:
+    """One suite per job: the overrides as given, or each point of a ``-m`` sweep; the rows of all."""
     from benchbase.suite import run_suite
 
     jobs = [args.overrides]
@@ -139,10 +152,12 @@ def _run_jobs(args, bb, verbose: bool) -> None:
         jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
         if verbose:
             print(f"sweep: {len(jobs)} jobs")
+    records = []
     for index, overrides in enumerate(jobs):
         if len(jobs) > 1 and verbose:
             print(f"[{index + 1}/{len(jobs)}] {' '.join(overrides)}")
-        run_suite(bb, list(overrides), args.plugins, force=args.force)
+        records += run_suite(bb, list(overrides), args.plugins, force=args.force)
+    return records
 
 
 def _cmd_plugins(args, bb) -> int:
