@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a suite (teacher, methods x seeds, tasks) and write its table",
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EPILOG)
-    run.add_argument("--plugins", type=_split, metavar="A,B",
-                     help="method plugins to run (default: every installed method plugin)")
+    run.add_argument("--methods", "--plugins", dest="plugins", type=_split, metavar="A,B",
+                     help="method plugins to run (default: every installed method plugin; --plugins is the "
+                          "same option); evaluator, dataset and model plugins are used by naming their "
+                          "components in a suite or config")
     run.add_argument("--force", action="store_true", help="rerun even if an identical run is stored")
     run.add_argument("-m", "--multirun", action="store_true", help="sweep comma-separated override values")
     run.add_argument("--cfg", choices=["job"], help="print the composed config and exit")
@@ -253,9 +255,20 @@ STANDALONE = {"new-plugin": _cmd_new_plugin, "docs": _cmd_docs}
 """Commands that do not load the installed plugins (so a broken plugin cannot block them)."""
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``argv`` parsed with the flags anywhere among a command's overrides, as Hydra users expect
+    (``benchbase run a=1 --cfg job b=2``): tokens after the first run of overrides join them in order."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and (getattr(args, "overrides", None) is None or any(token.startswith("-") for token in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if args.command is None:
         parser.print_help()
         return 0

@@ -26,6 +26,10 @@ SINGULAR = {"losses": "loss", "students": "student", "teachers": "teacher", "eva
             "datasets": "dataset"}
 CORE_PLUGIN = "core"
 
+USED_AS = {"losses": "suite.references", "students": "student.arch", "teachers": "teacher.arch",
+           "evaluators": "a suite task's `evaluator`", "datasets": "a suite's `dataset`"}
+"""Where a registered component of each kind is named to be used."""
+
 _BASE_CLASSES: dict[str, type] = {"losses": Loss, "evaluators": Evaluator}
 """Component kinds registered as classes: the base class each must subclass (and complete)."""
 _BUILD_ARGS: dict[str, tuple[str, ...]] = {"students": ("cfg", "data"), "teachers": ("cfg", "data"),
@@ -137,9 +141,16 @@ class Benchbase:
         methods: list[str] = []
         for name in chosen:
             if name not in available:
-                failed = self.infos.get(name)
-                if failed is not None and failed.error:
-                    raise BenchbaseError(f"plugin {name!r} failed to load: {failed.error}")
+                info = self.infos.get(name)
+                if info is not None and info.error:
+                    raise BenchbaseError(f"plugin {name!r} failed to load: {info.error}")
+                if info is not None and info.components:
+                    provides = "; ".join(f"{kind} {', '.join(names)} (name them in {USED_AS[kind]})"
+                                         for kind, names in info.components.items())
+                    raise BenchbaseError(
+                        f"plugin {name!r} is not a method plugin: it registers {provides}; --methods (alias "
+                        f"--plugins) selects method plugins: {', '.join(available) or 'none'}"
+                    )
                 raise BenchbaseError(
                     f"unknown plugin {name!r}; available: {', '.join(available) or 'none'} "
                     f"(see `benchbase plugins`)"
