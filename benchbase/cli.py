@@ -22,8 +22,9 @@ overrides are Hydra's KEY=VALUE syntax on the composed config (see --cfg job):
   benchbase run --cfg job                         print the composed config and exit
 
 config groups: suite, student, teacher, method, trainer, eval, data (dataset paths: data.<name>.root=PATH).
-suites: default (embedded, no download), cpu-real (CIFAR-10, Omniglot, CamVid), imagenet, ade20k,
-miniimagenet, tieredimagenet, cifarfs, fc100, imagefolder; e.g. suite=cpu-real data.cifar10.root=DIR
+suites installed (suite=NAME, e.g. suite=cpu-real data.cifar10.root=DIR; `benchbase datasets` lists
+every dataset's splits and the path it needs):
+{suites}
 Results go to the database at `db` (default .benchbase/results.db); a run with the same config is
 reused unless --force. The comparison table is printed and written to leaderboards/.
 Exit status: 0 every row done; 1 a row failed (a method, or a task's evaluator on any row, teacher and
@@ -35,6 +36,32 @@ configuration error, found before anything ran.
 EXIT_FAILED_ROWS = 1
 """Exit status of a run in which a row failed (a method, or a task's evaluator on any row);
 user errors exit with 2 before anything runs."""
+
+
+def run_epilog() -> str:
+    """:data:`RUN_EPILOG` with the suites installed now (benchbase's and the plugins')."""
+    from benchbase.catalog import suites_text
+    from benchbase.plugins import load
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a broken plugin is reported by the commands that use plugins
+        try:
+            config_dirs = load().config_dirs()
+        except BenchbaseError:
+            config_dirs = []
+    return RUN_EPILOG.replace("{suites}", suites_text(config_dirs))
+
+
+class _RunHelp(argparse.Action):
+    """``run -h``: the help, its epilog listing the installed suites (found when it is asked for)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.epilog = run_epilog()
+        parser.print_help()
+        parser.exit()
 
 
 def _split(value: str) -> list[str]:
@@ -54,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a suite (teacher, methods x seeds, tasks) and write its table",
-                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EPILOG)
+                         formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    run.add_argument("-h", "--help", action=_RunHelp, help="show this help (and the installed suites) and exit")
     run.add_argument("--methods", "--plugins", dest="plugins", type=_split, metavar="A,B",
                      help="method plugins to run (default: every installed method plugin; --plugins is the "
                           "same option); evaluator, dataset and model plugins are used by naming their "
@@ -63,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-m", "--multirun", action="store_true", help="sweep comma-separated override values")
     run.add_argument("--cfg", choices=["job"], help="print the composed config and exit")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
+
+    datasets = sub.add_parser(
+        "datasets", help="list the datasets: their splits, sizes and the paths they need",
+        description="Without NAME: every registered dataset, what its splits hold, their sizes where the "
+                    "dataset needs no path (those are loaded), and the layout data.<name>.root must hold. "
+                    "With NAME: that dataset loaded as configured, with its splits' real sizes and classes.",
+        epilog="examples:\n  benchbase datasets\n  benchbase datasets digits\n"
+               "  benchbase datasets camvid data.camvid.root=DIR",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    datasets.add_argument("name", nargs="?", metavar="NAME", help="the dataset to load and describe")
+    datasets.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides (e.g. data.NAME.root)")
 
     plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
     plugins.add_argument("--hooks", action="store_true", help="show which plugin implements which hook")
@@ -185,6 +225,18 @@ def _cmd_plugins(args, bb) -> int:
     return 0
 
 
+def _cmd_datasets(args, bb) -> int:
+    from benchbase import catalog
+    from benchbase.config import compose_config
+
+    if args.name and "=" in args.name:  # an override in NAME's place: list them all under it
+        args.overrides.insert(0, args.name)
+        args.name = None
+    cfg = compose_config(args.overrides, bb.config_dirs())
+    print(catalog.dataset_details(bb, cfg, args.name) if args.name else catalog.dataset_listing(bb, cfg))
+    return 0
+
+
 def _cmd_ablate(args, bb) -> int:
     from benchbase import ablation, distributed
 
@@ -284,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "benchbase plugin" in str(warning.message):
                 print(f"warning: {warning.message}", file=sys.stderr)
         command = {"run": _cmd_run, "plugins": _cmd_plugins, "leaderboard": _cmd_leaderboard,
-                   "ablate": _cmd_ablate}[args.command]
+                   "ablate": _cmd_ablate, "datasets": _cmd_datasets}[args.command]
         return command(args, bb)
     except BenchbaseError as exc:
         if args.debug:

@@ -69,7 +69,9 @@ def check_task(registry: Registry, name: str, task: DictConfig, batch_size: int,
                 )
     for key in keys:
         if key not in params and signature.parameters[key].default is inspect.Parameter.empty:
-            raise BenchbaseError(f"evaluator {task.evaluator!r} of task {name!r} needs {where}.{key}; set it in the suite")
+            raise BenchbaseError(
+                f"evaluator {task.evaluator!r} of task {name!r} needs {where}.{key}; set it in the suite"
+            )
     try:
         ev_cls(**params)
     except Exception as exc:  # a plugin's own check, raised as whatever it chose
