@@ -146,13 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--dir", default=".", help="folder to create the project in (default: %(default)s)")
 
     docs = sub.add_parser(
-        "docs", help="regenerate the generated sections of the plugin guide",
-        description="Render the hook specs and component interfaces of docs/writing-a-plugin.md from "
-                    "their docstrings.",
+        "docs", help="print the plugin guide (or check or regenerate it)",
+        description="Print the plugin guide, benchbase/guide/writing-a-plugin.md in the installed package "
+                    "(e.g. `benchbase docs | less`). Maintainers: --write renders its generated sections (hook "
+                    "specs, component interfaces, public helpers, the new-plugin examples) from the code, "
+                    "--check fails when they are stale.",
     )
-    docs.add_argument("--check", action="store_true",
-                      help="exit 1 if the guide is stale or a hook spec lacks Args/Returns docs")
-    docs.add_argument("--path", help="the guide (default: docs/writing-a-plugin.md of this checkout)")
+    action = docs.add_mutually_exclusive_group()
+    action.add_argument("--check", action="store_true",
+                        help="exit 1 if the guide is stale or a hook spec lacks Args/Returns docs")
+    action.add_argument("--write", action="store_true", help="regenerate the guide's generated sections")
+    docs.add_argument("--path", help="the guide file to print, check or write (default: the installed one)")
     return parser
 
 
@@ -298,8 +302,13 @@ def _cmd_docs(args) -> int:
         problems = docs.check(path)
         for problem in problems:
             print(problem, file=sys.stderr)
+        if not problems:
+            print(f"{path}: up to date")
         return 1 if problems else 0
-    print(f"{path}: {'updated' if docs.write(path) else 'up to date'}")
+    if args.write:
+        print(f"{path}: {'updated' if docs.write(path) else 'up to date'}")
+        return 0
+    print(docs.read(path), end="")
     return 0
 
 
