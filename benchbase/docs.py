@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from types import FunctionType, ModuleType
 from typing import Any
@@ -20,7 +21,8 @@ from typing import Any
 from benchbase import PROJECT_NAME, capture, components, errors, hookspecs, outcomes
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.classification import accuracy_metrics, binomial_ci95
-from benchbase.evaluation.features import extract_features, pool_tokens
+from benchbase.evaluation.features import check_pooling, extract_features, pool_tokens
+from benchbase.scaffold import scaffold_files
 
 GUIDE = Path(__file__).resolve().parent / "guide" / "writing-a-plugin.md"
 """The guide, inside the package (installed with it)."""
@@ -230,7 +232,7 @@ def render_components(interfaces: Iterable[type] = INTERFACES, supporting: Itera
 
 
 HELPERS: tuple[Callable[..., Any], ...] = (
-    extract_features, pool_tokens, accuracy_metrics, binomial_ci95, components.mean_ci95,
+    extract_features, pool_tokens, check_pooling, accuracy_metrics, binomial_ci95, components.mean_ci95,
     outcomes.mean_outcomes, outcomes.ratio_outcomes, outcomes.iou_outcomes,
 )
 """The public helpers a plugin may call (evaluators above all); the rest of benchbase may change."""
@@ -248,10 +250,24 @@ def render_helpers(helpers: Iterable[Callable[..., Any]] = HELPERS, raised: Iter
     return "\n\n".join(parts)
 
 
+EXAMPLES = {"loss": "my_kd", "evaluator": "my_knn", "dataset": "my_data", "model": "my_vit"}
+"""The plugin name each kind's example is shown with."""
+
+
+def render_example(kind: str) -> str:
+    """The files ``benchbase new-plugin NAME --kind KIND`` writes into its package (the example's
+    module and configs), for the kind's example name."""
+    files = {path: text for path, text in scaffold_files(EXAMPLES[kind], kind).items() if path.startswith("src/")}
+    return "\n\n".join(f"`{path}`:\n\n```{'python' if path.endswith('.py') else 'yaml'}\n{text}```"
+                        for path, text in files.items())
+
+
 SECTIONS: dict[str, tuple[str, Callable[[], str]]] = {
     "hookspecs": ("benchbase/hookspecs.py", render_hookspecs),
     "components": ("benchbase/components.py and benchbase/capture.py", render_components),
     "helpers": ("the docstrings of benchbase.docs.HELPERS and ERRORS", render_helpers),
+    **{f"example-{kind}": (f"benchbase/plugin_templates/{kind}.py", partial(render_example, kind))
+       for kind in EXAMPLES},
 }
 """Generated section name -> (where it comes from, renderer)."""
 

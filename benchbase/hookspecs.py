@@ -35,8 +35,8 @@ def benchbase_register_losses(register: Register) -> None:
             ``method.params`` in the method's config (``conf/method/<name>.yaml``).
 
     Returns:
-        Nothing. Called once when the plugin manager loads plugins; ``benchbase run --plugins P``
-        runs the losses that plugin ``P`` registered.
+        Nothing. Called once when the plugin manager loads plugins; ``benchbase run --methods P``
+        runs the losses that plugin ``P`` registered (every method plugin's without ``--methods``).
     """
 
 

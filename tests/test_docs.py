@@ -14,6 +14,7 @@ import benchbase
 from benchbase import PROJECT_NAME, docs, hookspecs
 from benchbase.capture import TAP_SHAPES
 from benchbase.cli import main
+from benchbase.scaffold import KINDS, scaffold_files
 
 
 def marked_hookspecs(module: types.ModuleType) -> list[types.FunctionType]:
@@ -143,3 +144,16 @@ def test_docstring_markdown():
         "**Args:**\n\n- `register`: call `register(name, build)`, then return.\n- `other`: second.\n\n"
         "**Returns:**\n\nA list of `str`."
     )
+
+
+def test_guide_shows_every_kind_of_plugin_as_the_scaffold_writes_it():
+    guide = docs.GUIDE.read_text()
+    for heading in ("## A loss", "## An evaluator", "## A dataset", "## A student or teacher architecture",
+                    "## Suites", "## Errors and exit status"):
+        assert f"\n{heading}\n" in guide
+    for kind, name in docs.EXAMPLES.items():
+        assert kind in KINDS
+        section = guide.split(f"<!-- example-{kind}:start -->")[1].split(f"<!-- example-{kind}:end -->")[0]
+        module = scaffold_files(name, kind)[f"src/benchbase_{name}/__init__.py"]
+        assert f"`src/benchbase_{name}/__init__.py`:\n\n```python\n{module}```" in section
+    assert "`src/benchbase_my_knn/conf/suite/my_knn.yaml`:\n\n```yaml\n# @package _global_\n" in guide
