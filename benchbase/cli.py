@@ -322,10 +322,29 @@ STANDALONE = {"new-plugin": _cmd_new_plugin, "docs": _cmd_docs}
 """Commands that do not load the installed plugins (so a broken plugin cannot block them)."""
 
 
+GLOBAL_OPTIONS = {"--debug": 0, "--plugins-dir": 1}
+"""benchbase's own options (and the values each takes), accepted after the command too."""
+
+
+def _global_first(argv: Sequence[str]) -> list[str]:
+    """``argv`` with :data:`GLOBAL_OPTIONS` (and their values) moved before the command."""
+    front: list[str] = []
+    rest: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        name, inline = token.partition("=")[0], "=" in token
+        if name in GLOBAL_OPTIONS:
+            front += [token, *(next(tokens, "") for _ in range(0 if inline else GLOBAL_OPTIONS[name]))]
+        else:
+            rest.append(token)
+    return front + rest
+
+
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """``argv`` parsed with the flags anywhere among a command's overrides, as Hydra users expect
-    (``benchbase run a=1 --cfg job b=2``): tokens after the first run of overrides join them in order."""
-    args, extra = parser.parse_known_args(argv)
+    (``benchbase run a=1 --cfg job b=2 --debug``): benchbase's own options move before the command,
+    and tokens after the first run of overrides join them in order."""
+    args, extra = parser.parse_known_args(_global_first(sys.argv[1:] if argv is None else argv))
     if extra and (getattr(args, "overrides", None) is None or any(token.startswith("-") for token in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:

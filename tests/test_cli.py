@@ -36,6 +36,12 @@ def test_flags_anywhere_among_the_overrides(argv):
     assert (args.plugins, args.cfg, args.overrides) == (["feature"], "job", ["trainer.epochs=1", "seed=3"])
 
 
+def test_benchbase_options_after_the_command(tmp_path):
+    args = parse(build_parser(), ["run", "a=1", "--debug", "--plugins-dir", str(tmp_path), "b=2",
+                                  f"--plugins-dir={tmp_path}"])
+    assert (args.debug, args.plugins_dir, args.overrides) == (True, str(tmp_path), ["a=1", "b=2"])
+
+
 def test_cfg_job_after_the_overrides_prints_them_composed(capsys):
     assert main(["run", "trainer.epochs=7", "--cfg", "job", "seed=3"]) == 0
     cfg = OmegaConf.create(capsys.readouterr().out)
