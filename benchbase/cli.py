@@ -14,13 +14,13 @@ from benchbase.errors import BenchbaseError
 from benchbase.scaffold import KINDS
 
 RUN_EPILOG = """\
-overrides are Hydra's KEY=VALUE syntax on the composed config (see --cfg job):
+overrides are Hydra's KEY=VALUE syntax on the composed config (see --cfg job); flags may come anywhere:
   benchbase run                                   the embedded default suite, every method plugin
-  benchbase run --plugins mae,feature trainer.epochs=3 seed=1
-  benchbase run --plugins cls_token student=vit_tiny teacher.source=checkpoint teacher.checkpoint=t.pt
-  benchbase run -m --plugins feature method.params.beta=1.0,2.0      a sweep: one suite per value
+  benchbase run --methods mae,feature trainer.epochs=3 seed=1
+  benchbase run --methods cls_token student=vit_tiny teacher.source=checkpoint teacher.checkpoint=t.pt
+  benchbase run -m --methods feature method.params.beta=1.0,2.0      a sweep: one suite per value
   python -m benchbase.launch -m hydra/launcher=slurm method=feature seed=0,1   each job on a cluster
-  benchbase run --cfg job                         print the composed config and exit
+  benchbase run trainer.epochs=1 --cfg job        print the composed config and exit
 
 config groups: suite, student, teacher, method, trainer, eval, data (dataset paths: data.<name>.root=PATH).
 suites installed (suite=NAME, e.g. suite=cpu-real data.cifar10.root=DIR; `benchbase datasets` lists
