@@ -73,7 +73,7 @@ def test_dataset_info_must_be_a_dataset_info(tmp_path, capsys):
 
 
 def test_run_help_lists_the_installed_suites_with_plugin_ones(tmp_path, monkeypatch, capsys):
-    site = make_distribution(tmp_path / "site")
+    site = make_distribution(tmp_path / "site", name="bb_kd_suite")  # a module no other test imported
     (site / "kd_logits_conf" / "suite").mkdir()
     (site / "kd_logits_conf" / "suite" / "kd-suite.yaml").write_text(
         "# @package _global_\ndefaults: [default, _self_]\nsuite:\n  name: kd-suite\n  description: digits, KD's own\n")
@@ -86,7 +86,7 @@ def test_run_help_lists_the_installed_suites_with_plugin_ones(tmp_path, monkeypa
     assert "\n  default         scikit-learn digits (8x8 upscaled to 16x16)" in out
     assert "\n  kd-suite        digits, KD's own\n" in out
     assert "\n  cpu-real        CIFAR-10 top-1, Omniglot few-shot, CamVid mIoU on a CPU\n" in out
-    sys.modules.pop("bb_kd_logits", None)
+    sys.modules.pop("bb_kd_suite", None)
 
 
 def test_only_a_dataset_takes_info_and_its_kind_is_checked():
