@@ -5,8 +5,10 @@ plugin's, see the ``benchbase_config_dirs`` hook); :class:`AblationSpec` lists i
 variant is a set of Hydra overrides on the suite; ``benchbase ablate NAME`` runs every variant
 for every seed of the suite, storing each run in the results database like ``benchbase run`` does
 (a run whose config hash is stored is reused, so the shared default row trains once), and writes
-``ablation-<name>.md`` / ``.csv`` (plus a PNG curve when ``plot`` names a numeric column) and the
-records behind them, ``results/ablation-<name>.jsonl``, to the leaderboard folder.
+``ablation-<name>.md`` / ``.csv`` (plus a PNG curve when ``plot`` names a numeric column) as a
+local table, next to the results database like a suite's (see :mod:`benchbase.leaderboard`); with
+``publish`` it merges the records into ``results/ablation-<name>.jsonl`` of the leaderboard folder
+and rewrites the committed table.
 
 Each exported record carries its place in the table under ``config["ablation"]`` (the spec's
 title, paper, columns and metrics, and the variant's index, cells and overrides), so the table is
@@ -18,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -30,14 +32,21 @@ from benchbase import distributed
 from benchbase.config import CONF_DIR
 from benchbase.errors import BenchbaseError
 from benchbase.leaderboard import (
-    RESULTS_DIR,
+    ORIGIN,
+    Published,
+    hidden_note,
     latest_per_seed,
+    local_dir,
+    local_note,
     markdown_page,
     metric_frame,
+    origin,
     page_figures,
+    write_local,
 )
+from benchbase.leaderboard import publish as publish_records
 from benchbase.plugins import Benchbase
-from benchbase.results import RunRecord, write_jsonl, write_text_atomic
+from benchbase.results import RunRecord, write_text_atomic
 
 ROLES = ("method", "reference", "teacher")
 PREFIX = "ablation-"
@@ -114,9 +123,10 @@ def find_spec(bb: Benchbase, name: str) -> AblationSpec:
 
 
 def run_ablation(bb: Benchbase, name: str, overrides: Sequence[str] = (), force: bool = False,
-                 echo: Callable[[str], Any] = print) -> list[Path]:
+                 echo: Callable[[str], Any] = print, publish: bool = False) -> tuple[list[Path], Published | None]:
     """Run every variant of ablation ``name`` (``overrides`` applied last, e.g. ``seed=1``) and
-    write its table; returns the files written (none on ranks other than 0)."""
+    write its local table; with ``publish``, also merge its records into the leaderboard folder.
+    Returns the local files written and what was published (nothing on ranks other than 0)."""
     from benchbase.suite import (
         _compatible,
         check_methods,
@@ -137,7 +147,7 @@ def run_ablation(bb: Benchbase, name: str, overrides: Sequence[str] = (), force:
         # stored under their own suite name, so that variants stay out of the suite's main table;
         # a run identical to one of the main suite's (same config hash) is still reused
         ctx = suite_context(bb, [*spec.overrides, *variant.overrides, *overrides, f"suite.name={PREFIX}{spec.name}"],
-                            force, datasets)
+                            force, datasets, echo)
         method = variant.method or spec.method
         if variant.role != "teacher":
             _compatible(bb, [method], ctx.cfg.student.arch, explicit=True)
@@ -163,8 +173,10 @@ def run_ablation(bb: Benchbase, name: str, overrides: Sequence[str] = (), force:
             echo(f"  [{index + 1}/{len(spec.variants)}] {cells} seed {run.seed}: {describe_status(run)}")
         records += [_annotated(run, spec, index) for run in runs]
     if not distributed.is_main():
-        return []
-    return publish_ablation(records, contexts[0][0].cfg.leaderboard_dir, spec.name)
+        return [], None
+    cfg = contexts[0][0].cfg
+    written = write_local(records, cfg.leaderboard_dir, local_dir(cfg.db), PREFIX + spec.name)
+    return written, publish_records(records, cfg.leaderboard_dir, PREFIX + spec.name) if publish else None
 
 
 def _silent(*_args: Any) -> None:
@@ -191,16 +203,21 @@ def is_ablation(records: Sequence[RunRecord]) -> bool:
     return bool(records) and all("ablation" in r.config for r in records)
 
 
+def ablation_rows(records: Sequence[RunRecord]) -> dict[int, list[RunRecord]]:
+    """The rows of an ablation table: variant index -> its latest run per seed; the teacher's rows
+    first, then the floors (negative indices), then the spec's order."""
+    by_variant: dict[int, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        by_variant[record.config["ablation"]["variant"]].append(record)
+    order = sorted(by_variant, key=lambda i: (by_variant[i][0].role != "teacher", i))
+    return {index: latest_per_seed(by_variant[index]) for index in order}
+
+
 def build_ablation_table(records: Sequence[RunRecord]):
     """The ablation table (a :func:`benchbase.leaderboard.metric_frame`): one row per variant in the
     spec's order, its descriptive cells, then the chosen metrics as mean and 95% CI over seeds."""
     place = records[0].config["ablation"]
-    by_variant: dict[int, list[RunRecord]] = defaultdict(list)
-    for record in records:
-        by_variant[record.config["ablation"]["variant"]].append(record)
-    # the teacher's rows first, then the floors (negative indices), then the spec's order
-    order = sorted(by_variant, key=lambda i: (by_variant[i][0].role != "teacher", i))
-    rows = {index: latest_per_seed(by_variant[index]) for index in order}
+    rows = ablation_rows(records)
     values = {index: group[0].config["ablation"]["values"] for index, group in rows.items()}
     columns = place["columns"]
     return metric_frame(rows, columns, lambda index: {c: values[index].get(c, "") for c in columns},
@@ -208,13 +225,18 @@ def build_ablation_table(records: Sequence[RunRecord]):
 
 
 def write_ablation(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], stem: str,
-                   figures_from: str | os.PathLike[str] | None = None) -> list[Path]:
+                   figures_from: str | os.PathLike[str] | None = None,
+                   committed: Collection[tuple[str, str]] | None = None) -> list[Path]:
     """Write ``<stem>.md`` and ``.csv`` (and the plot PNG) of an ablation's records into ``out_dir``;
-    the page also embeds the attached figures of ``figures_from`` (default ``out_dir``)."""
+    the page also embeds the attached figures of ``figures_from`` (default ``out_dir``). With
+    ``committed``, a local table, as :func:`benchbase.leaderboard.write_leaderboard` writes one."""
     from benchbase.plots import curve_plot, metric_columns
 
     place = records[0].config["ablation"]
+    rows = ablation_rows(records)
     df = build_ablation_table(records)
+    if committed is not None:
+        df[ORIGIN] = [origin(group, committed) for group in rows.values()]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = []
@@ -224,15 +246,17 @@ def write_ablation(records: Sequence[RunRecord], out_dir: str | os.PathLike[str]
         if len(points) >= 2:
             title = f"{place['title'] or place['name']}: metric vs {plot} (95% band)"
             figures.append(curve_plot(points, metrics, plot, title, out / f"{stem}.png"))
-    head = [f"# {place['title'] or place['name']}", ""]
+    head = [f"# {place['title'] or place['name']}", "", *(local_note(stem) if committed is not None else [])]
     if place["paper"]:
         head += [f"Ablation `{place['name']}`, in the layout of {place['paper']}. Measured here; "
                  "the paper's own numbers are in reported.md, never in this table.", ""]
     first = {r.config["ablation"]["variant"]: r for r in reversed(records)}
     notes = ["Rows, top to bottom: what ran, and the overrides that make the row:", ""]
-    for row, i in enumerate(sorted(first, key=lambda i: (first[i].role != "teacher", i)), 1):
+    for row, i in enumerate(rows, 1):
         overrides = " ".join(first[i].config["ablation"]["overrides"])
         notes.append(f"{row}. {first[i].method} ({first[i].role}): " + (f"`{overrides}`" if overrides else "as configured"))
+    hidden = len(records) - sum(len(group) for group in rows.values())
+    notes += ["", *hidden_note(hidden)] if hidden else []
     md, csv = out / f"{stem}.md", out / f"{stem}.csv"
     shown = page_figures(figures, out, stem, figures_from)
     write_text_atomic(md, markdown_page(head, records, df, shown, f"`benchbase ablate {place['name']}`", notes))
@@ -259,10 +283,3 @@ def _number(value: object) -> bool:
         return False
     return True
 
-
-def publish_ablation(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str) -> list[Path]:
-    """Export the annotated ``records`` to ``results/ablation-<name>.jsonl`` and write the table."""
-    out = Path(out_dir)
-    stem = PREFIX + name
-    write_jsonl(out / RESULTS_DIR / f"{stem}.jsonl", records)
-    return [out / RESULTS_DIR / f"{stem}.jsonl", *write_ablation(records, out, stem)]

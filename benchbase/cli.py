@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import warnings
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,10 +28,35 @@ suites installed (suite=NAME, e.g. suite=cpu-real data.cifar10.root=DIR; `benchb
 every dataset's splits and the path it needs):
 {suites}
 Results go to the database at `db` (default .benchbase/results.db); a run with the same config is
-reused unless --force. The comparison table is printed and written to leaderboards/.
+reused (unless --force, or unless the code or teacher that made it changed; each reuse is printed).
+The table is printed and written to the run home ($BENCHBASE_HOME/leaderboards/, with the committed
+records); leaderboards/ changes only with --publish, which merges the runs into its records.
 Exit status: 0 every row done; 1 a row failed (a method, or a task's evaluator on any row, teacher and
 floors included: its status says why, and the other rows and tasks still ran); 2 a usage or
 configuration error, found before anything ran.
+"""
+
+EVAL_EPILOG = """\
+MODEL is a stored run (its folder, its student.pt, or its config hash), a checkpoint file with its
+architecture in the student config, timm:NAME or sam:PRESET with --weights FILE (never downloaded),
+or pixels (the image itself as the features: the floor a learned model must beat):
+  benchbase eval .benchbase/runs/default/feature-seed0-1a2b3c4d5e6f7a8b     every task of the run's suite
+  benchbase eval 1a2b3c4d fewshot suite.tasks.fewshot.params.episodes=10000  a stored run by config hash
+  benchbase eval ckpt.pth fewshot student=vit_tiny suite=cpu-real data.omniglot.root=DIR
+  benchbase eval --weights vit_s16.pth timm:vit_small_patch16_224 fewshot suite=cpu-real data.omniglot.root=DIR
+  benchbase eval --weights sam_vit_b_01ec64.pth sam:vit_b suite=eventsam
+  benchbase eval pixels fewshot suite=cpu-real data.omniglot.root=DIR
+  benchbase eval ckpt.pth fewshot '+suite.tasks.fewshot.params.episodes_file=test_episodes.csv'
+  benchbase eval ckpt.pth omni20 suite=cpu-real data.omniglot.root=DIR suite.tasks.omni20.evaluator=fewshot \\
+      suite.tasks.omni20.dataset=omniglot +suite.tasks.omni20.params.ways=20 +suite.tasks.omni20.params.within_group=true
+
+TASK names tasks of the suite (default: all); a task inline is suite.tasks.NAME.evaluator=E
+suite.tasks.NAME.dataset=D with +suite.tasks.NAME.params.KEY=VALUE. A stored run starts from its own
+suite, data and seed; other models from the default suite (suite=... picks another). One record per
+seed of the suite (role eval, with the model's provenance) goes to the results database; a stored
+record with the same config hash is reused unless --force. With --row the records are a row of the
+suite's table (where the tasks and protocols match the suite's runs) the next time it is written,
+and stay one (--force replaces them).
 """
 
 
@@ -69,6 +95,10 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+PUBLISH_HELP = ("merge the runs into the committed records (leaderboard_dir/results/, default leaderboards/) "
+                "and rewrite those tables; records are added or replaced by newer runs, never removed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="benchbase",
@@ -89,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "same option); evaluator, dataset and model plugins are used by naming their "
                           "components in a suite or config")
     run.add_argument("--force", action="store_true", help="rerun even if an identical run is stored")
+    run.add_argument("--publish", action="store_true", help=PUBLISH_HELP)
     run.add_argument("-m", "--multirun", action="store_true", help="sweep comma-separated override values")
     run.add_argument("--cfg", choices=["job"], help="print the composed config and exit")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
@@ -105,22 +136,40 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.add_argument("name", nargs="?", metavar="NAME", help="the dataset to load and describe")
     datasets.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides (e.g. data.NAME.root)")
 
+    ev = sub.add_parser("eval", help="score a model on suite tasks without training and store the records",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EVAL_EPILOG)
+    ev.add_argument("--weights", metavar="FILE", help="the weights of a timm:NAME or sam:PRESET model")
+    ev.add_argument("--name", metavar="LABEL", help="the row label (default: from the model)")
+    ev.add_argument("--row", action="store_true",
+                    help="show the records as a row of the suite's table where tasks and protocols match")
+    ev.add_argument("--force", action="store_true", help="evaluate again even if an identical record is stored")
+    ev.add_argument("model", metavar="MODEL", help="stored run, checkpoint, timm:NAME, sam:PRESET or pixels (see below)")
+    ev.add_argument("items", nargs="*", metavar="TASK|KEY=VALUE", help="tasks to run and Hydra overrides")
+
     plugins = sub.add_parser("plugins", help="list installed plugins and what they register")
     plugins.add_argument("--hooks", action="store_true", help="show which plugin implements which hook")
     plugins.add_argument("--json", action="store_true", help="print JSON")
 
     board = sub.add_parser(
-        "leaderboard", help="regenerate every table from the stored run records",
-        description="Tables are generated from the run records in <out>/results/*.jsonl, never edited by hand.",
+        "leaderboard", help="regenerate every table from the committed run records",
+        description="Committed tables are generated from the run records in <out>/results/*.jsonl, never edited "
+                    "by hand; those records change only with --publish (added or replaced by newer runs) and "
+                    "--prune. Local tables ($BENCHBASE_HOME/leaderboards/) merge them with a database's runs.",
     )
-    board.add_argument("--out", default="leaderboards", help="leaderboard folder (default: %(default)s)")
+    board.add_argument("--out", default="leaderboards", help="committed leaderboard folder (default: %(default)s)")
     board.add_argument("--db", nargs="?", const="", metavar="PATH",
-                       help="first export the current runs of every suite from a results database "
-                            "(default path: the config's `db`, $BENCHBASE_HOME/results.db); ablation "
-                            "tables are exported by `benchbase ablate NAME`")
+                       help="write the local tables of every suite in a results database (default path: the "
+                            "config's `db`, $BENCHBASE_HOME/results.db); ablation tables are written by "
+                            "`benchbase ablate NAME`")
     board.add_argument("--import", dest="import_file", metavar="FILE",
                        help="merge records exported elsewhere (JSON lines) into the database; records "
-                            "already stored (same config hash and time) are skipped; then export and regenerate")
+                            "already stored (same config hash and time) are skipped; then as --db")
+    board.add_argument("--publish", action="store_true",
+                       help="merge into the committed records the records of --import FILE, or else the current "
+                            "runs of every suite in the database, and rewrite those tables")
+    board.add_argument("--prune", nargs="+", metavar=("NAME", "HASH"),
+                       help="remove from <out>/results/NAME.jsonl the records of these config hashes, or with "
+                            "`hidden` those its table does not show, listing each; then rewrite its table")
     board.add_argument("--check", action="store_true",
                        help="exit 1 if a committed table differs from what its records produce")
 
@@ -136,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("name", nargs="?", metavar="NAME", help="the ablation to run")
     ablate.add_argument("--list", action="store_true", help="list the installed ablations and exit")
     ablate.add_argument("--force", action="store_true", help="rerun even if an identical run is stored")
+    ablate.add_argument("--publish", action="store_true", help=PUBLISH_HELP)
     ablate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides applied to every variant")
 
     new = sub.add_parser(
@@ -180,6 +230,11 @@ def _cmd_run(args, bb) -> int:
         records = _run_jobs(args, bb, verbose=distributed.is_main())
     finally:
         distributed.shutdown()
+    return _exit_status(records)
+
+
+def _exit_status(records: list) -> int:
+    """0, or :data:`EXIT_FAILED_ROWS` (said on stderr) when one of ``records`` failed."""
     failed = [r for r in records if r.status == "failed"]
     if failed:
         print(f"{len(failed)} of {len(records)} rows failed (their status says why); exit status {EXIT_FAILED_ROWS}",
@@ -208,8 +263,14 @@ def _run_jobs(args, bb, verbose: bool) -> list:
     for index, overrides in enumerate(jobs):
         if len(jobs) > 1 and verbose:
             print(f"[{index + 1}/{len(jobs)}] {' '.join(overrides)}")
-        records += run_suite(bb, list(overrides), args.plugins, force=args.force)
+        records += run_suite(bb, list(overrides), args.plugins, force=args.force, publish_runs=args.publish)
     return records
+
+
+def _cmd_eval(args, bb) -> int:
+    from benchbase.evaluate_cmd import run_eval
+
+    return _exit_status(run_eval(bb, args.model, args.items, args.weights, args.name, args.row, args.force))
 
 
 def _cmd_plugins(args, bb) -> int:
@@ -257,38 +318,57 @@ def _cmd_ablate(args, bb) -> int:
         return 0
     distributed.init_from_env()
     try:
-        paths = ablation.run_ablation(bb, args.name, args.overrides, force=args.force)
+        paths, published = ablation.run_ablation(bb, args.name, args.overrides, force=args.force,
+                                                 publish=args.publish)
     finally:
         distributed.shutdown()
     if paths:
-        print("written: " + ", ".join(str(p) for p in paths))
+        print("local table: " + ", ".join(str(p) for p in paths))
+    if published is not None:
+        print(published.summary(ablation.PREFIX + args.name))
     return 0
 
 
 def _cmd_leaderboard(args, bb) -> int:
     from benchbase import leaderboard
-    from benchbase.results import ResultsDB
+    from benchbase.config import compose_config
+    from benchbase.results import ResultsDB, read_jsonl
 
     if args.check:
         stale = leaderboard.check(args.out)
         for name in stale:
             print(f"{Path(args.out) / name} differs from its records; run `benchbase leaderboard`", file=sys.stderr)
         return 1 if stale else 0
-    if args.import_file is not None or args.db is not None:
-        if not args.db:
-            from benchbase.config import compose_config
-
-            args.db = compose_config([], bb.config_dirs()).db
-        db = ResultsDB(args.db)
+    if args.prune:
+        name, *selectors = args.prune
+        if not selectors:
+            raise BenchbaseError(f"--prune {name} names no records; add config hashes or "
+                                 f"{leaderboard.HIDDEN!r} (records the table does not show)")
+        removed, paths = leaderboard.prune(args.out, name, selectors)
+        for r in removed:
+            print(f"removed {r.config_hash} {r.method} seed {r.seed} ({r.status}, {r.created_at})")
+        print("written: " + ", ".join(str(p) for p in paths))
+        return 0
+    if args.import_file is None and args.db is None and not args.publish:
+        for path in leaderboard.regenerate_from_records(args.out):
+            print(path)
+        return 0
+    db = ResultsDB(args.db or compose_config([], bb.config_dirs()).db)
+    if args.import_file is not None:
+        added, skipped = db.import_jsonl(args.import_file)
+        print(f"imported {added} records, skipped {skipped} already stored")
+    local_dir = leaderboard.local_dir(db.path)
+    local = leaderboard.local_records(db, local_dir)
+    for suite, records in local.items():
+        print(f"local table: {leaderboard.write_local(records, args.out, local_dir, suite)[1]}")
+    print("ablation tables are written by `benchbase ablate NAME` (stored runs are reused, nothing reruns)")
+    if args.publish:
         if args.import_file is not None:
-            added, skipped = db.import_jsonl(args.import_file)
-            print(f"imported {added} records, skipped {skipped} duplicates")
-        paths = leaderboard.regenerate(db, args.out)
-        print("ablation tables are exported by `benchbase ablate NAME` (stored runs are reused, nothing reruns)")
-    else:
-        paths = leaderboard.regenerate_from_records(args.out)
-    for path in paths:
-        print(path)
+            local = defaultdict(list)
+            for record in read_jsonl(Path(args.import_file)):
+                local[record.suite].append(record)
+        for suite, records in sorted(local.items()):
+            print(leaderboard.publish(records, args.out, suite).summary(suite))
     return 0
 
 
@@ -325,6 +405,9 @@ STANDALONE = {"new-plugin": _cmd_new_plugin, "docs": _cmd_docs}
 GLOBAL_OPTIONS = {"--debug": 0, "--plugins-dir": 1}
 """benchbase's own options (and the values each takes), accepted after the command too."""
 
+TRAILING = ("overrides", "items")
+"""The commands' lists of trailing words (Hydra overrides; eval's tasks and overrides)."""
+
 
 def _global_first(argv: Sequence[str]) -> list[str]:
     """``argv`` with :data:`GLOBAL_OPTIONS` (and their values) moved before the command."""
@@ -345,10 +428,11 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     (``benchbase run a=1 --cfg job b=2 --debug``): benchbase's own options move before the command,
     and tokens after the first run of overrides join them in order."""
     args, extra = parser.parse_known_args(_global_first(sys.argv[1:] if argv is None else argv))
-    if extra and (getattr(args, "overrides", None) is None or any(token.startswith("-") for token in extra)):
+    rest = next((name for name in TRAILING if isinstance(getattr(args, name, None), list)), None)
+    if extra and (rest is None or any(token.startswith("-") for token in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
-        args.overrides += extra
+        getattr(args, rest).extend(extra)
     return args
 
 
@@ -369,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in caught:
             if "benchbase plugin" in str(warning.message):
                 print(f"warning: {warning.message}", file=sys.stderr)
-        command = {"run": _cmd_run, "plugins": _cmd_plugins, "leaderboard": _cmd_leaderboard,
+        command = {"run": _cmd_run, "eval": _cmd_eval, "plugins": _cmd_plugins, "leaderboard": _cmd_leaderboard,
                    "ablate": _cmd_ablate, "datasets": _cmd_datasets}[args.command]
         return command(args, bb)
     except BenchbaseError as exc:

@@ -233,11 +233,15 @@ class LabeledImages(Dataset):
 
     Images are already resized to the bundle's ``image_size`` and normalised; ``targets`` holds
     every item's label (in item order) so evaluators can group images by class without reading
-    them, and ``classes`` names them (label ``k`` is ``classes[k]``).
+    them, and ``classes`` names them (label ``k`` is ``classes[k]``). ``class_groups``, where the
+    classes come in groups (Omniglot's characters in alphabets), names the group of each class
+    (aligned with ``classes``); few-shot episodes can then be drawn within one group
+    (``within_group``). None when the classes carry no group.
     """
 
     targets: Sequence[int]
     classes: Sequence[str]
+    class_groups: Sequence[str] | None = None
 
 
 class SegmentationImages(Dataset):

@@ -1,10 +1,18 @@
-"""Leaderboards built from the results database alone: Markdown and CSV, never edited by hand.
+"""Leaderboards built from run records alone: Markdown and CSV, never edited by hand.
 
 One row per (role, method): the teacher first, then reference rows (e.g. from-scratch training),
 then the methods by name. One column per metric, keyed ``<task>/<metric name>``; a cell is the
 mean over seeds with its 95% interval. A column never mixes protocols: metrics with the same key
 but different protocols go to separate columns (``key [2]``, ...), each protocol listed under the
 table.
+
+Two kinds of tables. The *committed* tables in the repository's leaderboard folder are generated
+from its committed records ``results/<name>.jsonl`` alone; those records change only on an
+explicit :func:`publish`, a union (records are added, or replaced by a newer record of the same
+config hash) that never drops one, and :func:`prune` alone removes records, naming each. The
+*local* tables, next to the results database (:func:`local_dir`: in the run home by default), show
+the committed records merged with this machine's runs, each row marked by its ``origin``; running
+a suite writes only those.
 """
 
 from __future__ import annotations
@@ -16,8 +24,9 @@ import math
 import os
 import re
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pandas as pd
 from tabulate import tabulate
@@ -25,9 +34,11 @@ from tabulate import tabulate
 from benchbase.components import Metric, mean_ci95
 from benchbase.config import RUN_ONLY_TRAINER_KEYS
 from benchbase.errors import BenchbaseError
+from benchbase.eval_rows import ROLE as EVAL_ROLE
+from benchbase.eval_rows import shown_eval_rows
 from benchbase.outcomes import Outcomes, outcomes_of
 from benchbase.results import ROLES, ResultsDB, RunRecord, read_jsonl, write_jsonl, write_text_atomic
-from benchbase.significance import METHOD, Comparison, compare_rows, ranks
+from benchbase.significance import METHOD, Comparison, bootstrap_ci95, compare_rows, ranks
 
 CI_SUFFIX = "_ci95"
 RANK_SUFFIX = "_rank"
@@ -42,6 +53,13 @@ ERROR_WIDTH = 60
 _MISSING = "—"
 RESULTS_DIR = "results"
 """Sub-folder of the leaderboard folder holding the exported run records (JSON lines)."""
+LOCAL_DIR = "leaderboards"
+"""Folder next to the results database (in the run home by default) holding the local tables, and
+in their ``results/`` this machine's records of each."""
+ORIGIN = "origin"
+"""Column of a local table: whether a row's runs are committed records, local ones, or both."""
+HIDDEN = "hidden"
+"""The :func:`prune` selector for the records a table does not show (other settings, superseded seeds)."""
 FIGURES_DIR = "figures"
 """Sub-folder of the leaderboard folder with figures that other tools draw for a table, e.g.
 EventSAM's token-importance heat maps: ``figures/<name>/*.png`` is embedded in ``<name>.md``
@@ -128,11 +146,13 @@ def setting_key(record: RunRecord) -> str:
 
 
 def current_records(records: Sequence[RunRecord]) -> list[RunRecord]:
-    """The records that share the setting of the most recent one (older settings are left out)."""
-    if not records:
+    """The records that share the setting of the most recent run (older settings are left out),
+    then the eval records shown as rows (:func:`benchbase.eval_rows.shown_eval_rows`)."""
+    runs = [r for r in records if r.role != EVAL_ROLE]
+    if not runs:
         return []
-    latest = setting_key(max(records, key=lambda r: r.created_at))
-    return [r for r in records if setting_key(r) == latest]
+    newest = max(runs, key=lambda r: r.created_at)
+    return [r for r in runs if setting_key(r) == setting_key(newest)] + shown_eval_rows(records, newest)
 
 
 RUN_SEED = "the run's seed"
@@ -152,11 +172,14 @@ def _assign_columns(rows: Mapping[Hashable, Sequence[RunRecord]]) -> dict[tuple[
     """A column label for each (metric key, protocol) pair, in order of first appearance.
 
     The first protocol seen for a key keeps the bare key, later ones get `` [2]``, `` [3]``, ...
+    In a table with runs, eval records add no columns: their metrics fill the runs' columns of
+    the same protocol (a table of eval records alone has their columns).
     """
     protocols: dict[str, list[str]] = {}
+    with_runs = any(record.role != EVAL_ROLE for group in rows.values() for record in group)
     for group in rows.values():
         for record in group:
-            for metric in record.metrics:
+            for metric in record.metrics if not (with_runs and record.role == EVAL_ROLE) else ():
                 seen = protocols.setdefault(metric_key(metric), [])
                 if protocol_of(metric, record) not in seen:
                     seen.append(protocol_of(metric, record))
@@ -178,11 +201,14 @@ def _status(group: Sequence[RunRecord]) -> str:
 
 
 def _mean_ci(metrics: Sequence[Metric]) -> tuple[float, float]:
-    """Mean over seeds and its 95% CI; with one seed, the metric's own CI (NaN when it has none)."""
+    """Mean over seeds and its 95% CI; with one seed, the metric's own CI, or else a bootstrap CI from its
+    stored outcomes (mIoU, pixel accuracy), NaN when it has neither."""
     if not metrics:
         return math.nan, math.nan
     if len(metrics) == 1:
-        ci95 = metrics[0].ci95
+        ci95, outcomes = metrics[0].ci95, outcomes_of(metrics[0].extras)
+        if ci95 is None and outcomes is not None:
+            ci95 = bootstrap_ci95(outcomes)
         return metrics[0].value, math.nan if ci95 is None else ci95
     return mean_ci95([m.value for m in metrics])
 
@@ -192,7 +218,7 @@ def build_table(records: Sequence[RunRecord]) -> pd.DataFrame:
 
     Columns: ``role``, ``method``, then per metric column ``<col>`` (mean over done seeds) and
     ``<col>_ci95`` (95% CI half-width: 1.96·std/sqrt(n_seeds) with two or more seeds, the metric's
-    own ``ci95`` with one, NaN otherwise), then ``seeds`` (done seeds) and ``status`` (``ok`` or
+    own ``ci95`` with one or a bootstrap over its stored outcomes, NaN otherwise), then ``seeds`` (done seeds) and ``status`` (``ok`` or
     ``failed (k/n): <first error>``). Where a (role, method) has several runs for one seed (its
     config changed), the latest counts. ``df.attrs["protocols"]`` maps each metric column to its
     protocol.
@@ -349,7 +375,8 @@ def markdown_page(head: Sequence[str], records: Sequence[RunRecord], df: pd.Data
     lines += [f"![{figure.stem}]({figure.as_posix()})" for figure in figures]
     if figures:
         lines.append("")
-    lines.append("Cells: mean ± 95% CI over seeds (1.96·std/√n); with one seed, the metric's own 95% CI.")
+    lines.append("Cells: mean ± 95% CI over seeds (1.96·std/√n); with one seed, the metric's own 95% CI (for mIoU and "
+                 "pixel accuracy a percentile bootstrap over the test images).")
     if df.attrs.get("comparisons"):
         lines.append(f"(#k): paired rank in its column, 1 + the rows significantly above it ({METHOD}); rows "
                      "that no test separates from those above them share a rank.")
@@ -416,56 +443,226 @@ def _comparison_details(df: pd.DataFrame) -> list[str]:
 
 
 def write_leaderboard(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str,
-                      figures_from: str | os.PathLike[str] | None = None) -> list[Path]:
+                      figures_from: str | os.PathLike[str] | None = None,
+                      committed: Collection[tuple[str, str]] | None = None) -> list[Path]:
     """Write ``<name>.md`` and ``<name>.csv`` (numeric) into ``out_dir``, each atomically, plus the
     PNG plots of :mod:`benchbase.plots` embedded in the Markdown (returned after md and csv). The
-    page also embeds the :data:`FIGURES_DIR` figures of ``figures_from`` (default ``out_dir``)."""
+    page also embeds the :data:`FIGURES_DIR` figures of ``figures_from`` (default ``out_dir``).
+
+    The table shows the records of the current setting (:func:`current_records`); the page counts
+    the others. With ``committed`` (the :func:`record_ids` of the committed records) it is a local
+    table: an :data:`ORIGIN` column tells the rows of committed records from local ones."""
     from benchbase.plots import PARAMS, cost_plot, sweep_plots
 
     if not name or name in (".", "..") or Path(name).name != name:
         raise BenchbaseError(f"leaderboard name {name!r} must be a plain file name (it names <name>.md)")
-    df = build_table(records)
+    shown = current_records(records)
+    df = build_table(shown)
+    head = [f"# {name}", ""]
+    if committed is not None:
+        origins = {key: origin(group, committed) for key, group in _group_rows(shown).items()}
+        df[ORIGIN] = [origins.get((role, method), "") for role, method in zip(df["role"], df["method"])]
+        head += local_note(name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     costs = [cost_plot(df, out / f"{name}.png", name), cost_plot(df, out / f"{name}-params.png", name, PARAMS)]
     figures = [p for p in costs if p] + sweep_plots(df, out, name)
     md, csv = out / f"{name}.md", out / f"{name}.csv"
-    shown = page_figures(figures, out, name, figures_from)
-    write_text_atomic(md, markdown_page([f"# {name}", ""], records, df, shown, "`benchbase leaderboard`"))
+    embedded = page_figures(figures, out, name, figures_from)
+    notes = hidden_note(len(records) - len(shown_records(records)))
+    write_text_atomic(md, markdown_page(head, shown, df, embedded, "`benchbase leaderboard`", notes))
     write_text_atomic(csv, df.to_csv(index=False))
     return [md, csv, *figures]
 
 
-def publish(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str) -> list[Path]:
-    """Export ``records`` to ``<out_dir>/results/<name>.jsonl`` and write the tables from them."""
+def record_ids(records: Iterable[RunRecord]) -> set[tuple[str, str]]:
+    """Each record's (config hash, creation time): what tells one stored record from another."""
+    return {(r.config_hash, r.created_at) for r in records}
+
+
+def origin(group: Iterable[RunRecord], committed: Collection[tuple[str, str]]) -> str:
+    """A row's :data:`ORIGIN`: ``committed``, ``local``, or ``<n> local, <m> committed``."""
+    ids = [(r.config_hash, r.created_at) in committed for r in group]
+    if all(ids):
+        return "committed"
+    if not any(ids):
+        return "local"
+    return f"{ids.count(False)} local, {ids.count(True)} committed"
+
+
+def hidden_note(hidden: int) -> list[str]:
+    """The page's note on the ``hidden`` records its table does not show (none without any)."""
+    if not hidden:
+        return []
+    return [f"{hidden} more records are not shown (another setting, or an older run of a row's seed)."]
+
+
+def local_note(name: str) -> list[str]:
+    """The lines under a local table's title: what it shows and how to publish it."""
+    return [f"Local table: the committed records of `results/{name}.jsonl` merged with this machine's runs "
+            f"(column `{ORIGIN}`). The committed tables change only on `--publish`.", ""]
+
+
+def record_key(record: RunRecord) -> tuple[str, Any]:
+    """What a published table holds one record of: the config hash, and in an ablation the variant
+    too (one run may fill two variants)."""
+    return record.config_hash, (record.config.get("ablation") or {}).get("variant")
+
+
+class Merge(NamedTuple):
+    """The union of committed records with new ones: the merged records and what changed."""
+
+    records: list[RunRecord]
+    added: int
+    replaced: int
+
+
+def merge_records(committed: Sequence[RunRecord], new: Iterable[RunRecord]) -> Merge:
+    """``committed`` in their order, each replaced by the record of ``new`` with the same
+    :func:`record_key` unless the committed one is newer, then the other records of ``new`` in
+    their order. Nothing committed is dropped; merging the same records again changes nothing."""
+    merged = list(committed)
+    where = {record_key(r): i for i, r in enumerate(merged)}
+    added = replaced = 0
+    for record in new:
+        i = where.get(record_key(record))
+        if i is None:
+            where[record_key(record)] = len(merged)
+            merged.append(record)
+            added += 1
+        elif merged[i] != record and merged[i].created_at <= record.created_at:
+            merged[i] = record
+            replaced += 1
+    return Merge(merged, added, replaced)
+
+
+def _read_records(folder: str | os.PathLike[str], name: str) -> list[RunRecord]:
+    """The records ``<folder>/results/<name>.jsonl`` (none if it does not exist)."""
+    path = Path(folder) / RESULTS_DIR / f"{name}.jsonl"
+    return read_jsonl(path) if path.exists() else []
+
+
+def write_table(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str,
+                figures_from: str | os.PathLike[str] | None = None,
+                committed: Collection[tuple[str, str]] | None = None) -> list[Path]:
+    """The table of ``records`` in ``out_dir``: an ablation's in its spec's layout, a suite's
+    leaderboard otherwise (arguments as :func:`write_leaderboard`)."""
+    from benchbase.ablation import is_ablation, write_ablation
+
+    return (write_ablation if is_ablation(records) else write_leaderboard)(records, out_dir, name, figures_from,
+                                                                          committed)
+
+
+class Published(NamedTuple):
+    """What :func:`publish` wrote and changed."""
+
+    paths: list[Path]
+    added: int
+    replaced: int
+    hidden: int
+
+    def summary(self, name: str) -> str:
+        """One line on what changed in table ``name`` (a second one when records are hidden)."""
+        line = (f"published {name}: {self.added} records added, {self.replaced} replaced by newer runs; "
+                f"written: {', '.join(str(p) for p in self.paths)}")
+        if self.hidden:
+            line += f"\n{hidden_note(self.hidden)[0]} `benchbase leaderboard --prune {name} {HIDDEN}` removes them."
+        return line
+
+
+def publish(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str) -> Published:
+    """Merge ``records`` into the committed records ``<out_dir>/results/<name>.jsonl`` (a union,
+    see :func:`merge_records`) and rewrite table ``name`` from all of them. ``hidden`` counts the
+    records the table does not show (other settings, superseded seeds)."""
     out = Path(out_dir)
-    write_jsonl(out / RESULTS_DIR / f"{name}.jsonl", records)
-    return [out / RESULTS_DIR / f"{name}.jsonl", *write_leaderboard(records, out, name)]
+    path = out / RESULTS_DIR / f"{name}.jsonl"
+    merge = merge_records(_read_records(out, name), records)
+    write_jsonl(path, merge.records)
+    hidden = len(merge.records) - len(shown_records(merge.records))
+    return Published([path, *write_table(merge.records, out, name)], merge.added, merge.replaced, hidden)
 
 
-def regenerate(db: ResultsDB, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Publish one leaderboard per suite in ``db`` (its current setting); returns the files written.
+def write_local(records: Sequence[RunRecord], committed_dir: str | os.PathLike[str], local: str | os.PathLike[str],
+                name: str) -> list[Path]:
+    """The local table ``<local>/<name>.*``: the committed records of ``<committed_dir>/results/<name>.jsonl``
+    merged with this machine's ``records`` (each row marked by its origin); ``records`` alone are
+    exported to ``<local>/results/<name>.jsonl`` (what :func:`publish` would add). The committed
+    folder is only read."""
+    committed = _read_records(committed_dir, name)
+    path = Path(local) / RESULTS_DIR / f"{name}.jsonl"
+    write_jsonl(path, records)
+    return [path, *write_table(merge_records(committed, records).records, local, name, None, record_ids(committed))]
 
-    A suite keeps the rows its last export borrowed from another suite's runs (a run reused from an
-    ablation's record is stored under the ablation), as long as ``db`` still holds them. Ablation
-    suites are left alone: ``benchbase ablate NAME`` exports them in their spec's layout.
+
+def local_dir(db_path: str | os.PathLike[str]) -> Path:
+    """The folder of the local tables of the results database at ``db_path``: ``leaderboards/``
+    next to it (``$BENCHBASE_HOME/leaderboards/`` by default)."""
+    return Path(db_path).parent / LOCAL_DIR
+
+
+def shown_records(records: Sequence[RunRecord]) -> list[RunRecord]:
+    """The records a table of ``records`` shows: an ablation's latest run per variant and seed; a
+    suite's latest run per row and seed, of the current setting."""
+    from benchbase.ablation import ablation_rows, is_ablation
+
+    rows = ablation_rows(records) if is_ablation(records) else _group_rows(current_records(records))
+    return [record for group in rows.values() for record in group]
+
+
+def prune(out_dir: str | os.PathLike[str], name: str, selectors: Sequence[str]) -> tuple[list[RunRecord], list[Path]]:
+    """Remove records from the committed ``<out_dir>/results/<name>.jsonl`` and rewrite its table.
+
+    A selector is a config hash (every record of it goes) or :data:`HIDDEN` (the records the table
+    does not show). Returns the removed records and the files written; a selector that matches
+    nothing is a one-line error and nothing is removed."""
+    out = Path(out_dir)
+    records = _read_records(out, name)
+    if not records:
+        raise BenchbaseError(f"no committed records in {out / RESULTS_DIR / name}.jsonl; "
+                             f"name a table of {out / RESULTS_DIR} to prune")
+    shown = {id(r) for r in shown_records(records)}
+    doomed: set[int] = set()
+    for selector in selectors:
+        if selector == HIDDEN:
+            doomed |= {id(r) for r in records if id(r) not in shown}
+            continue
+        matched = {id(r) for r in records if r.config_hash == selector}
+        if not matched:
+            raise BenchbaseError(f"no record of config hash {selector!r} in results/{name}.jsonl; "
+                                 f"pass config hashes of that file or {HIDDEN!r}")
+        doomed |= matched
+    removed = [r for r in records if id(r) in doomed]
+    kept = [r for r in records if id(r) not in doomed]
+    if not kept:
+        raise BenchbaseError(f"pruning would remove every record of results/{name}.jsonl; "
+                             "delete the file and its table by hand if that is meant")
+    write_jsonl(out / RESULTS_DIR / f"{name}.jsonl", kept)
+    return removed, write_table(kept, out, name)
+
+
+def local_records(db: ResultsDB, local: str | os.PathLike[str]) -> dict[str, list[RunRecord]]:
+    """This machine's current records of each suite in ``db`` (the setting of its latest run).
+
+    A suite keeps the rows its last local export borrowed from another suite's runs (a run reused
+    from an ablation's record is stored under the ablation), as long as ``db`` still holds them.
+    Ablation suites are left out: ``benchbase ablate NAME`` exports them in their spec's layout.
     """
     from benchbase.ablation import PREFIX
 
-    out = Path(out_dir)
     stored = db.records()
     by_hash = {r.config_hash: r for r in stored}
     by_suite: dict[str, list[RunRecord]] = defaultdict(list)
     for record in stored:
         by_suite[record.suite].append(record)
-    written = []
+    found = {}
     for suite in sorted(s for s in by_suite if not s.startswith(PREFIX)):
-        export = out / RESULTS_DIR / f"{suite}.jsonl"
-        before = read_jsonl(export) if export.exists() else []
+        before = _read_records(local, suite)
         borrowed = [dataclasses.replace(by_hash[r.config_hash], suite=suite) for r in before
                     if r.config_hash in by_hash and by_hash[r.config_hash].suite != suite]
-        written += publish(current_records(by_suite[suite] + borrowed), out, suite)
-    return written
+        current = current_records(by_suite[suite] + borrowed)
+        if current:  # a suite of eval records alone has no table
+            found[suite] = current
+    return found
 
 
 def regenerate_from_records(out_dir: str | os.PathLike[str], tables_dir: str | os.PathLike[str] | None = None
@@ -474,14 +671,12 @@ def regenerate_from_records(out_dir: str | os.PathLike[str], tables_dir: str | o
     out = Path(out_dir)
     files = sorted((out / RESULTS_DIR).glob("*.jsonl"))
     if not files:
-        raise BenchbaseError(f"no records in {out / RESULTS_DIR}; run `benchbase run` or `benchbase leaderboard --db`")
-    from benchbase.ablation import is_ablation, write_ablation
-
+        raise BenchbaseError(f"no records in {out / RESULTS_DIR}; publish some with `benchbase run --publish` "
+                             "or `benchbase leaderboard --publish`")
     tables = Path(tables_dir) if tables_dir is not None else out
     written = []
     for f in files:
-        records = read_jsonl(f)
-        written += (write_ablation if is_ablation(records) else write_leaderboard)(records, tables, f.stem, out)
+        written += write_table(read_jsonl(f), tables, f.stem, out)
     return written + write_reported(out, tables)
 
 

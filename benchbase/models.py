@@ -127,9 +127,18 @@ def load_weights(model: nn.Module, path: str | Path, what: str = "model") -> Non
     A checkpoint written by :func:`save_weights` also restores each block's head count.
     """
     raw = _read(path)  # read once: the tensors and, if saved by save_weights, the head counts
-    state = _unwrap(raw)
+    load_state(model, _unwrap(raw), path, what)
+    if isinstance(raw.get(HEADS_KEY), list):
+        set_block_heads(model, raw[HEADS_KEY])
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str = "model",
+               optional: tuple[str, ...] = ()) -> None:
+    """Load the tensors ``state`` (read from ``path``) into ``model``; keys it lacks (other than
+    ``optional`` ones, which keep their initial values), keys the model lacks and tensors of another
+    shape are a one-line error naming them."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(set(own) - set(state) - set(optional))
     unexpected = sorted(set(state) - set(own))
     shapes = sorted(
         f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
@@ -146,9 +155,7 @@ def load_weights(model: nn.Module, path: str | Path, what: str = "model") -> Non
             f"checkpoint {path} does not fit this {what}'s architecture ({'; '.join(parts)}); "
             "use a checkpoint of the configured model or change the model config"
         )
-    model.load_state_dict(state)
-    if isinstance(raw.get(HEADS_KEY), list):
-        set_block_heads(model, raw[HEADS_KEY])
+    model.load_state_dict(state, strict=not optional)
 
 
 def save_weights(model: nn.Module, path: str | Path) -> None:

@@ -110,6 +110,16 @@ def _bootstrap(a: list[Outcomes], b: list[Outcomes], rng: np.random.Generator) -
     return delta, float(min(1.0, 2 * min(below, above)))
 
 
+def bootstrap_ci95(outcomes: Outcomes, rng: np.random.Generator | None = None) -> float:
+    """Half-width of the 95% percentile-bootstrap interval of one run's metric over its samples
+    (the mean of the distances from the value to the 2.5th and 97.5th percentiles)."""
+    rng = rng or np.random.default_rng(BOOTSTRAP_SEED)
+    weights = rng.multinomial(outcomes.n, np.full(outcomes.n, 1 / outcomes.n), size=BOOTSTRAP).astype(np.float64)
+    values = outcomes.value(weights)
+    low, high = np.nanpercentile(values, [2.5, 97.5])
+    return float((high - low) / 2)
+
+
 def holm(p_values: list[float]) -> list[float]:
     """Holm's step-down adjusted p-values, in the input order."""
     order = sorted(range(len(p_values)), key=lambda i: p_values[i])

@@ -11,8 +11,10 @@ run) as its ``then`` says:
 - ``teach``: this stage's student, frozen, becomes the next stage's teacher and the next student
   starts from its seed (TinyMIM's sequential B -> S -> T distillation).
 
-Every stage is cached under ``<home>/stages/<hash>/`` by the hash of everything that determines it,
-its predecessors included, and resumes from its checkpoints; runs that share a prefix of stages
+Every stage is cached under ``<home>/stages/<cache key>/`` by the hash of everything that determines
+it: its config and params, what made it besides its config (its teacher's weights and the code of
+its loss, student and data, see :mod:`benchbase.provenance`) and its predecessors' cache keys; it
+resumes from its checkpoints; runs that share a prefix of stages
 (an ablation of the final stage's params) train that prefix once. A stage's folder holds its
 resolved ``config.yaml``, ``steps.jsonl``, the exported ``student.pt`` and the loss state
 ``loss.pt``; ``stage.json`` is written last and marks it complete.
@@ -45,7 +47,9 @@ STUDENT_FILE = "student.pt"
 
 @dataclass
 class Stage:
-    """One planned stage: its composed config (``method`` = the stage's loss), params and hash."""
+    """One planned stage: its composed config (``method`` = the stage's loss), params, ``key`` (the
+    hash of its config and its predecessors', part of the run's config hash) and ``cache`` (the
+    name of its cache folder: ``key`` plus what made it)."""
 
     name: str
     loss_name: str
@@ -53,6 +57,7 @@ class Stage:
     params: dict[str, Any]
     then: str
     key: str
+    cache: str
 
 
 @dataclass
@@ -66,13 +71,16 @@ class Handover:
 
 
 def plan(cfg: DictConfig, method: str, identity: Callable[[DictConfig, str, dict], dict],
-         params_of: Callable[[DictConfig, str], dict]) -> list[Stage]:
-    """The stages of ``cfg.method``, each with its config and chained hash (empty without stages).
+         params_of: Callable[[DictConfig, str], dict],
+         made_by: Callable[[DictConfig, str], dict[str, str]] = lambda stage_cfg, loss_name: {}) -> list[Stage]:
+    """The stages of ``cfg.method``, each with its config and chained hashes (empty without stages).
 
-    ``identity(stage_cfg, loss_name, params)`` is what names one training run of the suite and
-    ``params_of(stage_cfg, loss_name)`` checks a stage's params against its loss.
+    ``identity(stage_cfg, loss_name, params)`` is what names one training run of the suite,
+    ``params_of(stage_cfg, loss_name)`` checks a stage's params against its loss and
+    ``made_by(stage_cfg, loss_name)`` is what makes the stage besides its config (its cache key
+    covers it).
     """
-    stages, previous = [], None
+    stages, previous, previous_cache = [], None, None
     for index, spec in enumerate(cfg.method.get("stages") or []):
         if spec.then not in THEN:
             raise BenchbaseError(f"method.stages[{index}].then={spec.then!r}; use one of {', '.join(THEN)}")
@@ -80,8 +88,9 @@ def plan(cfg: DictConfig, method: str, identity: Callable[[DictConfig, str, dict
         stage_cfg = _stage_config(cfg, spec, loss_name, index)
         params = params_of(stage_cfg, loss_name)
         key = config_hash({"stage": identity(stage_cfg, loss_name, params), "previous": previous})
-        stages.append(Stage(spec.name or f"stage{index}", loss_name, stage_cfg, params, spec.then, key))
-        previous = [key, spec.then]
+        cache = config_hash({"stage": key, "made_by": made_by(stage_cfg, loss_name), "previous": previous_cache})
+        stages.append(Stage(spec.name or f"stage{index}", loss_name, stage_cfg, params, spec.then, key, cache))
+        previous, previous_cache = [key, spec.then], [cache, spec.then]
     return stages
 
 
@@ -107,7 +116,7 @@ def run_stages(stages: list[Stage], home: Path, data: DataBundle, teacher: Teach
     """Train (or find cached) every stage in order; returns what the final run starts from."""
     handover = Handover(None, None, teacher)
     for stage in stages:
-        folder = home / "stages" / stage.key
+        folder = home / "stages" / stage.cache
         with building(folder):  # another job training this stage now: wait, then use its result
             if not distributed.broadcast_from_main((folder / STAGE_FILE).exists()):
                 _train_stage(stage, folder, data, handover, seed, build_student, build_loss)
@@ -116,7 +125,7 @@ def run_stages(stages: list[Stage], home: Path, data: DataBundle, teacher: Teach
             torch.manual_seed(seed)
             model = build_student(stage.cfg)
             load_weights(model.model, folder / STUDENT_FILE, what="stage student")
-            handover = Handover(None, None, frozen(model, stage.cfg.student, f"stage:{stage.key}"))
+            handover = Handover(None, None, frozen(model, stage.cfg.student, f"stage:{stage.cache}"))
         else:
             state = folder / LOSS_FILE if stage.then == "continue" else None
             handover = Handover(folder / STUDENT_FILE, state, handover.teacher)
@@ -157,5 +166,5 @@ def _train_stage(stage: Stage, folder: Path, data: DataBundle, handover: Handove
 
 def describe(stages: list[Stage], home: Path) -> list[dict[str, str]]:
     """Name, loss, handover and folder of each stage (written next to the final run)."""
-    return [{"name": s.name, "method": s.loss_name, "then": s.then, "folder": str(home / "stages" / s.key)}
+    return [{"name": s.name, "method": s.loss_name, "then": s.then, "folder": str(home / "stages" / s.cache)}
             for s in stages]

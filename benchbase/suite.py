@@ -2,7 +2,8 @@
 
 Each (method, seed) is one run with its own folder (resolved config, step log, checkpoints) and
 one record in the results database. A stored run with the same config hash is reused unless
-``force``; a method that fails is stored as failed and the others go on.
+``force`` or unless what made it changed (its code or teacher, see :mod:`benchbase.provenance`);
+either way one line says so. A method that fails is stored as failed and the others go on.
 
 Under torchrun every rank runs the same suite (training is data-parallel, see
 :mod:`benchbase.engine`) and evaluates its identical copy of each student; only rank 0 opens the
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,13 +38,14 @@ from benchbase.cost import cost_metrics
 from benchbase.engine import resolve_device, train
 from benchbase.errors import BenchbaseError, MethodFailed, NotApplicable
 from benchbase.floors import FLOORS, PixelModel
-from benchbase.leaderboard import build_table, current_records, format_table, publish
+from benchbase.leaderboard import build_table, current_records, format_table, local_dir, publish, write_local
 from benchbase.models import load_weights, save_weights
 from benchbase.plugins import Benchbase
+from benchbase.provenance import TEACHER, changed, code_summary, code_versions, suite_components
 from benchbase.results import ResultsDB, RunRecord
 from benchbase.stages import Stage, describe, loss_state, plan, run_stages, start_student
 from benchbase.tasks import TasksFailed, check_task, evaluation_state, evaluator_params, run_isolated
-from benchbase.teachers import frozen, load_teacher, recipe_key
+from benchbase.teachers import frozen, load_teacher, recipe_identity, teacher_source
 
 
 
@@ -58,6 +61,7 @@ class SuiteContext:
     force: bool
     device: torch.device
     datasets: dict[str, DataBundle] = field(default_factory=dict)
+    echo: Callable[[str], Any] = print
 
     def dataset(self, name: str) -> DataBundle:
         """The dataset ``name`` as ``data.<name>`` configures it, loaded once per configuration."""
@@ -78,6 +82,14 @@ class SuiteContext:
             if "method.params." not in str(exc):
                 raise
             raise BenchbaseError(f"{exc} (valid keys for {name}: {', '.join(_init_keys(loss_cls))})") from None
+
+    def recipe_params(self, name: str) -> dict[str, Any]:
+        """The params the teacher recipe builds loss ``name`` with (its config file's)."""
+        return loss_params(self.method_cfg(name, "recipe"), self.bb.registry.get("losses", name))
+
+    def teacher_source(self) -> str:
+        """Where the suite's teacher weights come from (for a recipe teacher, its cache key)."""
+        return teacher_source(self.cfg, self.bb, self.dataset(self.cfg.suite.distill.dataset), self.recipe_params)
 
 
 def _without_method_overrides(overrides: list[str]) -> list[str]:
@@ -129,11 +141,20 @@ def _identity(cfg: DictConfig, role: str, name: str, params: dict, seed: int,
         "params": params,
         "seed": seed,
         "student": container["student"],
-        "teacher": recipe_key(cfg) if cfg.teacher.source == "recipe" else container["teacher"],
+        "teacher": _teacher_identity(cfg, container["teacher"]),
         "trainer": {k: v for k, v in container["trainer"].items() if k not in RUN_ONLY_TRAINER_KEYS},
         "suite": {k: container["suite"][k] for k in ("distill", "tasks")},
         "data": {k: v for k, v in container["data"].items() if k in datasets},
     }
+
+
+def _teacher_identity(cfg: DictConfig, teacher: dict[str, Any]) -> Any:
+    """The teacher as a run's hash names it: its config, or for a recipe teacher the recipe's
+    identity and, when set, ``distill_drop_path`` (left out at 0, so those runs keep their hashes)."""
+    if cfg.teacher.source != "recipe":
+        return teacher
+    rate = teacher.get("distill_drop_path")
+    return {"recipe": recipe_identity(cfg), "distill_drop_path": rate} if rate else recipe_identity(cfg)
 
 
 def _git_revision() -> str:
@@ -184,9 +205,11 @@ def evaluate_task(ctx: SuiteContext, task_name: str, task: DictConfig, model: Vi
     return metrics
 
 
-def _record(ctx: SuiteContext, cfg: DictConfig, role: str, method: str, seed: int, h: str, **kw) -> RunRecord:
+def _record(ctx: SuiteContext, cfg: DictConfig, role: str, method: str, seed: int, h: str, made: dict[str, str],
+            **kw) -> RunRecord:
     versions = {"benchbase": __version__, "torch": torch.__version__, "python": sys.version.split()[0]}
     versions.update({f"plugin:{k}": v for k, v in ctx.bb.plugin_versions().items()})
+    versions.update(made)
     return RunRecord(
         config_hash=h, suite=cfg.suite.name, method=method, teacher=_teacher_name(cfg),
         student=_model_name(cfg.student), dataset=cfg.suite.distill.dataset, seed=seed,
@@ -204,9 +227,25 @@ def _teacher_name(cfg: DictConfig) -> str:
     return f"{_model_name(cfg.teacher)} [{cfg.teacher.source}]"
 
 
-def _stored(ctx: SuiteContext, h: str) -> RunRecord | None:
-    """The stored done run with config hash ``h`` to reuse (None with ``force``), as rank 0 finds it."""
+def _made(ctx: SuiteContext, cfg: DictConfig, teacher: Teacher, losses: list[str]) -> dict[str, str]:
+    """What makes a run of ``cfg`` besides its config: the teacher's weights and the code of the
+    suite's components and of ``losses`` (see :mod:`benchbase.provenance`)."""
+    components = [*suite_components(cfg), *(("losses", name) for name in losses)]
+    return {TEACHER: teacher.source, **code_versions(ctx.bb, components)}
+
+
+def _stored(ctx: SuiteContext, h: str, made: dict[str, str], label: str) -> RunRecord | None:
+    """The stored done run with config hash ``h`` to reuse, as rank 0 finds it: None with
+    ``force``, or when what made it differs from ``made`` (one line says why it runs again)."""
     found = ctx.db.find(h) if ctx.db is not None and not ctx.force else None
+    if found is not None:
+        when = f"{found.created_at[:16].replace('T', ' ')} UTC"
+        if reason := changed(found.versions, made):
+            ctx.echo(f"  {label}: running again, the stored run of {when} is stale: {reason}")
+            found = None
+        else:
+            git = f", git {found.git_rev}" if found.git_rev else ""
+            ctx.echo(f"  {label}: reusing the run stored {when} (made by {code_summary(found.versions)}{git})")
     return distributed.broadcast_from_main(found)
 
 
@@ -219,7 +258,8 @@ def _save(ctx: SuiteContext, record: RunRecord) -> None:
 def run_teacher_row(ctx: SuiteContext, teacher: VitModel) -> RunRecord:
     """The teacher's own metrics on the suite's tasks, stored as the table's reference row."""
     h = config_hash(_identity(ctx.cfg, "teacher", "teacher", {}, 0))
-    if found := _stored(ctx, h):
+    made = _made(ctx, ctx.cfg, teacher, [])
+    if found := _stored(ctx, h, made, "teacher"):
         return found
     started = time.perf_counter()
     try:
@@ -227,7 +267,7 @@ def run_teacher_row(ctx: SuiteContext, teacher: VitModel) -> RunRecord:
         kw: dict[str, Any] = {"status": "done", "metrics": metrics}
     except TasksFailed as exc:
         kw = exc.record_fields()
-    record = _record(ctx, ctx.cfg, "teacher", "teacher", 0, h, wall_time=time.perf_counter() - started, **kw)
+    record = _record(ctx, ctx.cfg, "teacher", "teacher", 0, h, made, wall_time=time.perf_counter() - started, **kw)
     _save(ctx, record)
     return record
 
@@ -239,7 +279,8 @@ def run_floor(ctx: SuiteContext, name: str, seed: int) -> RunRecord:
     if name not in FLOORS:
         raise BenchbaseError(f"unknown floor {name!r} in suite.floors; available: {', '.join(FLOORS)}")
     h = config_hash(_identity(cfg, "floor", name, {}, seed))
-    if found := _stored(ctx, h):
+    made = code_versions(ctx.bb, suite_components(cfg))  # no teacher: a floor never sees it
+    if found := _stored(ctx, h, made, f"floor {name} seed {seed}"):
         return found
     started = time.perf_counter()
     try:
@@ -257,16 +298,22 @@ def run_floor(ctx: SuiteContext, name: str, seed: int) -> RunRecord:
         kw = exc.record_fields()
     except Exception as exc:  # a floor that cannot be scored shows as a failed row
         kw = {"status": "failed", "metrics": [], "error": traceback.format_exception_only(type(exc), exc)[-1].strip()}
-    record = _record(ctx, cfg, "floor", name, seed, h, wall_time=time.perf_counter() - started, **kw)
+    record = _record(ctx, cfg, "floor", name, seed, h, made, wall_time=time.perf_counter() - started, **kw)
     _save(ctx, record)
     return record
 
 
 def _plan(ctx: SuiteContext, cfg: DictConfig, name: str, seed: int) -> list[Stage]:
-    """The method's stages (see :mod:`benchbase.stages`), each checked and hashed."""
+    """The method's stages (see :mod:`benchbase.stages`), each checked and hashed; a stage's cache
+    key covers the suite's teacher weights and the code of its loss, student and data."""
+    def made_by(stage_cfg: DictConfig, loss: str) -> dict[str, str]:
+        components = [("losses", loss), ("students", stage_cfg.student.arch),
+                      ("datasets", stage_cfg.suite.distill.dataset)]
+        return {TEACHER: ctx.teacher_source(), **code_versions(ctx.bb, components)}
+
     return plan(cfg, name,
                 lambda stage_cfg, loss, params: _identity(stage_cfg, "stage", loss, params, seed),
-                lambda stage_cfg, loss: loss_params(stage_cfg, ctx.bb.registry.get("losses", loss)))
+                lambda stage_cfg, loss: loss_params(stage_cfg, ctx.bb.registry.get("losses", loss)), made_by)
 
 
 def _builder(ctx: SuiteContext, data: DataBundle):
@@ -292,7 +339,8 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
     params = loss_params(cfg, loss_cls)
     stages = _plan(ctx, cfg, name, seed)
     h = config_hash(_identity(cfg, role, name, params, seed, stages))
-    if found := _stored(ctx, h):
+    made = _made(ctx, cfg, teacher, [name, *(s.loss_name for s in stages)])
+    if found := _stored(ctx, h, made, f"{name} seed {seed}"):
         return found
     run_dir = ctx.home / "runs" / cfg.suite.name / f"{name}-seed{seed}-{h}"
     if distributed.is_main():
@@ -333,7 +381,7 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
     except Exception as exc:  # one failing method never takes down the suite
         detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         kw.update(status="failed", metrics=[], error=detail)
-    record = _record(ctx, cfg, role, name, seed, h, wall_time=time.perf_counter() - started, **kw)
+    record = _record(ctx, cfg, role, name, seed, h, made, wall_time=time.perf_counter() - started, **kw)
     _save(ctx, record)
     return record
 
@@ -366,21 +414,27 @@ def _compatible(bb: Benchbase, methods: list[str], arch: str, explicit: bool) ->
 
 
 def suite_context(bb: Benchbase, overrides: list[str], force: bool = False,
-                  datasets: dict[str, DataBundle] | None = None) -> SuiteContext:
+                  datasets: dict[str, DataBundle] | None = None, echo: Callable[[str], Any] = print) -> SuiteContext:
     """The composed suite (``method.*`` overrides kept for the methods' own configs) and its
-    database (rank 0 only). ``datasets`` may share already loaded datasets between suites."""
+    database (rank 0 only). ``datasets`` may share already loaded datasets between suites; ``echo``
+    prints progress (pass a silent one on ranks other than 0)."""
     cfg = compose_config(_without_method_overrides(overrides), bb.config_dirs())
     ctx = SuiteContext(bb, cfg, list(overrides), ResultsDB(cfg.db) if distributed.is_main() else None,
-                       Path(cfg.home), force, resolve_device(cfg.trainer.device))
+                       Path(cfg.home), force, resolve_device(cfg.trainer.device), echo=echo)
     if datasets is not None:
         ctx.datasets = datasets
     return ctx
 
 
-def check_methods(ctx: SuiteContext, roles: list[tuple[str, list[str]]]) -> None:
-    """Validate the suite's tasks and every (role, method) config, stages included, before anything trains."""
+def check_tasks(ctx: SuiteContext) -> None:
+    """Check every task of the suite (:func:`~benchbase.tasks.check_task`) before anything runs."""
     for name, task in ctx.cfg.suite.tasks.items():
         check_task(ctx.bb.registry, name, task, ctx.cfg.eval.batch_size, ctx.cfg.seed)
+
+
+def check_methods(ctx: SuiteContext, roles: list[tuple[str, list[str]]]) -> None:
+    """Validate the suite's tasks and every (role, method) config, stages included, before anything trains."""
+    check_tasks(ctx)
     for role, names in roles:
         for name in names:
             method_cfg = ctx.method_cfg(name, role)
@@ -394,19 +448,20 @@ def suite_teacher(ctx: SuiteContext) -> Teacher:
     data = ctx.dataset(cfg.suite.distill.dataset)
     for task in cfg.suite.tasks.values():
         ctx.dataset(task.dataset)
-    return load_teacher(cfg, ctx.bb, data, ctx.home,
-                        lambda n: loss_params(ctx.method_cfg(n, "recipe"), ctx.bb.registry.get("losses", n)))
+    return load_teacher(cfg, ctx.bb, data, ctx.home, ctx.recipe_params)
 
 
 def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, force: bool = False,
-              echo=print) -> list[RunRecord]:
-    """Run the composed suite for the chosen method plugins; write and print its leaderboard.
+              echo=print, publish_runs: bool = False) -> list[RunRecord]:
+    """Run the composed suite for the chosen method plugins; print its table and write the local
+    one (committed records and this machine's runs); with ``publish_runs``, also merge the runs
+    into the committed records of the leaderboard folder and rewrite its table.
 
-    Under torchrun every rank calls this; only rank 0 stores, publishes and echoes.
+    Under torchrun every rank calls this; only rank 0 stores, writes tables and echoes.
     """
     if not distributed.is_main():
         echo = _silent
-    ctx = suite_context(bb, overrides, force)
+    ctx = suite_context(bb, overrides, force, echo=echo)
     cfg = ctx.cfg
     methods, skipped = _compatible(bb, bb.select_methods(plugins), cfg.student.arch, explicit=plugins is not None)
     roles = [("reference", list(cfg.suite.references)), ("method", methods)]
@@ -430,9 +485,13 @@ def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, fo
                 records.append(record)
     if ctx.db is not None:
         current = current_records(_with_borrowed(ctx.db.records(cfg.suite.name), records, cfg.suite.name))
-        paths = publish(current, Path(cfg.leaderboard_dir), cfg.suite.name)
+        paths = write_local(current, cfg.leaderboard_dir, local_dir(cfg.db), cfg.suite.name)
         echo(format_table(build_table(current)))
-        echo("written: " + ", ".join(str(p) for p in paths))
+        echo(f"local table (with the committed records of {cfg.leaderboard_dir}/): {paths[1]}")
+        if publish_runs:
+            echo(publish(current, cfg.leaderboard_dir, cfg.suite.name).summary(cfg.suite.name))
+        else:
+            echo(f"{cfg.leaderboard_dir}/ is unchanged; --publish merges these runs into its records and tables")
     return records
 
 

@@ -54,7 +54,8 @@ def test_ablation_runs_variants_and_writes_a_regenerable_table(tmp_path, capsys)
     assert main(["--plugins-dir", str(plugins), "ablate", "--list"]) == 0
     assert "tiny" in capsys.readouterr().out
     assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path, floors=True)]) == 0
-    board = tmp_path / "lb"
+    assert not (tmp_path / "lb").exists()  # the local table only, without --publish
+    board = tmp_path / "leaderboards"
     table = (board / "ablation-tiny.md").read_text()
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert [c.strip() for c in lines[0].split("|")[1:5]] == ["target", "beta", "fewshot/5way-1shot", "top1/top1"]
@@ -71,11 +72,16 @@ def test_ablation_runs_variants_and_writes_a_regenerable_table(tmp_path, capsys)
     assert {r.suite for r in db.records()} == {"ablation-tiny"}
     stored = len(db.records())
 
-    # regenerated from the exported records alone: identical tables
-    assert leaderboard.check(board) == []
-    # a second ablate reuses every run
-    assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path, floors=True)]) == 0
+    # a second ablate reuses every run and publishes them: tables regenerated from those records alone
+    assert main(["--plugins-dir", str(plugins), "ablate", "--publish", "tiny", *tiny(tmp_path, floors=True)]) == 0
     assert len(db.records()) == stored
+    assert read_jsonl(tmp_path / "lb" / "results" / "ablation-tiny.jsonl") == records
+    assert leaderboard.check(tmp_path / "lb") == []
+    published = (tmp_path / "lb" / "ablation-tiny.md").read_text()
+    assert "origin" not in published and "Local table" not in published
+    assert [line.split("|")[1] for line in published.splitlines() if line.startswith("| ")] == \
+        [line.split("|")[1] for line in lines]
+    assert "| local " in lines[1] and "Local table" in table
 
 
 def test_unknown_ablation_and_bad_spec_are_one_line_errors(tmp_path, capsys):
@@ -96,10 +102,10 @@ def test_a_suite_table_keeps_rows_reused_from_an_ablation(tmp_path):
     plugins = plugins_with_spec(tmp_path, spec)
     assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path)]) == 0
     assert main(["--plugins-dir", str(plugins), "run", "--plugins", "feature", *tiny(tmp_path)]) == 0
-    rows = [line.split("|")[2].strip() for line in (tmp_path / "lb" / "default.md").read_text().splitlines()
+    rows = [line.split("|")[2].strip() for line in (tmp_path / "leaderboards" / "default.md").read_text().splitlines()
             if line.startswith("| ") and "method" not in line.split("|")[2]]
     assert rows == ["teacher", "supervised", "feature"]
-    records = read_jsonl(tmp_path / "lb" / "results" / "default.jsonl")
+    records = read_jsonl(tmp_path / "leaderboards" / "results" / "default.jsonl")
     assert {r.suite for r in records} == {"default"} and len(records) == 3
 
 

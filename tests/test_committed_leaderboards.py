@@ -18,3 +18,29 @@ def test_every_committed_table_is_generated_from_its_records():
         assert runs and all(r.suite == path.stem for r in runs)
         assert (LEADERBOARDS / f"{path.stem}.md").exists() and (LEADERBOARDS / f"{path.stem}.csv").exists()
     assert check(LEADERBOARDS) == []
+
+
+def test_committed_records_keep_their_config_hashes():
+    """What names a run is unchanged: each committed record's config still hashes to its key (cache
+    keys and reuse checks grew, run hashes did not), so new runs supersede them by hash."""
+    from omegaconf import OmegaConf
+
+    from benchbase.config import config_hash
+    from benchbase.stages import plan
+    from benchbase.suite import _identity
+
+    for path in sorted((LEADERBOARDS / RESULTS_DIR).glob("*.jsonl")):
+        for record in read_jsonl(path):
+            cfg = OmegaConf.create({k: v for k, v in record.config.items() if k != "ablation"})
+            if record.role == "teacher":
+                identity = _identity(cfg, "teacher", "teacher", {}, 0)
+            else:
+                def params(c, loss):
+                    return OmegaConf.to_container(c.method.params, resolve=True) or {}
+
+                def identity(c, loss, p):
+                    return _identity(c, "stage", loss, p, record.seed)
+
+                stages = plan(cfg, record.method, identity, params)
+                identity = _identity(cfg, record.role, record.method, params(cfg, record.method), record.seed, stages)
+            assert config_hash(identity) == record.config_hash, (path.name, record.method, record.seed)

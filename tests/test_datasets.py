@@ -23,6 +23,7 @@ from benchbase.data.fewshot_folders import (
 from benchbase.data.folders import load_image_folder
 from benchbase.data.omniglot import build_omniglot
 from benchbase.errors import BenchbaseError
+from benchbase.evaluation.fewshot import sample_episodes
 
 from conftest import DATA
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared test data folder {DATA} is absent")
@@ -92,6 +93,19 @@ def test_omniglot_small_splits_from_zips():
     image, label = novel[0]
     assert image.shape == (1, 28, 28) and label == 0 and image.min() == -1.0 and image.max() == 1.0
     assert "Greek/character01" in base.classes + novel.classes
+    assert novel.class_groups == [name.split("/")[0] for name in novel.classes]  # alphabets are the groups
+
+
+@needs_data
+def test_omniglot_episodes_within_one_alphabet():
+    novel = build_omniglot(cfg(DATA / "omniglot")).splits["novel"]
+    alphabets = sorted(set(novel.class_groups))
+    groups = torch.tensor([alphabets.index(a) for a in novel.class_groups])
+    labels = torch.tensor(novel.targets)
+    ways = min(Counter(novel.class_groups).values())  # every alphabet can host episodes of this size
+    support, query = sample_episodes(labels, ways, 1, 5, 300, torch.Generator().manual_seed(0), groups=groups)
+    drawn = groups[labels[support[:, :, 0]]]
+    assert (drawn == drawn[:, :1]).all() and set(drawn[:, 0].tolist()) == set(range(len(alphabets)))
 
 
 @needs_data
@@ -258,6 +272,18 @@ def test_missing_root_and_root_is_a_file(tmp_path, builder):
         builder(cfg(file))
     with pytest.raises(BenchbaseError, match=f"^{named(tmp_path)} has no .*; expected"):  # a folder without the layout
         builder(cfg(tmp_path))
+
+
+def test_omniglot_alphabets_are_class_groups_of_every_split(tmp_path):
+    for alphabet, characters in (("A", 3), ("B", 2), ("C", 4)):
+        for c in range(1, characters + 1):
+            for i in range(4):
+                write(tmp_path / "images_background" / alphabet / f"character{c:02d}" / f"{i}.png",
+                      png_bytes((105, 105), "1", 1))
+    bundle = build_omniglot(cfg(tmp_path, base_alphabets=["A"]))
+    for split in bundle.splits.values():
+        assert split.class_groups == [name.split("/")[0] for name in split.classes]
+    assert bundle.splits["novel"].class_groups == ["B"] * 2 + ["C"] * 4
 
 
 def test_empty_class_folders(tmp_path):

@@ -139,4 +139,4 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     steps = (run_dir / STEPS_LOG).read_text().splitlines()
     assert len(steps) == len((next((tmp_path / "one" / "runs" / "default").glob("feature-seed0-*")) / STEPS_LOG)
                              .read_text().splitlines())  # the same global steps, logged once
-    assert (run_dir / "student.pt").exists() and (tmp_path / "multi" / "lb" / "default.md").exists()
+    assert (run_dir / "student.pt").exists() and (tmp_path / "multi" / "leaderboards" / "default.md").exists()

@@ -37,7 +37,7 @@ def test_camvid_events_suite_runs_on_the_real_camvid_frames(tmp_path, camvid_roo
     assert "ignore label 11" in metrics["mIoU"].protocol and metrics["seg_mIoU"].n > 0
     assert records["supervised_segmentation"].role == "reference"
     assert records["supervised_segmentation"].config["student"]["input"] == "events"
-    assert "| supervised_segmentation" in (tmp_path / "lb" / "camvid-events.md").read_text()
+    assert "| supervised_segmentation" in (tmp_path / "leaderboards" / "camvid-events.md").read_text()
 
 
 def test_eventsam_reference_trains_the_event_student_from_scratch(tmp_path):
@@ -57,7 +57,7 @@ def test_eventsam_reference_trains_the_event_student_from_scratch(tmp_path):
     scratch = by_row[("reference", "supervised_segmentation", None)]
     assert scratch.status == "done", scratch.error
     assert {"mIoU", "seg_mIoU"} <= {m.name for m in scratch.metrics}
-    table = (tmp_path / "lb" / "eventsam.md").read_text()
+    table = (tmp_path / "leaderboards" / "eventsam.md").read_text()
     assert "eventsam (importance=uniform)" in table and "eventsam (importance=released_code)" in table
 
 

@@ -14,12 +14,18 @@ from torch import Tensor
 from benchbase.components import DataBundle, Student
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.features import extract_features
+from benchbase.evaluation import fewshot
 from benchbase.evaluation.fewshot import (
     FewShot,
+    _gram_prototype_accuracy,
+    _linear_accuracy,
+    _prototypes,
+    _smallest,
     cosine_linear_accuracy,
     logistic_accuracy,
     prototype_accuracy,
     sample_episodes,
+    uses_gram,
 )
 
 from benchbase.outcomes import outcomes_of
@@ -90,6 +96,73 @@ def test_all_queries_use_every_remaining_image():
             valid = q[way][q[way] >= 0]
             assert (q[way][len(valid):] == -1).all()  # padding only at the end
             assert sorted(valid.tolist() + s[way].tolist()) == (LABELS == cls).nonzero().flatten().tolist()
+
+
+def test_fast_selection_is_argsort_even_where_keys_tie():
+    """Episodes are drawn with topk, yet exactly as the argsort of every key drew them before."""
+    keys = torch.randint(0, 6, (400, 3, 40), generator=torch.Generator().manual_seed(0)).float()  # many ties
+    keys[:200] = torch.rand(200, 3, 40, generator=torch.Generator().manual_seed(1))  # and rows without any
+    for k in (1, 5, 16, 39, 40):
+        assert torch.equal(_smallest(keys, k), keys.argsort(dim=-1)[..., :k])
+
+
+def test_grouped_episodes_never_mix_groups():
+    sizes = {"A": 3, "B": 5, "C": 8, "D": 2}  # classes per group; every class has 20 images
+    groups = torch.tensor([g for g, count in enumerate(sizes.values()) for _ in range(count)])
+    labels = torch.arange(groups.numel()).repeat_interleave(20)
+    labels = labels[torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(0))]
+    support, query = sample_episodes(labels, 5, 2, 10, 400, torch.Generator().manual_seed(1), groups=groups)
+    ways = labels[support[:, :, 0]]  # [E, N] the class of every way
+    assert (groups[ways] == groups[ways[:, :1]]).all()  # one group per episode
+    assert all(len(set(row.tolist())) == 5 for row in ways)
+    assert torch.equal(labels[query], ways.unsqueeze(-1).expand_as(query))
+    assert set(groups[ways[:, 0]].tolist()) == {1, 2}  # only groups of >= 5 classes, each of them drawn
+    # ways up to the group size: 8-way episodes all come from group C and use all of its classes
+    support, _ = sample_episodes(labels, 8, 1, 5, 50, torch.Generator().manual_seed(2), groups=groups)
+    assert all(sorted(labels[e[:, 0]].tolist()) == list(range(8, 16)) for e in support)
+    with pytest.raises(BenchbaseError, match="within one group .* the largest group has 8 such classes"):
+        sample_episodes(labels, 9, 1, 5, 50, torch.Generator().manual_seed(2), groups=groups)
+
+
+def test_fewshot_within_group_on_a_split_with_class_groups():
+    data = make_fewshot_data(classes=6)
+    data.split("novel").class_groups = ["left", "left", "left", "right", "right", "right"]
+    [metric] = FewShot(ways=3, shots=[1], episodes=40, within_group=True).evaluate(
+        tiny_student(), data, torch.device("cpu"))
+    assert metric.name == "3way-1shot" and metric.n == 40
+    assert "40 episodes (seed 0), ways within one class group," in metric.protocol
+    with pytest.raises(BenchbaseError, match="few-shot within_group=true needs class groups, but split 'novel' "
+                                             "of dataset 'toy' has none"):
+        FewShot(within_group=True).evaluate(tiny_student(), make_fewshot_data(), torch.device("cpu"))
+
+
+def direct_path(features: Tensor, support: Tensor, query: Tensor) -> Tensor:
+    """The prototype classifier by batched products of gathered query features (no Gram matrix)."""
+    sums, norms = _prototypes(features, support)
+    return _linear_accuracy(F.normalize(features, dim=-1), sums, query, norms)
+
+
+def test_gram_path_equals_direct_path_on_random_features():
+    features = torch.randn(LABELS.numel(), 48, generator=torch.Generator().manual_seed(8))
+    for shots, queries in [(1, 15), (5, 15), (3, "all")]:
+        support, query = episodes(LABELS, shots, queries, 400)
+        assert torch.equal(_gram_prototype_accuracy(features, support, query), direct_path(features, support, query))
+
+
+def test_paths_are_chosen_by_size_and_small_chunks_change_nothing(monkeypatch):
+    assert uses_gram(1000, 384, 10_000, 5, 1, 15) and not uses_gram(12_000, 384, 10_000, 5, 1, 15)
+    assert not uses_gram(1000, 384, 20, 5, 1, 15)  # a few episodes: the n² Gram costs more than they do
+    assert not uses_gram(1000, 64, 10_000, 5, 5, 15)  # narrow features, 5 shots: direct products are cheaper
+    features = torch.randn(LABELS.numel(), 32, generator=torch.Generator().manual_seed(9))
+    support, query = episodes(LABELS, 2, "all", 60)
+    expected = {path: fn(features, support, query) for path, fn in (
+        ("gram", _gram_prototype_accuracy), ("direct", direct_path))}
+    monkeypatch.setattr(fewshot, "_CHUNK_ELEMENTS", 5000)  # a few episodes per chunk: memory stays bounded
+    monkeypatch.setattr(fewshot, "_CACHE_FLOATS", 700)
+    for path, accuracy in expected.items():
+        monkeypatch.setattr(fewshot, "_GRAM_MAX_IMAGES", 10**6 if path == "gram" else 0)
+        monkeypatch.setattr(fewshot, "_GRAM_GATHER_NS", 0.0)
+        assert torch.equal(prototype_accuracy(features, support, query), accuracy)
 
 
 def test_prototype_separable_is_perfect_and_random_is_chance():

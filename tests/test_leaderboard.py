@@ -13,9 +13,10 @@ import pytest
 from benchbase.components import Metric
 from benchbase.errors import BenchbaseError
 from benchbase.leaderboard import (
-    build_table, check, current_records, format_table, regenerate, regenerate_from_records, write_leaderboard,
+    build_table, check, current_records, format_table, local_records, publish, regenerate_from_records,
+    write_leaderboard,
 )
-from benchbase.results import ResultsDB, RunRecord, read_jsonl, write_jsonl
+from benchbase.results import ResultsDB, RunRecord, write_jsonl
 
 PROBE = "linear probe on base_test (5 classes), 450 images"
 FEWSHOT = "5-way 5-shot, 15 queries, 2000 episodes"
@@ -169,9 +170,10 @@ def _db_with(tmp_path: Path, *records: RunRecord) -> ResultsDB:
     return db
 
 
-def test_regenerate_writes_one_board_per_suite(tmp_path: Path) -> None:
+def test_publishing_a_database_writes_one_board_per_suite(tmp_path: Path) -> None:
     db = _db_with(tmp_path, run("a", 0, 1.0, suite="s1"), run("a", 0, 2.0, suite="s2"), run("b", 1, 3.0, suite="s2"))
-    paths = regenerate(db, tmp_path / "boards")
+    local = local_records(db, tmp_path / "local")
+    paths = [p for suite, records in local.items() for p in publish(records, tmp_path / "boards", suite).paths]
     assert [p.name for p in paths] == ["s1.jsonl", "s1.md", "s1.csv", "s2.jsonl", "s2.md", "s2.csv"]
     assert "from 2 stored runs" in (tmp_path / "boards" / "s2.md").read_text()
     assert pd.read_csv(tmp_path / "boards" / "s1.csv")["top1/top1"].tolist() == [1.0]
@@ -185,18 +187,14 @@ def test_regenerate_writes_one_board_per_suite(tmp_path: Path) -> None:
     assert check(tmp_path / "boards") == ["s1.csv"]
 
 
-def test_export_from_the_database_keeps_borrowed_rows_and_leaves_ablations_alone(tmp_path: Path) -> None:
-    boards = tmp_path / "boards"
-    ablation_tables = boards / "ablation-x.md"
-    boards.mkdir()
-    ablation_tables.write_text("the spec's layout\n")
+def test_local_records_of_the_database_keep_borrowed_rows_and_leave_ablations_out(tmp_path: Path) -> None:
+    local = tmp_path / "local"
     shared = run("supervised", 0, 7.0, suite="ablation-x", role="reference")
     db = _db_with(tmp_path, run("a", 0, 1.0, suite="s1"), shared)
-    write_jsonl(boards / "results" / "s1.jsonl", [dataclasses.replace(shared, suite="s1")])  # borrowed at run time
-    paths = regenerate(db, boards)
-    assert [p.name for p in paths] == ["s1.jsonl", "s1.md", "s1.csv"]
-    assert ablation_tables.read_text() == "the spec's layout\n"
-    assert sorted(r.method for r in read_jsonl(boards / "results" / "s1.jsonl")) == ["a", "supervised"]
+    write_jsonl(local / "results" / "s1.jsonl", [dataclasses.replace(shared, suite="s1")])  # borrowed at run time
+    found = local_records(db, local)
+    assert list(found) == ["s1"]  # `benchbase ablate NAME` writes the ablation's tables in its spec's layout
+    assert sorted(r.method for r in found["s1"]) == ["a", "supervised"] and {r.suite for r in found["s1"]} == {"s1"}
 
 
 def test_sweep_variants_are_separate_rows_and_old_settings_are_left_out() -> None:
@@ -249,7 +247,7 @@ def test_plots_are_written_and_embedded(tmp_path: Path) -> None:
 
 def test_figures_drawn_by_other_tools_are_embedded_and_checked(tmp_path: Path) -> None:
     boards = tmp_path / "boards"
-    regenerate(_db_with(tmp_path, run("a", 0, 1.0, suite="s1")), boards)
+    publish([run("a", 0, 1.0, suite="s1")], boards, "s1")
     heat_map = boards / "figures" / "s1" / "heat.png"
     heat_map.parent.mkdir(parents=True)
     heat_map.write_bytes(b"\x89PNG\r\n\x1a\n")
@@ -282,3 +280,40 @@ def test_runs_of_other_seeds_share_a_column_unless_a_task_fixes_the_seed():
     assert df.attrs["protocols"]["top1/top1"] == "probe, seed = the run's seed"
     fixed = build_table([run("a", 0, 0.8, protocol="probe, seed 0"), run("a", 1, 0.8, protocol="probe, seed 0")])
     assert "top1/top1 [2]" in fixed.columns  # seed 0 fixed by the task is not the seed-1 run's own seed
+
+
+def test_eval_records_are_rows_only_when_asked_and_only_for_tasks_the_table_runs_alike():
+    tasks = {"top1": {"evaluator": "linear_probe", "dataset": "digits", "params": {}},
+             "fewshot": {"evaluator": "fewshot", "dataset": "digits", "params": {"episodes": 2000}}}
+    setting = {"suite": {"tasks": tasks}, "data": {"digits": {"root": None}}, "trainer": {"epochs": 30}}
+
+    def record(method, role="method", row=None, created_at="2024-05-01T10:00:00+00:00", protocol=PROBE, **changes):
+        base = run(method, 0, 80.0, role=role, fewshot=(60.0, 1.0), created_at=created_at, protocol=protocol)
+        config = {**setting, "suite": {"tasks": {**tasks, **changes}}}
+        return dataclasses.replace(base, config={**config, **({} if row is None else {"row": row})})
+
+    records = [
+        record("feature"),
+        record("model-a", "eval", row=True, created_at="2024-06-01T10:00:00+00:00"),  # newest: sets nothing
+        record("model-b", "eval", row=True, fewshot={**tasks["fewshot"], "params": {"episodes": 50}}),
+        record("model-c", "eval", row=False),
+        record("model-d", "eval", row=True, protocol="another probe"),
+    ]
+    current = current_records(records)
+    assert [r.method for r in current] == ["feature", "model-a", "model-b", "model-d"]
+    assert [m.extras["task"] for m in current[2].metrics] == ["top1"]  # its few-shot task differs from the table's
+    df = build_table(current)
+    assert list(df["method"]) == ["feature", "model-a", "model-b", "model-d"] and list(df["role"])[-1] == "eval"
+    assert [c for c in df.columns if not c.endswith("_ci95")] == [
+        "role", "method", "top1/top1", "fewshot/acc_5shot", "seeds", "status"]  # no column from an eval record
+    assert row(df, "model-a")["fewshot/acc_5shot"] == 60.0 and math.isnan(row(df, "model-b")["fewshot/acc_5shot"])
+    assert math.isnan(row(df, "model-d")["top1/top1"])  # another protocol: no cell, no column
+    alone = build_table([records[1]])  # a table of eval records alone shows their own columns
+    assert "top1/top1" in alone.columns and alone["role"].tolist() == ["eval"]
+
+
+def test_a_suite_of_eval_records_alone_gets_no_table(tmp_path: Path) -> None:
+    db = ResultsDB(tmp_path / "results.db")
+    record = run("model-a", 0, 80.0, role="eval")
+    db.save(dataclasses.replace(record, config={**record.config, "row": True}))
+    assert regenerate(db, tmp_path / "lb") == [] and not (tmp_path / "lb" / "default.md").exists()

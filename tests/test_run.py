@@ -27,6 +27,14 @@ def names_of(record) -> set[tuple[str, str]]:
     return {(m.extras["task"], m.name) for m in record.metrics}
 
 
+def instant(home, *extra):
+    """Overrides for a default-suite run that trains nothing (zero-epoch teacher recipe and student),
+    scored by the linear probe alone, without a reference row: a few seconds end to end."""
+    return ["trainer.epochs=0", "teacher.recipe.pretrain_method=none", "teacher.recipe.finetune_epochs=0",
+            "~suite.tasks.fewshot", "~suite.tasks.segmentation", "suite.references=[]", "trainer.progress=false",
+            f"home={home}", f"leaderboard_dir={home}/lb", *extra]
+
+
 def test_tiny_run_writes_records_and_table_and_reuses_them(tmp_path, capsys):
     assert main(["run", "--plugins", "feature,mae", *tiny(tmp_path, floors=True)]) == 0
     out = capsys.readouterr().out
@@ -46,21 +54,28 @@ def test_tiny_run_writes_records_and_table_and_reuses_them(tmp_path, capsys):
     fewshot = next(m for m in feature.metrics if m.name == "5way-1shot")
     assert fewshot.n == 50 and fewshot.ci95 > 0 and "prototype" in fewshot.protocol
     assert feature.versions["plugin:feature"] and feature.git_rev is not None
-    table = (tmp_path / "lb" / "default.md").read_text()
+    table = (tmp_path / "leaderboards" / "default.md").read_text()
     assert "| feature" in table and "| teacher" in table and "5way-1shot" in table
-    assert (tmp_path / "lb" / "default.csv").exists()
+    assert (tmp_path / "leaderboards" / "default.csv").exists()
     assert "feature" in out and "top1" in out
     run_dir = tmp_path / "runs" / "default"
     feature_dir = next(run_dir.glob("feature-seed0-*"))
     assert (feature_dir / "config.yaml").exists() and (feature_dir / "steps.jsonl").read_text().count("\n") > 0
-    # the same command reuses stored runs: nothing is trained again
+    # the same command reuses stored runs, and says so: nothing is trained again
     before = feature_dir.joinpath("steps.jsonl").stat().st_mtime_ns
     assert main(["run", "--plugins", "feature", *tiny(tmp_path, floors=True)]) == 0
     assert feature_dir.joinpath("steps.jsonl").stat().st_mtime_ns == before
     assert len(ResultsDB(tmp_path / "results.db").records("default")) == 6
-    # --force reruns it and replaces the record
-    assert main(["run", "--force", "--plugins", "feature", *tiny(tmp_path, floors=True)]) == 0
-    assert len(ResultsDB(tmp_path / "results.db").records("default")) == 6
+    when = feature.created_at[:16].replace("T", " ")
+    out = capsys.readouterr().out
+    assert f"feature seed 0: reusing the run stored {when} UTC (made by benchbase " in out
+    assert "floor pixels seed 0: reusing the run stored" in out
+    # --force reruns it; the new record supersedes the old one, which stays in the database
+    assert main(["run", "--force", "--plugins", "feature", *tiny(tmp_path)]) == 0
+    assert "reusing" not in capsys.readouterr().out
+    db = ResultsDB(tmp_path / "results.db")
+    assert len(db.records("default")) == 6  # teacher row, reference and feature ran again:
+    assert len(db.records("default", superseded=True)) == 9  # their older records are kept
 
 
 NAN_PLUGIN = '''
@@ -99,7 +114,7 @@ def test_raising_method_is_stored_with_its_error_and_step(tmp_path):
     assert records["raising"].status == "failed" and records["raising"].failed_step == 0
     assert "RuntimeError" in records["raising"].error and "kaboom in the loss" in records["raising"].error
     assert records["feature"].status == "done"
-    assert "failed (1/1): RuntimeError" in (tmp_path / "lb" / "default.md").read_text()
+    assert "failed (1/1): RuntimeError" in (tmp_path / "leaderboards" / "default.md").read_text()
 
 
 def test_failing_method_is_stored_and_others_finish(tmp_path, capsys):
@@ -114,7 +129,7 @@ def test_failing_method_is_stored_and_others_finish(tmp_path, capsys):
     assert records["exploding"].status == "failed"
     assert "non-finite loss" in records["exploding"].error and records["exploding"].failed_step == 0
     assert records["feature"].status == "done"
-    assert "failed" in (tmp_path / "lb" / "default.md").read_text()
+    assert "failed" in (tmp_path / "leaderboards" / "default.md").read_text()
 
 
 def test_third_party_plugin_runs_for_real(tmp_path, monkeypatch):
@@ -134,24 +149,34 @@ def test_plugins_command_lists_components_and_hooks(capsys):
     assert "evaluators: fewshot" in out
 
 
-def test_leaderboard_regenerates_from_database_alone(tmp_path, capsys):
-    assert main(["run", "--plugins", "feature", *tiny(tmp_path, "suite.references=[]")]) == 0
-    written = (tmp_path / "lb" / "default.md").read_text()
-    (tmp_path / "lb" / "default.md").unlink()
-    assert main(["leaderboard", "--out", str(tmp_path / "lb")]) == 0  # from the exported records
-    assert (tmp_path / "lb" / "default.md").read_text() == written
-    assert main(["leaderboard", "--check", "--out", str(tmp_path / "lb")]) == 0
-    (tmp_path / "lb" / "default.md").write_text(written.replace("feature", "featur3"))
-    assert main(["leaderboard", "--check", "--out", str(tmp_path / "lb")]) == 1
-    assert main(["leaderboard", "--db", str(tmp_path / "results.db"), "--out", str(tmp_path / "lb")]) == 0
-    assert (tmp_path / "lb" / "default.md").read_text() == written
-    # records exported elsewhere merge in, duplicates detected by config hash
+def test_leaderboard_publishes_regenerates_checks_and_imports(tmp_path, capsys):
+    lb, db = tmp_path / "lb", str(tmp_path / "results.db")
+    assert main(["run", "--plugins", "feature", *instant(tmp_path)]) == 0
+    assert not lb.exists()  # a run writes its local table only
+    assert main(["leaderboard", "--publish", "--db", db, "--out", str(lb)]) == 0
+    written = (lb / "default.md").read_text()
+    assert "| feature" in written and "origin" not in written
+    (lb / "default.md").unlink()
+    assert main(["leaderboard", "--out", str(lb)]) == 0  # from the committed records alone
+    assert (lb / "default.md").read_text() == written
+    assert main(["leaderboard", "--check", "--out", str(lb)]) == 0
+    (lb / "default.md").write_text(written.replace("feature", "featur3"))
+    assert main(["leaderboard", "--check", "--out", str(lb)]) == 1
+    # records exported elsewhere merge into the database and its local table; --publish commits them
     other = tmp_path / "other"
-    assert main(["run", "--plugins", "mae", *tiny(other, "suite.references=[]")]) == 0
-    assert main(["leaderboard", "--db", str(tmp_path / "results.db"), "--import",
-                 str(other / "lb" / "results" / "default.jsonl"), "--out", str(tmp_path / "lb")]) == 0
-    assert "imported 1 records, skipped 1 duplicates" in capsys.readouterr().out
-    assert "| mae" in (tmp_path / "lb" / "default.md").read_text()
+    assert main(["run", "--plugins", "mae", *instant(other)]) == 0
+    exported = str(other / "leaderboards" / "results" / "default.jsonl")  # that machine's teacher and mae
+    capsys.readouterr()
+    assert main(["leaderboard", "--db", db, "--import", exported, "--out", str(lb)]) == 0
+    assert "imported 2 records, skipped 0 already stored" in capsys.readouterr().out
+    assert "| mae" in (tmp_path / "leaderboards" / "default.md").read_text()
+    assert main(["leaderboard", "--check", "--out", str(lb)]) == 1  # still the edited table: nothing published
+    assert main(["leaderboard", "--db", db, "--import", exported, "--publish", "--out", str(lb)]) == 0
+    out = capsys.readouterr().out
+    assert "imported 0 records, skipped 2 already stored" in out
+    assert "published default: 1 records added, 1 replaced by newer runs" in out  # mae; the newer teacher row
+    assert "| mae" in (lb / "default.md").read_text() and "| feature" in (lb / "default.md").read_text()
+    assert main(["leaderboard", "--check", "--out", str(lb)]) == 0
     with sqlite3.connect(tmp_path / "results.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 

@@ -159,3 +159,17 @@ def test_evaluators_store_outcomes_that_reproduce_their_metrics(tmp_path):
     assert outcomes_of(miou.extras).value() == pytest.approx(miou.value)
     assert outcomes_of(pixel_acc.extras).value() == pytest.approx(pixel_acc.value)
     assert outcomes_of(miou.extras).n == 30 and not math.isnan(miou.value)
+
+
+def test_a_single_seed_miou_gets_a_bootstrap_interval_from_its_outcomes():
+    rng = np.random.default_rng(0)
+    union = rng.integers(40, 60, size=(50, 3))
+    intersection = (union * rng.uniform(0.3, 0.9, size=(50, 3))).astype(int)
+    outcomes = Outcomes.from_json(iou_outcomes(intersection, union))
+    metric = Metric("mIoU", outcomes.value(), 50, "seg", extras={"task": "seg", "outcomes": iou_outcomes(intersection, union)})
+    record = RunRecord(config_hash="h", suite="s", method="m", teacher="t", student="s", dataset="d", seed=0,
+                       status="done", metrics=[metric], config={})
+    ci = float(build_table([record])["seg/mIoU_ci95"].iloc[0])
+    # about the normal-theory half-width of a per-image mean of IoU-like ratios: a few points, not zero
+    per_image = 100 * intersection.sum(1) / union.sum(1)
+    assert 0.5 * 1.96 * per_image.std() / np.sqrt(50) < ci < 2 * 1.96 * per_image.std() / np.sqrt(50)

@@ -58,7 +58,7 @@ def test_cpu_real_suite_runs_on_real_data(tmp_path, cifar_root, camvid_root):
     assert metrics[("top1", "top1")].n == 100  # 10 classes x 10 held-out images
     assert metrics[("fewshot", "5way-5shot")].n == 100
     assert metrics[("segmentation", "mIoU")].n > 0 and "ignore label 11" in metrics[("segmentation", "mIoU")].protocol
-    assert "| feature" in (tmp_path / "lb" / "cpu-real.md").read_text()
+    assert "| feature" in (tmp_path / "leaderboards" / "cpu-real.md").read_text()
 
 
 def test_eventsam_suite_runs_sam_on_frames_to_sam_on_events(tmp_path):

@@ -117,7 +117,7 @@ def test_failing_evaluator_is_isolated_on_every_row(tmp_path, capsys):
         assert metrics["state", "ok"].value == 1.0  # eval mode, on the device, no gradients
         assert metrics["state", "ok"].protocol == "state on entry, batch 256"  # eval.batch_size injected
     assert "  teacher: FAILED: task boom: RuntimeError: kaboom in evaluate" in out
-    assert "failed (1/1): task boom: RuntimeError: kaboom in evaluate" in (tmp_path / "lb" / "tasks.md").read_text()
+    assert "failed (1/1): task boom: RuntimeError: kaboom in evaluate" in (tmp_path / "leaderboards" / "tasks.md").read_text()
 
 
 def test_evaluation_state_is_enforced_then_restored():

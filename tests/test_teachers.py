@@ -14,7 +14,8 @@ from benchbase.errors import BenchbaseError
 from benchbase.models import build_vit
 from benchbase.plugins import load
 from benchbase.results import ResultsDB
-from benchbase.teachers import TEACHER_FILE, frozen, load_teacher, recipe_key
+from benchbase.suite import suite_context
+from benchbase.teachers import TEACHER_FILE, frozen, load_teacher, recipe_identity, recipe_key
 
 from conftest import tiny_vit
 from test_run import tiny
@@ -32,9 +33,43 @@ def test_recipe_teacher_is_trained_once_and_cached(tmp_path):
     assert len(teacher_rows) == 1 and teacher_rows[0].status == "done"
     assert {r.teacher for r in records} == {teacher_rows[0].teacher}
     # a different recipe is a different teacher
-    cfg = compose_config(tiny(tmp_path))
-    other = compose_config([*tiny(tmp_path), "teacher.recipe.pretrain_epochs=2"])
-    assert recipe_key(cfg) != recipe_key(other)
+    assert _key(_ctx(tmp_path)) != _key(_ctx(tmp_path, "teacher.recipe.pretrain_epochs=2"))
+
+
+def _ctx(home, *overrides: str):
+    return suite_context(load(), [f"home={home}", *overrides])
+
+
+def _key(ctx, **changed_params) -> str:
+    """The recipe key of a suite, its recipe losses' params as their config files set them
+    (``changed_params`` updated)."""
+    def params(name):
+        return {**ctx.recipe_params(name), **changed_params}
+
+    return recipe_key(ctx.cfg, ctx.bb, ctx.dataset("digits"), params)
+
+
+def _other(value):
+    """A different value of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    return f"{value}-other"
+
+
+def test_recipe_key_covers_every_param_of_the_recipe_losses_and_run_hashes_stay(tmp_path):
+    ctx = _ctx(tmp_path)
+    params = ctx.recipe_params("mae")  # method/mae.yaml's, which the recipe pre-trains with
+    assert {"mask_ratio", "decoder_depth", "decoder_width", "norm_pix_loss"} <= set(params)
+    base = _key(ctx)
+    keys = {name: _key(ctx, **{name: _other(value)}) for name, value in params.items()}
+    assert base not in keys.values() and len(set(keys.values())) == len(keys)  # each param: its own key
+    assert _key(_ctx(tmp_path, "trainer.precision=bf16")) != base  # every trainer setting the recipe trains with
+    assert _key(_ctx(tmp_path, "trainer.progress=false", "trainer.num_workers=2")) == base  # not the run-only ones
+    # the teacher as run hashes name it is what it was: stored runs keep their config hashes
+    assert recipe_identity(compose_config(["trainer.precision=bf16"])) == recipe_identity(ctx.cfg)
+    assert ctx.teacher_source() == f"recipe:{base}"
 
 
 def test_teacher_from_a_checkpoint_path(tmp_path):
@@ -86,7 +121,7 @@ def test_a_distilled_tinymim_student_teaches_the_next_run(tmp_path):
     assert len(chained) == 1 and chained[0].config["teacher"]["checkpoint"] == str(checkpoint)
 
 
-def test_distill_drop_path_is_stochastic_only_while_teaching(images):
+def test_distill_drop_path_is_stochastic_only_while_teaching(images, tmp_path):
     data = load_digits_bundle()
     tcfg = OmegaConf.merge(OmegaConf.structured(TeacherConfig), {"distill_drop_path": 0.5})
     teacher = frozen(tiny_vit(depth=4), tcfg, data, "test")
@@ -107,4 +142,15 @@ def test_distill_drop_path_is_stochastic_only_while_teaching(images):
         again = [still.run(images, taps)[Tap("tokens")] for _ in range(2)]
     torch.testing.assert_close(again[0], again[1], rtol=0, atol=0)
     # how the teacher teaches is not part of which teacher the recipe trains
-    assert recipe_key(compose_config(["teacher.distill_drop_path=0.3"])) == recipe_key(compose_config([]))
+    assert _key(_ctx(tmp_path, "teacher.distill_drop_path=0.3")) == _key(_ctx(tmp_path))
+
+
+def test_a_run_taught_with_teacher_drop_path_is_another_run(tmp_path):
+    from benchbase.config import config_hash
+    from benchbase.suite import _identity
+
+    def run_hash(*overrides):
+        return config_hash(_identity(compose_config([f"home={tmp_path}", *overrides]), "method", "tinymim", {}, 0))
+
+    # it was left out of recipe teachers' run hashes, so such a run reused the one taught without it
+    assert run_hash("teacher.distill_drop_path=0.1") != run_hash() == run_hash("teacher.distill_drop_path=0.0")

@@ -141,13 +141,15 @@ class LazyImages(LabeledImages):
         image_size: side of the square images returned.
         in_chans: 1 (grayscale) or 3 (RGB; grayscale files repeat their channel).
         on_corrupt: ``error`` or ``skip`` (unreadable files are dropped now and listed in ``skipped``).
+        class_groups: the group of each class, if the classes come in groups.
     """
 
     def __init__(self, samples: Sequence[tuple[ImageSource, int]], classes: Sequence[str], image_size: int,
-                 in_chans: int = 3, on_corrupt: str = "error"):
+                 in_chans: int = 3, on_corrupt: str = "error", class_groups: Sequence[str] | None = None):
         if in_chans not in (1, 3):
             raise BenchbaseError(f"in_chans={in_chans}; images are read as 1 (grayscale) or 3 (RGB) channels")
         self.classes = list(classes)
+        self.class_groups = None if class_groups is None else list(class_groups)
         self.image_size, self.in_chans = image_size, in_chans
         self.samples, skipped = drop_unreadable(samples, lambda sample: read_image(sample[0], in_chans), on_corrupt)
         self.skipped: list[ImageSource] = [source for source, _ in skipped]
@@ -162,7 +164,8 @@ class LazyImages(LabeledImages):
 
     def subset(self, indices: Sequence[int] | Tensor) -> LazyImages:
         """The samples at ``indices`` with the same classes (nothing is re-checked; ``skipped`` is empty)."""
-        return LazyImages([self.samples[int(i)] for i in indices], self.classes, self.image_size, self.in_chans)
+        return LazyImages([self.samples[int(i)] for i in indices], self.classes, self.image_size, self.in_chans,
+                          class_groups=self.class_groups)
 
     def split_per_class(self, fraction: float, seed: int) -> tuple[LazyImages, LazyImages]:
         """A seeded per-class split: ``fraction`` of every class's images, and the rest."""

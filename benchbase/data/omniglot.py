@@ -21,7 +21,8 @@ alphabet each side) are drawn with ``split_seed`` (default 0). Splits:
   (default 0.75) / the rest (top-1),
 - ``novel``: every image of the novel characters (few-shot episodes).
 
-Labels index each split's own ``classes``. The 105x105 binary images are read as grayscale,
+Labels index each split's own ``classes``; each split's ``class_groups`` names every character's
+alphabet (few-shot episodes within one alphabet: ``within_group``). The 105x105 binary images are read as grayscale,
 resized bilinearly to ``image_size``² (default 28) and normalised with mean 0.5 and std 0.5;
 ``params.in_chans=3`` repeats the channel (and normalises with ImageNet statistics).
 """
@@ -163,7 +164,8 @@ def build_omniglot(cfg: Mapping[str, Any]) -> DataBundle:
     for split, chosen in (("base", base_alphabets), ("novel", novel_alphabets)):
         classes = [character for character in characters if character.split("/")[0] in chosen]
         samples = [(image, label) for label, character in enumerate(classes) for image in characters[character]]
-        splits[split] = LazyImages(samples, classes, image_size, in_chans, on_corrupt)
+        alphabet_of = [character.split("/")[0] for character in classes]
+        splits[split] = LazyImages(samples, classes, image_size, in_chans, on_corrupt, class_groups=alphabet_of)
     splits["base_train"], splits["base_test"] = splits["base"].split_per_class(
         float(params["train_fraction"]), int(params["split_seed"])
     )

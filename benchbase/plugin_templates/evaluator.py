@@ -163,7 +163,7 @@ def test_its_suite_scores_every_row(tmp_path):
         assert record.status == "done", record.error
         top1 = next(m for m in record.metrics if (m.extras["task"], m.name) == ("$name", "top1"))
         assert 0 <= top1.value <= 100 and "weighted 20-NN" in top1.protocol and "outcomes" in top1.extras
-    assert "$name/top1" in (tmp_path / "lb" / "$name.md").read_text()
+    assert "$name/top1" in (tmp_path / "leaderboards" / "$name.md").read_text()
 ''')
 
 TEMPLATE = PluginTemplate(

@@ -148,7 +148,7 @@ def test_runs_end_to_end(tmp_path):
     assert record.config["method"]["name"] == "$name"
     assert record.config["method"]["params"] == {"tau": 4.0, "alpha": 0.1}
     assert record.versions["plugin:$name"] == "0.1.0"
-    assert "$name" in (tmp_path / "lb" / "default.md").read_text()
+    assert "$name" in (tmp_path / "leaderboards" / "default.md").read_text()
 ''')
 
 TEMPLATE = PluginTemplate(
