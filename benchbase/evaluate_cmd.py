@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -37,8 +36,7 @@ from benchbase.models_from import PIXELS, ModelSpec, architecture_node, build_mo
 from benchbase.plugins import Benchbase
 from benchbase.results import ResultsDB, RunRecord
 from benchbase.provenance import code_versions, suite_components
-from benchbase.suite import SuiteContext, _record, _stored, check_tasks, describe_status, evaluate_task, suite_context
-from benchbase.tasks import TasksFailed, run_isolated
+from benchbase.suite import SuiteContext, _record, _stored, check_tasks, evaluate_task, suite_context
 
 MODEL_OPTION = "_eval_model"
 """The ``student`` and ``suite`` options holding a model's own defaults (ConfigStore)."""
@@ -142,13 +140,10 @@ def _scorer(ctx: SuiteContext, spec: ModelSpec) -> Callable[[DataBundle], VitMod
 def _evaluated(ctx: SuiteContext, spec: ModelSpec, model_for: Callable[[DataBundle], VitModel], label: str,
                seed: int, h: str, made: dict[str, str], row: bool) -> RunRecord:
     started = time.perf_counter()
-    try:  # a failing task fails the record, after the others ran (benchbase.tasks)
-        kw: dict[str, Any] = {"status": "done", "metrics": run_isolated({
-            name: partial(evaluate_task, ctx, name, task, model_for(ctx.dataset(task.dataset)), seed)
-            for name, task in ctx.cfg.suite.tasks.items()})}
-    except TasksFailed as exc:
-        kw = exc.record_fields()
-    record = _record(ctx, ctx.cfg, "eval", label, seed, h, made, wall_time=time.perf_counter() - started, **kw)
+    metrics = [metric for name, task in ctx.cfg.suite.tasks.items()
+               for metric in evaluate_task(ctx, name, task, model_for(ctx.dataset(task.dataset)), seed)]
+    record = _record(ctx, ctx.cfg, "eval", label, seed, h, made, status="done", metrics=metrics,
+                     wall_time=time.perf_counter() - started)
     return dataclasses.replace(record, teacher=record.teacher if spec.run is not None else "",
                                config={**record.config, "provenance": spec.provenance(), "row": row})
 
@@ -192,7 +187,7 @@ def run_eval(bb: Benchbase, model: str, items: Sequence[str], weights: str | Non
         model_for = model_for or _scorer(ctx, spec)
         record = _evaluated(ctx, spec, model_for, label, seed, h, made, row)
         ctx.db.save(record)
-        echo(f"  seed {seed}: {describe_status(record)}, stored as {h}")
+        echo(f"  seed {seed}: evaluated, stored as {h}")
         records.append(record)
     echo(format_table(build_table(records)))
     return records

@@ -135,3 +135,9 @@ def test_evaluation_state_is_enforced_then_restored():
     with evaluation_state(teacher, torch.device("cpu")):
         pass
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_eval_checks_its_tasks_before_scoring(tmp_path, capsys):
+    assert main(["eval", "pixels", "top1", "+suite.tasks.top1.params.poolng=cls", f"home={tmp_path}"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown key 'suite.tasks.top1.params.poolng' for evaluator")
+    assert ResultsDB(tmp_path / "results.db").records() == []
