@@ -11,7 +11,7 @@ from benchbase.results import ResultsDB
 from benchbase.tasks import evaluation_state
 
 from conftest import tiny_vit
-from test_run import tiny
+from test_run import instant
 
 EVALUATORS = '''
 import torch
@@ -63,10 +63,6 @@ suite:
     state: {evaluator: state, dataset: digits, params: {needed: 1}}
 """
 
-FAST = ["teacher.recipe.pretrain_method=none", "~suite.tasks.fewshot", "~suite.tasks.segmentation",
-        "suite.references=[]"]
-
-
 def plugins_dir(tmp_path):
     folder = tmp_path / "plugins"
     folder.mkdir(exist_ok=True)
@@ -78,8 +74,7 @@ def plugins_dir(tmp_path):
 
 
 def run(tmp_path, capsys, *extra, methods="feature"):
-    code = main(["--plugins-dir", plugins_dir(tmp_path), "run", "--plugins", methods,
-                 *tiny(tmp_path, *FAST, *extra, fewshot=False)])
+    code = main(["--plugins-dir", plugins_dir(tmp_path), "run", "--plugins", methods, *instant(tmp_path, *extra)])
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -104,7 +99,7 @@ def test_missing_key_and_rejected_value_are_one_line_errors(tmp_path, capsys):
 
 
 def test_failing_evaluator_is_isolated_on_every_row(tmp_path, capsys):
-    code, out, err = run(tmp_path, capsys, "suite=tasks", "suite.floors=[pixels,random_init]")
+    code, out, err = run(tmp_path, capsys, "suite=tasks")
     assert code == EXIT_FAILED_ROWS == 1
     assert "4 of 4 rows failed (their status says why); exit status 1" in err
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records()}
