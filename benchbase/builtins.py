@@ -7,6 +7,7 @@
   ``digit_scene_events`` and ``camvid_events`` (SIMULATED events), ``event_recordings`` (.npz),
 - evaluators: ``fewshot``, ``linear_probe``, ``finetune``, ``segmentation``, ``sam_everything``
   (SAM's mask decoder on a SAM student's embedding, EventSAM's evaluation; needs a SAM checkpoint),
+- loggers: ``jsonl`` (the run folder's ``steps.jsonl``, always on) and ``tensorboard``,
 - losses: ``supervised`` (cross-entropy on labels: the teacher recipe's fine-tuning and the
   from-scratch reference row) and ``supervised_segmentation`` (per-pixel cross-entropy: the recipe
   for segmentation suites); neither is a distillation method.
@@ -38,6 +39,7 @@ from benchbase.evaluation.classification import FineTune, LinearProbe
 from benchbase.evaluation.fewshot import FewShot
 from benchbase.evaluation.sam_masks import SamEverything
 from benchbase.evaluation.segmentation import SegmentationProbe
+from benchbase.loggers import StepsFile, TensorBoard
 from benchbase.models import build_vit, input_channels
 from benchbase.sam import SamStudent, build_sam_encoder
 
@@ -165,3 +167,9 @@ def benchbase_register_datasets(register):
     register("digit_scene_events", build_digit_scene_events, info=events.DIGIT_SCENE_EVENTS_INFO)
     register("camvid_events", build_camvid_events, info=events.CAMVID_EVENTS_INFO)
     register("event_recordings", build_event_recordings, info=events.RECORDING_INFO)
+
+
+@hookimpl
+def benchbase_register_loggers(register):
+    register("jsonl", StepsFile)
+    register("tensorboard", TensorBoard)

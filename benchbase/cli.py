@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "`hidden` those its table does not show, listing each; then rewrite its table")
     board.add_argument("--check", action="store_true",
                        help="exit 1 if a committed table differs from what its records produce")
+    board.add_argument("--html", metavar="DIR",
+                       help="also write the committed tables (of --out) as a static web site into DIR "
+                            "(sortable, filterable; open DIR/index.html, no server needed)")
 
     ablate = sub.add_parser(
         "ablate", help="run a named ablation (a paper's ablation table) and write its table",
@@ -348,7 +351,7 @@ def _cmd_leaderboard(args, bb) -> int:
     if args.import_file is None and args.db is None and not args.publish:
         for path in leaderboard.regenerate_from_records(args.out):
             print(path)
-        return 0
+        return _write_site(args)
     db = ResultsDB(args.db or compose_config([], bb.config_dirs()).db)
     if args.import_file is not None:
         added, skipped = db.import_jsonl(args.import_file)
@@ -365,6 +368,15 @@ def _cmd_leaderboard(args, bb) -> int:
                 local[record.suite].append(record)
         for suite, records in sorted(local.items()):
             print(leaderboard.publish(records, args.out, suite).summary(suite))
+    return _write_site(args)
+
+
+def _write_site(args) -> int:
+    """``--html DIR``: the committed tables of ``--out`` as a web site, after anything published."""
+    if args.html:
+        from benchbase.site import write_site
+
+        print(f"web site: {write_site(args.out, args.html)[0]}")
     return 0
 
 

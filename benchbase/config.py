@@ -169,6 +169,8 @@ class BenchbaseConfig:
     home: str = "${oc.env:BENCHBASE_HOME,.benchbase}"  # results database, run folders, teacher cache
     db: str = "${home}/results.db"
     leaderboard_dir: str = "leaderboards"
+    # experiment loggers besides steps.jsonl (always on), e.g. [tensorboard, mlflow]: benchbase.loggers
+    logger: list[str] = field(default_factory=list)
 
 
 def _register_schemas() -> None:
@@ -208,6 +210,10 @@ def _one_line(exc: Exception, overrides: Sequence[str]) -> str:
         where = full_key.group(1) if full_key else "?"
         return (f"wrong type for config key {where!r} in group {where.split('.')[0]!r}: "
                 f"{conv.group(1)!r} is not a valid {conv.group(2)}")
+    if "is not a ListConfig, list or tuple" in text and full_key:
+        where = full_key.group(1)
+        given = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == where), "...")
+        return f"config key {where!r} takes a list; write {where}=[{given}]"
     first = next((line for line in text.splitlines() if line.strip()), text)
     return f"bad configuration ({' '.join(overrides)}): {first}"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FunctionType, ModuleType
 from typing import Any
 
-from benchbase import PROJECT_NAME, capture, components, errors, hookspecs, outcomes
+from benchbase import PROJECT_NAME, capture, components, errors, hookspecs, loggers, outcomes
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.classification import accuracy_metrics, binomial_ci95
 from benchbase.evaluation.features import check_pooling, extract_features, pool_tokens
@@ -207,12 +207,14 @@ def render_class(cls: type, level: int = 3) -> str:
 
 INTERFACES: tuple[type, ...] = (
     components.Loss, components.VitModel, components.Student, components.Teacher, components.Evaluator,
+    loggers.Logger,
 )
 """The component interfaces (Student and Teacher share :class:`VitModel`)."""
 
 SUPPORTING: tuple[type, ...] = (
     components.StepInputs, capture.ModelInput, capture.Tap, capture.Captures, components.Metric,
     components.DataBundle, components.LabeledImages, components.SegmentationImages, components.DatasetInfo,
+    loggers.RunInfo, loggers.StepLog,
 )
 """The types those interfaces pass around."""
 
@@ -264,7 +266,7 @@ def render_example(kind: str) -> str:
 
 SECTIONS: dict[str, tuple[str, Callable[[], str]]] = {
     "hookspecs": ("benchbase/hookspecs.py", render_hookspecs),
-    "components": ("benchbase/components.py and benchbase/capture.py", render_components),
+    "components": ("benchbase/components.py, benchbase/capture.py and benchbase/loggers.py", render_components),
     "helpers": ("the docstrings of benchbase.docs.HELPERS and ERRORS", render_helpers),
     **{f"example-{kind}": (f"benchbase/plugin_templates/{kind}.py", partial(render_example, kind))
        for kind in EXAMPLES},

@@ -1,8 +1,9 @@
 """The distillation loop that any Loss plugs into.
 
 AdamW with linear warm-up and cosine decay, gradient clipping, bf16 autocast on CUDA, a progress
-bar with the loss terms and throughput, per-step loss terms as JSON lines, a checkpoint after
-every epoch and resume from the last one. Each epoch re-seeds every random generator from
+bar with the loss terms and throughput, per-step loss terms, lr and throughput for the run's
+loggers (:mod:`benchbase.loggers`; ``steps.jsonl`` always), a checkpoint after every epoch and
+resume from the last one. Each epoch re-seeds every random generator from
 (seed, epoch), so a resumed run repeats exactly what an uninterrupted run does.
 
 Under ``torchrun`` (see :mod:`benchbase.distributed`) the student and the loss's own parameters train
@@ -12,7 +13,7 @@ permutation on every rank) and draws its own augmentation/masking randomness (se
 rank, as DINO and MAE do). For a loss that is a mean over images, the averaged gradients then equal
 the single-process gradient up to float summation order; a loss that relates images of a batch
 sees each process's share (a loss keeping global state reduces it, e.g. SMKD's centres). Only
-rank 0 writes the step log and checkpoints; every rank resumes from rank 0's checkpoint, so with
+rank 0 logs and writes checkpoints; every rank resumes from rank 0's checkpoint, so with
 several nodes the run folder must be on a shared filesystem. Logged terms are the mean over the
 processes. An exception raised on one rank only (not a non-finite loss, which all ranks see) leaves
 the others waiting until the process group's timeout.
@@ -21,7 +22,6 @@ the others waiting until the process group's timeout.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 import time
@@ -40,9 +40,9 @@ from benchbase import distributed, preemption
 from benchbase.capture import Captures, ModelInput, Tap
 from benchbase.components import LabeledImages, Loss, StepInputs, Student, Teacher
 from benchbase.errors import BenchbaseError, MethodFailed
+from benchbase.loggers import RunLoggers, StepLog, training
 
 CHECKPOINT = "checkpoint.pt"
-STEPS_LOG = "steps.jsonl"
 
 
 @dataclass
@@ -203,10 +203,12 @@ def train(
     seed: int,
     desc: str = "",
     loss_state: dict | None = None,
+    loggers: RunLoggers | None = None,
 ) -> TrainResult:
     """Train ``student`` (and the loss's own parameters) on ``dataset`` with ``loss``.
 
-    ``cfg`` is a TrainerConfig. Writes ``steps.jsonl`` and ``checkpoint.pt`` into ``run_dir``;
+    ``cfg`` is a TrainerConfig. Writes ``checkpoint.pt`` into ``run_dir`` and logs every step to
+    ``loggers`` (started here, finished by the caller; default: ``steps.jsonl`` in ``run_dir``);
     if a checkpoint is there, training resumes after its epoch. Raises :class:`MethodFailed` on a
     non-finite loss, with the step. ``loss_state`` (a previous stage's ``loss.state_dict()``) is
     loaded into the loss after its ``setup`` when the run starts afresh. Under torchrun every rank calls this with the same arguments;
@@ -245,7 +247,6 @@ def train(
         start_epoch, step = state["epoch"] + 1, state["step"]
         partial = state.get("partial")
     if main:
-        _truncate_log(run_dir / STEPS_LOG, step)
         if step:
             where = f"epoch {start_epoch}, batch {partial['batch']}" if partial else f"the start of epoch {start_epoch}"
             tqdm.write(f"resuming {run_dir} from its checkpoint at step {step} ({where})", file=sys.stderr)
@@ -255,7 +256,7 @@ def train(
     seen_images, started = 0, time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=desc, disable=None if cfg.progress and main else True, leave=False,
                dynamic_ncols=True)
-    with ((run_dir / STEPS_LOG).open("a") if main else contextlib.nullcontext() as log,
+    with (training(loggers, run_dir, step, total) as log,
           preemption.StopSignals() as stop_signals,
           compiled([(student, loss.student_taps), (teacher, loss.teacher_taps)], cfg)):
         for epoch in range(start_epoch, cfg.epochs):
@@ -277,9 +278,7 @@ def train(
                 loss.after_step(student, step / max(1, total))
                 seen_images += images.shape[0] * world
                 rate = seen_images / max(1e-9, time.perf_counter() - started)
-                if log is not None:
-                    log.write(json.dumps({"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                                          **terms_f}) + "\n")
+                log.log_step(StepLog(step, epoch, terms_f, optimizer.param_groups[0]["lr"], rate))
                 bar.set_postfix({**{k: f"{v:.4g}" for k, v in terms_f.items()}, "img/s": f"{rate:.0f}"})
                 bar.update(1)
                 if stopping:  # a stop signal on some rank: checkpoint this step, then let the signal act
@@ -348,17 +347,3 @@ def _save_checkpoint(path: Path, student, loss, optimizer, epoch: int, step: int
     )
     tmp.replace(path)
 
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past ``step`` (left by a run killed mid-epoch) so a resume logs each step once."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = []
-    for line in lines:
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (ValueError, KeyError):
-            break  # a torn last line
-    path.write_text("".join(line + "\n" for line in kept))

@@ -101,6 +101,23 @@ def benchbase_register_datasets(register: Register) -> None:
 
 
 @hookspec
+def benchbase_register_loggers(register: Register) -> None:
+    """Register experiment loggers (trackers such as TensorBoard, MLflow, W&B).
+
+    Args:
+        register: call ``register(name, logger_class)``; the class subclasses
+            :class:`benchbase.loggers.Logger` and is constructed without arguments for each run. It
+            receives the run's config when training starts, every step's loss terms, learning rate
+            and throughput, the evaluation metrics and the run's end (rank 0 only under torchrun).
+
+    Returns:
+        Nothing. Called once when the plugin manager loads plugins; the ``logger`` config key
+        (``logger=[tensorboard,NAME]``) selects loggers by name. One that fails to start is a
+        one-line warning and the run goes on without it.
+    """
+
+
+@hookspec
 def benchbase_config_dirs() -> list[str]:
     """Directories of Hydra config files that this plugin ships.
 

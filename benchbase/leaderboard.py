@@ -553,6 +553,14 @@ def write_table(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], n
                                                                           committed)
 
 
+def table_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """The numeric frame of the table :func:`write_table` writes for ``records`` (no origin column):
+    an ablation's, or a suite's of its current setting."""
+    from benchbase.ablation import build_ablation_table, is_ablation
+
+    return build_ablation_table(records) if is_ablation(records) else build_table(current_records(records))
+
+
 class Published(NamedTuple):
     """What :func:`publish` wrote and changed."""
 

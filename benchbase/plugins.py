@@ -20,17 +20,19 @@ import pluggy
 from benchbase import PROJECT_NAME, hookspecs
 from benchbase.components import DatasetInfo, Evaluator, Loss
 from benchbase.errors import BenchbaseError
+from benchbase.loggers import Logger
 
-COMPONENT_KINDS = ("losses", "students", "teachers", "evaluators", "datasets")
+COMPONENT_KINDS = ("losses", "students", "teachers", "evaluators", "datasets", "loggers")
 SINGULAR = {"losses": "loss", "students": "student", "teachers": "teacher", "evaluators": "evaluator",
-            "datasets": "dataset"}
+            "datasets": "dataset", "loggers": "logger"}
 CORE_PLUGIN = "core"
 
 USED_AS = {"losses": "suite.references", "students": "student.arch", "teachers": "teacher.arch",
-           "evaluators": "a suite task's `evaluator`", "datasets": "a suite's `dataset`"}
+           "evaluators": "a suite task's `evaluator`", "datasets": "a suite's `dataset`",
+           "loggers": "logger=[...]"}
 """Where a registered component of each kind is named to be used."""
 
-_BASE_CLASSES: dict[str, type] = {"losses": Loss, "evaluators": Evaluator}
+_BASE_CLASSES: dict[str, type] = {"losses": Loss, "evaluators": Evaluator, "loggers": Logger}
 """Component kinds registered as classes: the base class each must subclass (and complete)."""
 _BUILD_ARGS: dict[str, tuple[str, ...]] = {"students": ("cfg", "data"), "teachers": ("cfg", "data"),
                                            "datasets": ("cfg",)}
@@ -178,10 +180,10 @@ def _describe(obj: Any) -> str:
 def check_component(kind: str, name: str, factory: Any, plugin: str, info: Any = None) -> None:
     """Check that ``factory`` fits the interface of its ``kind`` (see :mod:`benchbase.hookspecs`).
 
-    Losses and evaluators must be concrete subclasses of :class:`~benchbase.components.Loss` and
-    :class:`~benchbase.components.Evaluator`; students and teachers must be callables that accept
-    ``build(cfg, data)``, datasets ``build(cfg)``. Only a dataset may come with ``info``, a
-    :class:`~benchbase.components.DatasetInfo`.
+    Losses, evaluators and loggers must be concrete subclasses of :class:`~benchbase.components.Loss`,
+    :class:`~benchbase.components.Evaluator` and :class:`~benchbase.loggers.Logger`; students and
+    teachers must be callables that accept ``build(cfg, data)``, datasets ``build(cfg)``. Only a
+    dataset may come with ``info``, a :class:`~benchbase.components.DatasetInfo`.
 
     Raises:
         BenchbaseError: one line naming the plugin, the component and what is wrong.

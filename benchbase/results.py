@@ -16,7 +16,7 @@ import math
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -184,6 +184,29 @@ def record_from_dict(data: Mapping[str, Any]) -> RunRecord:
         raise BenchbaseError(f"malformed run record ({type(exc).__name__}: {exc})") from exc
 
 
+def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
+    """One row per metric of ``records`` with its run's fields (:data:`FRAME_COLUMNS`).
+
+    ``task`` is ``extras["task"]`` where the evaluator set it. Runs without metrics (failed
+    runs) have no rows.
+    """
+    rows = [
+        {
+            **{c: getattr(rec, c) for c in _FRAME_RUN_COLUMNS},
+            "metric": m.name,
+            "task": m.extras.get("task", ""),
+            "value": m.value,
+            "n": m.n,
+            "ci95": m.ci95,
+            "protocol": m.protocol,
+            "extras": m.extras,
+        }
+        for rec in records
+        for m in rec.metrics
+    ]
+    return pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
+
+
 def write_jsonl(path: Path, records: Sequence[RunRecord]) -> None:
     """Records as JSON lines (one run per line, keys sorted), written atomically."""
     write_text_atomic(path, "".join(json.dumps(record_to_dict(r), sort_keys=True) + "\n" for r in records))
@@ -270,26 +293,8 @@ class ResultsDB:
         return self._query(f"{_SELECT} WHERE {' AND '.join(where)}" if where else _SELECT, params)
 
     def metrics_frame(self, suite: str | None = None) -> pd.DataFrame:
-        """One row per stored metric with its run's fields (:data:`FRAME_COLUMNS`).
-
-        ``task`` is ``extras["task"]`` where the evaluator set it. Runs without metrics (failed
-        runs) have no rows.
-        """
-        rows = [
-            {
-                **{c: getattr(rec, c) for c in _FRAME_RUN_COLUMNS},
-                "metric": m.name,
-                "task": m.extras.get("task", ""),
-                "value": m.value,
-                "n": m.n,
-                "ci95": m.ci95,
-                "protocol": m.protocol,
-                "extras": m.extras,
-            }
-            for rec in self.records(suite)
-            for m in rec.metrics
-        ]
-        return pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
+        """One row per stored metric with its run's fields (:func:`records_frame` of :meth:`records`)."""
+        return records_frame(self.records(suite))
 
     def export_jsonl(self, path: str | os.PathLike[str], suite: str | None = None) -> int:
         """Write every record (of one suite if given, superseded ones included) as JSON lines;

@@ -9,8 +9,9 @@ Two rows are compared on the seeds both ran, pairing their outcomes sample by sa
   of each seed's mean difference; its variance the sum of the seeds' variances of the mean / S²);
 - a ratio of sums or a mean IoU (pixel accuracy, mIoU): a paired bootstrap over test images
   (:data:`BOOTSTRAP` resamples, the same resampled images for both rows; per resample the
-  difference is averaged over seeds), two-sided p = 2·min(P(Δ* ≤ 0), P(Δ* ≥ 0)) with the +1
-  correction.
+  difference is averaged over seeds) gives the standard error of the difference, and p is the
+  two-sided normal p of Δ / SE (a bootstrap z-test: unlike counting resamples, its p-values are
+  not floored at 1/resamples, which Holm's correction over many pairs would make unreachable).
 
 All pairs of a column are corrected together with Holm's step-down method at level :data:`ALPHA`.
 A row's rank is 1 + the number of rows significantly better than it, so rows no test separates from
@@ -41,7 +42,9 @@ BOOTSTRAP_SEED = 0
 METHOD = (
     "paired tests on the same episodes / test images, pooled over the seeds both rows ran: t-test on "
     "per-sample differences for means (few-shot, top-k), paired bootstrap over test images "
-    f"({BOOTSTRAP} resamples) for ratios and mIoU; Holm-corrected over all pairs of the column, α = {ALPHA}"
+    f"(z-test with the standard error of {BOOTSTRAP} resamples) for ratios and mIoU; Holm-corrected over all pairs "
+    f"of the column, α = {ALPHA}; they measure evaluation noise given the trained students, not the spread over "
+    "training seeds (the ± of a cell)"
 )
 """How ranks are computed, as printed under every table."""
 
@@ -105,9 +108,10 @@ def _bootstrap(a: list[Outcomes], b: list[Outcomes], rng: np.random.Generator) -
         weights = rng.multinomial(x.n, np.full(x.n, 1 / x.n), size=BOOTSTRAP).astype(np.float64)  # [R, n]
         resampled += (x.value(weights) - y.value(weights)) / len(a)
     resampled = resampled[np.isfinite(resampled)]
-    below = (np.sum(resampled <= 0) + 1) / (resampled.size + 1)
-    above = (np.sum(resampled >= 0) + 1) / (resampled.size + 1)
-    return delta, float(min(1.0, 2 * min(below, above)))
+    se = float(resampled.std(ddof=1)) if resampled.size > 1 else 0.0
+    if se == 0:
+        return delta, 1.0 if delta == 0 else 0.0
+    return delta, float(2 * stats.norm.sf(abs(delta) / se))
 
 
 def bootstrap_ci95(outcomes: Outcomes, rng: np.random.Generator | None = None) -> float:

@@ -38,7 +38,16 @@ from benchbase.cost import cost_metrics
 from benchbase.engine import resolve_device, train
 from benchbase.errors import BenchbaseError, MethodFailed, NotApplicable
 from benchbase.floors import FLOORS, PixelModel
-from benchbase.leaderboard import build_table, current_records, format_table, local_dir, publish, write_local
+from benchbase.leaderboard import (
+    build_table,
+    current_records,
+    format_table,
+    local_dir,
+    metric_key,
+    publish,
+    write_local,
+)
+from benchbase.loggers import RunInfo, check_loggers, run_loggers
 from benchbase.models import load_weights, save_weights
 from benchbase.plugins import Benchbase
 from benchbase.provenance import TEACHER, changed, code_summary, code_versions, suite_components
@@ -351,6 +360,8 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
     distributed.barrier()  # no rank resumes from a checkpoint that --force just removed
     started = time.perf_counter()
     kw: dict[str, Any] = {"run_dir": str(run_dir)}
+    loggers = run_loggers(ctx.bb, cfg, RunInfo(cfg.suite.name, f"{name}-seed{seed}", run_dir,
+                                               OmegaConf.to_container(cfg, resolve=True)))
     try:
         data = ctx.dataset(cfg.suite.distill.dataset)
         build = _builder(ctx, data)
@@ -363,7 +374,7 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
         loss = build_loss(loss_cls, params, data)
         result = train(student, handover.teacher if loss.uses_teacher else None, loss,
                        data.split(cfg.suite.distill.split), cfg.trainer, run_dir, seed, desc=f"{name} seed {seed}",
-                       loss_state=loss_state(handover))
+                       loss_state=loss_state(handover), loggers=loggers)
         scored = loss.evaluation_model(student)
         if distributed.is_main():
             save_weights(scored.export(), run_dir / "student.pt")
@@ -373,6 +384,7 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
         if result.images_per_second:  # 0: resumed after its last step, nothing trained here to time
             metrics.append(Metric("images_per_second", result.images_per_second, result.steps,
                                   _throughput_protocol(ctx.device), extras={"task": "train"}))
+        loggers.log_metrics({metric_key(m): m for m in metrics}, result.steps)
         kw.update(status="done", metrics=metrics)
     except TasksFailed as exc:
         kw.update(exc.record_fields())
@@ -381,6 +393,8 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
     except Exception as exc:  # one failing method never takes down the suite
         detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
         kw.update(status="failed", metrics=[], error=detail)
+    finally:
+        loggers.finish(kw.get("status", "stopped"))
     record = _record(ctx, cfg, role, name, seed, h, made, wall_time=time.perf_counter() - started, **kw)
     _save(ctx, record)
     return record
@@ -419,6 +433,7 @@ def suite_context(bb: Benchbase, overrides: list[str], force: bool = False,
     database (rank 0 only). ``datasets`` may share already loaded datasets between suites; ``echo``
     prints progress (pass a silent one on ranks other than 0)."""
     cfg = compose_config(_without_method_overrides(overrides), bb.config_dirs())
+    check_loggers(bb, cfg.logger)
     ctx = SuiteContext(bb, cfg, list(overrides), ResultsDB(cfg.db) if distributed.is_main() else None,
                        Path(cfg.home), force, resolve_device(cfg.trainer.device), echo=echo)
     if datasets is not None:
@@ -452,10 +467,11 @@ def suite_teacher(ctx: SuiteContext) -> Teacher:
 
 
 def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, force: bool = False,
-              echo=print, publish_runs: bool = False) -> list[RunRecord]:
-    """Run the composed suite for the chosen method plugins; print its table and write the local
-    one (committed records and this machine's runs); with ``publish_runs``, also merge the runs
-    into the committed records of the leaderboard folder and rewrite its table.
+              echo=print, publish_runs: bool = False, methods: list[str] | None = None) -> list[RunRecord]:
+    """Run the composed suite for the chosen method plugins (or the registered losses ``methods``,
+    e.g. one method of a plugin); print its table and write the local one (committed records and
+    this machine's runs); with ``publish_runs``, also merge the runs into the committed records of
+    the leaderboard folder and rewrite its table.
 
     Under torchrun every rank calls this; only rank 0 stores, writes tables and echoes.
     """
@@ -463,7 +479,10 @@ def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, fo
         echo = _silent
     ctx = suite_context(bb, overrides, force, echo=echo)
     cfg = ctx.cfg
-    methods, skipped = _compatible(bb, bb.select_methods(plugins), cfg.student.arch, explicit=plugins is not None)
+    for name in methods or ():
+        bb.registry.get("losses", name)  # an unknown name is a one-line error listing the known ones
+    methods, skipped = _compatible(bb, bb.select_methods(plugins) if methods is None else list(methods),
+                                   cfg.student.arch, explicit=plugins is not None or methods is not None)
     roles = [("reference", list(cfg.suite.references)), ("method", methods)]
     check_methods(ctx, roles)
     echo(f"suite {cfg.suite.name}: {cfg.suite.description}")

@@ -21,7 +21,8 @@ from benchbase import distributed
 from benchbase.builtins import Supervised
 from benchbase.components import Student
 from benchbase.data.digits import load_digits_bundle
-from benchbase.engine import STEPS_LOG, train
+from benchbase.engine import train
+from benchbase.loggers import STEPS_LOG
 from benchbase.errors import BenchbaseError
 from benchbase.results import ResultsDB
 from benchbase_plugins.smkd import SMKDLoss

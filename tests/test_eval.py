@@ -59,7 +59,8 @@ def test_eval_of_a_stored_run_reproduces_its_metrics_and_reuses_its_record(store
     assert [m.name for m in other.metrics] == ["5way-1shot", "5way-5shot"] and other.method == "feature-seed1"
     assert other.metrics[0].value != scored[1].value
     assert main(["leaderboard", "--db", str(home / "results.db"), "--out", str(home / "lb")]) == 0
-    rows = [line for line in (home / "lb" / "default.md").read_text().splitlines() if line.startswith("| eval")]
+    local = home / "leaderboards" / "default.md"  # the local table (issue 21's publish model)
+    rows = [line for line in local.read_text().splitlines() if line.startswith("| eval")]
     assert len(rows) == 1 and "feature-seed1" in rows[0]  # evaluated without --row: not a row
 
 

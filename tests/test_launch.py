@@ -16,8 +16,8 @@ import pytest
 
 from benchbase.config import compose_config
 from benchbase.data.digits import load_digits_bundle
-from benchbase.engine import STEPS_LOG
 from benchbase.launch import job_arguments
+from benchbase.loggers import STEPS_LOG
 from benchbase.models import save_weights
 from benchbase.plugins import load
 from benchbase.results import ResultsDB

@@ -23,7 +23,8 @@ from benchbase.builtins import Supervised
 from benchbase.capture import Tap
 from benchbase.components import Student
 from benchbase.data.digits import load_digits_bundle
-from benchbase.engine import CHECKPOINT, STEPS_LOG, train
+from benchbase.engine import CHECKPOINT, train
+from benchbase.loggers import STEPS_LOG
 
 BATCHES = len(load_digits_bundle().split("base_train")) // 64  # per epoch, in trainer()'s batches of 64
 

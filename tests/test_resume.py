@@ -18,8 +18,9 @@ from benchbase.cli import main
 from benchbase.components import Student
 from benchbase.config import TrainerConfig
 from benchbase.data.digits import load_digits_bundle
-from benchbase.engine import CHECKPOINT, STEPS_LOG, lr_at, train
+from benchbase.engine import CHECKPOINT, lr_at, train
 from benchbase.errors import MethodFailed
+from benchbase.loggers import STEPS_LOG
 from benchbase.results import ResultsDB
 
 from conftest import tiny_vit

@@ -29,9 +29,10 @@ def names_of(record) -> set[tuple[str, str]]:
 
 def instant(home, *extra):
     """Overrides for a default-suite run that trains nothing (zero-epoch teacher recipe and student),
-    scored by the linear probe alone, without a reference row: a few seconds end to end."""
+    scored by the linear probe alone, without reference or floor rows: a few seconds end to end."""
     return ["trainer.epochs=0", "teacher.recipe.pretrain_method=none", "teacher.recipe.finetune_epochs=0",
-            "~suite.tasks.fewshot", "~suite.tasks.segmentation", "suite.references=[]", "trainer.progress=false",
+            "~suite.tasks.fewshot", "~suite.tasks.segmentation", "suite.references=[]", "suite.floors=[]",
+            "trainer.progress=false",
             f"home={home}", f"leaderboard_dir={home}/lb", *extra]
 
 
