@@ -99,7 +99,7 @@ def test_missing_key_and_rejected_value_are_one_line_errors(tmp_path, capsys):
 
 
 def test_failing_evaluator_is_isolated_on_every_row(tmp_path, capsys):
-    code, out, err = run(tmp_path, capsys, "suite=tasks")
+    code, out, err = run(tmp_path, capsys, "suite=tasks", "suite.floors=[pixels,random_init]")
     assert code == EXIT_FAILED_ROWS == 1
     assert "4 of 4 rows failed (their status says why); exit status 1" in err
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records()}
