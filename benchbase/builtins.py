@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from benchbase import hookimpl
 from benchbase.capture import Captures, Tap
 from benchbase.components import DataBundle, Loss, StepInputs, Student, VitModel
+from benchbase.data import ade20k, camvid, digits, events, fewshot_folders, folders, omniglot, scenes
 from benchbase.data.ade20k import build_ade20k
 from benchbase.data.camvid import build_camvid
 from benchbase.data.digits import load_digits_bundle
@@ -151,21 +152,21 @@ def benchbase_register_evaluators(register):
 
 @hookimpl
 def benchbase_register_datasets(register):
-    register("digits", build_digits)
-    register("digit_scenes", build_digit_scenes)
-    register("imagefolder", load_image_folder)
-    register("imagenet", partial(load_image_folder, name="imagenet", default_size=224))
-    register("cifar10", partial(load_image_folder, name="cifar10", default_size=32))
-    register("omniglot", build_omniglot)
-    register("camvid", build_camvid)
-    register("ade20k", build_ade20k)
-    register("miniimagenet", build_miniimagenet)
-    register("tieredimagenet", build_tieredimagenet)
-    register("cifarfs", build_cifarfs)
-    register("fc100", build_fc100)
-    register("digit_scene_events", build_digit_scene_events)
-    register("camvid_events", build_camvid_events)
-    register("event_recordings", build_event_recordings)
+    register("digits", build_digits, info=digits.INFO)
+    register("digit_scenes", build_digit_scenes, info=scenes.INFO)
+    register("imagefolder", load_image_folder, info=folders.IMAGE_FOLDER_INFO)
+    register("imagenet", partial(load_image_folder, name="imagenet", default_size=224), info=folders.IMAGE_FOLDER_INFO)
+    register("cifar10", partial(load_image_folder, name="cifar10", default_size=32), info=folders.IMAGE_FOLDER_INFO)
+    register("omniglot", build_omniglot, info=omniglot.INFO)
+    register("camvid", build_camvid, info=camvid.INFO)
+    register("ade20k", build_ade20k, info=ade20k.INFO)
+    register("miniimagenet", build_miniimagenet, info=fewshot_folders.INFO)
+    register("tieredimagenet", build_tieredimagenet, info=fewshot_folders.INFO)
+    register("cifarfs", build_cifarfs, info=fewshot_folders.INFO)
+    register("fc100", build_fc100, info=fewshot_folders.INFO)
+    register("digit_scene_events", build_digit_scene_events, info=events.DIGIT_SCENE_EVENTS_INFO)
+    register("camvid_events", build_camvid_events, info=events.CAMVID_EVENTS_INFO)
+    register("event_recordings", build_event_recordings, info=events.RECORDING_INFO)
 
 
 @hookimpl

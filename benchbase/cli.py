@@ -12,23 +12,28 @@ from pathlib import Path
 
 from benchbase import __version__
 from benchbase.errors import BenchbaseError
+from benchbase.scaffold import KINDS
 
 RUN_EPILOG = """\
-overrides are Hydra's KEY=VALUE syntax on the composed config (see --cfg job):
+overrides are Hydra's KEY=VALUE syntax on the composed config (see --cfg job); flags may come anywhere:
   benchbase run                                   the embedded default suite, every method plugin
-  benchbase run --plugins mae,feature trainer.epochs=3 seed=1
-  benchbase run --plugins cls_token student=vit_tiny teacher.source=checkpoint teacher.checkpoint=t.pt
-  benchbase run -m --plugins feature method.params.beta=1.0,2.0      a sweep: one suite per value
+  benchbase run --methods mae,feature trainer.epochs=3 seed=1
+  benchbase run --methods cls_token student=vit_tiny teacher.source=checkpoint teacher.checkpoint=t.pt
+  benchbase run -m --methods feature method.params.beta=1.0,2.0      a sweep: one suite per value
   python -m benchbase.launch -m hydra/launcher=slurm method=feature seed=0,1   each job on a cluster
-  benchbase run --cfg job                         print the composed config and exit
+  benchbase run trainer.epochs=1 --cfg job        print the composed config and exit
 
 config groups: suite, student, teacher, method, trainer, eval, data (dataset paths: data.<name>.root=PATH).
-suites: default (embedded, no download), cpu-real (CIFAR-10, Omniglot, CamVid), imagenet, ade20k,
-miniimagenet, tieredimagenet, cifarfs, fc100, imagefolder; e.g. suite=cpu-real data.cifar10.root=DIR
+suites installed (suite=NAME, e.g. suite=cpu-real data.cifar10.root=DIR; `benchbase datasets` lists
+every dataset's splits and the path it needs):
+{suites}
 Results go to the database at `db` (default .benchbase/results.db); a run with the same config is
 reused (unless --force, or unless the code or teacher that made it changed; each reuse is printed).
 The table is printed and written to the run home ($BENCHBASE_HOME/leaderboards/, with the committed
 records); leaderboards/ changes only with --publish, which merges the runs into its records.
+Exit status: 0 every row done; 1 a row failed (a method, or a task's evaluator on any row, teacher and
+floors included: its status says why, and the other rows and tasks still ran); 2 a usage or
+configuration error, found before anything ran.
 """
 
 EVAL_EPILOG = """\
@@ -55,6 +60,37 @@ and stay one (--force replaces them).
 """
 
 
+EXIT_FAILED_ROWS = 1
+"""Exit status of a run in which a row failed (a method, or a task's evaluator on any row);
+user errors exit with 2 before anything runs."""
+
+
+def run_epilog() -> str:
+    """:data:`RUN_EPILOG` with the suites installed now (benchbase's and the plugins')."""
+    from benchbase.catalog import suites_text
+    from benchbase.plugins import load
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a broken plugin is reported by the commands that use plugins
+        try:
+            config_dirs = load().config_dirs()
+        except BenchbaseError:
+            config_dirs = []
+    return RUN_EPILOG.replace("{suites}", suites_text(config_dirs))
+
+
+class _RunHelp(argparse.Action):
+    """``run -h``: the help, its epilog listing the installed suites (found when it is asked for)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.epilog = run_epilog()
+        parser.print_help()
+        parser.exit()
+
+
 def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -76,14 +112,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a suite (teacher, methods x seeds, tasks) and write its table",
-                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EPILOG)
-    run.add_argument("--plugins", type=_split, metavar="A,B",
-                     help="method plugins to run (default: every installed method plugin)")
+                         formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    run.add_argument("-h", "--help", action=_RunHelp, help="show this help (and the installed suites) and exit")
+    run.add_argument("--methods", "--plugins", dest="plugins", type=_split, metavar="A,B",
+                     help="method plugins to run (default: every installed method plugin; --plugins is the "
+                          "same option); evaluator, dataset and model plugins are used by naming their "
+                          "components in a suite or config")
     run.add_argument("--force", action="store_true", help="rerun even if an identical run is stored")
     run.add_argument("--publish", action="store_true", help=PUBLISH_HELP)
     run.add_argument("-m", "--multirun", action="store_true", help="sweep comma-separated override values")
     run.add_argument("--cfg", choices=["job"], help="print the composed config and exit")
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
+
+    datasets = sub.add_parser(
+        "datasets", help="list the datasets: their splits, sizes and the paths they need",
+        description="Without NAME: every registered dataset, what its splits hold, their sizes where the "
+                    "dataset needs no path (those are loaded), and the layout data.<name>.root must hold. "
+                    "With NAME: that dataset loaded as configured, with its splits' real sizes and classes.",
+        epilog="examples:\n  benchbase datasets\n  benchbase datasets digits\n"
+               "  benchbase datasets camvid data.camvid.root=DIR",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    datasets.add_argument("name", nargs="?", metavar="NAME", help="the dataset to load and describe")
+    datasets.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides (e.g. data.NAME.root)")
 
     ev = sub.add_parser("eval", help="score a model on suite tasks without training and store the records",
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EVAL_EPILOG)
@@ -141,21 +192,30 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides applied to every variant")
 
     new = sub.add_parser(
-        "new-plugin", help="create a complete method-plugin project to start from",
-        description="Write benchbase-NAME/: pyproject.toml with the `benchbase` entry point, a worked "
-                    "example loss (Hinton logit distillation), its config, a README and passing tests.",
+        "new-plugin", help="create a complete plugin project to start from (a loss, evaluator, dataset or model)",
+        description="Write benchbase-NAME/: pyproject.toml with the `benchbase` entry point, a worked example of "
+                    "the kind asked for, its configs, a README and tests that pass as generated. Kinds: loss "
+                    "(Hinton logit distillation), evaluator (weighted k-NN top-1, with a suite extending the "
+                    "default one), dataset (images listed in a CSV file, with a suite on it), model (a ViT with a "
+                    "convolutional stem as student and teacher, with their configs).",
     )
     new.add_argument("name", metavar="NAME", help="plugin name, a Python identifier (e.g. my_kd)")
+    new.add_argument("--kind", default="loss", choices=list(KINDS),
+                     help="what the plugin provides (default: %(default)s)")
     new.add_argument("--dir", default=".", help="folder to create the project in (default: %(default)s)")
 
     docs = sub.add_parser(
-        "docs", help="regenerate the generated sections of the plugin guide",
-        description="Render the hook specs and component interfaces of docs/writing-a-plugin.md from "
-                    "their docstrings.",
+        "docs", help="print the plugin guide (or check or regenerate it)",
+        description="Print the plugin guide, benchbase/guide/writing-a-plugin.md in the installed package "
+                    "(e.g. `benchbase docs | less`). Maintainers: --write renders its generated sections (hook "
+                    "specs, component interfaces, public helpers, the new-plugin examples) from the code, "
+                    "--check fails when they are stale.",
     )
-    docs.add_argument("--check", action="store_true",
-                      help="exit 1 if the guide is stale or a hook spec lacks Args/Returns docs")
-    docs.add_argument("--path", help="the guide (default: docs/writing-a-plugin.md of this checkout)")
+    action = docs.add_mutually_exclusive_group()
+    action.add_argument("--check", action="store_true",
+                        help="exit 1 if the guide is stale or a hook spec lacks Args/Returns docs")
+    action.add_argument("--write", action="store_true", help="regenerate the guide's generated sections")
+    docs.add_argument("--path", help="the guide file to print, check or write (default: the installed one)")
     return parser
 
 
@@ -170,14 +230,19 @@ def _cmd_run(args, bb) -> int:
         return 0
     distributed.init_from_env()  # under torchrun: join the other processes (no-op otherwise)
     try:
-        _run_jobs(args, bb, verbose=distributed.is_main())
+        records = _run_jobs(args, bb, verbose=distributed.is_main())
     finally:
         distributed.shutdown()
+    failed = [r for r in records if r.status == "failed"]
+    if failed:
+        print(f"{len(failed)} of {len(records)} rows failed (their status says why); exit status {EXIT_FAILED_ROWS}",
+              file=sys.stderr)
+        return EXIT_FAILED_ROWS
     return 0
 
 
-def _run_jobs(args, bb, verbose: bool) -> None:
-    """One suite per job: the overrides as given, or each point of a ``-m`` sweep."""
+def _run_jobs(args, bb, verbose: bool) -> list:
+    """One suite per job: the overrides as given, or each point of a ``-m`` sweep; the rows of all."""
     from benchbase.suite import run_suite
 
     jobs = [args.overrides]
@@ -192,10 +257,12 @@ def _run_jobs(args, bb, verbose: bool) -> None:
         jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
         if verbose:
             print(f"sweep: {len(jobs)} jobs")
+    records = []
     for index, overrides in enumerate(jobs):
         if len(jobs) > 1 and verbose:
             print(f"[{index + 1}/{len(jobs)}] {' '.join(overrides)}")
-        run_suite(bb, list(overrides), args.plugins, force=args.force, publish_runs=args.publish)
+        records += run_suite(bb, list(overrides), args.plugins, force=args.force, publish_runs=args.publish)
+    return records
 
 
 def _cmd_eval(args, bb) -> int:
@@ -225,6 +292,18 @@ def _cmd_plugins(args, bb) -> int:
         implementers = [[hook, ", ".join(names) or "(none)"] for hook, names in bb.hook_implementers().items()]
         print()
         print(tabulate(implementers, headers=["hook", "implemented by"], tablefmt="simple"))
+    return 0
+
+
+def _cmd_datasets(args, bb) -> int:
+    from benchbase import catalog
+    from benchbase.config import compose_config
+
+    if args.name and "=" in args.name:  # an override in NAME's place: list them all under it
+        args.overrides.insert(0, args.name)
+        args.name = None
+    cfg = compose_config(args.overrides, bb.config_dirs())
+    print(catalog.dataset_details(bb, cfg, args.name) if args.name else catalog.dataset_listing(bb, cfg))
     return 0
 
 
@@ -304,7 +383,7 @@ def _write_site(args) -> int:
 def _cmd_new_plugin(args) -> int:
     from benchbase.scaffold import new_plugin
 
-    root = new_plugin(args.name, args.dir)
+    root = new_plugin(args.name, args.dir, args.kind)
     print(f"created {root}\nnext: pip install -e \"{root}[test]\" && pytest {root}")
     return 0
 
@@ -317,8 +396,13 @@ def _cmd_docs(args) -> int:
         problems = docs.check(path)
         for problem in problems:
             print(problem, file=sys.stderr)
+        if not problems:
+            print(f"{path}: up to date")
         return 1 if problems else 0
-    print(f"{path}: {'updated' if docs.write(path) else 'up to date'}")
+    if args.write:
+        print(f"{path}: {'updated' if docs.write(path) else 'up to date'}")
+        return 0
+    print(docs.read(path), end="")
     return 0
 
 
@@ -326,9 +410,43 @@ STANDALONE = {"new-plugin": _cmd_new_plugin, "docs": _cmd_docs}
 """Commands that do not load the installed plugins (so a broken plugin cannot block them)."""
 
 
+GLOBAL_OPTIONS = {"--debug": 0, "--plugins-dir": 1}
+"""benchbase's own options (and the values each takes), accepted after the command too."""
+
+TRAILING = ("overrides", "items")
+"""The commands' lists of trailing words (Hydra overrides; eval's tasks and overrides)."""
+
+
+def _global_first(argv: Sequence[str]) -> list[str]:
+    """``argv`` with :data:`GLOBAL_OPTIONS` (and their values) moved before the command."""
+    front: list[str] = []
+    rest: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        name, inline = token.partition("=")[0], "=" in token
+        if name in GLOBAL_OPTIONS:
+            front += [token, *(next(tokens, "") for _ in range(0 if inline else GLOBAL_OPTIONS[name]))]
+        else:
+            rest.append(token)
+    return front + rest
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``argv`` parsed with the flags anywhere among a command's overrides, as Hydra users expect
+    (``benchbase run a=1 --cfg job b=2 --debug``): benchbase's own options move before the command,
+    and tokens after the first run of overrides join them in order."""
+    args, extra = parser.parse_known_args(_global_first(sys.argv[1:] if argv is None else argv))
+    rest = next((name for name in TRAILING if isinstance(getattr(args, name, None), list)), None)
+    if extra and (rest is None or any(token.startswith("-") for token in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        getattr(args, rest).extend(extra)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if args.command is None:
         parser.print_help()
         return 0
@@ -344,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "benchbase plugin" in str(warning.message):
                 print(f"warning: {warning.message}", file=sys.stderr)
         command = {"run": _cmd_run, "eval": _cmd_eval, "plugins": _cmd_plugins, "leaderboard": _cmd_leaderboard,
-                   "ablate": _cmd_ablate}[args.command]
+                   "ablate": _cmd_ablate, "datasets": _cmd_datasets}[args.command]
         return command(args, bb)
     except BenchbaseError as exc:
         if args.debug:

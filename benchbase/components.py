@@ -229,11 +229,14 @@ def mean_ci95(values: Sequence[float] | Tensor) -> tuple[float, float]:
 
 
 class LabeledImages(Dataset):
-    """A dataset of ([C, H, W] float image, int label) pairs with its labels in ``targets``.
+    """A classification split: ``split[i]`` is a ([C, H, W] float image, int label) pair.
 
-    ``class_groups``, where the classes come in groups (Omniglot's characters in alphabets), names
-    the group of each class (aligned with ``classes``); few-shot episodes can then be drawn within
-    one group (``within_group``). None when the classes carry no group.
+    Images are already resized to the bundle's ``image_size`` and normalised; ``targets`` holds
+    every item's label (in item order) so evaluators can group images by class without reading
+    them, and ``classes`` names them (label ``k`` is ``classes[k]``). ``class_groups``, where the
+    classes come in groups (Omniglot's characters in alphabets), names the group of each class
+    (aligned with ``classes``); few-shot episodes can then be drawn within one group
+    (``within_group``). None when the classes carry no group.
     """
 
     targets: Sequence[int]
@@ -242,9 +245,10 @@ class LabeledImages(Dataset):
 
 
 class SegmentationImages(Dataset):
-    """A dataset of ([C, H, W] float image, [H, W] long label map) pairs.
+    """A segmentation split: ``split[i]`` is a ([C, H, W] float image, [H, W] long label map) pair.
 
-    Pixels equal to the bundle's ``ignore_index`` carry no label.
+    Label values index ``classes``; pixels equal to the bundle's ``ignore_index`` carry no label.
+    A label map may be smaller or larger than its image (evaluators upsample to it).
     """
 
     classes: Sequence[str]
@@ -278,7 +282,13 @@ class DataBundle:
             start += count
         raise KeyError(f"dataset {self.name!r} stacks {list(self.input_channels)}, not {group!r}")
 
-    def split(self, name: str) -> LabeledImages:
+    def split(self, name: str) -> LabeledImages | SegmentationImages:
+        """The split called ``name``: a :class:`LabeledImages` for classification data, a
+        :class:`SegmentationImages` for segmentation data.
+
+        Raises:
+            BenchbaseError: the dataset has no such split; the message lists the ones it has.
+        """
         from benchbase.errors import BenchbaseError
 
         if name not in self.splits:
@@ -286,6 +296,30 @@ class DataBundle:
                 f"dataset {self.name!r} has no split {name!r}; available: {', '.join(self.splits)}"
             )
         return self.splits[name]
+
+
+DATASET_KINDS = {"classification": LabeledImages, "segmentation": SegmentationImages}
+"""What the splits of each kind of dataset are."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset declares when it is registered (``register(name, build, info=...)``), so that
+    ``benchbase datasets`` lists it without reading any data.
+
+    ``splits`` maps each split's name to what it holds (and what suites use it for); ``layout`` is
+    what ``data.<name>.root`` must hold, None for a dataset that needs no path (embedded or
+    generated: the listing then loads it to count its items); ``kind`` is ``classification``
+    (splits are :class:`LabeledImages`) or ``segmentation`` (:class:`SegmentationImages`).
+    """
+
+    splits: Mapping[str, str]
+    layout: str | None = None
+    kind: str = "classification"
+
+    def __post_init__(self) -> None:
+        if self.kind not in DATASET_KINDS:
+            raise ValueError(f"DatasetInfo kind {self.kind!r}; use one of {', '.join(DATASET_KINDS)}")
 
 
 class Evaluator(ABC):

@@ -1,9 +1,10 @@
-"""The generated parts of the plugin guide, ``docs/writing-a-plugin.md``.
+"""The plugin guide, ``benchbase/guide/writing-a-plugin.md``, and its generated parts.
 
-The hook specifications and the component interfaces are rendered from their docstrings (and
-:data:`benchbase.capture.TAP_SHAPES`) between marker comments, so the guide cannot drift from the
-code: ``benchbase docs`` rewrites them, ``benchbase docs --check`` fails when the committed guide is
-stale or a hook spec is not fully documented. Docstrings are Google style (``Args:``,
+The guide ships with the package (package data): ``benchbase docs`` prints it. The hook
+specifications, the component interfaces and the public helpers are rendered from their
+docstrings (and :data:`benchbase.capture.TAP_SHAPES`) between marker comments, so the guide cannot
+drift from the code: ``benchbase docs --write`` rewrites them, ``benchbase docs --check`` fails when
+the guide is stale or a hook spec is not fully documented. Docstrings are Google style (``Args:``,
 ``Returns:``) with Sphinx roles; both are turned into Markdown.
 """
 
@@ -12,15 +13,19 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from types import FunctionType, ModuleType
 from typing import Any
 
-from benchbase import PROJECT_NAME, capture, components, hookspecs, loggers
+from benchbase import PROJECT_NAME, capture, components, errors, hookspecs, loggers, outcomes
 from benchbase.errors import BenchbaseError
+from benchbase.evaluation.classification import accuracy_metrics, binomial_ci95
+from benchbase.evaluation.features import check_pooling, extract_features, pool_tokens
+from benchbase.scaffold import scaffold_files
 
-GUIDE = Path(__file__).resolve().parents[1] / "docs" / "writing-a-plugin.md"
-"""The guide in a source checkout (an installed wheel does not ship it)."""
+GUIDE = Path(__file__).resolve().parent / "guide" / "writing-a-plugin.md"
+"""The guide, inside the package (installed with it)."""
 
 _SECTION_NAMES = ("Args", "Returns", "Raises")
 _ROLE = re.compile(r":(?:class|func|data|mod|meth|attr|exc):`(~?)([^`]+)`")
@@ -208,7 +213,8 @@ INTERFACES: tuple[type, ...] = (
 
 SUPPORTING: tuple[type, ...] = (
     components.StepInputs, capture.ModelInput, capture.Tap, capture.Captures, components.Metric,
-    components.DataBundle, loggers.RunInfo, loggers.StepLog,
+    components.DataBundle, components.LabeledImages, components.SegmentationImages, components.DatasetInfo,
+    loggers.RunInfo, loggers.StepLog,
 )
 """The types those interfaces pass around."""
 
@@ -227,9 +233,43 @@ def render_components(interfaces: Iterable[type] = INTERFACES, supporting: Itera
     ])
 
 
+HELPERS: tuple[Callable[..., Any], ...] = (
+    extract_features, pool_tokens, check_pooling, accuracy_metrics, binomial_ci95, components.mean_ci95,
+    outcomes.mean_outcomes, outcomes.ratio_outcomes, outcomes.iou_outcomes,
+)
+"""The public helpers a plugin may call (evaluators above all); the rest of benchbase may change."""
+
+ERRORS: tuple[type, ...] = (errors.BenchbaseError, errors.NotApplicable)
+"""The exceptions a plugin raises to tell the harness something."""
+
+
+def render_helpers(helpers: Iterable[Callable[..., Any]] = HELPERS, raised: Iterable[type] = ERRORS) -> str:
+    """Each helper's signature, module and documentation, then the exceptions plugins raise."""
+    parts = [f"### `{signature_text(f)}`\n\n`from {f.__module__} import {f.__name__}`\n\n"
+             + docstring_markdown(f.__doc__) for f in helpers]
+    parts.append("### Exceptions a plugin raises (`benchbase.errors`)")
+    parts.extend(render_class(cls, level=4) for cls in raised)
+    return "\n\n".join(parts)
+
+
+EXAMPLES = {"loss": "my_kd", "evaluator": "my_knn", "dataset": "my_data", "model": "my_vit"}
+"""The plugin name each kind's example is shown with."""
+
+
+def render_example(kind: str) -> str:
+    """The files ``benchbase new-plugin NAME --kind KIND`` writes into its package (the example's
+    module and configs), for the kind's example name."""
+    files = {path: text for path, text in scaffold_files(EXAMPLES[kind], kind).items() if path.startswith("src/")}
+    return "\n\n".join(f"`{path}`:\n\n```{'python' if path.endswith('.py') else 'yaml'}\n{text}```"
+                        for path, text in files.items())
+
+
 SECTIONS: dict[str, tuple[str, Callable[[], str]]] = {
     "hookspecs": ("benchbase/hookspecs.py", render_hookspecs),
     "components": ("benchbase/components.py, benchbase/capture.py and benchbase/loggers.py", render_components),
+    "helpers": ("the docstrings of benchbase.docs.HELPERS and ERRORS", render_helpers),
+    **{f"example-{kind}": (f"benchbase/plugin_templates/{kind}.py", partial(render_example, kind))
+       for kind in EXAMPLES},
 }
 """Generated section name -> (where it comes from, renderer)."""
 
@@ -242,30 +282,30 @@ def render_guide(text: str) -> str:
         if not found or end not in rest:
             raise BenchbaseError(f"the guide has no {start} ... {end} markers; add them where section {name!r} goes")
         _, _, tail = rest.partition(end)
-        note = f"<!-- generated from {source} by `benchbase docs`; edit the docstrings, not this section -->"
+        note = f"<!-- generated from {source} by `benchbase docs --write`; edit the source, not this section -->"
         text = f"{head}{start}\n{note}\n\n{renderer()}\n\n{end}{tail}"
     return text
 
 
-def _read(path: Path) -> str:
+def read(path: Path = GUIDE) -> str:
     """The guide's text; a missing file is a one-line error."""
     if not path.is_file():
-        raise BenchbaseError(f"guide {path} not found; pass --path to the checkout's docs/writing-a-plugin.md")
+        raise BenchbaseError(f"guide {path} not found; pass --path to a copy of benchbase/guide/writing-a-plugin.md")
     return path.read_text(encoding="utf-8")
 
 
 def check(path: Path = GUIDE) -> list[str]:
     """Why the guide at ``path`` is stale (empty when it is up to date and the hook specs are documented)."""
     problems = hookspec_problems()
-    text = _read(path)
+    text = read(path)
     if render_guide(text) != text:
-        problems.append(f"{path} is out of date; run `benchbase docs`")
+        problems.append(f"{path} is out of date; run `benchbase docs --write`")
     return problems
 
 
 def write(path: Path = GUIDE) -> bool:
     """Re-render the generated sections of the guide at ``path``; True when the file changed."""
-    text = _read(path)
+    text = read(path)
     rendered = render_guide(text)
     if rendered != text:
         path.write_text(rendered, encoding="utf-8")

@@ -2,10 +2,12 @@
 
 
 class BenchbaseError(Exception):
-    """A problem with the user's input: the message names the problem and the fix.
+    """A problem with the user's input: the message names the problem and the fix, in one line.
 
-    The command line prints ``error: <message>`` and exits with status 2 (``--debug`` shows the
-    traceback).
+    Raised before anything runs (a config, a path, a plugin's constructor checking its arguments),
+    the command line prints ``error: <message>`` and exits with status 2 (``--debug`` shows the
+    traceback). Raised while a suite runs (by a loss, or an evaluator on some row), it fails that
+    row, or that task of the row, with the message as the reason shown in its status.
     """
 
 

@@ -36,7 +36,7 @@ from benchbase.models_from import PIXELS, ModelSpec, architecture_node, build_mo
 from benchbase.plugins import Benchbase
 from benchbase.results import ResultsDB, RunRecord
 from benchbase.provenance import code_versions, suite_components
-from benchbase.suite import SuiteContext, _record, _stored, evaluate_task, suite_context
+from benchbase.suite import SuiteContext, _record, _stored, check_tasks, evaluate_task, suite_context
 
 MODEL_OPTION = "_eval_model"
 """The ``student`` and ``suite`` options holding a model's own defaults (ConfigStore)."""
@@ -167,6 +167,7 @@ def run_eval(bb: Benchbase, model: str, items: Sequence[str], weights: str | Non
     overrides = [*_model_defaults(spec, overrides), *_inline_tasks(overrides), *overrides]
     ctx = suite_context(bb, overrides, force, echo=echo)
     _select_tasks(ctx, tasks)
+    check_tasks(ctx)
     made = code_versions(ctx.bb, suite_components(ctx.cfg))  # the evaluators', datasets' and builders' code
     label = name or spec.label
     echo(f"eval {label} on suite {ctx.cfg.suite.name}: tasks {', '.join(ctx.cfg.suite.tasks)}; "

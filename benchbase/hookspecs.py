@@ -35,8 +35,8 @@ def benchbase_register_losses(register: Register) -> None:
             ``method.params`` in the method's config (``conf/method/<name>.yaml``).
 
     Returns:
-        Nothing. Called once when the plugin manager loads plugins; ``benchbase run --plugins P``
-        runs the losses that plugin ``P`` registered.
+        Nothing. Called once when the plugin manager loads plugins; ``benchbase run --methods P``
+        runs the losses that plugin ``P`` registered (every method plugin's without ``--methods``).
     """
 
 
@@ -89,9 +89,11 @@ def benchbase_register_datasets(register: Register) -> None:
     """Register datasets.
 
     Args:
-        register: call ``register(name, build)``, where ``build(cfg)`` takes the dataset's config
-            (``data.<name>``: at least ``root`` for on-disk data) and returns a
-            :class:`benchbase.components.DataBundle` of named splits.
+        register: call ``register(name, build, info=DatasetInfo(...))``, where ``build(cfg)`` takes
+            the dataset's config (``data.<name>``: at least ``root`` for on-disk data) and returns a
+            :class:`benchbase.components.DataBundle` of named splits, and the optional ``info``
+            (a :class:`benchbase.components.DatasetInfo`) declares its splits, what they hold and
+            the layout ``data.<name>.root`` must have, for ``benchbase datasets``.
 
     Returns:
         Nothing. Called once when the plugin manager loads plugins; suites name datasets.

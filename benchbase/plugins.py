@@ -18,7 +18,7 @@ from typing import Any
 import pluggy
 
 from benchbase import PROJECT_NAME, hookspecs
-from benchbase.components import Evaluator, Loss
+from benchbase.components import DatasetInfo, Evaluator, Loss
 from benchbase.errors import BenchbaseError
 from benchbase.loggers import Logger
 
@@ -26,6 +26,11 @@ COMPONENT_KINDS = ("losses", "students", "teachers", "evaluators", "datasets", "
 SINGULAR = {"losses": "loss", "students": "student", "teachers": "teacher", "evaluators": "evaluator",
             "datasets": "dataset", "loggers": "logger"}
 CORE_PLUGIN = "core"
+
+USED_AS = {"losses": "suite.references", "students": "student.arch", "teachers": "teacher.arch",
+           "evaluators": "a suite task's `evaluator`", "datasets": "a suite's `dataset`",
+           "loggers": "logger=[...]"}
+"""Where a registered component of each kind is named to be used."""
 
 _BASE_CLASSES: dict[str, type] = {"losses": Loss, "evaluators": Evaluator, "loggers": Logger}
 """Component kinds registered as classes: the base class each must subclass (and complete)."""
@@ -49,11 +54,13 @@ class PluginInfo:
 
 @dataclass
 class Registered:
-    """A registered component: the object itself and the plugin that registered it."""
+    """A registered component: the object itself, the plugin that registered it and, for a
+    dataset, what it declared about itself (:class:`~benchbase.components.DatasetInfo`)."""
 
     name: str
     factory: Any
     plugin: str
+    info: DatasetInfo | None = None
 
 
 class Registry:
@@ -62,14 +69,14 @@ class Registry:
     def __init__(self) -> None:
         self.items: dict[str, dict[str, Registered]] = {kind: {} for kind in COMPONENT_KINDS}
 
-    def add(self, kind: str, name: str, factory: Any, plugin: str) -> None:
+    def add(self, kind: str, name: str, factory: Any, plugin: str, info: DatasetInfo | None = None) -> None:
         existing = self.items[kind].get(name)
         if existing is not None and existing.plugin != plugin:
             raise BenchbaseError(
                 f"{SINGULAR[kind]} {name!r} is registered by both plugin {existing.plugin!r} and plugin "
                 f"{plugin!r}; uninstall one or disable it with BENCHBASE_LOAD_PLUGINS"
             )
-        self.items[kind][name] = Registered(name, factory, plugin)
+        self.items[kind][name] = Registered(name, factory, plugin, info)
 
     def get(self, kind: str, name: str) -> Any:
         """The factory registered as ``name``; a one-line error lists the alternatives."""
@@ -97,9 +104,10 @@ class Benchbase:
             for impl in hook.get_hookimpls():
                 plugin = pm.get_name(impl.plugin)
 
-                def register(name: str, factory: Any, _kind: str = kind, _plugin: str = plugin) -> None:
-                    check_component(_kind, name, factory, _plugin)
-                    self.registry.add(_kind, name, factory, _plugin)
+                def register(name: str, factory: Any, info: DatasetInfo | None = None,
+                             _kind: str = kind, _plugin: str = plugin) -> None:
+                    check_component(_kind, name, factory, _plugin, info)
+                    self.registry.add(_kind, name, factory, _plugin, info)
 
                 impl.function(register=register)
         for info in infos.values():
@@ -138,9 +146,16 @@ class Benchbase:
         methods: list[str] = []
         for name in chosen:
             if name not in available:
-                failed = self.infos.get(name)
-                if failed is not None and failed.error:
-                    raise BenchbaseError(f"plugin {name!r} failed to load: {failed.error}")
+                info = self.infos.get(name)
+                if info is not None and info.error:
+                    raise BenchbaseError(f"plugin {name!r} failed to load: {info.error}")
+                if info is not None and info.components:
+                    provides = "; ".join(f"{kind} {', '.join(names)} (name them in {USED_AS[kind]})"
+                                         for kind, names in info.components.items())
+                    raise BenchbaseError(
+                        f"plugin {name!r} is not a method plugin: it registers {provides}; --methods (alias "
+                        f"--plugins) selects method plugins: {', '.join(available) or 'none'}"
+                    )
                 raise BenchbaseError(
                     f"unknown plugin {name!r}; available: {', '.join(available) or 'none'} "
                     f"(see `benchbase plugins`)"
@@ -162,17 +177,21 @@ def _describe(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{qualname}"
 
 
-def check_component(kind: str, name: str, factory: Any, plugin: str) -> None:
+def check_component(kind: str, name: str, factory: Any, plugin: str, info: Any = None) -> None:
     """Check that ``factory`` fits the interface of its ``kind`` (see :mod:`benchbase.hookspecs`).
 
     Losses, evaluators and loggers must be concrete subclasses of :class:`~benchbase.components.Loss`,
     :class:`~benchbase.components.Evaluator` and :class:`~benchbase.loggers.Logger`; students and
-    teachers must be callables that accept ``build(cfg, data)``, datasets ``build(cfg)``.
+    teachers must be callables that accept ``build(cfg, data)``, datasets ``build(cfg)``. Only a
+    dataset may come with ``info``, a :class:`~benchbase.components.DatasetInfo`.
 
     Raises:
         BenchbaseError: one line naming the plugin, the component and what is wrong.
     """
     what = f"plugin {plugin!r} registers {SINGULAR[kind]} {name!r} ({_describe(factory)})"
+    if info is not None and (kind != "datasets" or not isinstance(info, DatasetInfo)):
+        fix = "pass a benchbase.components.DatasetInfo" if kind == "datasets" else "only a dataset takes info"
+        raise BenchbaseError(f"{what} with info of type {type(info).__name__}; {fix}")
     base = _BASE_CLASSES.get(kind)
     if base is not None:
         if not (inspect.isclass(factory) and issubclass(factory, base)):

@@ -24,6 +24,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from benchbase.plugins import Benchbase
 from benchbase.provenance import TEACHER, changed, code_summary, code_versions, suite_components
 from benchbase.results import ResultsDB, RunRecord
 from benchbase.stages import Stage, describe, loss_state, plan, run_stages, start_student
+from benchbase.tasks import TasksFailed, check_task, evaluation_state, evaluator_params, run_isolated
 from benchbase.teachers import frozen, load_teacher, recipe_identity, teacher_source
 
 
@@ -183,8 +185,13 @@ def _device_name(device: torch.device) -> str:
 
 
 def evaluate(ctx: SuiteContext, model: VitModel, seed: int) -> list[Metric]:
-    """Every task of the suite on ``model``; each metric is tagged with its task name."""
-    return [m for name, task in ctx.cfg.suite.tasks.items() for m in evaluate_task(ctx, name, task, model, seed)]
+    """Every task of the suite on ``model``; each metric is tagged with its task name.
+
+    Raises:
+        TasksFailed: after every task ran, when any evaluator raised (:mod:`benchbase.tasks`).
+    """
+    return run_isolated({name: partial(evaluate_task, ctx, name, task, model, seed)
+                         for name, task in ctx.cfg.suite.tasks.items()})
 
 
 def evaluate_task(ctx: SuiteContext, task_name: str, task: DictConfig, model: VitModel, seed: int) -> list[Metric]:
@@ -193,17 +200,13 @@ def evaluate_task(ctx: SuiteContext, task_name: str, task: DictConfig, model: Vi
 
     An evaluator that takes a ``seed`` (episodes, probe initialisation) gets the run's seed unless
     the task sets one: every method of a seed is scored on the same episodes, and other seeds
-    draw other episodes.
+    draw other episodes. The model is in the state :func:`~benchbase.tasks.evaluation_state` sets.
     """
     ev_cls = ctx.bb.registry.get("evaluators", task.evaluator)
-    params = OmegaConf.to_container(task.params, resolve=True) or {}
-    accepted = inspect.signature(ev_cls.__init__).parameters
-    if "batch_size" in accepted:
-        params.setdefault("batch_size", ctx.cfg.eval.batch_size)
-    if "seed" in accepted:
-        params.setdefault("seed", seed)
+    evaluator = ev_cls(**evaluator_params(ev_cls, task, ctx.cfg.eval.batch_size, seed))
     try:
-        metrics = ev_cls(**params).evaluate(model, ctx.dataset(task.dataset), ctx.device)
+        with evaluation_state(model, ctx.device):
+            metrics = evaluator.evaluate(model, ctx.dataset(task.dataset), ctx.device)
     except NotApplicable:
         return []
     for metric in metrics:
@@ -268,9 +271,12 @@ def run_teacher_row(ctx: SuiteContext, teacher: VitModel) -> RunRecord:
     if found := _stored(ctx, h, made, "teacher"):
         return found
     started = time.perf_counter()
-    metrics = evaluate(ctx, teacher, seed=0) + cost_metrics(teacher, ctx.dataset(ctx.cfg.suite.distill.dataset))
-    record = _record(ctx, ctx.cfg, "teacher", "teacher", 0, h, made, status="done", metrics=metrics,
-                     wall_time=time.perf_counter() - started)
+    try:
+        metrics = evaluate(ctx, teacher, seed=0) + cost_metrics(teacher, ctx.dataset(ctx.cfg.suite.distill.dataset))
+        kw: dict[str, Any] = {"status": "done", "metrics": metrics}
+    except TasksFailed as exc:
+        kw = exc.record_fields()
+    record = _record(ctx, ctx.cfg, "teacher", "teacher", 0, h, made, wall_time=time.perf_counter() - started, **kw)
     _save(ctx, record)
     return record
 
@@ -289,12 +295,16 @@ def run_floor(ctx: SuiteContext, name: str, seed: int) -> RunRecord:
     try:
         torch.manual_seed(seed)  # the initial weights depend on the seed alone, as a trained student's do
         student = _builder(ctx, ctx.dataset(cfg.suite.distill.dataset))(cfg).to(ctx.device)
-        metrics = []
-        for task_name, task in cfg.suite.tasks.items():
+
+        def model_for(task: DictConfig) -> VitModel:
             data = ctx.dataset(task.dataset)
-            model = student if name == "random_init" else PixelModel.reading(data, student.input_slice)
-            metrics += evaluate_task(ctx, task_name, task, model, seed)
+            return student if name == "random_init" else PixelModel.reading(data, student.input_slice)
+
+        metrics = run_isolated({task_name: partial(evaluate_task, ctx, task_name, task, model_for(task), seed)
+                                for task_name, task in cfg.suite.tasks.items()})
         kw: dict[str, Any] = {"status": "done", "metrics": metrics}
+    except TasksFailed as exc:
+        kw = exc.record_fields()
     except Exception as exc:  # a floor that cannot be scored shows as a failed row
         kw = {"status": "failed", "metrics": [], "error": traceback.format_exception_only(type(exc), exc)[-1].strip()}
     record = _record(ctx, cfg, "floor", name, seed, h, made, wall_time=time.perf_counter() - started, **kw)
@@ -376,6 +386,8 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
                                   _throughput_protocol(ctx.device), extras={"task": "train"}))
         loggers.log_metrics({metric_key(m): m for m in metrics}, result.steps)
         kw.update(status="done", metrics=metrics)
+    except TasksFailed as exc:
+        kw.update(exc.record_fields())
     except MethodFailed as exc:
         kw.update(status="failed", metrics=[], error=str(exc), failed_step=exc.step)
     except Exception as exc:  # one failing method never takes down the suite
@@ -429,8 +441,15 @@ def suite_context(bb: Benchbase, overrides: list[str], force: bool = False,
     return ctx
 
 
+def check_tasks(ctx: SuiteContext) -> None:
+    """Check every task of the suite (:func:`~benchbase.tasks.check_task`) before anything runs."""
+    for name, task in ctx.cfg.suite.tasks.items():
+        check_task(ctx.bb.registry, name, task, ctx.cfg.eval.batch_size, ctx.cfg.seed)
+
+
 def check_methods(ctx: SuiteContext, roles: list[tuple[str, list[str]]]) -> None:
-    """Validate every (role, method) config, stages included, before anything trains."""
+    """Validate the suite's tasks and every (role, method) config, stages included, before anything trains."""
+    check_tasks(ctx)
     for role, names in roles:
         for name in names:
             method_cfg = ctx.method_cfg(name, role)
@@ -472,6 +491,7 @@ def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, fo
     echo(f"methods: {', '.join(methods) or 'none'}; seeds: {list(cfg.suite.seeds)}; device: {_device_name(ctx.device)}")
     teacher = suite_teacher(ctx)
     records = [run_teacher_row(ctx, teacher)]
+    echo(f"  teacher: {describe_status(records[0])}")
     for name in cfg.suite.floors:
         for seed in cfg.suite.seeds:
             records.append(run_floor(ctx, name, seed))

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import types
+from pathlib import Path
 
 import pluggy
 import pytest
 
+import benchbase
 from benchbase import PROJECT_NAME, docs, hookspecs
 from benchbase.capture import TAP_SHAPES
 from benchbase.cli import main
+from benchbase.scaffold import KINDS, scaffold_files
 
 
 def marked_hookspecs(module: types.ModuleType) -> list[types.FunctionType]:
@@ -20,6 +24,27 @@ def marked_hookspecs(module: types.ModuleType) -> list[types.FunctionType]:
 
 def test_committed_guide_is_up_to_date(capsys):
     assert main(["docs", "--check"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == f"{docs.GUIDE}: up to date\n"
+
+
+def test_guide_ships_with_the_package_and_prints(capsys):
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    package = Path(benchbase.__file__).parent
+    data = tomllib.loads((package.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    relative = docs.GUIDE.relative_to(package).as_posix()
+    assert any(fnmatch.fnmatch(relative, pattern) for pattern in data["benchbase"])  # installed with the package
+    assert main(["docs"]) == 0
+    assert capsys.readouterr().out == docs.GUIDE.read_text()
+
+
+def test_guide_names_the_public_helpers():
+    guide = docs.GUIDE.read_text()
+    for helper in docs.HELPERS:
+        assert f"`from {helper.__module__} import {helper.__name__}`" in guide
+    for heading in ("#### `BenchbaseError(Exception)`", "#### `NotApplicable(BenchbaseError)`",
+                    "#### `LabeledImages(Dataset)`", "#### `SegmentationImages(Dataset)`", "#### `DatasetInfo`",
+                    "##### `split(name: str) -> LabeledImages | SegmentationImages`"):
+        assert heading in guide
 
 
 @pytest.mark.parametrize("spec", marked_hookspecs(hookspecs), ids=lambda f: f.__name__)
@@ -82,8 +107,9 @@ def test_stale_guide_is_detected_and_rewritten(tmp_path, capsys):
     edited = committed.replace("Register distillation methods.", "Register methods (edited by hand).", 1)
     guide.write_text(edited.replace("## Shipping configs", "## Shipping configs (hand-written, kept)"))
     assert main(["docs", "--check", "--path", str(guide)]) == 1
-    assert "is out of date; run `benchbase docs`" in capsys.readouterr().err
-    assert main(["docs", "--path", str(guide)]) == 0
+    assert "is out of date; run `benchbase docs --write`" in capsys.readouterr().err
+    assert main(["docs", "--write", "--path", str(guide)]) == 0
+    assert capsys.readouterr().out == f"{guide}: updated\n"
     assert main(["docs", "--check", "--path", str(guide)]) == 0
     assert guide.read_text() == committed.replace("## Shipping configs", "## Shipping configs (hand-written, kept)")
 
@@ -91,7 +117,7 @@ def test_stale_guide_is_detected_and_rewritten(tmp_path, capsys):
 def test_guide_without_markers_is_a_one_line_error(tmp_path, capsys):
     guide = tmp_path / "guide.md"
     guide.write_text("# A guide\n")
-    assert main(["docs", "--path", str(guide)]) == 2
+    assert main(["docs", "--write", "--path", str(guide)]) == 2
     assert capsys.readouterr().err == (
         "error: the guide has no <!-- hookspecs:start --> ... <!-- hookspecs:end --> markers; "
         "add them where section 'hookspecs' goes\n"
@@ -118,3 +144,16 @@ def test_docstring_markdown():
         "**Args:**\n\n- `register`: call `register(name, build)`, then return.\n- `other`: second.\n\n"
         "**Returns:**\n\nA list of `str`."
     )
+
+
+def test_guide_shows_every_kind_of_plugin_as_the_scaffold_writes_it():
+    guide = docs.GUIDE.read_text()
+    for heading in ("## A loss", "## An evaluator", "## A dataset", "## A student or teacher architecture",
+                    "## Suites", "## Errors and exit status"):
+        assert f"\n{heading}\n" in guide
+    for kind, name in docs.EXAMPLES.items():
+        assert kind in KINDS
+        section = guide.split(f"<!-- example-{kind}:start -->")[1].split(f"<!-- example-{kind}:end -->")[0]
+        module = scaffold_files(name, kind)[f"src/benchbase_{name}/__init__.py"]
+        assert f"`src/benchbase_{name}/__init__.py`:\n\n```python\n{module}```" in section
+    assert "`src/benchbase_my_knn/conf/suite/my_knn.yaml`:\n\n```yaml\n# @package _global_\n" in guide

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from benchbase.cli import main
+from benchbase.results import ResultsDB
 
 from test_run import tiny
 
@@ -90,8 +91,13 @@ def test_checkpoint_of_another_architecture_names_keys(capsys, tmp_path):
 
 
 def test_too_small_dataset_for_protocol(capsys, tmp_path):
-    code, err = run_cli(capsys, "run", "--plugins", "feature", *tiny(tmp_path), "suite.tasks.fewshot.params.ways=6")
-    assert_one_line(code, err, "novel")
+    """Found only when the evaluator sees the data: the rows fail with the one-line reason, exit 1."""
+    code, _ = run_cli(capsys, "run", "--plugins", "", *tiny(tmp_path, "~suite.tasks.segmentation"),
+                      "suite.tasks.fewshot.params.ways=6")
+    assert code == 1
+    teacher = ResultsDB(tmp_path / "results.db").records()[0]
+    assert teacher.status == "failed" and teacher.error.startswith("task fewshot: few-shot split 'novel' of dataset 'digits': 6-way")
+    assert "\n" not in teacher.error and [m.name for m in teacher.metrics][:1] == ["top1"]
 
 
 def test_nothing_stored_is_lost_by_a_failed_command(capsys, tmp_path):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchbase.components import DataBundle
+from benchbase.components import DataBundle, DatasetInfo
 from benchbase.data.camvid import LazySegmentation, pair_by_stem, segmentation_settings
 from benchbase.data.folders import check_root
 from benchbase.errors import BenchbaseError
@@ -29,6 +29,10 @@ from benchbase.errors import BenchbaseError
 IGNORE = 255
 SPLIT_FOLDERS = {"train": "training", "val": "validation"}
 LAYOUT = "images/{training,validation}/*.jpg and annotations/{training,validation}/*.png (ADEChallengeData2016)"
+INFO = DatasetInfo(layout=LAYOUT, kind="segmentation", splits={
+    "train": "images/training/ (20,210 images in the full release)",
+    "val": "images/validation/ (2,000 images)",
+})
 CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
     "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",

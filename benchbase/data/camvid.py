@@ -27,7 +27,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import functional as TF
 
-from benchbase.components import DataBundle, SegmentationImages
+from benchbase.components import DataBundle, DatasetInfo, SegmentationImages
 from benchbase.data.folders import IMAGE_SUFFIXES, check_root, dataset_params, drop_unreadable, image_tensor, read_image
 from benchbase.errors import BenchbaseError
 
@@ -36,6 +36,9 @@ CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", 
 VOID = 11
 SPLIT_SIZES = {"train": 367, "val": 101, "test": 233}
 LAYOUT = "CamVid/{train,val,test}/ and CamVid/{train,val,test}annot/ (SegNet's layout)"
+INFO = DatasetInfo(layout=LAYOUT, kind="segmentation",
+                   splits={split: f"{split}/ and {split}annot/ ({size} frames in SegNet's copy)"
+                           for split, size in SPLIT_SIZES.items()})
 LABEL_MODES = ("1", "L", "P", "I", "I;16")
 
 Pair = tuple[Path, Path]

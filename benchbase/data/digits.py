@@ -13,10 +13,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchbase.components import DataBundle
+from benchbase.components import DataBundle, DatasetInfo
 from benchbase.data.tensors import TensorImages, normalise, stratified_split
 
 BASE_CLASSES = (0, 1, 2, 3, 4)
+
+INFO = DatasetInfo(splits={
+    "base_train": "digits 0-4, 70% of each class (distillation, probe training)",
+    "base_test": "digits 0-4, the other 30% (top-1)",
+    "novel": "digits 5-9, every image (few-shot episodes on classes never distilled)",
+})
 
 
 def load_digits_bundle(image_size: int = 16, train_fraction: float = 0.7, split_seed: int = 0) -> DataBundle:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from benchbase.components import DataBundle, SegmentationImages
+from benchbase.components import DataBundle, DatasetInfo, SegmentationImages
 from benchbase.data.camvid import build_camvid
 from benchbase.data.camvid import LAYOUT as CAMVID_LAYOUT
 from benchbase.data.folders import (
@@ -69,6 +69,18 @@ SCENE_DEFAULTS = {"digits_per_scene": (1, 3), "n_train": 600, "n_test": 200, "se
 RECORDING_DEFAULTS = {**REPRESENTATION_DEFAULTS, "num_classes": None, "ignore_index": None}
 RECORDING_KEYS = ("x", "y", "t", "p", "frame", "label")
 RECORDING_LAYOUT = "{train,test}/*.npz with arrays x, y, t, p, frame, label"
+DIGIT_SCENE_EVENTS_INFO = DatasetInfo(kind="segmentation", splits={
+    "train": "the digit scenes' train split, each with SIMULATED events of a random camera motion",
+    "test": "the test split, alike",
+})
+CAMVID_EVENTS_INFO = DatasetInfo(layout=CAMVID_LAYOUT, kind="segmentation", splits={
+    split: f"CamVid's {split} frames, each with SIMULATED events of a random camera motion"
+    for split in ("train", "val", "test")
+})
+RECORDING_INFO = DatasetInfo(layout=RECORDING_LAYOUT, kind="segmentation", splits={
+    "train": "train/*.npz, when present: recorded frames, events and label maps",
+    "test": "test/*.npz, when present",
+})
 SIMULATED_DURATION = 1.0
 """Seconds of the simulated motion; the voxel grid of simulated events spans exactly this window."""
 

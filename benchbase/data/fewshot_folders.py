@@ -30,12 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchbase.components import DataBundle
+from benchbase.components import DataBundle, DatasetInfo
 from benchbase.data.folders import LazyImages, check_root, dataset_params, scan_class_folders
 from benchbase.errors import BenchbaseError
 
 SPLIT_NAMES = {"base": "train", "val": "val", "novel": "test"}  # split -> folder / csv stem
 LAYOUT = "train/<class>/<image>, val/ and test/ (class-split folders), or images/ with train.csv, val.csv, test.csv"
+INFO = DatasetInfo(layout=LAYOUT, splits={
+    "base": "every image of the train classes (distillation)",
+    "base_train": "params.train_fraction of each train class's images (probe training)",
+    "base_test": "the rest of them (top-1)",
+    "val": "the validation classes, when present",
+    "novel": "the test classes (few-shot episodes)",
+})
 
 
 @dataclass(frozen=True)

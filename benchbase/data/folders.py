@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms import functional as TF
 
-from benchbase.components import DataBundle, LabeledImages
+from benchbase.components import DataBundle, DatasetInfo, LabeledImages
 from benchbase.data.tensors import stratified_split
 from benchbase.errors import BenchbaseError
 
@@ -200,6 +200,12 @@ class ImageFolderSplit(LazyImages):
 
 
 IMAGE_FOLDER_DEFAULTS = {"in_chans": 3, "holdout_fraction": None, "max_per_class": None, "split_seed": 0}
+IMAGE_FOLDER_LAYOUT = "train/<class>/<image> (ImageFolder layout)"
+IMAGE_FOLDER_INFO = DatasetInfo(layout=f"{IMAGE_FOLDER_LAYOUT}, optionally val/ and test/ alike", splits={
+    "train": "train/ (params.max_per_class keeps that many images of each class)",
+    "val": "val/, or params.holdout_fraction of each class of train/ when there is no val/",
+    "test": "test/, when present",
+})
 
 
 def load_image_folder(cfg: Mapping[str, Any], name: str = "imagefolder", default_size: int = 224) -> DataBundle:
@@ -209,7 +215,7 @@ def load_image_folder(cfg: Mapping[str, Any], name: str = "imagefolder", default
     (after a seeded shuffle); ``holdout_fraction`` makes a ``val`` split from that share of each
     class of ``train`` when the data set ships no ``val/`` (e.g. CIFAR-10's training set alone).
     """
-    root = check_root(cfg.get("root"), name, "train/<class>/<image> (ImageFolder layout)")
+    root = check_root(cfg.get("root"), name, IMAGE_FOLDER_LAYOUT)
     params = dataset_params(cfg, name, IMAGE_FOLDER_DEFAULTS)
     image_size = cfg.get("image_size") or default_size
     in_chans = int(params["in_chans"])

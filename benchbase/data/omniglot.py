@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from benchbase.components import DataBundle
+from benchbase.components import DataBundle, DatasetInfo
 from benchbase.data.folders import (
     IMAGE_SUFFIXES, ImageSource, LazyImages, ZipMember, check_root, dataset_params,
 )
@@ -48,6 +48,12 @@ DEFAULTS = {
     "in_chans": 1, "sources": None, "base_fraction": 0.6, "base_alphabets": None, "novel_alphabets": None,
     "train_fraction": 0.75, "split_seed": 0,
 }
+INFO = DatasetInfo(layout=LAYOUT, splits={
+    "base": "every image of the base alphabets' characters (distillation)",
+    "base_train": "params.train_fraction of each base character's images (probe training)",
+    "base_test": "the rest of them (top-1)",
+    "novel": "every image of the novel alphabets' characters (few-shot episodes)",
+})
 
 Listing = tuple[dict[str, ImageSource], set[str]]  # {"Alphabet/character/file": image}, {"Alphabet/character"}
 

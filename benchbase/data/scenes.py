@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchbase.components import DataBundle, SegmentationImages
+from benchbase.components import DataBundle, DatasetInfo, SegmentationImages
 from benchbase.data.tensors import normalise, stratified_split
 from benchbase.errors import BenchbaseError
 
@@ -30,6 +30,11 @@ TRAIN_DIGITS_FRACTION = 0.7
 
 CLASSES = ["background"] + [str(d) for d in range(10)]
 """Class names by label: 0 is background, d + 1 is digit d."""
+
+INFO = DatasetInfo(kind="segmentation", splits={
+    "train": "scenes of 70% of each class's source digit images (probe training)",
+    "test": "scenes of the other 30% (mIoU)",
+})
 
 
 class TensorSegmentationImages(SegmentationImages):
