@@ -242,6 +242,7 @@ def test_plugins_hooks_shows_which_plugin_implements_which_hook(tmp_path, capsys
     assert set(hooks) == {
         "benchbase_config_dirs", "benchbase_register_datasets", "benchbase_register_evaluators",
         "benchbase_register_losses", "benchbase_register_students", "benchbase_register_teachers",
+        "benchbase_register_loggers",
     }
     assert "foo" in hooks["benchbase_config_dirs"].split(", ")
     assert {"core", "mae"} <= set(hooks["benchbase_register_losses"].split(", "))
