@@ -123,9 +123,11 @@ def find_spec(bb: Benchbase, name: str) -> AblationSpec:
 
 
 def run_ablation(bb: Benchbase, name: str, overrides: Sequence[str] = (), force: bool = False,
-                 echo: Callable[[str], Any] = print, publish: bool = False) -> tuple[list[Path], Published | None]:
+                 echo: Callable[[str], Any] = print, publish: bool = False
+                 ) -> tuple[list[Path], Published | None, list[RunRecord]]:
     """Run every variant of ablation ``name`` (``overrides`` applied last, e.g. ``seed=1``) and
     write its local table; with ``publish``, also merge its records into the leaderboard folder.
+    Returns the files written, what was published and the rows' records (failed ones included).
     Returns the local files written and what was published (nothing on ranks other than 0)."""
     from benchbase.suite import (
         _compatible,
@@ -173,10 +175,10 @@ def run_ablation(bb: Benchbase, name: str, overrides: Sequence[str] = (), force:
             echo(f"  [{index + 1}/{len(spec.variants)}] {cells} seed {run.seed}: {describe_status(run)}")
         records += [_annotated(run, spec, index) for run in runs]
     if not distributed.is_main():
-        return [], None
+        return [], None, records
     cfg = contexts[0][0].cfg
     written = write_local(records, cfg.leaderboard_dir, local_dir(cfg.db), PREFIX + spec.name)
-    return written, publish_records(records, cfg.leaderboard_dir, PREFIX + spec.name) if publish else None
+    return written, publish_records(records, cfg.leaderboard_dir, PREFIX + spec.name) if publish else None, records
 
 
 def _silent(*_args: Any) -> None:

@@ -233,6 +233,11 @@ def _cmd_run(args, bb) -> int:
         records = _run_jobs(args, bb, verbose=distributed.is_main())
     finally:
         distributed.shutdown()
+    return _exit_status(records)
+
+
+def _exit_status(records: list) -> int:
+    """0 when every row's record is done; else :data:`EXIT_FAILED_ROWS`, saying how many failed."""
     failed = [r for r in records if r.status == "failed"]
     if failed:
         print(f"{len(failed)} of {len(records)} rows failed (their status says why); exit status {EXIT_FAILED_ROWS}",
@@ -317,15 +322,15 @@ def _cmd_ablate(args, bb) -> int:
         return 0
     distributed.init_from_env()
     try:
-        paths, published = ablation.run_ablation(bb, args.name, args.overrides, force=args.force,
-                                                 publish=args.publish)
+        paths, published, records = ablation.run_ablation(bb, args.name, args.overrides, force=args.force,
+                                                          publish=args.publish)
     finally:
         distributed.shutdown()
     if paths:
         print("local table: " + ", ".join(str(p) for p in paths))
     if published is not None:
         print(published.summary(ablation.PREFIX + args.name))
-    return 0
+    return _exit_status(records) if distributed.is_main() else 0
 
 
 def _cmd_leaderboard(args, bb) -> int:

@@ -136,3 +136,23 @@ def test_eval_checks_its_tasks_before_scoring(tmp_path, capsys):
     assert main(["eval", "pixels", "top1", "+suite.tasks.top1.params.poolng=cls", f"home={tmp_path}"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown key 'suite.tasks.top1.params.poolng' for evaluator")
     assert ResultsDB(tmp_path / "results.db").records() == []
+
+
+ABLATION = """\
+name: boom
+title: a failing evaluator in an ablation
+method: feature
+overrides: [suite=tasks]
+columns: [row]
+variants:
+  - {values: {row: feature}}
+"""
+
+
+def test_an_ablation_with_failed_rows_exits_1(tmp_path, capsys):
+    folder = plugins_dir(tmp_path)
+    (tmp_path / "conf" / "ablation").mkdir()
+    (tmp_path / "conf" / "ablation" / "boom.yaml").write_text(ABLATION)
+    code = main(["--plugins-dir", folder, "ablate", "boom", *instant(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == EXIT_FAILED_ROWS and "1 of 1 rows failed (their status says why); exit status 1" in err
