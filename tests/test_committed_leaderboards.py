@@ -34,6 +34,8 @@ def test_committed_records_keep_their_config_hashes():
             cfg = OmegaConf.create({k: v for k, v in record.config.items() if k != "ablation"})
             if record.role == "teacher":
                 identity = _identity(cfg, "teacher", "teacher", {}, 0)
+            elif record.role == "floor":  # no method config: the floor's name and seed (suite.run_floor)
+                identity = _identity(cfg, "floor", record.method, {}, record.seed)
             else:
                 def params(c, loss):
                     return OmegaConf.to_container(c.method.params, resolve=True) or {}
