@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from benchbase.data.events import (
+    SIMULATION_DEFAULTS,
     EventRecordings,
     SimulatedEvents,
     build_camvid_events,
@@ -18,7 +19,18 @@ from benchbase.data.events import (
     split_channels,
 )
 from benchbase.errors import BenchbaseError
-from benchbase.events import LOG_EPS, Events, Motion, event_count_frame, simulate_events, voxel_grid, warp
+from benchbase.events import (
+    IDEAL_SENSOR,
+    LOG_EPS,
+    Events,
+    Motion,
+    Sensor,
+    event_count_frame,
+    simulate_events,
+    voxel_grid,
+    warp,
+)
+from benchbase.events.simulator import V2E_REFRACTORY
 
 
 def smooth_texture(size: int, seed: int = 0) -> torch.Tensor:
@@ -40,7 +52,7 @@ def same_pixel_gaps(events: Events) -> torch.Tensor:
 
 
 def test_a_static_scene_produces_no_events():
-    events = simulate_events(smooth_texture(32), Motion(), steps=8, contrast_threshold=0.05)
+    events = simulate_events(smooth_texture(32), Motion(), steps=8, contrast_threshold=0.05, sensor=IDEAL_SENSOR)
     assert len(events) == 0 and events.height == events.width == 32
     assert events.x.dtype == events.y.dtype == torch.long and events.p.dtype == torch.int8
 
@@ -50,7 +62,7 @@ def test_brightening_pixels_fire_floor_of_log_change_over_threshold_positive_eve
     width, threshold = 24, 0.15
     frame = (0.05 + 0.9 * torch.arange(width) / (width - 1)).expand(6, width).contiguous()
     motion = Motion(dx=-5.0)
-    events = simulate_events(frame, motion, steps=7, contrast_threshold=threshold)
+    events = simulate_events(frame, motion, steps=7, contrast_threshold=threshold, sensor=IDEAL_SENSOR)
     assert len(events) > 0 and bool((events.p == 1).all())
     change = torch.log(LOG_EPS + warp(frame.double(), motion)) - torch.log(LOG_EPS + frame.double())
     assert bool((change >= 0).all())
@@ -67,7 +79,8 @@ def test_a_translated_vertical_edge_fires_only_near_the_edge_with_the_right_pola
     frame = torch.full((16, 32), 0.1)
     frame[:, 16:] = 0.9  # dark left half, bright right half, edge between columns 15 and 16
     for dx, polarity, columns in ((3.0, -1, range(16, 19)), (-3.0, 1, range(13, 16))):
-        events = simulate_events(frame, Motion(dx=dx), steps=6, contrast_threshold=0.2)
+        events = simulate_events(frame, Motion(dx=dx), steps=6, contrast_threshold=0.2,
+                                 sensor=Sensor(leak_rate=0, shot_noise_rate=0))  # no noise events
         assert set(events.x.tolist()) == set(columns)  # the columns the edge sweeps over, nothing else
         assert bool((events.p == polarity).all())
         assert events.y.unique().tolist() == list(range(16))  # every row of the edge
@@ -88,9 +101,10 @@ def test_timestamps_are_sorted_and_within_the_duration():
 
 def test_the_refractory_period_separates_events_of_a_pixel():
     frame, motion = smooth_texture(32, seed=1), Motion(dx=6.0, rotation=10.0)
-    free = simulate_events(frame, motion, steps=10, contrast_threshold=0.05)
+    free = simulate_events(frame, motion, steps=10, contrast_threshold=0.05, refractory=0, sensor=IDEAL_SENSOR)
     assert float(same_pixel_gaps(free).min()) < 0.05  # without it, a pixel fires in quick succession
-    blocked = simulate_events(frame, motion, steps=10, contrast_threshold=0.05, refractory=0.05)
+    blocked = simulate_events(frame, motion, steps=10, contrast_threshold=0.05, refractory=0.05,
+                              sensor=IDEAL_SENSOR)
     assert float(same_pixel_gaps(blocked).min()) >= 0.05
     assert 0 < len(blocked) < len(free)
 
@@ -121,6 +135,139 @@ def test_bad_simulator_arguments_are_rejected():
         simulate_events(torch.zeros(3, 8, 8), Motion())
     with pytest.raises(ValueError, match="contrast_threshold"):
         simulate_events(torch.zeros(8, 8), Motion(), contrast_threshold=0.0)
+
+
+# --- the pixel model (v2e's): lin-log response, threshold mismatch, leak, shot noise ----------
+
+
+NOISELESS = Sensor(threshold_sigma=0.0, leak_rate=0.0, shot_noise_rate=0.0)
+"""v2e's lin-log response with every pixel at the nominal threshold and no noise events."""
+
+
+def pixel_events(events: Events, x: int, y: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(times, polarities) of one pixel's events, in time order."""
+    mine = (events.x == x) & (events.y == y)
+    return events.t[mine], events.p[mine]
+
+
+def test_a_pixel_brightening_then_dimming_fires_on_then_off_events():
+    # a bright bar on a grey background sweeps across the middle columns: each sees it come and go
+    columns = torch.arange(24, dtype=torch.float64)
+    frame = (0.2 + 0.7 * torch.exp(-((columns - 5) ** 2) / 4)).expand(3, 24).contiguous()
+    for sensor in (NOISELESS, Sensor(leak_rate=0.0, shot_noise_rate=0.0), IDEAL_SENSOR):
+        events = simulate_events(frame, Motion(dx=10.0), steps=20, sensor=sensor)
+        for x in range(8, 12):  # they see the bar's centre at t = (x - 5) / 10 and its far side by t = 1
+            times, polarity = pixel_events(events, x, 1)
+            on, off = times[polarity == 1], times[polarity == -1]
+            assert len(on) >= 3 and len(off) >= 3
+            assert float(on.max()) < float(off.min())  # all ON events, then all OFF events
+            assert torch.equal(polarity, torch.sort(polarity, descending=True, stable=True).values)
+
+
+def test_a_log_linear_ramp_fires_at_the_analytic_threshold_crossings():
+    # I(x) = 0.1·exp(g·x) moved left by one pixel per step: pixel x sees ln I = ln 0.1 + g·(x + 5t),
+    # a log intensity rising at s = 5g per second, so its k-th event is at t_k = k·θ/s exactly
+    g, steps, threshold = 0.12, 5, 0.07
+    frame = (0.1 * torch.exp(g * torch.arange(16, dtype=torch.float64))).expand(3, 16).contiguous()
+    slope = steps * g
+    expected = torch.arange(1, int(slope / threshold) + 1, dtype=torch.float64) * threshold / slope
+    assert len(expected) == 8 and float(frame.min()) > 20 / 255  # on the log branch of the lin-log response
+    events = simulate_events(frame, Motion(dx=-float(steps)), steps=steps, contrast_threshold=threshold,
+                             refractory=0.0, sensor=NOISELESS)
+    assert bool((events.p == 1).all())
+    for y in range(3):
+        for x in range(16 - steps):  # columns whose view stays inside the frame
+            times, _ = pixel_events(events, x, y)
+            assert torch.allclose(times, expected, rtol=0, atol=1e-9), (x, y)
+    # with mismatch each pixel crosses at multiples of its own ON threshold
+    sensor = Sensor(threshold_sigma=0.01, leak_rate=0.0, shot_noise_rate=0.0, seed=5)
+    pattern = sensor.pattern(3, 16, threshold)
+    events = simulate_events(frame, Motion(dx=-float(steps)), steps=steps, contrast_threshold=threshold,
+                             refractory=0.0, sensor=sensor)
+    for x in (0, 4, 9):
+        own = float(pattern.on[2, x])
+        times, _ = pixel_events(events, x, 2)
+        assert torch.allclose(times, torch.arange(1, int(slope / own) + 1, dtype=torch.float64) * own / slope,
+                              rtol=0, atol=1e-9)
+
+
+def test_near_black_pixels_fire_by_absolute_not_relative_change_under_the_lin_log_response():
+    # rows: 0.004 -> 0.008 (dark, x2), 0.3 -> 0.6 (bright, x2), 0 -> 0.05 (the darkest range); the
+    # right half of each row slides over columns 3..5
+    frame = torch.tensor([[0.004] * 6 + [0.008] * 6, [0.3] * 6 + [0.6] * 6, [0.0] * 6 + [0.05] * 6],
+                         dtype=torch.float64)
+    motion, swept = Motion(dx=-3.0), [3, 4, 5]
+    linlog = event_count_frame(simulate_events(frame, motion, steps=6, refractory=0.0, sensor=NOISELESS))
+    pure = event_count_frame(simulate_events(frame, motion, steps=6, refractory=0.0, sensor=IDEAL_SENSOR))
+    assert linlog[1].sum() == pure[1].sum() == 0  # only brightening
+    # the same relative change: the bright pixel fires floor(ln 2 / 0.2) = 3 events, the dark one none
+    # (ΔDN·ln(20)/20 = 0.15 < 0.2); the pure log(1e-3 + I) fired 2 for it
+    assert linlog[0, 1, swept].tolist() == [3.0] * 3 and linlog[0, 0].sum() == 0
+    assert pure[0, 0, swept].tolist() == [2.0] * 3 and pure[0, 1, swept].tolist() == [3.0] * 3
+    # a sweep over all of [0, 0.05] moves the linear branch by 12.75·ln(20)/20 = 1.91: 9 events
+    # where the pure log's ln(51) = 3.93 fired 19
+    assert linlog[0, 2, swept].tolist() == [9.0] * 3 and pure[0, 2, swept].tolist() == [19.0] * 3
+    assert not bool(linlog[:, :, :3].any() or linlog[:, :, 6:].any())  # unswept pixels stay silent
+    # the response itself: continuous at 20 DN, linear below, logarithmic above, finite at black
+    response = NOISELESS.response(torch.tensor([0.0, 10 / 255, 20 / 255, 40 / 255]))
+    assert response.tolist() == pytest.approx([0.0, math.log(20) / 2, math.log(20), math.log(40)])
+
+
+def test_per_pixel_thresholds_have_the_configured_spread_and_are_fixed_by_the_seed():
+    sensor = Sensor(threshold_sigma=0.03, seed=3)
+    pattern = sensor.pattern(64, 64, 0.2)
+    assert pattern.on.shape == pattern.off.shape == pattern.leak_rate.shape == (64, 64)
+    for thresholds in (pattern.on, pattern.off):
+        assert float(thresholds.mean()) == pytest.approx(0.2, abs=0.003)
+        assert float(thresholds.std()) == pytest.approx(0.03, abs=0.003)
+    assert not torch.equal(pattern.on, pattern.off)  # drawn independently
+    assert float(torch.corrcoef(torch.stack([pattern.on.flatten(), pattern.off.flatten()]))[0, 1]) < 0.1
+    again = Sensor(threshold_sigma=0.03, seed=3).pattern(64, 64, 0.2)
+    assert torch.equal(pattern.on, again.on) and torch.equal(pattern.leak_rate, again.leak_rate)
+    assert not torch.equal(pattern.on, Sensor(threshold_sigma=0.03, seed=4).pattern(64, 64, 0.2).on)
+    assert bool((Sensor(threshold_sigma=0.0).pattern(8, 8, 0.2).on == 0.2).all())
+    assert float(Sensor(threshold_sigma=1.0).pattern(64, 64, 0.2).on.min()) == 0.01  # clamped, as v2e
+    # leak rates: log-normal, 0.1 decades around the configured rate
+    decades = torch.log10(pattern.leak_rate / 0.01)
+    assert float(decades.mean()) == pytest.approx(0.0, abs=0.01)
+    assert float(decades.std()) == pytest.approx(0.1, abs=0.01)
+    # the same sensor gives the same events; the generator only changes the noise
+    frame = smooth_texture(32)
+    first, second = (simulate_events(frame, Motion(dx=2.0), generator=torch.Generator().manual_seed(0),
+                                     sensor=Sensor(leak_rate=1.0, shot_noise_rate=1.0)) for _ in range(2))
+    assert torch.equal(first.t, second.t) and torch.equal(first.x, second.x) and torch.equal(first.p, second.p)
+
+
+def test_leak_and_shot_noise_fire_at_their_configured_rates_on_a_static_scene():
+    size, duration = 32, 200.0
+    # leak: each static pixel fires ON events every 1/rate seconds, rates spread around 0.05 Hz
+    sensor = Sensor(leak_rate=0.05, shot_noise_rate=0.0, seed=1)
+    events = simulate_events(torch.full((size, size), 0.5), Motion(), steps=4, duration=duration,
+                             generator=torch.Generator().manual_seed(0), sensor=sensor)
+    rates = sensor.pattern(size, size, 0.2).leak_rate
+    expected = float(rates.sum()) * duration  # about 0.05 · 1.03 · 1024 · 200
+    assert bool((events.p == 1).all()) and abs(len(events) - expected) < 0.01 * expected
+    counts = event_count_frame(events)[0]
+    assert bool(((counts - rates * duration).abs() <= 1).all())  # every pixel within one event of its rate
+    times, _ = pixel_events(events, 7, 11)
+    assert torch.allclose(times.diff(), torch.full((len(times) - 1,), 1 / float(rates[11, 7]), dtype=torch.float64))
+    # shot noise: Poisson, half ON half OFF, 0.95 of the rate at black and 0.25 of it at white (v2e)
+    rate = 0.5
+    frame = torch.zeros(size, size)
+    frame[:, size // 2:] = 1.0
+    events = simulate_events(frame, Motion(), steps=4, duration=duration, generator=torch.Generator().manual_seed(1),
+                             sensor=Sensor(threshold_sigma=0.0, leak_rate=0.0, shot_noise_rate=rate))
+    counts = event_count_frame(events).sum(0)
+    pixels = size * size // 2
+    for half, factor in ((counts[:, : size // 2], 1 - 0.75 * 20 / 275), (counts[:, size // 2:], 0.25)):
+        mean = rate * factor * pixels * duration
+        assert abs(float(half.sum()) - mean) < 5 * math.sqrt(mean)
+    assert float((events.p == 1).double().mean()) == pytest.approx(0.5, abs=0.02)
+    assert float(events.t.min()) >= 0 and float(events.t.max()) <= duration
+    with pytest.raises(ValueError, match="linlog_threshold"):
+        Sensor(linlog_threshold=0.5)
+    with pytest.raises(ValueError, match="leak_rate"):
+        Sensor(leak_rate=-1.0)
 
 
 # --- warping ----------------------------------------------------------------------------------
@@ -247,11 +394,13 @@ def test_digit_scene_events_stack_frame_and_events_with_labels_at_the_final_pose
     source_label = train.frames[0][1]
     assert set(label.unique().tolist()) <= set(source_label.unique().tolist())
     assert torch.equal(label, warp(source_label, sample.motion, mode="nearest"))
-    # events fire only where the scene has edges: within 4 pixels of the final pose's labelled digits
-    # (the motion moves them up to ~3 pixels, and faint ink below the label threshold fires too)
+    # events fire where the scene has edges: within 4 pixels of the final pose's labelled digits
+    # (the motion moves them up to ~3 pixels, and faint ink below the label threshold fires too);
+    # elsewhere only the sensor's leak and shot noise (about 0.01 events per pixel in the second)
     near_digits = torch.nn.functional.max_pool2d(foreground[None].float(), 9, 1, 4)[0] > 0
     assert not bool(near_digits.all())
-    assert bool(near_digits[sample.events.y, sample.events.x].all())
+    far = ~near_digits[sample.events.y, sample.events.x]
+    assert int(far.sum()) <= 40 < len(sample.events) // 10
 
 
 def test_digit_scene_events_are_deterministic_per_index_and_differ_between_splits(scene_events):
@@ -281,6 +430,25 @@ def test_digit_scene_event_params_choose_the_representation_and_are_checked():
         build_digit_scene_events({"params": {"contrast_threshold": 0}})
     with pytest.raises(BenchbaseError, match="unknown key"):
         build_digit_scene_events({"params": {"threshold": 0.1}})
+
+
+def test_simulated_datasets_default_to_v2e_pixels_and_can_switch_them_off():
+    v2e = {"contrast_threshold": 0.2, "threshold_sigma": 0.03, "linlog_threshold": 20.0, "leak_rate": 0.01,
+           "shot_noise_rate": 0.001, "refractory": 5e-4}
+    assert {key: SIMULATION_DEFAULTS[key] for key in v2e} == v2e and V2E_REFRACTORY == 5e-4
+    bundle = build_digit_scene_events({"params": {"n_train": 2, "n_test": 1}})
+    assert "lin-log response" in bundle.description and "leak 0.01/px/s" in bundle.description
+    ideal = build_digit_scene_events({"params": {"n_train": 2, "n_test": 1, "linlog_threshold": 0, "threshold_sigma": 0,
+                                                 "leak_rate": 0, "shot_noise_rate": 0, "refractory": 0}})
+    train = ideal.split("train")
+    image, _ = train.frames[0]
+    sample = train.sample(0)
+    old = simulate_events(train.intensity(image), sample.motion, refractory=0.0, sensor=IDEAL_SENSOR)
+    assert torch.equal(sample.events.t, old.t) and torch.equal(sample.events.x, old.x)  # the ideal log pixel
+    assert len(bundle.split("train").sample(0).events) < len(sample.events)  # fewer near-black events
+    for key, value in (("threshold_sigma", -0.1), ("linlog_threshold", 0.5), ("shot_noise_rate", -1)):
+        with pytest.raises(BenchbaseError, match=key):
+            build_digit_scene_events({"params": {key: value}})
 
 
 def test_camvid_events_pair_rgb_frames_with_simulated_events(camvid_root):

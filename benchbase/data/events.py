@@ -20,7 +20,11 @@ simulated on access; ``params.cache`` keeps the finished items in memory (per pr
 Simulation params (defaults in :data:`SIMULATION_DEFAULTS`): ``bins``, ``representation``,
 ``contrast_threshold``, ``steps``, ``max_translation`` (pixels), ``max_rotation`` (degrees),
 ``max_scale`` (relative), ``noise_rate`` (events per pixel per second), ``refractory`` (seconds),
-``cache``.
+the pixel model's ``linlog_threshold`` (DN of 255; 0 = pure log), ``threshold_sigma``,
+``leak_rate`` and ``shot_noise_rate`` (Hz per pixel), defaults v2e's (see
+:mod:`benchbase.events.simulator`; all four 0 for an ideal sensor), and ``cache``. The sensor's
+fixed pattern (per-pixel thresholds and leak rates) is drawn from ``seed``: one camera for the
+whole dataset.
 
 Recordings (``event_recordings``): ``<root>/{train,test}/*.npz``, one file per sample with 1-D
 arrays ``x``, ``y``, ``t``, ``p`` (polarity > 0 positive, 0 or -1 negative; any time unit), a
@@ -60,7 +64,8 @@ from benchbase.data.folders import (
 )
 from benchbase.data.scenes import load_digit_scenes
 from benchbase.errors import BenchbaseError
-from benchbase.events import Events, Motion, event_count_frame, simulate_events, voxel_grid, warp
+from benchbase.events import Events, Motion, Sensor, event_count_frame, simulate_events, voxel_grid, warp
+from benchbase.events.simulator import V2E_REFRACTORY
 
 REPRESENTATIONS = ("voxel", "count")
 REPRESENTATION_DEFAULTS = {"bins": 3, "representation": "voxel"}
@@ -127,8 +132,9 @@ class EventRepresentation:
 
 @dataclass(frozen=True)
 class SimulationSettings:
-    """The SIMULATOR's settings (see :func:`~benchbase.events.simulate_events`) and the random
-    motion's bounds (see :meth:`~benchbase.events.Motion.random`)."""
+    """The SIMULATOR's settings (see :func:`~benchbase.events.simulate_events` and
+    :class:`~benchbase.events.Sensor`, whose defaults are v2e's) and the random motion's bounds
+    (see :meth:`~benchbase.events.Motion.random`)."""
 
     contrast_threshold: float = 0.2
     steps: int = 10
@@ -136,7 +142,11 @@ class SimulationSettings:
     max_rotation: float = 2.0
     max_scale: float = 0.05
     noise_rate: float = 0.0
-    refractory: float = 0.0
+    refractory: float = V2E_REFRACTORY
+    linlog_threshold: float = Sensor.linlog_threshold
+    threshold_sigma: float = Sensor.threshold_sigma
+    leak_rate: float = Sensor.leak_rate
+    shot_noise_rate: float = Sensor.shot_noise_rate
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], dataset: str) -> SimulationSettings:
@@ -147,18 +157,30 @@ class SimulationSettings:
                 f"data.{dataset}.params: {', '.join(f.name for f in fields(cls))} must be numbers"
             ) from None
         if settings.contrast_threshold <= 0 or settings.steps < 1 or min(
-            settings.max_translation, settings.max_rotation, settings.noise_rate, settings.refractory
-        ) < 0 or not 0 <= settings.max_scale < 1:
+            settings.max_translation, settings.max_rotation, settings.noise_rate, settings.refractory,
+            settings.threshold_sigma, settings.leak_rate, settings.shot_noise_rate,
+        ) < 0 or not 0 <= settings.max_scale < 1 or not (
+            settings.linlog_threshold == 0 or settings.linlog_threshold > 1
+        ):
             raise BenchbaseError(
-                f"data.{dataset}.params need contrast_threshold > 0, steps >= 1, 0 <= max_scale < 1 and "
-                f"max_translation, max_rotation, noise_rate, refractory >= 0; got {settings}"
+                f"data.{dataset}.params need contrast_threshold > 0, steps >= 1, 0 <= max_scale < 1, "
+                "linlog_threshold 0 or > 1 and max_translation, max_rotation, noise_rate, refractory, "
+                f"threshold_sigma, leak_rate, shot_noise_rate >= 0; got {settings}"
             )
         return settings
 
+    def sensor(self, seed: int) -> Sensor:
+        """The simulated camera: this pixel model with its fixed pattern drawn from ``seed``."""
+        return Sensor(self.linlog_threshold, self.threshold_sigma, self.leak_rate, self.shot_noise_rate, seed)
+
     def describe(self) -> str:
+        response = (f"lin-log response (linear below {self.linlog_threshold:g} DN)" if self.linlog_threshold
+                    else "log response")
         return (
-            f"contrast threshold {self.contrast_threshold}, {self.steps} steps over {SIMULATED_DURATION:g} s, "
+            f"contrast threshold {self.contrast_threshold} (sigma {self.threshold_sigma:g}), {response}, "
+            f"{self.steps} steps over {SIMULATED_DURATION:g} s, "
             f"motion up to {self.max_translation:g} px / {self.max_rotation:g} deg / {self.max_scale:.0%} scale, "
+            f"leak {self.leak_rate:g}/px/s, shot noise {self.shot_noise_rate:g}/px/s, "
             f"noise {self.noise_rate:g}/px/s, refractory {self.refractory:g} s"
         )
 
@@ -205,7 +227,8 @@ class SimulatedEvents(PairedEvents):
             can pickle it.
         representation: how the events become the E channels.
         settings: the simulator's settings and the motion's bounds.
-        seed, stream: with the item's index, seed its motion and noise (``stream`` tells splits apart).
+        seed, stream: with the item's index, seed its motion and noise (``stream`` tells splits apart);
+            ``seed`` alone draws the sensor's fixed pattern, shared by every item and split.
         cache: keep finished items in memory.
     """
 
@@ -234,7 +257,7 @@ class SimulatedEvents(PairedEvents):
         s = self.settings
         motion = Motion.random(generator, s.max_translation, s.max_rotation, s.max_scale)
         events = simulate_events(self.intensity(image), motion, s.steps, s.contrast_threshold, s.refractory,
-                                 s.noise_rate, SIMULATED_DURATION, generator)
+                                 s.noise_rate, SIMULATED_DURATION, generator, s.sensor(self.seed))
         return SimulatedSample(warp(image, motion), events, motion, warp(label, motion, mode="nearest"))
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
