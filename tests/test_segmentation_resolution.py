@@ -17,6 +17,7 @@ from benchbase.data.camvid import LazySegmentation
 from benchbase.data.folders import short_side_size
 from benchbase.data.scenes import TensorSegmentationImages
 from benchbase.errors import BenchbaseError
+from benchbase.events import Motion
 from benchbase.evaluation.segmentation import (
     SegmentationProbe,
     confusion_matrix,
@@ -174,3 +175,53 @@ def test_bad_modes_and_strides_are_reported():
         SegmentationProbe(stride=0)
     assert SegmentationProbe().window_stride(512) == 341 and SegmentationProbe(stride=7).window_stride(512) == 7
     assert math.isclose(SegmentationProbe().window_stride(64), 42)
+
+
+def test_camvid_frames_are_scored_at_their_aspect_ratio_and_labels_as_stored(camvid_root):
+    from benchbase.data.camvid import build_camvid
+
+    test = build_camvid({"root": str(camvid_root), "image_size": 48}).split("test")
+    image, label = test.evaluation_item(0)
+    with Image.open(test.pairs[0][1]) as stored:
+        assert label.shape == (stored.height, stored.width)  # the test data's 240x180 frames: never resized
+        assert torch.equal(label, torch.as_tensor(np.array(stored)).long())
+    assert image.shape == (3, 48, 64) == (3, *short_side_size(stored.height, stored.width, 48))
+    assert test.resized_shape(0) == (48, 64) and test[0][0].shape == (3, 48, 48)  # training items stay square
+
+
+def test_simulated_events_are_scored_at_the_aspect_ratio_with_the_label_warped_as_stored(camvid_root):
+    from benchbase.data.events import build_camvid_events
+    from benchbase.events import warp
+
+    test = build_camvid_events({"root": str(camvid_root), "image_size": 48, "params": {"bins": 2}}).split("test")
+    x, label = test.evaluation_item(1)
+    image, source_label = test.frames.evaluation_item(1)
+    motion = test.sample(1).motion  # the square item's motion, drawn from the same (seed, split, index)
+    assert x.shape == (5, 48, 64) and label.shape == source_label.shape == (180, 240)
+    assert torch.allclose(x[:3], warp(image, motion)) and x[3:].abs().sum() > 0
+    scale = 240 / 64  # = 180 / 48: the motion's translation in the label's pixels
+    scaled = Motion(motion.dx * scale, motion.dy * scale, motion.rotation, motion.scale)
+    assert torch.equal(label, warp(source_label, scaled, mode="nearest"))
+    assert test.resized_shape(1) == (48, 64)
+
+
+def test_in_memory_event_scenes_are_scored_as_their_items():
+    from benchbase.data.events import build_digit_scene_events
+
+    test = build_digit_scene_events({"image_size": 16, "params": {"n_train": 1, "n_test": 2}}).split("test")
+    assert all(torch.equal(a, b) for a, b in zip(test.evaluation_item(1), test[1]))
+
+
+def test_recordings_are_scored_at_their_aspect_ratio_and_labels_as_recorded(tmp_path):
+    from benchbase.data.events import build_event_recordings
+
+    (tmp_path / "test").mkdir()
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 3, (20, 30)).astype(np.int32)
+    np.savez(tmp_path / "test" / "a.npz", x=rng.integers(0, 30, 50).astype(np.uint16),
+             y=rng.integers(0, 20, 50).astype(np.uint16), t=np.sort(rng.uniform(0, 1, 50)),
+             p=rng.integers(0, 2, 50).astype(np.uint8), frame=rng.integers(0, 256, (20, 30, 3)).astype(np.uint8),
+             label=label)
+    test = build_event_recordings({"root": str(tmp_path), "image_size": 8, "params": {"num_classes": 3}}).split("test")
+    x, scored = test.evaluation_item(0)
+    assert x.shape == (6, 8, 12) and torch.equal(scored, torch.from_numpy(label).long())  # 20x30 -> 8x12
