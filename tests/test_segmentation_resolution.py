@@ -225,3 +225,20 @@ def test_recordings_are_scored_at_their_aspect_ratio_and_labels_as_recorded(tmp_
     test = build_event_recordings({"root": str(tmp_path), "image_size": 8, "params": {"num_classes": 3}}).split("test")
     x, scored = test.evaluation_item(0)
     assert x.shape == (6, 8, 12) and torch.equal(scored, torch.from_numpy(label).long())  # 20x30 -> 8x12
+
+
+def test_timm_vits_built_with_dynamic_img_size_run_whole_non_square_images(tmp_path):
+    import timm
+
+    from benchbase.components import Student
+
+    split = LazySegmentation(frame_files(tmp_path, hand_label()), ["left", "right"], image_size=4, label_size=4)
+    data = DataBundle("frame", {"train": split, "test": split}, image_size=4, in_chans=3, num_classes=2,
+                      ignore_index=IGNORE)
+    torch.manual_seed(0)
+    vit = Student(timm.create_model("vit_tiny_patch16_224", img_size=4, patch_size=2, embed_dim=16, depth=1,
+                                    num_heads=2, num_classes=0, dynamic_img_size=True))  # as models.py builds them
+    assert vit.patch_grid(split.evaluation_item(0)[0][None]).shape == (1, 16, 2, 3)  # the 4x6 image's grid
+    for mode in ("whole", "slide"):
+        miou, _ = SegmentationProbe(epochs=1, mode=mode).evaluate(vit, data, CPU)
+        assert miou.n == 5 * 7 - 1 and 0 <= miou.value <= 100

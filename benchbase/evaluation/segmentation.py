@@ -142,10 +142,10 @@ def patch_features(model: VitModel, images: Tensor) -> Tensor:
     """Final-norm patch tokens laid out on the patch grid.
 
     Args:
-        images: [B, C, S, S] normalised images.
+        images: [B, C, H', W'] normalised images (S x S, or any size the model accepts).
 
     Returns:
-        [B, D, h, w] with (h, w) = (S // patch, S // patch).
+        [B, D, h, w] with (h, w) = (H' // patch, W' // patch).
     """
     tokens = model.run(images, [_TOKENS])[_TOKENS][:, model.num_prefix_tokens :]  # [B, h·w, D]
     height, width = images.shape[-2] // model.patch_size, images.shape[-1] // model.patch_size
