@@ -131,7 +131,7 @@ def test_stored_outcomes_recompute_miou_and_accuracy_exactly(tmp_path):
         folder.mkdir()
         image = generator.integers(0, 255, (height, width, 3), dtype=np.uint8)
         label = np.where(image[..., 0] > 127, 1, 0).astype(np.uint8)
-        label[0, :3] = IGNORE
+        label[0, : 2 + i] = IGNORE  # 2, 3, 4, 5 ignored pixels: tells the images apart
         Image.fromarray(image).save(folder / "f.png")
         Image.fromarray(label, mode="L").save(folder / "l.png")
         pairs.append((folder / "f.png", folder / "l.png"))
@@ -141,9 +141,13 @@ def test_stored_outcomes_recompute_miou_and_accuracy_exactly(tmp_path):
     for mode in ("slide", "whole"):
         miou, accuracy = SegmentationProbe(epochs=3, lr=0.1, batch_size=3, mode=mode).evaluate(
             PixelModel(3, 8), data, CPU)
-        labelled = 2 * 9 * 13 + 13 * 9 + 11 * 11 - 4 * 3  # every label pixel at its original size, less ignored
+        labelled = 2 * 9 * 13 + 13 * 9 + 11 * 11 - 14  # every label pixel at its original size, less ignored
         assert miou.n == accuracy.n == labelled
-        assert outcomes_of(miou.extras).n == 4 and outcomes_of(miou.extras).value() == miou.value  # exact
+        outcomes = outcomes_of(miou.extras)
+        assert outcomes.n == 4 and outcomes.value() == miou.value  # exact
+        # in dataset order although images of one size are predicted together: (9x13, 13x9, 9x13, 11x11)
+        labelled_per_image = outcomes_of(accuracy.extras).arrays["den"]
+        assert labelled_per_image.tolist() == [9 * 13 - 2, 13 * 9 - 3, 9 * 13 - 4, 11 * 11 - 5]
         assert outcomes_of(accuracy.extras).value() == pytest.approx(accuracy.value, rel=1e-14)  # sum order
         assert "short side is 8 px, aspect ratio kept" in miou.protocol
         assert "original size (labels never resized for scoring)" in miou.protocol

@@ -240,14 +240,17 @@ def training_label(label: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(label[None, None].double(), size=size, mode="nearest-exact")[0, 0].long()
 
 
-def _evaluation_batches(dataset: SegmentationImages, batch_size: int) -> Iterator[tuple[Tensor, list[Tensor]]]:
-    """([b, C, H', W'] images of one size, b label maps at their original sizes) of ``dataset`` in
-    order: each run of ``batch_size`` items, split into groups of equal image size."""
+def _evaluation_batches(
+    dataset: SegmentationImages, batch_size: int
+) -> Iterator[tuple[Tensor, Tensor, list[Tensor]]]:
+    """([b] long dataset indices, [b, C, H', W'] images of one size, b label maps at their original
+    sizes) of ``dataset``: each run of ``batch_size`` items, split into groups of equal image size."""
     for index in torch.arange(len(dataset)).split(batch_size):
         items = [dataset.evaluation_item(i) for i in index.tolist()]
         for size in dict.fromkeys(tuple(image.shape[-2:]) for image, _ in items):
-            group = [(image, label) for image, label in items if tuple(image.shape[-2:]) == size]
-            yield torch.stack([image for image, _ in group]), [torch.as_tensor(label).long() for _, label in group]
+            group = [k for k, (image, _) in enumerate(items) if tuple(image.shape[-2:]) == size]
+            yield (index[group], torch.stack([items[k][0] for k in group]),
+                   [torch.as_tensor(items[k][1]).long() for k in group])
 
 
 Window = tuple[int, int, int]
@@ -466,14 +469,15 @@ class SegmentationProbe(Evaluator):
     def _predict(
         self, backbone: VitModel, head: nn.Module, dataset: SegmentationImages, data: DataBundle, device: torch.device
     ) -> tuple[Tensor, Tensor, SegmentMetricAccumulator | None]:
-        """The [K, K] confusion matrix over the whole split, each test image's [n, K, K] diagonal and
-        union counts (see :func:`image_iou_counts`), and the segment metric's accumulator."""
+        """The [K, K] confusion matrix over the whole split, each test image's [n, 3, K] counts (see
+        :func:`image_iou_counts`, in dataset order), and the segment metric's accumulator."""
         cm = torch.zeros(data.num_classes, data.num_classes, dtype=torch.long, device=device)
-        per_image = []
+        per_image, order = [], []
         segments = SegmentMetricAccumulator(data.ignore_index) if self.segment_metric else None
         crop = data.image_size
         with torch.inference_mode():
-            for images, labels in _evaluation_batches(dataset, self.batch_size):
+            for index, images, labels in _evaluation_batches(dataset, self.batch_size):
+                order.append(index)
                 logits = self.predict_logits(lambda x: head(backbone.patch_grid(x)), images.to(device), crop)
                 for upsampled, target in upsampled_groups(logits, [label.to(device) for label in labels]):
                     pred = upsampled.argmax(dim=1)  # [b, H, W]
@@ -483,7 +487,7 @@ class SegmentationProbe(Evaluator):
                     if segments is not None:
                         for pred_map, gt_map in zip(pred.cpu(), target.cpu()):
                             segments.update(pred_map, gt_map)
-        return cm, torch.cat(per_image), segments
+        return cm, torch.cat(per_image)[torch.cat(order).argsort()], segments
 
     def _metrics(
         self,
