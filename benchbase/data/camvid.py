@@ -103,7 +103,8 @@ class LazySegmentation(SegmentationImages):
         """(image with its short side at ``image_size``, aspect ratio kept; label map as stored)."""
         image, label = self._read(self.pairs[index])
         label = TF.pil_to_tensor(label)[0].long()
-        return image_tensor(image, self.image_size, keep_ratio=True), label if self.relabel is None else self.relabel(label)
+        label = label if self.relabel is None else self.relabel(label)
+        return image_tensor(image, self.image_size, keep_ratio=True), label
 
     def resized_shape(self, index: int) -> tuple[int, int]:
         with Image.open(self.pairs[index][0]) as image:  # reads the header only
