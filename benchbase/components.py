@@ -249,9 +249,23 @@ class SegmentationImages(Dataset):
 
     Label values index ``classes``; pixels equal to the bundle's ``ignore_index`` carry no label.
     A label map may be smaller or larger than its image (evaluators upsample to it).
+
+    Items are what training (and distillation) reads: images at the bundle's ``image_size``.
+    Scoring reads :meth:`evaluation_item`: the image with its short side at ``image_size`` and its
+    aspect ratio kept, and the label map at its original resolution, never resized.
     """
 
     classes: Sequence[str]
+
+    def evaluation_item(self, index: int) -> tuple[Tensor, Tensor]:
+        """([C, h, w] float image whose short side is the bundle's ``image_size``, aspect ratio
+        kept; [H, W] long label map at its original resolution). By default the item itself: an
+        in-memory split stores its images at the model's size and its labels at their own size."""
+        return self[index]
+
+    def resized_shape(self, index: int) -> tuple[int, int]:
+        """(h, w) of :meth:`evaluation_item`'s image (datasets read from files answer from the header)."""
+        return tuple(self.evaluation_item(index)[0].shape[-2:])
 
 
 @dataclass

@@ -60,7 +60,8 @@ class PixelModel(VitModel):
         return self._images(images).flatten(1)
 
     def patch_grid(self, images: Tensor) -> Tensor:
-        """[B, C, S, S] -> [B, C·9, S, S]: each pixel's 3x3 neighbourhood (zero-padded at the border)."""
+        """[B, C, H, W] -> [B, C·9, H, W]: each pixel's 3x3 neighbourhood, zero-padded at the border of
+        what it is given (the whole resized image, or each window in the segmentation's ``slide`` mode)."""
         images = self._images(images)
         batch, _, height, width = images.shape
         columns = F.unfold(images, NEIGHBOURHOOD, padding=NEIGHBOURHOOD // 2)  # [B, C·9, S·S]

@@ -10,7 +10,9 @@ Splits ``train`` (20,210 images in the full release) and ``val`` (2,000). Labels
 the unlabelled value 0 becomes 255, the bundle's ``ignore_index``. Images are resized bilinearly
 to ``image_size``² (default 224, the students' resolution, like CamVid's; mmseg's protocol uses
 512) and normalised with ImageNet statistics; label maps are resized with nearest neighbour to
-``params.label_size``² (default: ``image_size``).
+``params.label_size``² (default: ``image_size``). Scoring reads the image with its short side at
+``image_size`` (aspect ratio kept) and the label map at its original resolution, as CamVid's
+(:class:`~benchbase.data.camvid.LazySegmentation`).
 """
 
 from __future__ import annotations

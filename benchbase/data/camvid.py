@@ -12,9 +12,12 @@ under ``CamVid/``. Otherwise ``<split>/`` is paired with ``<split>annot/`` by fi
 
 Classes (ids 0..10): Sky, Building, Pole, Road, Pavement, Tree, SignSymbol, Fence, Car, Pedestrian,
 Bicyclist; 11 is void, the bundle's ``ignore_index``. SegNet's copy has 367 train, 101 val and
-233 test frames. Images are resized bilinearly to ``image_size``² (default 224) and normalised with
-ImageNet statistics; label maps are resized with nearest neighbour to ``params.label_size``²
-(default: ``image_size``).
+233 test frames. Items (what training and distillation read): images resized bilinearly to
+``image_size``² (default 224) and normalised with ImageNet statistics, label maps resized with
+nearest neighbour to ``params.label_size``² (default: ``image_size``). Scoring reads
+``evaluation_item``: the image with its short side resized to ``image_size``, aspect ratio kept
+(:func:`~benchbase.data.folders.short_side_size`: 480x360 frames become 299x224 at 224, 85x64 at
+64), and the label map at its original resolution.
 """
 
 from __future__ import annotations
@@ -28,7 +31,15 @@ from torch import Tensor
 from torchvision.transforms import functional as TF
 
 from benchbase.components import DataBundle, DatasetInfo, SegmentationImages
-from benchbase.data.folders import IMAGE_SUFFIXES, check_root, dataset_params, drop_unreadable, image_tensor, read_image
+from benchbase.data.folders import (
+    IMAGE_SUFFIXES,
+    check_root,
+    dataset_params,
+    drop_unreadable,
+    image_tensor,
+    read_image,
+    short_side_size,
+)
 from benchbase.errors import BenchbaseError
 
 CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
@@ -87,6 +98,17 @@ class LazySegmentation(SegmentationImages):
         image, label = self._read(self.pairs[index])
         label = TF.pil_to_tensor(label.resize((self.label_size, self.label_size), Image.NEAREST))[0].long()
         return image_tensor(image, self.image_size), label if self.relabel is None else self.relabel(label)
+
+    def evaluation_item(self, index: int) -> tuple[Tensor, Tensor]:
+        """(image with its short side at ``image_size``, aspect ratio kept; label map as stored)."""
+        image, label = self._read(self.pairs[index])
+        label = TF.pil_to_tensor(label)[0].long()
+        label = label if self.relabel is None else self.relabel(label)
+        return image_tensor(image, self.image_size, keep_ratio=True), label
+
+    def resized_shape(self, index: int) -> tuple[int, int]:
+        with Image.open(self.pairs[index][0]) as image:  # reads the header only
+            return short_side_size(image.height, image.width, self.image_size)
 
 
 def pair_by_stem(image_dir: Path, label_dir: Path) -> list[Pair]:

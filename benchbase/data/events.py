@@ -41,7 +41,7 @@ import functools
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -240,7 +240,7 @@ class SimulatedEvents(PairedEvents):
         self.seed, self.stream = seed, stream
         self.classes = list(frames.classes)
         self.frame_channels, self.event_channels = frame_channels, representation.channels
-        self.cache: dict[int, tuple[Tensor, Tensor]] | None = {} if cache else None
+        self.cache: dict[Any, tuple[Tensor, Tensor]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -268,6 +268,34 @@ class SimulatedEvents(PairedEvents):
         if self.cache is not None:
             self.cache[index] = item
         return item
+
+    def evaluation_item(self, index: int) -> tuple[Tensor, Tensor]:
+        """The item as scored: the frames' :meth:`evaluation_item` (short side at the image size,
+        aspect ratio kept; label at its original H x W) under the item's own motion. Events are
+        simulated on the h x w frame; the label map is warped at its original resolution by the
+        same motion, its translation scaled by (W / w, H / h) pixels. Where frame and label are the
+        item's own S x S (in-memory frames), this is the item itself."""
+        key = ("evaluation", index)
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        image, label = self.frames.evaluation_item(index)
+        if image.shape[-2:] == label.shape and image.shape[-1] == image.shape[-2]:
+            return self[index]
+        generator = item_generator(self.seed, self.stream, index)
+        s = self.settings
+        motion = Motion.random(generator, s.max_translation, s.max_rotation, s.max_scale)
+        events = simulate_events(self.intensity(image), motion, s.steps, s.contrast_threshold, s.refractory,
+                                 s.noise_rate, SIMULATED_DURATION, generator)
+        (height, width), (label_height, label_width) = image.shape[-2:], label.shape
+        label_motion = replace(motion, dx=motion.dx * label_width / width, dy=motion.dy * label_height / height)
+        item = (torch.cat([warp(image, motion), self.representation(events, (0.0, SIMULATED_DURATION))]),
+                warp(label, label_motion, mode="nearest"))
+        if self.cache is not None:
+            self.cache[key] = item
+        return item
+
+    def resized_shape(self, index: int) -> tuple[int, int]:
+        return self.frames.resized_shape(index)
 
 
 def rescaled_intensity(image: Tensor, low: float, high: float) -> Tensor:
@@ -407,6 +435,14 @@ class EventRecordings(PairedEvents):
         size = self.image_size
         label = F.interpolate(label[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0].long()
         return torch.cat([image_tensor(frame, size), self.representation(events.rescaled(size, size))]), label
+
+    def evaluation_item(self, index: int) -> tuple[Tensor, Tensor]:
+        """The frame with its short side at S (aspect ratio kept), the events binned onto its grid,
+        and the label map as recorded."""
+        frame, events, label = self._read(self.files[index])
+        image = image_tensor(frame, self.image_size, keep_ratio=True)
+        height, width = image.shape[-2:]
+        return torch.cat([image, self.representation(events.rescaled(height, width))]), label
 
 
 def build_event_recordings(cfg: Mapping[str, Any]) -> DataBundle:

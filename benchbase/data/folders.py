@@ -103,10 +103,24 @@ def read_image(source: ImageSource, in_chans: int | None = 3) -> Image.Image:
         ) from None
 
 
-def image_tensor(img: Image.Image, image_size: int) -> Tensor:
-    """[C, H, W] float: ``img`` (L or RGB) resized bilinearly to ``image_size``² and normalised
-    with ImageNet statistics (mean 0.5, std 0.5 for one channel)."""
-    img = img.resize((image_size, image_size), Image.BILINEAR)
+def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) of a ``height`` x ``width`` image resized so its short side is ``size``,
+    keeping the aspect ratio: every side times ``size / min(height, width)``, rounded half up, as
+    mmcv's ``rescale_size`` (mmsegmentation's ``Resize(keep_ratio=True)``) rounds; 360x480 at 224
+    becomes 224x299 (torchvision's ``Resize(224)`` truncates to 224x298)."""
+    scale = size / min(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def image_tensor(img: Image.Image, image_size: int, keep_ratio: bool = False) -> Tensor:
+    """[C, H, W] float: ``img`` (L or RGB) resized bilinearly to ``image_size``² (with
+    ``keep_ratio``: its short side to ``image_size``, :func:`short_side_size`) and normalised with
+    ImageNet statistics (mean 0.5, std 0.5 for one channel)."""
+    if keep_ratio:
+        height, width = short_side_size(img.height, img.width, image_size)
+        img = img.resize((width, height), Image.BILINEAR)
+    else:
+        img = img.resize((image_size, image_size), Image.BILINEAR)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if img.mode == "RGB" else ((0.5,), (0.5,))
     return TF.normalize(TF.pil_to_tensor(img).float() / 255.0, mean, std)
 

@@ -4,8 +4,18 @@ The metric is mIoU from one confusion matrix accumulated over every labelled pix
 split (the standard semantic-segmentation protocol), plus pixel accuracy and, optionally,
 EventSAM's segment metric (:mod:`benchbase.evaluation.segments`) on the predicted label maps.
 
-Shapes: B = batch, C = image channels, S = image size, D = embedding width, h/w = patch grid,
-K = classes, H/W = label map height/width (any size; logits are upsampled to it).
+Resolution, as mmsegmentation's test pipeline: every image is resized so its short side is the
+model's input size S, aspect ratio kept (:func:`~benchbase.data.folders.short_side_size`), and
+predicted either whole (``mode="whole"``: models that take any image size, e.g. timm ViTs built
+with ``dynamic_img_size``) or by sliding S x S windows (``mode="slide"``, the default, for every
+model: SAM's fixed position embedding included), averaging the logits of overlapping windows.
+The logits are upsampled bilinearly to each label map's ORIGINAL size, where the confusion matrix
+is counted; label maps are never resized for scoring. The head trains on the S x S windows of
+the same layout (labels nearest-resized with their image, as mmseg's training pipeline resizes them).
+
+Shapes: B = batch, C = image channels, S = the model's image size, D = embedding width, h/w =
+patch grid, K = classes, H'/W' = resized image height/width (short side S), H/W = label map
+height/width (any size; logits are upsampled to it).
 """
 
 from __future__ import annotations
@@ -39,6 +49,13 @@ DECODER_WIDTH = 128
 
 BACKBONE_LR_SCALE = 0.1
 """The fine-tuned backbone's learning rate relative to the decoder head's."""
+
+MODES: dict[str, str] = {
+    "slide": "sliding {crop}x{crop} windows with stride {stride}, the logits of each (upsampled bilinearly to the "
+             "window) averaged where windows overlap",
+    "whole": "whole-image inference at that size",
+}
+"""Inference modes by name, with what each one does."""
 
 FEATURE_CACHE_ELEMENTS = 1 << 26
 """The linear probe precomputes the train split's frozen features when they fit in this many values."""
@@ -125,10 +142,10 @@ def patch_features(model: VitModel, images: Tensor) -> Tensor:
     """Final-norm patch tokens laid out on the patch grid.
 
     Args:
-        images: [B, C, S, S] normalised images.
+        images: [B, C, H', W'] normalised images (S x S, or any size the model accepts).
 
     Returns:
-        [B, D, h, w] with (h, w) = (S // patch, S // patch).
+        [B, D, h, w] with (h, w) = (H' // patch, W' // patch).
     """
     tokens = model.run(images, [_TOKENS])[_TOKENS][:, model.num_prefix_tokens :]  # [B, h·w, D]
     height, width = images.shape[-2] // model.patch_size, images.shape[-1] // model.patch_size
@@ -172,13 +189,96 @@ def upsampled_groups(logits: Tensor, labels: Sequence[Tensor]) -> Iterator[tuple
         yield upsampled, label[None]
 
 
-def _batches(
-    dataset: SegmentationImages, order: Tensor, batch_size: int
+def window_starts(length: int, crop: int, stride: int) -> list[int]:
+    """First pixel of each sliding window along a side of ``length`` pixels, as mmseg's
+    ``slide_inference`` places them: ``max(length - crop + stride - 1, 0) // stride + 1`` windows,
+    the i-th at ``i·stride`` moved back to end inside the image (at 0 when ``length <= crop``)."""
+    if crop < 1 or stride < 1:
+        raise BenchbaseError(f"sliding windows need crop >= 1 and stride >= 1, got {crop} and {stride}")
+    count = max(length - crop + stride - 1, 0) // stride + 1
+    return [max(min(i * stride + crop, length) - crop, 0) for i in range(count)]
+
+
+def windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """(top, left) of the ``crop`` x ``crop`` windows covering a ``height`` x ``width`` image, row-major."""
+    if min(height, width) < crop:
+        raise BenchbaseError(
+            f"a {height}x{width} image is smaller than the {crop}x{crop} window; its short side must be at least "
+            "the model's image size"
+        )
+    return [(top, left) for top in window_starts(height, crop, stride) for left in window_starts(width, crop, stride)]
+
+
+def slide_logits(logits_of: Callable[[Tensor], Tensor], images: Tensor, crop: int, stride: int) -> Tensor:
+    """Sliding-window logits (mmseg's ``slide`` mode).
+
+    Args:
+        logits_of: [b, C, crop, crop] -> [b, K, h, w] logits of one window.
+        images: [b, C, H', W'] images of one size.
+
+    Returns:
+        [b, K, H', W']: each window's logits upsampled bilinearly to ``crop`` x ``crop``, summed
+        over the windows covering each pixel and divided by their number.
+    """
+    height, width = images.shape[-2:]
+    total, count = None, images.new_zeros(height, width)
+    for top, left in windows(height, width, crop, stride):
+        logits = logits_of(images[:, :, top : top + crop, left : left + crop])
+        logits = F.interpolate(logits, size=(crop, crop), mode="bilinear", align_corners=False)
+        if total is None:
+            total = logits.new_zeros(*logits.shape[:2], height, width)
+        total[:, :, top : top + crop, left : left + crop] += logits
+        count[top : top + crop, left : left + crop] += 1
+    return total / count
+
+
+def training_label(label: Tensor, size: tuple[int, int]) -> Tensor:
+    """[H, W] long label map resized to ``size`` with nearest neighbour (pixel centres, PIL's
+    ``NEAREST``); only the head's training targets are resized, never the scored labels."""
+    if tuple(label.shape) == tuple(size):
+        return label
+    return F.interpolate(label[None, None].double(), size=size, mode="nearest-exact")[0, 0].long()
+
+
+def _evaluation_batches(
+    dataset: SegmentationImages, batch_size: int
 ) -> Iterator[tuple[Tensor, Tensor, list[Tensor]]]:
-    """([B] long dataset indices, [B, C, S, S] images, B label maps) of ``dataset`` in ``order`` ([n] long)."""
-    for index in order.split(batch_size):
-        items = [dataset[i] for i in index.tolist()]
-        yield index, torch.stack([image for image, _ in items]), [torch.as_tensor(label).long() for _, label in items]
+    """([b] long dataset indices, [b, C, H', W'] images of one size, b label maps at their original
+    sizes) of ``dataset``: each run of ``batch_size`` items, split into groups of equal image size."""
+    for index in torch.arange(len(dataset)).split(batch_size):
+        items = [dataset.evaluation_item(i) for i in index.tolist()]
+        for size in dict.fromkeys(tuple(image.shape[-2:]) for image, _ in items):
+            group = [k for k, (image, _) in enumerate(items) if tuple(image.shape[-2:]) == size]
+            yield (index[group], torch.stack([items[k][0] for k in group]),
+                   [torch.as_tensor(items[k][1]).long() for k in group])
+
+
+Window = tuple[int, int, int]
+"""(dataset index, top, left) of one training window."""
+
+
+def training_windows(dataset: SegmentationImages, crop: int, stride: int) -> list[Window]:
+    """Every ``crop`` x ``crop`` window (of the sliding layout) of every image of ``dataset``, in order."""
+    return [(index, top, left) for index in range(len(dataset))
+            for top, left in windows(*dataset.resized_shape(index), crop, stride)]
+
+
+def _window_batches(
+    dataset: SegmentationImages, spans: Sequence[Window], order: Tensor, batch_size: int, crop: int
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """([B] long positions in ``spans``, [B, C, crop, crop] image windows, [B, crop, crop] long
+    label windows, labels nearest-resized to their image's size) in ``order`` ([n] long)."""
+    for position in order.split(batch_size):
+        items: dict[int, tuple[Tensor, Tensor]] = {}
+        images, labels = [], []
+        for index, top, left in (spans[p] for p in position.tolist()):
+            if index not in items:
+                image, label = dataset.evaluation_item(index)
+                items[index] = image, training_label(torch.as_tensor(label).long(), tuple(image.shape[-2:]))
+            image, label = items[index]
+            images.append(image[:, top : top + crop, left : left + crop])
+            labels.append(label[top : top + crop, left : left + crop])
+        yield position, torch.stack(images), torch.stack(labels)
 
 
 class SegmentationProbe(Evaluator):
@@ -188,9 +288,19 @@ class SegmentationProbe(Evaluator):
     patch tokens [B, D, h, w]; the train split's features are computed once when they fit in
     :data:`FEATURE_CACHE_ELEMENTS` values, else per batch. ``head="decoder"`` fine-tunes a copy of
     the student together with :func:`decoder_head` (backbone learning rate ``BACKBONE_LR_SCALE``
-    times ``lr``). Logits are upsampled bilinearly to each label map's size and trained with
-    pixel cross-entropy (ignoring the bundle's ``ignore_index``), AdamW (``lr``, ``weight_decay``,
-    cosine decay to 0) on shuffled mini-batches of ``batch_size`` for ``epochs`` epochs.
+    times ``lr``). Images are read with their short side at the bundle's ``image_size`` S, aspect
+    ratio kept (``SegmentationImages.evaluation_item``). The head trains on every S x S window of
+    the sliding layout (:func:`training_windows`; one per image when images are S x S), labels
+    nearest-resized with their image and cropped with it; the window's logits are upsampled
+    bilinearly to S x S and trained with pixel cross-entropy (ignoring the bundle's
+    ``ignore_index``), AdamW (``lr``, ``weight_decay``, cosine decay to 0) on shuffled mini-batches
+    of ``batch_size`` windows for ``epochs`` epochs.
+
+    Prediction (``mode``, :data:`MODES`): ``slide`` (default; every model) averages the logits of
+    S x S windows placed every ``stride`` pixels (default ``2·S // 3``, mmseg's 341 for 512);
+    ``whole`` runs the whole resized image (models that accept its size: timm ViTs are built with
+    ``dynamic_img_size``, SAM encoders are not). Logits are upsampled bilinearly to each label
+    map's original size, where the confusion matrix and the per-image outcomes are counted.
 
     Metrics on the test split: ``mIoU`` and ``pixel_acc`` (percent, from one confusion matrix over
     all its labelled pixels; per-class IoU in ``extras``) and, with ``segment_metric``,
@@ -213,11 +323,19 @@ class SegmentationProbe(Evaluator):
         batch_size: int = 16,
         seed: int = 0,
         segment_metric: bool = False,
+        mode: str = "slide",
+        stride: int | None = None,
     ):
         if head not in HEADS:
             raise BenchbaseError(f"unknown segmentation head {head!r}; available: {', '.join(HEADS)}")
+        if mode not in MODES:
+            raise BenchbaseError(f"unknown segmentation inference mode {mode!r}; available: {', '.join(MODES)}")
         if epochs < 1 or batch_size < 1:
             raise BenchbaseError(f"segmentation needs epochs >= 1 and batch_size >= 1; got {epochs} and {batch_size}")
+        if stride is not None and stride < 1:
+            raise BenchbaseError(f"segmentation needs a sliding-window stride >= 1 (or null), got {stride}")
+        self.mode = mode
+        self.stride = stride
         self.train_split = train_split
         self.test_split = test_split
         self.head = head
@@ -228,15 +346,26 @@ class SegmentationProbe(Evaluator):
         self.seed = seed
         self.segment_metric = segment_metric
 
-    def protocol(self, data: DataBundle, train_size: int) -> str:
+    def window_stride(self, crop: int) -> int:
+        """The sliding windows' stride for ``crop`` x ``crop`` windows: ``stride``, else ``2·crop // 3``."""
+        return self.stride or max(2 * crop // 3, 1)
+
+    def protocol(self, data: DataBundle, train_size: int, windows: int) -> str:
         """How the segmentation was trained and predicted (each metric appends its own definition)."""
         head = HEADS[self.head].format(width=DECODER_WIDTH, scale=BACKBONE_LR_SCALE)
         ignored = "none" if data.ignore_index is None else str(data.ignore_index)
+        crop = data.image_size
+        stride = self.window_stride(crop)
+        inference = MODES[self.mode].format(crop=crop, stride=stride)
         return (
-            f"segmentation {head}, logits bilinearly upsampled to the label size; pixel cross-entropy, AdamW lr "
-            f"{self.lr:g}, weight decay {self.weight_decay:g}, cosine decay, batch {self.batch_size}, "
-            f"{self.epochs} epochs, seed {self.seed}; train split {self.train_split} (n={train_size}), "
-            f"test split {self.test_split}, ignore label {ignored}"
+            f"segmentation {head}; images resized so the short side is {crop} px, aspect ratio kept (each side "
+            f"x {crop}/short side, rounded half up, as mmseg's keep_ratio resize); trained on the {crop}x{crop} "
+            f"windows every {stride} px (n={windows} windows) with labels nearest-resized with the image, window "
+            f"logits bilinearly upsampled to the window; pixel cross-entropy, AdamW lr {self.lr:g}, weight decay "
+            f"{self.weight_decay:g}, cosine decay, batch {self.batch_size} windows, {self.epochs} epochs, seed "
+            f"{self.seed}; predicted by {inference}, logits bilinearly upsampled to each label map's original size "
+            f"(labels never resized for scoring); train split {self.train_split} (n={train_size}), test split "
+            f"{self.test_split}, ignore label {ignored}"
         )
 
     def evaluate(self, student: VitModel, data: DataBundle, device: torch.device) -> list[Metric]:
@@ -253,10 +382,12 @@ class SegmentationProbe(Evaluator):
         try:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.seed)
+                crop = data.image_size
+                spans = training_windows(train_set, crop, self.window_stride(crop))
                 if self.head == "linear":
                     student.eval()
                     backbone, head = student, nn.Conv2d(student.token_width, data.num_classes, 1).to(device)
-                    features = self._frozen_features(student, train_set, device)
+                    features = self._frozen_features(student, train_set, spans, crop, device)
                     parameters = [{"params": head.parameters()}]
                 else:
                     backbone = VitModel(copy.deepcopy(student.export()))
@@ -268,33 +399,33 @@ class SegmentationProbe(Evaluator):
                         {"params": backbone.parameters(), "lr": self.lr * BACKBONE_LR_SCALE},
                     ]
                 optimizer = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=self.weight_decay)
-                self._train(backbone, head, features, train_set, data.ignore_index, optimizer, device)
+                self._train(backbone, head, features, train_set, spans, crop, data.ignore_index, optimizer, device)
                 backbone.eval()
                 head.eval()
                 cm, per_image, segments = self._predict(backbone, head, test_set, data, device)
         finally:
             student.train(was_training)
-        return self._metrics(cm, per_image, segments, data, test_set, len(train_set))
+        return self._metrics(cm, per_image, segments, data, test_set, len(train_set), len(spans))
 
     def _frozen_features(
-        self, student: VitModel, dataset: SegmentationImages, device: torch.device
+        self, student: VitModel, dataset: SegmentationImages, spans: Sequence[Window], crop: int, device: torch.device
     ) -> Callable[[Tensor, Tensor], Tensor]:
-        """A function (dataset indices [B], images [B, C, S, S]) -> [B, D, h, w] frozen patch features.
+        """A function (window positions [B], image windows [B, C, S, S]) -> [B, D, h, w] frozen patch features.
 
-        The features of the whole split are computed once (and kept on ``device``) when they fit in
-        :data:`FEATURE_CACHE_ELEMENTS` values; otherwise each batch runs the frozen student.
+        The features of every training window are computed once (and kept on ``device``) when they
+        fit in :data:`FEATURE_CACHE_ELEMENTS` values; otherwise each batch runs the frozen student.
         """
 
         def run(images: Tensor) -> Tensor:
             with torch.no_grad():
                 return student.patch_grid(images.to(device))
 
-        size = len(dataset) * student.token_width * student.num_patches
+        size = len(spans) * student.token_width * student.num_patches
         if size > FEATURE_CACHE_ELEMENTS:
-            return lambda _index, images: run(images)
-        everything = _batches(dataset, torch.arange(len(dataset)), self.batch_size)
+            return lambda _position, images: run(images)
+        everything = _window_batches(dataset, spans, torch.arange(len(spans)), self.batch_size, crop)
         cache = torch.cat([run(images) for _, images, _ in everything])
-        return lambda index, _images: cache[index.to(device)]
+        return lambda position, _images: cache[position.to(device)]
 
     def _train(
         self,
@@ -302,42 +433,52 @@ class SegmentationProbe(Evaluator):
         head: nn.Module,
         features: Callable[[Tensor, Tensor], Tensor] | None,
         dataset: SegmentationImages,
+        spans: Sequence[Window],
+        crop: int,
         ignore_index: int | None,
         optimizer: torch.optim.Optimizer,
         device: torch.device,
     ) -> None:
-        """Train ``head`` (and the backbone when ``features`` is None) for ``self.epochs`` epochs."""
+        """Train ``head`` (and the backbone when ``features`` is None) for ``self.epochs`` epochs
+        over the training windows ``spans``."""
         generator = torch.Generator().manual_seed(self.seed)
-        batches_per_epoch = -(-len(dataset) // self.batch_size)
+        batches_per_epoch = -(-len(spans) // self.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs * batches_per_epoch)
         ignore = -100 if ignore_index is None else ignore_index  # cross-entropy's default: no label uses it
         head.train()
         for _ in range(self.epochs):
-            order = torch.randperm(len(dataset), generator=generator)
-            for index, images, labels in _batches(dataset, order, self.batch_size):
-                inputs = backbone.patch_grid(images.to(device)) if features is None else features(index, images)
-                labels = [label.to(device) for label in labels]
-                losses, labelled = [], 0
-                for logits, target in upsampled_groups(head(inputs), labels):
-                    losses.append(F.cross_entropy(logits, target, ignore_index=ignore, reduction="sum"))
-                    labelled += int((target != ignore).sum())
-                loss = torch.stack(losses).sum() / max(labelled, 1)
+            order = torch.randperm(len(spans), generator=generator)
+            for position, images, labels in _window_batches(dataset, spans, order, self.batch_size, crop):
+                inputs = backbone.patch_grid(images.to(device)) if features is None else features(position, images)
+                target = labels.to(device)
+                logits = F.interpolate(head(inputs), size=(crop, crop), mode="bilinear", align_corners=False)
+                loss = F.cross_entropy(logits, target, ignore_index=ignore, reduction="sum")
+                loss = loss / max(int((target != ignore).sum()), 1)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 schedule.step()
 
+    def predict_logits(self, logits_of: Callable[[Tensor], Tensor], images: Tensor, crop: int) -> Tensor:
+        """[b, K, ., .] logits of [b, C, H', W'] resized images in ``self.mode``: the head's own grid
+        for ``whole``, [b, K, H', W'] window averages for ``slide`` (:func:`slide_logits`)."""
+        if self.mode == "whole":
+            return logits_of(images)
+        return slide_logits(logits_of, images, crop, self.window_stride(crop))
+
     def _predict(
         self, backbone: VitModel, head: nn.Module, dataset: SegmentationImages, data: DataBundle, device: torch.device
     ) -> tuple[Tensor, Tensor, SegmentMetricAccumulator | None]:
-        """The [K, K] confusion matrix over the whole split, each test image's [n, K, K] diagonal and
-        union counts (see :func:`image_iou_counts`), and the segment metric's accumulator."""
+        """The [K, K] confusion matrix over the whole split, each test image's [n, 3, K] counts (see
+        :func:`image_iou_counts`, in dataset order), and the segment metric's accumulator."""
         cm = torch.zeros(data.num_classes, data.num_classes, dtype=torch.long, device=device)
-        per_image = []
+        per_image, order = [], []
         segments = SegmentMetricAccumulator(data.ignore_index) if self.segment_metric else None
+        crop = data.image_size
         with torch.inference_mode():
-            for _, images, labels in _batches(dataset, torch.arange(len(dataset)), self.batch_size):
-                logits = head(backbone.patch_grid(images.to(device)))
+            for index, images, labels in _evaluation_batches(dataset, self.batch_size):
+                order.append(index)
+                logits = self.predict_logits(lambda x: head(backbone.patch_grid(x)), images.to(device), crop)
                 for upsampled, target in upsampled_groups(logits, [label.to(device) for label in labels]):
                     pred = upsampled.argmax(dim=1)  # [b, H, W]
                     image_cms = confusion_matrices(pred, target, data.num_classes, data.ignore_index)
@@ -346,7 +487,7 @@ class SegmentationProbe(Evaluator):
                     if segments is not None:
                         for pred_map, gt_map in zip(pred.cpu(), target.cpu()):
                             segments.update(pred_map, gt_map)
-        return cm, torch.cat(per_image), segments
+        return cm, torch.cat(per_image)[torch.cat(order).argsort()], segments
 
     def _metrics(
         self,
@@ -356,6 +497,7 @@ class SegmentationProbe(Evaluator):
         data: DataBundle,
         test_set: SegmentationImages,
         train_size: int,
+        windows: int,
     ) -> list[Metric]:
         """``mIoU`` and ``pixel_acc`` (and the ``seg_*`` metrics) in percent; ``per_image`` [n, 3, K]
         (intersections, unions, labelled pixels per class of each test image) becomes the outcomes of
@@ -369,8 +511,9 @@ class SegmentationProbe(Evaluator):
         if len(names) != data.num_classes:
             names = [str(k) for k in range(data.num_classes)]
         per_class_iou = {name: None if math.isnan(iou) else 100 * iou for name, iou in zip(names, per_class.tolist())}
-        protocol = self.protocol(data, train_size)
-        counted = f"from a confusion matrix accumulated over the whole split (n={pixels} labelled test pixels)"
+        protocol = self.protocol(data, train_size, windows)
+        counted = (f"from a confusion matrix accumulated over the whole split at each label map's original "
+                   f"resolution (n={pixels} labelled test pixels)")
         metrics = [
             Metric(
                 name="mIoU",
