@@ -336,8 +336,23 @@ class _SamModel:
     def num_prefix_tokens(self) -> int:
         return 0
 
+    @property
+    def has_drop_path(self) -> bool:
+        """SAM's blocks have no stochastic depth."""
+        return False
+
     def _capture(self, inp: ModelInput | Tensor, taps: Sequence[Tap]) -> Captures:
         return run_sam(self.model, inp, taps)
+
+    def load_checkpoint(self, path: str | Path, what: str = "model") -> None:
+        """A full SAM checkpoint's ``image_encoder.*`` weights, or an encoder's own (:func:`load_sam_checkpoint`)."""
+        load_sam_checkpoint(self.model, path)
+
+    def as_teacher(self, source: str = "") -> SamTeacher:
+        """This encoder frozen as a :class:`SamTeacher`, reading the same channels."""
+        teacher = SamTeacher(self.model, source)
+        teacher.input_slice = self.input_slice
+        return teacher
 
 
 class SamStudent(_SamModel, Student):

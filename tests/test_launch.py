@@ -19,7 +19,7 @@ from benchbase.data.digits import load_digits_bundle
 from benchbase.launch import job_arguments
 from benchbase.loggers import STEPS_LOG
 from benchbase.models import save_weights
-from benchbase.plugins import load
+from benchbase.plugin_manager import load
 from benchbase.results import ResultsDB
 
 
