@@ -45,7 +45,8 @@ def teacher_source(methods: Methods, cfg: Any, data: DataBundle) -> str:
 
 
 def build_teacher(methods: Methods, tcfg: Any, data: DataBundle, **kwargs: Any) -> VitModel:
-    """The network of teacher ``tcfg.arch`` with fresh weights, as its registered builder makes it.
+    """The network of teacher ``tcfg.arch`` with fresh weights, as its registered builder makes it,
+    reading the channels that ``tcfg.input`` names.
 
     A builder returns a model wrapper (a :class:`~benchbase.components.Student` of its
     architecture), as student builders do; a bare ``nn.Module`` is still taken, wrapped as a timm
@@ -55,7 +56,7 @@ def build_teacher(methods: Methods, tcfg: Any, data: DataBundle, **kwargs: Any) 
         warnings.warn(f"teacher builder {tcfg.arch!r} returned a bare {type(model).__name__}; return a "
                       "benchbase.api.Student wrapper (as student builders do)", DeprecationWarning, stacklevel=2)
         model = Student(model)
-        model.input_slice = data.channels(tcfg.get("input"))
+    model.input_slice = data.channels(tcfg.get("input"))
     return model
 
 

@@ -83,7 +83,7 @@ def benchbase_register_students(register: Register) -> None:
 
 @hookimpl
 def benchbase_register_teachers(register: Register) -> None:
-    register("$name", build_network)  # the harness loads or trains its weights, then wraps it as a Teacher
+    register("$name", build_student)  # the same network: the harness loads or trains its weights, then freezes it
 
 
 @hookimpl
