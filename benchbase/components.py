@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -27,6 +26,10 @@ class VitModel(nn.Module):
 
     ``model`` is the plain timm model, ``run(inp, taps)`` returns the requested tensors.
     """
+
+    checkpoint_loader: ClassVar[Callable[[nn.Module, str], None] | None] = None
+    """How the architecture loads a checkpoint file of its own format into ``model`` (SAM's full
+    checkpoints); None: a state dict of ``model`` (:func:`benchbase.models.load_weights`)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -89,13 +92,6 @@ class VitModel(nn.Module):
     def has_drop_path(self) -> bool:
         """Whether the architecture's blocks take a stochastic-depth rate (timm ViT blocks do)."""
         return hasattr(self.model, "blocks")
-
-    def load_checkpoint(self, path: str | os.PathLike[str], what: str = "model") -> None:
-        """Load the weights of the checkpoint at ``path`` into the network; an architecture with
-        a checkpoint format of its own overrides this (SAM's full checkpoints)."""
-        from benchbase.models import load_weights
-
-        load_weights(self.model, path, what=what)
 
     def as_teacher(self, source: str = "") -> Teacher:
         """This network frozen as a :class:`Teacher` of its architecture, reading the same channels;

@@ -63,7 +63,7 @@ def benchbase_register_teachers(register: Register) -> None:
             config group and the distillation data and returns the same kind of object as a
             student builder: a :class:`benchbase.components.Student` (or a subclass for another
             architecture) with fresh weights. The harness loads a checkpoint into it
-            (:meth:`~benchbase.components.VitModel.load_checkpoint`), a timm pretrained name
+            (in the format of :attr:`~benchbase.components.VitModel.checkpoint_loader`), a timm pretrained name
             (``build(cfg, data, pretrained=True)``) or runs the suite's teacher recipe on it, then
             freezes it (:meth:`~benchbase.components.VitModel.as_teacher`).
 

@@ -305,6 +305,7 @@ class _SamModel:
     """Capture and size properties shared by :class:`SamStudent` and :class:`SamTeacher`."""
 
     model: ImageEncoderViT
+    checkpoint_loader = staticmethod(load_sam_checkpoint)  # a full SAM checkpoint's image_encoder.* weights
 
     @property
     def embed_dim(self) -> int:
@@ -343,10 +344,6 @@ class _SamModel:
 
     def _capture(self, inp: ModelInput | Tensor, taps: Sequence[Tap]) -> Captures:
         return run_sam(self.model, inp, taps)
-
-    def load_checkpoint(self, path: str | Path, what: str = "model") -> None:
-        """A full SAM checkpoint's ``image_encoder.*`` weights, or an encoder's own (:func:`load_sam_checkpoint`)."""
-        load_sam_checkpoint(self.model, path)
 
     def as_teacher(self, source: str = "") -> SamTeacher:
         """This encoder frozen as a :class:`SamTeacher`, reading the same channels."""

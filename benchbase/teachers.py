@@ -67,7 +67,10 @@ def load_teacher(methods: Methods, cfg: Any, data: DataBundle, home: Path) -> Te
         if not tcfg.checkpoint:
             raise BenchbaseError("teacher.source=checkpoint needs teacher.checkpoint=PATH")
         model = build_teacher(methods, tcfg, data)
-        model.load_checkpoint(tcfg.checkpoint, what="teacher")
+        if model.checkpoint_loader is not None:  # the architecture's own checkpoint format
+            model.checkpoint_loader(model.model, tcfg.checkpoint)
+        else:
+            load_weights(model.model, tcfg.checkpoint, what="teacher")
         return frozen(model, tcfg, teacher_source(methods, cfg, data))
     if tcfg.source == "timm":
         try:
