@@ -48,9 +48,10 @@ def _key(ctx, **changed_params) -> str:
     def params(name):
         return {**recipe_params(name), **changed_params}
 
-    recipe_params = ctx.methods.recipe_params
-    ctx.methods.recipe_params = params
-    return ctx.methods.recipe_key(ctx.cfg, ctx.dataset("digits"))
+    methods = Methods(ctx.bb, ctx.overrides)
+    recipe_params = methods.recipe_params
+    methods.recipe_params = params
+    return methods.recipe_key(ctx.cfg, ctx.dataset("digits"))
 
 
 def _other(value):
