@@ -18,39 +18,33 @@ regenerated from the records alone (``benchbase leaderboard``).
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections import defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import pandas as pd
 from omegaconf import MISSING, OmegaConf
 
 from benchbase import distributed
 from benchbase.config import CONF_DIR
 from benchbase.errors import BenchbaseError
-from benchbase.leaderboard import (
-    ORIGIN,
-    Published,
-    hidden_note,
-    latest_per_seed,
-    local_dir,
-    local_note,
-    markdown_page,
-    metric_frame,
-    origin,
-    page_figures,
-    write_local,
-)
+from benchbase.leaderboard import ABLATION_PREFIX, Published, local_dir, write_local
 from benchbase.leaderboard import publish as publish_records
-from benchbase.plugins import Benchbase
-from benchbase.results import RunRecord, write_text_atomic
+from benchbase.plugin_manager import Benchbase
+from benchbase.results import ROLES, RunRecord
+from benchbase.suite import (
+    check_methods,
+    describe_status,
+    run_floor,
+    run_method,
+    run_teacher_row,
+    suite_context,
+    suite_teacher,
+)
 
-ROLES = ("method", "reference", "teacher")
-PREFIX = "ablation-"
-"""Leaderboard files of an ablation are named ``ablation-<name>.*``."""
+VARIANT_ROLES = tuple(role for role in ROLES if role not in ("floor", "eval"))
+"""The roles a variant may have (the floors of the suite are rows of every ablation table)."""
+PREFIX = ABLATION_PREFIX
 
 
 @dataclass
@@ -103,8 +97,8 @@ def load_spec(path: Path) -> AblationSpec:
     if spec.plot is not None and spec.plot not in spec.columns:
         problems.append(f"plot {spec.plot!r} is not one of its columns")
     for i, variant in enumerate(spec.variants):
-        if variant.role not in ROLES:
-            problems.append(f"variant {i}: role {variant.role!r} is not one of {', '.join(ROLES)}")
+        if variant.role not in VARIANT_ROLES:
+            problems.append(f"variant {i}: role {variant.role!r} is not one of {', '.join(VARIANT_ROLES)}")
         if variant.role != "teacher" and not (variant.method or spec.method):
             problems.append(f"variant {i} names no method (set `method` in the spec or the variant)")
         if unknown := sorted(set(variant.values) - set(spec.columns)):
@@ -127,22 +121,10 @@ def run_ablation(bb: Benchbase, name: str, overrides: Sequence[str] = (), force:
                  ) -> tuple[list[Path], Published | None, list[RunRecord]]:
     """Run every variant of ablation ``name`` (``overrides`` applied last, e.g. ``seed=1``) and
     write its local table; with ``publish``, also merge its records into the leaderboard folder.
-    Returns the files written, what was published and the rows' records (failed ones included).
-    Returns the local files written and what was published (nothing on ranks other than 0)."""
-    from benchbase.suite import (
-        _compatible,
-        check_methods,
-        describe_status,
-        run_floor,
-        run_method,
-        run_teacher_row,
-        suite_context,
-        suite_teacher,
-    )
-
+    Returns the local files written, what was published (nothing on ranks other than 0) and the
+    rows' records (failed ones included)."""
     spec = find_spec(bb, name)
-    if not distributed.is_main():
-        echo = _silent
+    echo = distributed.main_echo(echo)
     datasets: dict = {}  # loaded once for variants that configure a dataset alike
     contexts = []
     for variant in spec.variants:  # every variant's config is checked before anything trains
@@ -152,7 +134,7 @@ def run_ablation(bb: Benchbase, name: str, overrides: Sequence[str] = (), force:
                             force, datasets, echo)
         method = variant.method or spec.method
         if variant.role != "teacher":
-            _compatible(bb, [method], ctx.cfg.student.arch, explicit=True)
+            ctx.methods.compatible([method], ctx.cfg.student.arch, explicit=True)
             check_methods(ctx, [(variant.role, [method])])
         contexts.append((ctx, method))
     echo(f"ablation {spec.name}: {spec.title} ({len(spec.variants)} variants, suite {contexts[0][0].cfg.suite.name})")
@@ -181,10 +163,6 @@ def run_ablation(bb: Benchbase, name: str, overrides: Sequence[str] = (), force:
     return written, publish_records(records, cfg.leaderboard_dir, PREFIX + spec.name) if publish else None, records
 
 
-def _silent(*_args: Any) -> None:
-    """The echo of ranks other than 0."""
-
-
 def _annotated(record: RunRecord, spec: AblationSpec, index: int) -> RunRecord:
     """A copy of ``record`` that knows its row of the table (the stored record is left as it is)."""
     if index < 0:  # a floor row, first in the table: named in the first descriptive column
@@ -198,90 +176,3 @@ def _annotated(record: RunRecord, spec: AblationSpec, index: int) -> RunRecord:
     }
     # a run first stored by another ablation or suite (reused by config hash) is exported as this one's
     return dataclasses.replace(record, suite=PREFIX + spec.name, config={**record.config, "ablation": place})
-
-
-def is_ablation(records: Sequence[RunRecord]) -> bool:
-    """Whether ``records`` are an ablation's exported records."""
-    return bool(records) and all("ablation" in r.config for r in records)
-
-
-def ablation_rows(records: Sequence[RunRecord]) -> dict[int, list[RunRecord]]:
-    """The rows of an ablation table: variant index -> its latest run per seed; the teacher's rows
-    first, then the floors (negative indices), then the spec's order."""
-    by_variant: dict[int, list[RunRecord]] = defaultdict(list)
-    for record in records:
-        by_variant[record.config["ablation"]["variant"]].append(record)
-    order = sorted(by_variant, key=lambda i: (by_variant[i][0].role != "teacher", i))
-    return {index: latest_per_seed(by_variant[index]) for index in order}
-
-
-def build_ablation_table(records: Sequence[RunRecord]):
-    """The ablation table (a :func:`benchbase.leaderboard.metric_frame`): one row per variant in the
-    spec's order, its descriptive cells, then the chosen metrics as mean and 95% CI over seeds."""
-    place = records[0].config["ablation"]
-    rows = ablation_rows(records)
-    values = {index: group[0].config["ablation"]["values"] for index, group in rows.items()}
-    columns = place["columns"]
-    return metric_frame(rows, columns, lambda index: {c: values[index].get(c, "") for c in columns},
-                        place["metrics"])
-
-
-def write_ablation(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], stem: str,
-                   figures_from: str | os.PathLike[str] | None = None,
-                   committed: Collection[tuple[str, str]] | None = None) -> list[Path]:
-    """Write ``<stem>.md`` and ``.csv`` (and the plot PNG) of an ablation's records into ``out_dir``;
-    the page also embeds the attached figures of ``figures_from`` (default ``out_dir``). With
-    ``committed``, a local table, as :func:`benchbase.leaderboard.write_leaderboard` writes one."""
-    from benchbase.plots import curve_plot, metric_columns
-
-    place = records[0].config["ablation"]
-    rows = ablation_rows(records)
-    df = build_ablation_table(records)
-    if committed is not None:
-        df[ORIGIN] = [origin(group, committed) for group in rows.values()]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = []
-    plot, metrics = place.get("plot"), metric_columns(df)
-    if plot and metrics:
-        points = sweep_points(df, plot, place["columns"])
-        if len(points) >= 2:
-            title = f"{place['title'] or place['name']}: metric vs {plot} (95% band)"
-            figures.append(curve_plot(points, metrics, plot, title, out / f"{stem}.png"))
-    head = [f"# {place['title'] or place['name']}", "", *(local_note(stem) if committed is not None else [])]
-    if place["paper"]:
-        head += [f"Ablation `{place['name']}`, in the layout of {place['paper']}. Measured here; "
-                 "the paper's own numbers are in reported.md, never in this table.", ""]
-    first = {r.config["ablation"]["variant"]: r for r in reversed(records)}
-    notes = ["Rows, top to bottom: what ran, and the overrides that make the row:", ""]
-    for row, i in enumerate(rows, 1):
-        overrides = " ".join(first[i].config["ablation"]["overrides"])
-        notes.append(f"{row}. {first[i].method} ({first[i].role}): " + (f"`{overrides}`" if overrides else "as configured"))
-    hidden = len(records) - sum(len(group) for group in rows.values())
-    notes += ["", *hidden_note(hidden)] if hidden else []
-    md, csv = out / f"{stem}.md", out / f"{stem}.csv"
-    shown = page_figures(figures, out, stem, figures_from)
-    write_text_atomic(md, markdown_page(head, records, df, shown, f"`benchbase ablate {place['name']}`", notes))
-    write_text_atomic(csv, df.to_csv(index=False))
-    return [md, csv, *figures]
-
-
-def sweep_points(df: pd.DataFrame, plot: str, columns: Sequence[str]) -> list[tuple[float, pd.Series]]:
-    """The curve of column ``plot``: (value, row) of the rows with a numeric ``plot`` value that agree
-    on every other column of ``columns``, the largest such set (the first on a tie). Rows
-    that change something else besides (e.g. EventSAM's other choices at the default β) are not on it."""
-    others = [c for c in columns if c != plot]
-    groups: dict[tuple, list[tuple[float, pd.Series]]] = {}
-    for _, row in df.iterrows():
-        if _number(row[plot]):
-            groups.setdefault(tuple(str(row[c]) for c in others), []).append((float(row[plot]), row))
-    return max(groups.values(), key=len, default=[])
-
-
-def _number(value: object) -> bool:
-    try:
-        float(str(value))
-    except ValueError:
-        return False
-    return True
-

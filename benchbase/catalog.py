@@ -17,7 +17,7 @@ from tabulate import tabulate
 
 from benchbase.components import DATASET_KINDS, DataBundle
 from benchbase.config import CONF_DIR, DatasetConfig
-from benchbase.plugins import Benchbase, Registered
+from benchbase.plugin_manager import Benchbase, Registered
 from benchbase.tasks import one_line
 
 ITEMS = {"classification": "(image [C, H, W] float, label int)",

@@ -68,7 +68,7 @@ user errors exit with 2 before anything runs."""
 def run_epilog() -> str:
     """:data:`RUN_EPILOG` with the suites installed now (benchbase's and the plugins')."""
     from benchbase.catalog import suites_text
-    from benchbase.plugins import load
+    from benchbase.plugin_manager import load
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a broken plugin is reported by the commands that use plugins
@@ -458,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in STANDALONE:
             return STANDALONE[args.command](args)
-        from benchbase.plugins import load
+        from benchbase.plugin_manager import load
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -1,4 +1,4 @@
-"""The four component interfaces of a distillation benchmark: Teacher, Student, Loss, Evaluator.
+"""The four component interfaces of a distillation benchmark: Teacher, Student, Method, Evaluator.
 
 Plugins register implementations through the hooks in :mod:`benchbase.hookspecs`. Tensor shapes
 use B = batch, C = channels, H/W = image height/width, N = patches, T = tokens (prefix + patches),
@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -26,6 +26,10 @@ class VitModel(nn.Module):
 
     ``model`` is the plain timm model, ``run(inp, taps)`` returns the requested tensors.
     """
+
+    checkpoint_loader: ClassVar[Callable[[nn.Module, str], None] | None] = None
+    """How the architecture loads a checkpoint file of its own format into ``model`` (SAM's full
+    checkpoints); None: a state dict of ``model`` (:func:`benchbase.models.load_weights`)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -83,6 +87,18 @@ class VitModel(nn.Module):
     def export(self) -> nn.Module:
         """The network as a plain timm/torch model (what fine-tuning evaluators copy and train)."""
         return self.model
+
+    @property
+    def has_drop_path(self) -> bool:
+        """Whether the architecture's blocks take a stochastic-depth rate (timm ViT blocks do)."""
+        return hasattr(self.model, "blocks")
+
+    def as_teacher(self, source: str = "") -> Teacher:
+        """This network frozen as a :class:`Teacher` of its architecture, reading the same channels;
+        ``source`` says where its weights came from."""
+        teacher = Teacher(self.model, source)
+        teacher.input_slice = self.input_slice
+        return teacher
 
     def features(self, images: Tensor, pooling: str) -> Tensor:
         """One frozen feature vector per image ([B, C, H, W] -> [B, F]), pooled from the final
@@ -160,17 +176,16 @@ class StepInputs:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class Loss(nn.Module, ABC):
-    """A distillation objective.
+class Method(nn.Module, ABC):
+    """A distillation method: its objective and everything around it that one training step needs.
 
-    A loss declares the tensors it needs (``student_taps``, ``teacher_taps``), builds both
+    A method declares the tensors it needs (``student_taps``, ``teacher_taps``), builds both
     models' inputs from a batch (``make_inputs``), returns its terms by name from ``forward``
     (the total is their sum; every term is logged), may own parameters (projection heads,
     decoders: build them in ``setup``) and may act after each optimiser step (``after_step``).
     Constructor keyword arguments are the method's config keys (``method.params``).
     """
 
-    name: ClassVar[str]
     uses_teacher: ClassVar[bool] = True
     student_arch: ClassVar[str | None] = None  # the student.arch it needs (None: any)
     student_taps: Sequence[Tap] = ()
@@ -201,6 +216,10 @@ class Loss(nn.Module, ABC):
         then use that view.
         """
         return student
+
+
+Loss = Method
+"""The former name of :class:`Method`, kept for plugins that subclass ``Loss``."""
 
 
 @dataclass

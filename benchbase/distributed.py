@@ -10,9 +10,9 @@ Everything here is a no-op (rank 0 of 1) in a single process, so callers need no
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -53,6 +53,15 @@ def world_size() -> int:
 def is_main() -> bool:
     """Whether this process writes results, logs, checkpoints and tables (rank 0)."""
     return rank() == 0
+
+
+def main_echo(echo: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``echo`` on rank 0, a silent one on the other ranks: rank 0 speaks for the run."""
+    return echo if is_main() else _silent
+
+
+def _silent(*_args: Any) -> None:
+    """The echo of ranks other than 0."""
 
 
 def barrier() -> None:

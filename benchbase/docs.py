@@ -206,7 +206,7 @@ def render_class(cls: type, level: int = 3) -> str:
 
 
 INTERFACES: tuple[type, ...] = (
-    components.Loss, components.VitModel, components.Student, components.Teacher, components.Evaluator,
+    components.Method, components.VitModel, components.Student, components.Teacher, components.Evaluator,
     loggers.Logger,
 )
 """The component interfaces (Student and Teacher share :class:`VitModel`)."""

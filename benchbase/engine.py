@@ -268,7 +268,7 @@ def train(
             student.train()
             for batch, (images, labels) in enumerate(_epoch_batches(dataset, cfg, seed, epoch, device, skip), skip):
                 try:
-                    terms_f, stopping = _step(step_module, teacher, loss, optimizer, images, labels, device, amp, cfg,
+                    terms_f, stopping = train_step(step_module, teacher, loss, optimizer, images, labels, device, amp, cfg,
                                               step, lr_at(step, total, warmup, cfg.lr, cfg.min_lr), stop_signals)
                 except MethodFailed:
                     raise
@@ -297,7 +297,7 @@ def train(
     return TrainResult(step, cfg.epochs, terms_f, seen_images / elapsed if elapsed else 0.0, resumed_from)
 
 
-def _step(step_module: nn.Module, teacher, loss, optimizer, images, labels, device, amp, cfg, step: int,
+def train_step(step_module: nn.Module, teacher, loss, optimizer, images, labels, device, amp, cfg, step: int,
           lr: float, stop: preemption.StopSignals | None = None) -> tuple[dict[str, float], bool]:
     """One optimiser step of ``step_module`` (a :class:`StepModule`, DDP-wrapped under torchrun).
 

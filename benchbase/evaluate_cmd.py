@@ -33,7 +33,7 @@ from benchbase.errors import BenchbaseError
 from benchbase.floors import PixelModel
 from benchbase.leaderboard import build_table, format_table
 from benchbase.models_from import PIXELS, ModelSpec, architecture_node, build_model, resolve_model
-from benchbase.plugins import Benchbase
+from benchbase.plugin_manager import Benchbase
 from benchbase.results import ResultsDB, RunRecord
 from benchbase.provenance import code_versions, suite_components
 from benchbase.suite import SuiteContext, _record, _stored, check_tasks, evaluate_task, suite_context

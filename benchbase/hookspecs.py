@@ -30,13 +30,13 @@ def benchbase_register_losses(register: Register) -> None:
     """Register distillation methods.
 
     Args:
-        register: call ``register(name, loss_class)`` for each method. ``loss_class`` subclasses
-            :class:`benchbase.components.Loss`; its constructor keyword arguments are the keys of
+        register: call ``register(name, method_class)`` for each method. ``method_class`` subclasses
+            :class:`benchbase.components.Method` (formerly ``Loss``); its constructor keyword arguments are the keys of
             ``method.params`` in the method's config (``conf/method/<name>.yaml``).
 
     Returns:
         Nothing. Called once when the plugin manager loads plugins; ``benchbase run --methods P``
-        runs the losses that plugin ``P`` registered (every method plugin's without ``--methods``).
+        runs the methods that plugin ``P`` registered (every method plugin's without ``--methods``).
     """
 
 
@@ -60,9 +60,12 @@ def benchbase_register_teachers(register: Register) -> None:
 
     Args:
         register: call ``register(name, build)``, where ``build(cfg, data)`` takes the ``teacher``
-            config group and the distillation data and returns the teacher's ``nn.Module``
-            (untrained; the harness loads a checkpoint, a timm pretrained name or runs the
-            suite's teacher recipe, then wraps it in :class:`benchbase.components.Teacher`).
+            config group and the distillation data and returns the same kind of object as a
+            student builder: a :class:`benchbase.components.Student` (or a subclass for another
+            architecture) with fresh weights. The harness loads a checkpoint into it
+            (in the format of :attr:`~benchbase.components.VitModel.checkpoint_loader`), a timm pretrained name
+            (``build(cfg, data, pretrained=True)``) or runs the suite's teacher recipe on it, then
+            freezes it (:meth:`~benchbase.components.VitModel.as_teacher`).
 
     Returns:
         Nothing. Called once when the plugin manager loads plugins; ``teacher.arch`` selects one.

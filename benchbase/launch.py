@@ -54,7 +54,7 @@ def torchrun_env_from_submitit() -> None:
 
 def run_job(_cfg: DictConfig) -> None:
     """Hydra's task function: one suite with this job's overrides (Hydra composed and validated them)."""
-    from benchbase.plugins import load
+    from benchbase.plugin_manager import load
     from benchbase.suite import run_suite
 
     overrides, methods = job_arguments(list(HydraConfig.get().overrides.task))
@@ -68,7 +68,7 @@ def run_job(_cfg: DictConfig) -> None:
 
 def main() -> None:
     """Add the plugins' config dirs to Hydra's search path, then hand the command line to Hydra."""
-    from benchbase.plugins import load
+    from benchbase.plugin_manager import load
 
     bb = load()
     sys.argv += register_configs(bb.config_dirs(), bb.registry.names("losses"))

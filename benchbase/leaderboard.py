@@ -60,6 +60,8 @@ ORIGIN = "origin"
 """Column of a local table: whether a row's runs are committed records, local ones, or both."""
 HIDDEN = "hidden"
 """The :func:`prune` selector for the records a table does not show (other settings, superseded seeds)."""
+ABLATION_PREFIX = "ablation-"
+"""Tables (and suites in the results database) of an ablation are named ``ablation-<name>``."""
 FIGURES_DIR = "figures"
 """Sub-folder of the leaderboard folder with figures that other tools draw for a table, e.g.
 EventSAM's token-importance heat maps: ``figures/<name>/*.png`` is embedded in ``<name>.md``
@@ -442,20 +444,49 @@ def _comparison_details(df: pd.DataFrame) -> list[str]:
     return [*lines, "", "</details>", ""]
 
 
-def write_leaderboard(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str,
-                      figures_from: str | os.PathLike[str] | None = None,
-                      committed: Collection[tuple[str, str]] | None = None) -> list[Path]:
-    """Write ``<name>.md`` and ``<name>.csv`` (numeric) into ``out_dir``, each atomically, plus the
-    PNG plots of :mod:`benchbase.plots` embedded in the Markdown (returned after md and csv). The
-    page also embeds the :data:`FIGURES_DIR` figures of ``figures_from`` (default ``out_dir``).
+class Page(NamedTuple):
+    """What one table page shows: its frame, the records it was built from, its title lines, its
+    plots (written into the table's folder), its notes and the command that generates it."""
 
-    The table shows the records of the current setting (:func:`current_records`); the page counts
-    the others. With ``committed`` (the :func:`record_ids` of the committed records) it is a local
-    table: an :data:`ORIGIN` column tells the rows of committed records from local ones."""
-    from benchbase.plots import PARAMS, cost_plot, sweep_plots
+    df: pd.DataFrame
+    records: Sequence[RunRecord]
+    head: list[str]
+    figures: list[Path]
+    notes: list[str]
+    generator: str
 
+
+def write_table(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str,
+                figures_from: str | os.PathLike[str] | None = None,
+                committed: Collection[tuple[str, str]] | None = None) -> list[Path]:
+    """Write ``<name>.md`` and ``<name>.csv`` (numeric) of ``records`` into ``out_dir``, each
+    atomically, plus the PNG plots embedded in the Markdown (returned after md and csv): an
+    ablation's table in its spec's layout (:func:`ablation_page`), a suite's leaderboard otherwise
+    (:func:`suite_page`). The page also embeds the :data:`FIGURES_DIR` figures of ``figures_from``
+    (default ``out_dir``). With ``committed`` (the :func:`record_ids` of the committed records) it
+    is a local table: an :data:`ORIGIN` column tells the rows of committed records from local ones."""
     if not name or name in (".", "..") or Path(name).name != name:
         raise BenchbaseError(f"leaderboard name {name!r} must be a plain file name (it names <name>.md)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    page = (ablation_page if is_ablation(records) else suite_page)(records, out, name, committed)
+    md, csv = out / f"{name}.md", out / f"{name}.csv"
+    embedded = page_figures(page.figures, out, name, figures_from)
+    write_text_atomic(md, markdown_page(page.head, page.records, page.df, embedded, page.generator, page.notes))
+    write_text_atomic(csv, page.df.to_csv(index=False))
+    return [md, csv, *page.figures]
+
+
+write_leaderboard = write_table
+"""The former name of :func:`write_table`."""
+
+
+def suite_page(records: Sequence[RunRecord], out: Path, name: str,
+               committed: Collection[tuple[str, str]] | None) -> Page:
+    """A suite's leaderboard: the records of the current setting (:func:`current_records`), its
+    cost and sweep plots of :mod:`benchbase.plots`; the page counts the records it does not show."""
+    from benchbase.plots import PARAMS, cost_plot, sweep_plots
+
     shown = current_records(records)
     df = build_table(shown)
     head = [f"# {name}", ""]
@@ -463,16 +494,89 @@ def write_leaderboard(records: Sequence[RunRecord], out_dir: str | os.PathLike[s
         origins = {key: origin(group, committed) for key, group in _group_rows(shown).items()}
         df[ORIGIN] = [origins.get((role, method), "") for role, method in zip(df["role"], df["method"])]
         head += local_note(name)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     costs = [cost_plot(df, out / f"{name}.png", name), cost_plot(df, out / f"{name}-params.png", name, PARAMS)]
     figures = [p for p in costs if p] + sweep_plots(df, out, name)
-    md, csv = out / f"{name}.md", out / f"{name}.csv"
-    embedded = page_figures(figures, out, name, figures_from)
     notes = hidden_note(len(records) - len(shown_records(records)))
-    write_text_atomic(md, markdown_page(head, shown, df, embedded, "`benchbase leaderboard`", notes))
-    write_text_atomic(csv, df.to_csv(index=False))
-    return [md, csv, *figures]
+    return Page(df, shown, head, figures, notes, "`benchbase leaderboard`")
+
+
+def ablation_page(records: Sequence[RunRecord], out: Path, name: str,
+                  committed: Collection[tuple[str, str]] | None) -> Page:
+    """An ablation's table in its spec's layout (:func:`build_ablation_table`), with the curve of its
+    ``plot`` column and a note per row on what ran and the overrides that make it."""
+    from benchbase.plots import curve_plot, metric_columns
+
+    place = records[0].config["ablation"]
+    rows = ablation_rows(records)
+    df = build_ablation_table(records)
+    if committed is not None:
+        df[ORIGIN] = [origin(group, committed) for group in rows.values()]
+    figures = []
+    plot, metrics = place.get("plot"), metric_columns(df)
+    if plot and metrics:
+        points = sweep_points(df, plot, place["columns"])
+        if len(points) >= 2:
+            title = f"{place['title'] or place['name']}: metric vs {plot} (95% band)"
+            figures.append(curve_plot(points, metrics, plot, title, out / f"{name}.png"))
+    head = [f"# {place['title'] or place['name']}", "", *(local_note(name) if committed is not None else [])]
+    if place["paper"]:
+        head += [f"Ablation `{place['name']}`, in the layout of {place['paper']}. Measured here; "
+                 "the paper's own numbers are in reported.md, never in this table.", ""]
+    first = {r.config["ablation"]["variant"]: r for r in reversed(records)}
+    notes = ["Rows, top to bottom: what ran, and the overrides that make the row:", ""]
+    for row, i in enumerate(rows, 1):
+        overrides = " ".join(first[i].config["ablation"]["overrides"])
+        notes.append(f"{row}. {first[i].method} ({first[i].role}): " + (f"`{overrides}`" if overrides else "as configured"))
+    hidden = len(records) - sum(len(group) for group in rows.values())
+    notes += ["", *hidden_note(hidden)] if hidden else []
+    return Page(df, records, head, figures, notes, f"`benchbase ablate {place['name']}`")
+
+
+def is_ablation(records: Sequence[RunRecord]) -> bool:
+    """Whether ``records`` are an ablation's exported records (each knows its row under
+    ``config["ablation"]``, see :mod:`benchbase.ablation`)."""
+    return bool(records) and all("ablation" in r.config for r in records)
+
+
+def ablation_rows(records: Sequence[RunRecord]) -> dict[int, list[RunRecord]]:
+    """The rows of an ablation table: variant index -> its latest run per seed; the teacher's rows
+    first, then the floors (negative indices), then the spec's order."""
+    by_variant: dict[int, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        by_variant[record.config["ablation"]["variant"]].append(record)
+    order = sorted(by_variant, key=lambda i: (by_variant[i][0].role != "teacher", i))
+    return {index: latest_per_seed(by_variant[index]) for index in order}
+
+
+def build_ablation_table(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """The ablation table (a :func:`metric_frame`): one row per variant in the spec's order, its
+    descriptive cells, then the chosen metrics as mean and 95% CI over seeds."""
+    place = records[0].config["ablation"]
+    rows = ablation_rows(records)
+    values = {index: group[0].config["ablation"]["values"] for index, group in rows.items()}
+    columns = place["columns"]
+    return metric_frame(rows, columns, lambda index: {c: values[index].get(c, "") for c in columns},
+                        place["metrics"])
+
+
+def sweep_points(df: pd.DataFrame, plot: str, columns: Sequence[str]) -> list[tuple[float, pd.Series]]:
+    """The curve of column ``plot``: (value, row) of the rows with a numeric ``plot`` value that agree
+    on every other column of ``columns``, the largest such set (the first on a tie). Rows
+    that change something else besides (e.g. EventSAM's other choices at the default β) are not on it."""
+    others = [c for c in columns if c != plot]
+    groups: dict[tuple, list[tuple[float, pd.Series]]] = {}
+    for _, row in df.iterrows():
+        if _number(row[plot]):
+            groups.setdefault(tuple(str(row[c]) for c in others), []).append((float(row[plot]), row))
+    return max(groups.values(), key=len, default=[])
+
+
+def _number(value: object) -> bool:
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 def record_ids(records: Iterable[RunRecord]) -> set[tuple[str, str]]:
@@ -542,22 +646,9 @@ def _read_records(folder: str | os.PathLike[str], name: str) -> list[RunRecord]:
     return read_jsonl(path) if path.exists() else []
 
 
-def write_table(records: Sequence[RunRecord], out_dir: str | os.PathLike[str], name: str,
-                figures_from: str | os.PathLike[str] | None = None,
-                committed: Collection[tuple[str, str]] | None = None) -> list[Path]:
-    """The table of ``records`` in ``out_dir``: an ablation's in its spec's layout, a suite's
-    leaderboard otherwise (arguments as :func:`write_leaderboard`)."""
-    from benchbase.ablation import is_ablation, write_ablation
-
-    return (write_ablation if is_ablation(records) else write_leaderboard)(records, out_dir, name, figures_from,
-                                                                          committed)
-
-
 def table_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
     """The numeric frame of the table :func:`write_table` writes for ``records`` (no origin column):
     an ablation's, or a suite's of its current setting."""
-    from benchbase.ablation import build_ablation_table, is_ablation
-
     return build_ablation_table(records) if is_ablation(records) else build_table(current_records(records))
 
 
@@ -611,8 +702,6 @@ def local_dir(db_path: str | os.PathLike[str]) -> Path:
 def shown_records(records: Sequence[RunRecord]) -> list[RunRecord]:
     """The records a table of ``records`` shows: an ablation's latest run per variant and seed; a
     suite's latest run per row and seed, of the current setting."""
-    from benchbase.ablation import ablation_rows, is_ablation
-
     rows = ablation_rows(records) if is_ablation(records) else _group_rows(current_records(records))
     return [record for group in rows.values() for record in group]
 
@@ -655,15 +744,13 @@ def local_records(db: ResultsDB, local: str | os.PathLike[str]) -> dict[str, lis
     from an ablation's record is stored under the ablation), as long as ``db`` still holds them.
     Ablation suites are left out: ``benchbase ablate NAME`` exports them in their spec's layout.
     """
-    from benchbase.ablation import PREFIX
-
     stored = db.records()
     by_hash = {r.config_hash: r for r in stored}
     by_suite: dict[str, list[RunRecord]] = defaultdict(list)
     for record in stored:
         by_suite[record.suite].append(record)
     found = {}
-    for suite in sorted(s for s in by_suite if not s.startswith(PREFIX)):
+    for suite in sorted(s for s in by_suite if not s.startswith(ABLATION_PREFIX)):
         before = _read_records(local, suite)
         borrowed = [dataclasses.replace(by_hash[r.config_hash], suite=suite) for r in before
                     if r.config_hash in by_hash and by_hash[r.config_hash].suite != suite]

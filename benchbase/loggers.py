@@ -35,7 +35,7 @@ from benchbase.components import Metric
 from benchbase.errors import BenchbaseError
 
 if TYPE_CHECKING:
-    from benchbase.plugins import Benchbase
+    from benchbase.plugin_manager import Benchbase
 
 STEPS_LOG = "steps.jsonl"
 ALWAYS = "jsonl"

@@ -36,7 +36,7 @@ from benchbase.components import DataBundle, Student
 from benchbase.config import ModelConfig
 from benchbase.errors import BenchbaseError
 from benchbase.models import load_state, load_weights, read_state_dict
-from benchbase.plugins import Benchbase
+from benchbase.plugin_manager import Benchbase
 from benchbase.results import ResultsDB
 from benchbase.sam import load_sam_checkpoint
 

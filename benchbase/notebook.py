@@ -28,10 +28,10 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from benchbase.ablation import PREFIX
 from benchbase.config import compose_config
 from benchbase.errors import BenchbaseError
 from benchbase.leaderboard import (
+    ABLATION_PREFIX,
     RESULTS_DIR,
     _formatted,
     format_table,
@@ -41,7 +41,7 @@ from benchbase.leaderboard import (
     shown_records,
     table_frame,
 )
-from benchbase.plugins import load
+from benchbase.plugin_manager import load
 from benchbase.results import ResultsDB, RunRecord, read_jsonl, records_frame
 from benchbase.suite import run_suite, suite_context
 
@@ -120,7 +120,7 @@ def table(suite: str, *, db: PathLike | None = None, leaderboard_dir: PathLike |
         leaderboard_dir: read the records ``<leaderboard_dir>/results/<suite>.jsonl`` instead, e.g.
             ``"leaderboards"`` for the committed table.
     """
-    if leaderboard_dir is None and suite.startswith(PREFIX):
+    if leaderboard_dir is None and suite.startswith(ABLATION_PREFIX):
         raise BenchbaseError(f"{suite}'s table is built from its exported records (written by `benchbase ablate`); "
                              "pass leaderboard_dir=")
     records = _records(suite, db, leaderboard_dir)

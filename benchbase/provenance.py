@@ -26,7 +26,7 @@ from functools import partial
 from types import CodeType, FunctionType
 from typing import Any
 
-from benchbase.plugins import Benchbase
+from benchbase.plugin_manager import Benchbase
 
 CODE_PREFIX = "code:"
 """Prefix of the ``versions`` keys that hold component fingerprints."""

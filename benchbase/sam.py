@@ -305,6 +305,7 @@ class _SamModel:
     """Capture and size properties shared by :class:`SamStudent` and :class:`SamTeacher`."""
 
     model: ImageEncoderViT
+    checkpoint_loader = staticmethod(load_sam_checkpoint)  # a full SAM checkpoint's image_encoder.* weights
 
     @property
     def embed_dim(self) -> int:
@@ -336,8 +337,19 @@ class _SamModel:
     def num_prefix_tokens(self) -> int:
         return 0
 
+    @property
+    def has_drop_path(self) -> bool:
+        """SAM's blocks have no stochastic depth."""
+        return False
+
     def _capture(self, inp: ModelInput | Tensor, taps: Sequence[Tap]) -> Captures:
         return run_sam(self.model, inp, taps)
+
+    def as_teacher(self, source: str = "") -> SamTeacher:
+        """This encoder frozen as a :class:`SamTeacher`, reading the same channels."""
+        teacher = SamTeacher(self.model, source)
+        teacher.input_slice = self.input_slice
+        return teacher
 
 
 class SamStudent(_SamModel, Student):

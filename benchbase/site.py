@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchbase.ablation import is_ablation
 from benchbase.errors import BenchbaseError
 from benchbase.leaderboard import (
     BELOW_SUFFIX,
     CI_SUFFIX,
     RESULTS_DIR,
     _formatted,
+    is_ablation,
     page_figures,
     shown_records,
     table_frame,

@@ -1,5 +1,7 @@
 """Method stages: a cached chain of training runs before a method's final run.
 
+Owns planning the stages of a method config (their configs and cache keys) and training them.
+
 A method config may list ``stages`` (see :class:`benchbase.config.StageConfig`). Each stage trains
 a student with the method's loss, its params being ``method.params`` updated with the stage's own,
 or with another registered loss (``method: NAME``) and only the stage's params; it then hands its result to the next stage (the last one to the final
@@ -23,10 +25,9 @@ resolved ``config.yaml``, ``steps.jsonl``, the exported ``student.pt`` and the l
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -37,7 +38,13 @@ from benchbase.config import config_hash
 from benchbase.engine import train
 from benchbase.errors import BenchbaseError
 from benchbase.locks import building
+from benchbase.methods import KIND, Methods, run_identity
 from benchbase.models import load_weights, save_weights
+from benchbase.provenance import TEACHER, code_versions
+from benchbase.teachers import frozen
+
+if TYPE_CHECKING:
+    from benchbase.plugin_manager import Benchbase
 
 THEN = ("continue", "init", "teach")
 STAGE_FILE = "stage.json"
@@ -70,26 +77,26 @@ class Handover:
     teacher: Teacher | None
 
 
-def plan(cfg: DictConfig, method: str, identity: Callable[[DictConfig, str, dict], dict],
-         params_of: Callable[[DictConfig, str], dict],
-         made_by: Callable[[DictConfig, str], dict[str, str]] = lambda stage_cfg, loss_name: {}) -> list[Stage]:
-    """The stages of ``cfg.method``, each with its config and chained hashes (empty without stages).
+def plan(methods: Methods, cfg: DictConfig, seed: int, teacher_source: str = "") -> list[Stage]:
+    """The stages of method ``cfg.method.name``, each with its config, checked params and chained
+    hashes (empty without stages).
 
-    ``identity(stage_cfg, loss_name, params)`` is what names one training run of the suite,
-    ``params_of(stage_cfg, loss_name)`` checks a stage's params against its loss and
-    ``made_by(stage_cfg, loss_name)`` is what makes the stage besides its config (its cache key
-    covers it).
+    A stage's ``key`` hashes the stage's :func:`~benchbase.methods.run_identity` (role ``stage``,
+    ``seed``) and its predecessors'; its ``cache`` also covers what makes it besides its config:
+    ``teacher_source`` (the suite's teacher weights) and the code of its method, student and data.
     """
     stages, previous, previous_cache = [], None, None
     for index, spec in enumerate(cfg.method.get("stages") or []):
         if spec.then not in THEN:
             raise BenchbaseError(f"method.stages[{index}].then={spec.then!r}; use one of {', '.join(THEN)}")
-        loss_name = spec.method or method
-        stage_cfg = _stage_config(cfg, spec, loss_name, index)
-        params = params_of(stage_cfg, loss_name)
-        key = config_hash({"stage": identity(stage_cfg, loss_name, params), "previous": previous})
-        cache = config_hash({"stage": key, "made_by": made_by(stage_cfg, loss_name), "previous": previous_cache})
-        stages.append(Stage(spec.name or f"stage{index}", loss_name, stage_cfg, params, spec.then, key, cache))
+        method = spec.method or cfg.method.name
+        stage_cfg = _stage_config(cfg, spec, method, index)
+        params = methods.params(stage_cfg)
+        key = config_hash({"stage": run_identity(stage_cfg, "stage", method, params, seed), "previous": previous})
+        components = [(KIND, method), ("students", stage_cfg.student.arch), ("datasets", stage_cfg.suite.distill.dataset)]
+        made_by = {TEACHER: teacher_source, **code_versions(methods.bb, components)}
+        cache = config_hash({"stage": key, "made_by": made_by, "previous": previous_cache})
+        stages.append(Stage(spec.name or f"stage{index}", method, stage_cfg, params, spec.then, key, cache))
         previous, previous_cache = [key, spec.then], [cache, spec.then]
     return stages
 
@@ -110,26 +117,34 @@ def _stage_config(cfg: DictConfig, spec: DictConfig, loss_name: str, index: int)
     return stage_cfg
 
 
-def run_stages(stages: list[Stage], home: Path, data: DataBundle, teacher: Teacher | None, seed: int,
-               build_student: Callable[[DictConfig], Student], build_loss: Callable[[str, dict], Any],
-               frozen: Callable[[Student, DictConfig, str], Teacher]) -> Handover:
+def run_stages(stages: list[Stage], methods: Methods, home: Path, data: DataBundle, teacher: Teacher | None,
+               seed: int) -> Handover:
     """Train (or find cached) every stage in order; returns what the final run starts from."""
     handover = Handover(None, None, teacher)
     for stage in stages:
         folder = home / "stages" / stage.cache
         with building(folder):  # another job training this stage now: wait, then use its result
             if not distributed.broadcast_from_main((folder / STAGE_FILE).exists()):
-                _train_stage(stage, folder, data, handover, seed, build_student, build_loss)
+                _train_stage(stage, methods, folder, data, handover, seed)
         distributed.barrier()  # rank 0 has written the stage's files
         if stage.then == "teach":
             torch.manual_seed(seed)
-            model = build_student(stage.cfg)
+            model = build_student(methods.bb, stage.cfg, data)
             load_weights(model.model, folder / STUDENT_FILE, what="stage student")
             handover = Handover(None, None, frozen(model, stage.cfg.student, f"stage:{stage.cache}"))
         else:
             state = folder / LOSS_FILE if stage.then == "continue" else None
             handover = Handover(folder / STUDENT_FILE, state, handover.teacher)
     return handover
+
+
+def build_student(bb: Benchbase, cfg: DictConfig, data: DataBundle) -> Student:
+    """The student of ``cfg`` as ``student.arch``'s builder makes it, its ``student.checkpoint``
+    loaded (if any)."""
+    student = bb.registry.get("students", cfg.student.arch)(cfg.student, data)
+    if cfg.student.checkpoint:
+        load_weights(student.model, cfg.student.checkpoint, what="student")
+    return student
 
 
 def start_student(student: Student, handover: Handover) -> None:
@@ -145,15 +160,15 @@ def loss_state(handover: Handover) -> dict | None:
     return torch.load(handover.loss_state, map_location="cpu", weights_only=True)
 
 
-def _train_stage(stage: Stage, folder: Path, data: DataBundle, handover: Handover, seed: int,
-                 build_student, build_loss) -> None:
+def _train_stage(stage: Stage, methods: Methods, folder: Path, data: DataBundle, handover: Handover,
+                 seed: int) -> None:
     if distributed.is_main():
         folder.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(stage.cfg, folder / "config.yaml", resolve=True)
     torch.manual_seed(seed)
-    student = build_student(stage.cfg)
+    student = build_student(methods.bb, stage.cfg, data)
     start_student(student, handover)
-    loss = build_loss(stage.loss_name, stage.params)
+    loss = methods.build(stage.loss_name, stage.params, data)
     split = data.split(stage.cfg.suite.distill.split)
     train(student, handover.teacher if loss.uses_teacher else None, loss, split, stage.cfg.trainer, folder, seed,
           desc=f"{stage.loss_name} {stage.name} seed {seed}", loss_state=loss_state(handover))

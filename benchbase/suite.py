@@ -14,7 +14,6 @@ is reused and tells the others.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import platform
 import shutil
@@ -33,10 +32,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchbase import __version__, distributed
 from benchbase.components import DataBundle, Metric, Student, Teacher, VitModel
-from benchbase.config import RUN_ONLY_TRAINER_KEYS, DatasetConfig, compose_config, config_hash
+from benchbase.config import DatasetConfig, compose_config, config_hash
 from benchbase.cost import cost_metrics
 from benchbase.engine import resolve_device, train
 from benchbase.errors import BenchbaseError, MethodFailed, NotApplicable
+from benchbase.methods import Methods, run_identity, without_method_overrides
 from benchbase.floors import FLOORS, PixelModel
 from benchbase.leaderboard import (
     build_table,
@@ -48,13 +48,13 @@ from benchbase.leaderboard import (
     write_local,
 )
 from benchbase.loggers import RunInfo, check_loggers, run_loggers
-from benchbase.models import load_weights, save_weights
-from benchbase.plugins import Benchbase
+from benchbase.models import save_weights
+from benchbase.plugin_manager import Benchbase
 from benchbase.provenance import TEACHER, changed, code_summary, code_versions, suite_components
 from benchbase.results import ResultsDB, RunRecord
-from benchbase.stages import Stage, describe, loss_state, plan, run_stages, start_student
+from benchbase.stages import Stage, build_student, describe, loss_state, plan, run_stages, start_student
 from benchbase.tasks import TasksFailed, check_task, evaluation_state, evaluator_params, run_isolated
-from benchbase.teachers import frozen, load_teacher, recipe_identity, teacher_source
+from benchbase.teachers import load_teacher, teacher_source
 
 
 
@@ -71,6 +71,12 @@ class SuiteContext:
     device: torch.device
     datasets: dict[str, DataBundle] = field(default_factory=dict)
     echo: Callable[[str], Any] = print
+    methods: Methods = field(init=False)
+    """The registered methods as this suite's overrides configure them."""
+    _teacher_source: str | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.methods = Methods(self.bb, self.overrides)
 
     def dataset(self, name: str) -> DataBundle:
         """The dataset ``name`` as ``data.<name>`` configures it, loaded once per configuration."""
@@ -80,90 +86,12 @@ class SuiteContext:
             self.datasets[key] = self.bb.registry.get("datasets", name)(dcfg)
         return self.datasets[key]
 
-    def method_cfg(self, name: str, role: str = "method") -> DictConfig:
-        """The config of one method: the suite's overrides (``method.*`` ones only for methods)."""
-        overrides = self.overrides if role == "method" else _without_method_overrides(self.overrides)
-        loss_cls = self.bb.registry.get("losses", name)
-        try:
-            return compose_config([*overrides, f"method={name}"], self.bb.config_dirs(),
-                                  self.bb.registry.names("losses"))
-        except BenchbaseError as exc:
-            if "method.params." not in str(exc):
-                raise
-            raise BenchbaseError(f"{exc} (valid keys for {name}: {', '.join(_init_keys(loss_cls))})") from None
-
-    def recipe_params(self, name: str) -> dict[str, Any]:
-        """The params the teacher recipe builds loss ``name`` with (its config file's)."""
-        return loss_params(self.method_cfg(name, "recipe"), self.bb.registry.get("losses", name))
-
     def teacher_source(self) -> str:
-        """Where the suite's teacher weights come from (for a recipe teacher, its cache key)."""
-        return teacher_source(self.cfg, self.bb, self.dataset(self.cfg.suite.distill.dataset), self.recipe_params)
-
-
-def _without_method_overrides(overrides: list[str]) -> list[str]:
-    return [o for o in overrides if not o.lstrip("+~").startswith("method.")]
-
-
-def _init_keys(cls: type) -> list[str]:
-    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-
-
-def loss_params(cfg: DictConfig, loss_cls: type) -> dict[str, Any]:
-    """``method.params`` checked against the loss constructor: an unknown key is a one-line error."""
-    params = OmegaConf.to_container(cfg.method.params, resolve=True) or {}
-    accepted = inspect.signature(loss_cls.__init__).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-        valid = _init_keys(loss_cls)
-        for key in params:
-            if key not in valid:
-                raise BenchbaseError(
-                    f"unknown config key 'method.params.{key}' in group 'method' ({cfg.method.name}); "
-                    f"valid keys: {', '.join(valid) or 'none'}"
-                )
-    return params
-
-
-DATA_ARGS = ("num_classes", "ignore_index")
-"""Loss constructor arguments that, left unset by the config, come from the distillation data."""
-
-
-def build_loss(loss_cls: type, params: dict[str, Any], data: DataBundle) -> Any:
-    """``loss_cls(**params)``, with :data:`DATA_ARGS` the constructor takes and the config leaves
-    unset (or null) filled from ``data``: its class count and unlabelled value (-100 if none)."""
-    accepted = inspect.signature(loss_cls.__init__).parameters
-    from_data = {"num_classes": data.num_classes,
-                 "ignore_index": -100 if data.ignore_index is None else data.ignore_index}
-    filled = {k: from_data[k] for k in DATA_ARGS if k in accepted and params.get(k) is None}
-    return loss_cls(**{**params, **filled})
-
-
-def _identity(cfg: DictConfig, role: str, name: str, params: dict, seed: int,
-              stages: list[Stage] = ()) -> dict[str, Any]:
-    container = OmegaConf.to_container(cfg, resolve=True)
-    datasets = {cfg.suite.distill.dataset} | {t.dataset for t in cfg.suite.tasks.values()}
-    chain = {"stages": [s.key for s in stages]} if stages else {}  # runs without stages keep their hashes
-    return {
-        **chain,
-        "role": role,
-        "method": name,
-        "params": params,
-        "seed": seed,
-        "student": container["student"],
-        "teacher": _teacher_identity(cfg, container["teacher"]),
-        "trainer": {k: v for k, v in container["trainer"].items() if k not in RUN_ONLY_TRAINER_KEYS},
-        "suite": {k: container["suite"][k] for k in ("distill", "tasks")},
-        "data": {k: v for k, v in container["data"].items() if k in datasets},
-    }
-
-
-def _teacher_identity(cfg: DictConfig, teacher: dict[str, Any]) -> Any:
-    """The teacher as a run's hash names it: its config, or for a recipe teacher the recipe's
-    identity and, when set, ``distill_drop_path`` (left out at 0, so those runs keep their hashes)."""
-    if cfg.teacher.source != "recipe":
-        return teacher
-    rate = teacher.get("distill_drop_path")
-    return {"recipe": recipe_identity(cfg), "distill_drop_path": rate} if rate else recipe_identity(cfg)
+        """Where the suite's teacher weights come from (for a recipe teacher, its cache key); found once."""
+        if self._teacher_source is None:
+            data = self.dataset(self.cfg.suite.distill.dataset)
+            self._teacher_source = teacher_source(self.methods, self.cfg, data)
+        return self._teacher_source
 
 
 def _git_revision() -> str:
@@ -266,7 +194,7 @@ def _save(ctx: SuiteContext, record: RunRecord) -> None:
 
 def run_teacher_row(ctx: SuiteContext, teacher: VitModel) -> RunRecord:
     """The teacher's own metrics on the suite's tasks, stored as the table's reference row."""
-    h = config_hash(_identity(ctx.cfg, "teacher", "teacher", {}, 0))
+    h = config_hash(run_identity(ctx.cfg, "teacher", "teacher", {}, 0))
     made = _made(ctx, ctx.cfg, teacher, [])
     if found := _stored(ctx, h, made, "teacher"):
         return found
@@ -287,14 +215,14 @@ def run_floor(ctx: SuiteContext, name: str, seed: int) -> RunRecord:
     cfg = ctx.cfg
     if name not in FLOORS:
         raise BenchbaseError(f"unknown floor {name!r} in suite.floors; available: {', '.join(FLOORS)}")
-    h = config_hash(_identity(cfg, "floor", name, {}, seed))
+    h = config_hash(run_identity(cfg, "floor", name, {}, seed))
     made = code_versions(ctx.bb, suite_components(cfg))  # no teacher: a floor never sees it
     if found := _stored(ctx, h, made, f"floor {name} seed {seed}"):
         return found
     started = time.perf_counter()
     try:
         torch.manual_seed(seed)  # the initial weights depend on the seed alone, as a trained student's do
-        student = _builder(ctx, ctx.dataset(cfg.suite.distill.dataset))(cfg).to(ctx.device)
+        student = build_student(ctx.bb, cfg, ctx.dataset(cfg.suite.distill.dataset)).to(ctx.device)
 
         def model_for(task: DictConfig) -> VitModel:
             data = ctx.dataset(task.dataset)
@@ -312,42 +240,24 @@ def run_floor(ctx: SuiteContext, name: str, seed: int) -> RunRecord:
     return record
 
 
-def _plan(ctx: SuiteContext, cfg: DictConfig, name: str, seed: int) -> list[Stage]:
-    """The method's stages (see :mod:`benchbase.stages`), each checked and hashed; a stage's cache
-    key covers the suite's teacher weights and the code of its loss, student and data."""
-    def made_by(stage_cfg: DictConfig, loss: str) -> dict[str, str]:
-        components = [("losses", loss), ("students", stage_cfg.student.arch),
-                      ("datasets", stage_cfg.suite.distill.dataset)]
-        return {TEACHER: ctx.teacher_source(), **code_versions(ctx.bb, components)}
-
-    return plan(cfg, name,
-                lambda stage_cfg, loss, params: _identity(stage_cfg, "stage", loss, params, seed),
-                lambda stage_cfg, loss: loss_params(stage_cfg, ctx.bb.registry.get("losses", loss)), made_by)
-
-
-def _builder(ctx: SuiteContext, data: DataBundle):
-    """A function building the student of a config (its ``student.checkpoint`` loaded, if any)."""
-    def build(cfg: DictConfig) -> Student:
-        student = ctx.bb.registry.get("students", cfg.student.arch)(cfg.student, data)
-        if cfg.student.checkpoint:
-            load_weights(student.model, cfg.student.checkpoint, what="student")
-        return student
-    return build
+def _plan(ctx: SuiteContext, cfg: DictConfig, seed: int) -> list[Stage]:
+    """The stages of method config ``cfg`` (see :mod:`benchbase.stages`), each checked and hashed;
+    a stage's cache key covers the suite's teacher weights (found only for a method with stages)."""
+    return plan(ctx.methods, cfg, seed, ctx.teacher_source() if cfg.method.get("stages") else "")
 
 
 def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> RunRecord:
-    """Distil (or train) one student with loss ``name`` for ``seed``, evaluate it, store the record.
+    """Distil (or train) one student with method ``name`` for ``seed``, evaluate it, store the record.
 
     The method's stages, if it has any, run first (cached); the final run starts from what they
-    hand over. The loss's :meth:`~benchbase.components.Loss.evaluation_model` is what is scored
+    hand over. The method's :meth:`~benchbase.components.Method.evaluation_model` is what is scored
     and exported.
     """
-    cfg = ctx.method_cfg(name, role)
+    cfg = ctx.methods.config(name, role)
     cfg.seed = seed
-    loss_cls = ctx.bb.registry.get("losses", name)
-    params = loss_params(cfg, loss_cls)
-    stages = _plan(ctx, cfg, name, seed)
-    h = config_hash(_identity(cfg, role, name, params, seed, stages))
+    params = ctx.methods.params(cfg, name)
+    stages = _plan(ctx, cfg, seed)
+    h = config_hash(run_identity(cfg, role, name, params, seed, [s.key for s in stages]))
     made = _made(ctx, cfg, teacher, [name, *(s.loss_name for s in stages)])
     if found := _stored(ctx, h, made, f"{name} seed {seed}"):
         return found
@@ -364,14 +274,11 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
                                                OmegaConf.to_container(cfg, resolve=True)))
     try:
         data = ctx.dataset(cfg.suite.distill.dataset)
-        build = _builder(ctx, data)
-        handover = run_stages(stages, ctx.home, data, teacher, seed, build,
-                              lambda loss, p: build_loss(ctx.bb.registry.get("losses", loss), p, data),
-                              lambda s, scfg, source: frozen(s.export(), scfg, data, source))
+        handover = run_stages(stages, ctx.methods, ctx.home, data, teacher, seed)
         torch.manual_seed(seed)  # the student's initial weights depend on the seed alone
-        student = build(cfg)
+        student = build_student(ctx.bb, cfg, data)
         start_student(student, handover)
-        loss = build_loss(loss_cls, params, data)
+        loss = ctx.methods.build(name, params, data)
         result = train(student, handover.teacher if loss.uses_teacher else None, loss,
                        data.split(cfg.suite.distill.split), cfg.trainer, run_dir, seed, desc=f"{name} seed {seed}",
                        loss_state=loss_state(handover), loggers=loggers)
@@ -407,32 +314,12 @@ def _throughput_protocol(device: torch.device) -> str:
     return f"training throughput on {device.type}" + (f" ({world} processes)" if world > 1 else "")
 
 
-def _compatible(bb: Benchbase, methods: list[str], arch: str, explicit: bool) -> tuple[list[str], list[tuple[str, str]]]:
-    """Methods whose loss works with ``student.arch``, and the others with the arch they need.
-
-    A method asked for by name that cannot run on this suite's student is a one-line error.
-    """
-    keep, skipped = [], []
-    for name in methods:
-        needed = getattr(bb.registry.get("losses", name), "student_arch", None)
-        if needed in (None, arch):
-            keep.append(name)
-        elif explicit:
-            raise BenchbaseError(
-                f"method {name!r} needs student.arch={needed}, but this suite's student is {arch}; "
-                f"run it with a suite built for {needed} students"
-            )
-        else:
-            skipped.append((name, needed))
-    return keep, skipped
-
-
 def suite_context(bb: Benchbase, overrides: list[str], force: bool = False,
                   datasets: dict[str, DataBundle] | None = None, echo: Callable[[str], Any] = print) -> SuiteContext:
     """The composed suite (``method.*`` overrides kept for the methods' own configs) and its
     database (rank 0 only). ``datasets`` may share already loaded datasets between suites; ``echo``
     prints progress (pass a silent one on ranks other than 0)."""
-    cfg = compose_config(_without_method_overrides(overrides), bb.config_dirs())
+    cfg = compose_config(without_method_overrides(overrides), bb.config_dirs())
     check_loggers(bb, cfg.logger)
     ctx = SuiteContext(bb, cfg, list(overrides), ResultsDB(cfg.db) if distributed.is_main() else None,
                        Path(cfg.home), force, resolve_device(cfg.trainer.device), echo=echo)
@@ -452,9 +339,9 @@ def check_methods(ctx: SuiteContext, roles: list[tuple[str, list[str]]]) -> None
     check_tasks(ctx)
     for role, names in roles:
         for name in names:
-            method_cfg = ctx.method_cfg(name, role)
-            loss_params(method_cfg, ctx.bb.registry.get("losses", name))
-            _plan(ctx, method_cfg, name, 0)
+            method_cfg = ctx.methods.config(name, role)
+            ctx.methods.params(method_cfg, name)
+            _plan(ctx, method_cfg, 0)
 
 
 def suite_teacher(ctx: SuiteContext) -> Teacher:
@@ -463,7 +350,7 @@ def suite_teacher(ctx: SuiteContext) -> Teacher:
     data = ctx.dataset(cfg.suite.distill.dataset)
     for task in cfg.suite.tasks.values():
         ctx.dataset(task.dataset)
-    return load_teacher(cfg, ctx.bb, data, ctx.home, ctx.recipe_params)
+    return load_teacher(ctx.methods, cfg, data, ctx.home)
 
 
 def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, force: bool = False,
@@ -475,14 +362,13 @@ def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, fo
 
     Under torchrun every rank calls this; only rank 0 stores, writes tables and echoes.
     """
-    if not distributed.is_main():
-        echo = _silent
+    echo = distributed.main_echo(echo)
     ctx = suite_context(bb, overrides, force, echo=echo)
     cfg = ctx.cfg
     for name in methods or ():
         bb.registry.get("losses", name)  # an unknown name is a one-line error listing the known ones
-    methods, skipped = _compatible(bb, bb.select_methods(plugins) if methods is None else list(methods),
-                                   cfg.student.arch, explicit=plugins is not None or methods is not None)
+    methods, skipped = ctx.methods.compatible(bb.select_methods(plugins) if methods is None else list(methods),
+                                              cfg.student.arch, explicit=plugins is not None or methods is not None)
     roles = [("reference", list(cfg.suite.references)), ("method", methods)]
     check_methods(ctx, roles)
     echo(f"suite {cfg.suite.name}: {cfg.suite.description}")
@@ -525,6 +411,3 @@ def describe_status(record: RunRecord) -> str:
     """``done``, or ``FAILED: <error>``."""
     return "done" if record.status == "done" else f"FAILED: {record.error}"
 
-
-def _silent(*_args: Any) -> None:
-    """The echo of ranks other than 0: rank 0 speaks for the run."""

@@ -29,7 +29,7 @@ from torch import nn
 
 from benchbase.components import Evaluator, Metric
 from benchbase.errors import BenchbaseError
-from benchbase.plugins import Registry
+from benchbase.plugin_manager import Registry
 
 INJECTED = ("batch_size", "seed")
 """Constructor arguments the harness fills in when a task leaves them unset."""

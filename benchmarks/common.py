@@ -12,8 +12,8 @@ import timm
 import torch
 
 from benchbase.components import Student, Teacher
-from benchbase.engine import StepModule, _step, autocast_dtype, param_groups
-from benchbase.plugins import Benchbase
+from benchbase.engine import StepModule, autocast_dtype, param_groups, train_step
+from benchbase.plugin_manager import Benchbase
 
 
 def device_name(device: torch.device) -> str:
@@ -70,7 +70,7 @@ def method_step(bb: Benchbase, name: str, args: argparse.Namespace, device: torc
     labels = torch.randint(0, args.classes, (args.batch,), device=device)
 
     def step() -> None:
-        _step(module, teacher if loss.uses_teacher else None, loss, optimizer, images, labels, device, amp, cfg, 0, 1e-4)
+        train_step(module, teacher if loss.uses_teacher else None, loss, optimizer, images, labels, device, amp, cfg, 0, 1e-4)
         loss.after_step(student, 0.5)
 
     return step

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from common import device_name, method_step, vit_methods
 
-from benchbase.plugins import load
+from benchbase.plugin_manager import load
 
 MIB = 1 << 20
 

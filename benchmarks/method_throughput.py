@@ -21,7 +21,7 @@ import torch
 from common import device_name, method_step, sync, vit_methods
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchbase.plugins import load
+from benchbase.plugin_manager import load
 
 
 def main() -> None:

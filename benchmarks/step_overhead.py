@@ -28,7 +28,7 @@ from common import device_name, interleaved_medians
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchbase.components import Student, Teacher
-from benchbase.engine import StepModule, _step, autocast_dtype, param_groups
+from benchbase.engine import StepModule, autocast_dtype, param_groups, train_step
 
 
 def last_qkv(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -88,7 +88,7 @@ def main() -> None:
     step_module = StepModule(student, loss)
 
     def harness():
-        return _step(step_module, teacher, loss, optimizer, images, labels, device, amp, cfg, 0, 1e-4)
+        return train_step(step_module, teacher, loss, optimizer, images, labels, device, amp, cfg, 0, 1e-4)
 
     def manual():
         return manual_step(student.model, teacher.model, optimizer, images, amp, 3.0)

@@ -9,5 +9,14 @@ Installed as ``benchbase_plugins``; the methods' default configs live in ``conf/
 
 from pathlib import Path
 
+from benchbase.api import hookimpl
+
 CONF_DIR = Path(__file__).parent / "conf"
-"""Hydra config folder of these plugins (``method/<name>.yaml``)."""
+"""Hydra config folder of these plugins (``method/<name>.yaml``, ``ablation/<name>.yaml``)."""
+
+
+@hookimpl
+def benchbase_config_dirs() -> list[str]:
+    """:data:`CONF_DIR`, declared once for every plugin of this package: each plugin module imports
+    this implementation, so that it finds its configs however many of them load."""
+    return [str(CONF_DIR)]

@@ -21,19 +21,15 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchbase import hookimpl
-from benchbase.capture import Captures, Tap
-from benchbase.components import Loss, StepInputs, Student, Teacher
-from benchbase.errors import BenchbaseError
-from benchbase.hookspecs import Register
+from benchbase.api import BenchbaseError, Captures, Method, Register, StepInputs, Student, Tap, Teacher, hookimpl
 
-from . import CONF_DIR
+from . import benchbase_config_dirs  # noqa: F401  (the package's config folder)
 
 MODES = ("feature", "deit")
 DISTILLATION_TYPES = ("hard", "soft")
 
 
-class ClsTokenLoss(Loss):
+class ClsTokenLoss(Method):
     """Class-token distillation: KL on class-token features, or DeiT-style logit distillation.
 
     Args:
@@ -96,7 +92,3 @@ class ClsTokenLoss(Loss):
 def benchbase_register_losses(register: Register) -> None:
     register(ClsTokenLoss.name, ClsTokenLoss)
 
-
-@hookimpl
-def benchbase_config_dirs() -> list[str]:
-    return [str(CONF_DIR)]

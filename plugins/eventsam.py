@@ -79,14 +79,25 @@ import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Attention
 from torch import Tensor, nn
 
-from benchbase import hookimpl
-from benchbase.capture import Captures, ModelInput, Tap
-from benchbase.components import Loss, StepInputs, Student, Teacher
-from benchbase.errors import BenchbaseError
-from benchbase.hookspecs import Register
-from benchbase.sam import SamStudent, SamTeacher, pad_to_size, sam_attention, window_attention_to_dense
+from benchbase.api import (
+    BenchbaseError,
+    Captures,
+    Method,
+    ModelInput,
+    Register,
+    SamStudent,
+    SamTeacher,
+    StepInputs,
+    Student,
+    Tap,
+    Teacher,
+    hookimpl,
+    pad_to_size,
+    sam_attention,
+    window_attention_to_dense,
+)
 
-from . import CONF_DIR
+from . import benchbase_config_dirs  # noqa: F401  (the package's config folder)
 
 IMPORTANCE = ("released_code", "paper", "uniform")
 TRAINABLE = ("released_code", "paper_figure", "all")
@@ -126,7 +137,7 @@ def image_tokens(size: tuple[int, int], grid: tuple[int, int], patch: int) -> Te
     return (rows[:, None] & cols[None, :]).reshape(-1)
 
 
-class EventSAMLoss(Loss):
+class EventSAMLoss(Method):
     """Token-weighted block-output distillation from a frame-fed SAM teacher to an event-fed student.
 
     Args:
@@ -344,7 +355,3 @@ def set_trainable(student: SamStudent, mode: str, blocks: Sequence[int]) -> None
 def benchbase_register_losses(register: Register) -> None:
     register(EventSAMLoss.name, EventSAMLoss)
 
-
-@hookimpl
-def benchbase_config_dirs() -> list[str]:
-    return [str(CONF_DIR)]

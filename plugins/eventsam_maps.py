@@ -28,13 +28,15 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from benchbase.config import compose_config  # noqa: E402
-from benchbase.errors import BenchbaseError  # noqa: E402
-from benchbase.leaderboard import FIGURES_DIR  # noqa: E402
-from benchbase.plugins import load  # noqa: E402
-from benchbase.sam import SamStudent, SamTeacher  # noqa: E402
-from benchbase.suite import loss_params  # noqa: E402
-from benchbase.teachers import load_teacher  # noqa: E402
+from benchbase.api import (  # noqa: E402
+    FIGURES_DIR,
+    BenchbaseError,
+    Methods,
+    SamStudent,
+    SamTeacher,
+    load_plugins,
+    load_teacher,
+)
 
 from .eventsam import EventSAMLoss  # noqa: E402
 
@@ -96,18 +98,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="PNG path (default <leaderboard_dir>/figures/<suite>/eventsam-importance.png, shown on the suite's page)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. suite=eventsam method.params.beta=0.3")
     args = parser.parse_args(argv)
-    bb = load()
-    cfg = compose_config([*args.overrides, "method=eventsam"], bb.config_dirs(), bb.registry.names("losses"))
+    bb = load_plugins()
+    methods = Methods(bb, args.overrides)
+    cfg = methods.config("eventsam")
     if cfg.student.arch != "sam" or cfg.teacher.arch != "sam":
         raise BenchbaseError("eventsam importance maps need a suite with SAM students and teachers, e.g. suite=eventsam")
     data = bb.registry.get("datasets", cfg.suite.distill.dataset)(cfg.data.get(cfg.suite.distill.dataset) or {})
-    teacher = load_teacher(cfg, bb, data, Path(cfg.home),
-                           lambda name: loss_params(compose_config([*args.overrides, f"method={name}"],
-                                                                   bb.config_dirs()), bb.registry.get("losses", name)))
+    teacher = load_teacher(methods, cfg, data, Path(cfg.home))
     student: SamStudent = bb.registry.get("students", "sam")(cfg.student, data)
     split = data.split(args.split)
     images = torch.stack([split[i][0] for i in range(min(args.images, len(split)))])
-    params = loss_params(cfg, EventSAMLoss)
+    params = methods.params(cfg, "eventsam")
     maps: dict[str, Tensor] = {}
     for importance in IMPORTANCES:
         loss = EventSAMLoss(**{**params, "importance": importance, "init_from_teacher": False})

@@ -13,13 +13,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchbase import hookimpl
-from benchbase.capture import Captures, Tap
-from benchbase.components import Loss, StepInputs, Student, Teacher
-from benchbase.errors import BenchbaseError
-from benchbase.hookspecs import Register
+from benchbase.api import BenchbaseError, Captures, Method, Register, StepInputs, Student, Tap, Teacher, hookimpl
 
-from . import CONF_DIR
+from . import benchbase_config_dirs  # noqa: F401  (the package's config folder)
 
 
 def _final_tap(after_norm: bool) -> Tap:
@@ -27,7 +23,7 @@ def _final_tap(after_norm: bool) -> Tap:
     return Tap("tokens") if after_norm else Tap("block", -1)
 
 
-class FeatureLoss(Loss):
+class FeatureLoss(Method):
     """Smooth-L1 between projected student tokens and whitened teacher tokens.
 
     Args:
@@ -71,7 +67,3 @@ class FeatureLoss(Loss):
 def benchbase_register_losses(register: Register) -> None:
     register(FeatureLoss.name, FeatureLoss)
 
-
-@hookimpl
-def benchbase_config_dirs() -> list[str]:
-    return [str(CONF_DIR)]

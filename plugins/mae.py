@@ -21,12 +21,9 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from benchbase import hookimpl
-from benchbase.capture import Captures, ModelInput, Tap
-from benchbase.components import Loss, StepInputs, Student, Teacher
-from benchbase.hookspecs import Register
+from benchbase.api import Captures, Method, ModelInput, Register, StepInputs, Student, Tap, Teacher, hookimpl
 
-from . import CONF_DIR
+from . import benchbase_config_dirs  # noqa: F401  (the package's config folder)
 
 
 def patchify(images: Tensor, patch_size: int) -> Tensor:
@@ -95,7 +92,7 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return (per_patch * mask).sum() / mask.sum()
 
 
-class MAELoss(Loss):
+class MAELoss(Method):
     """Masked-autoencoder reconstruction with a decoder owned by the loss.
 
     Args:
@@ -173,7 +170,3 @@ class MAELoss(Loss):
 def benchbase_register_losses(register: Register) -> None:
     register(MAELoss.name, MAELoss)
 
-
-@hookimpl
-def benchbase_config_dirs() -> list[str]:
-    return [str(CONF_DIR)]

@@ -23,11 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchbase import hookimpl
-from benchbase.components import Metric
-from benchbase.errors import BenchbaseError
-from benchbase.hookspecs import Register
-from benchbase.loggers import Logger, RunInfo, StepLog
+from benchbase.api import BenchbaseError, Logger, Metric, Register, RunInfo, StepLog, hookimpl
 
 STORE_DIR = "mlruns"
 """The default store's folder under ``$BENCHBASE_HOME``."""

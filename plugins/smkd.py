@@ -63,13 +63,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchbase import distributed, hookimpl
-from benchbase.capture import Captures, ModelInput, Tap
-from benchbase.components import Loss, StepInputs, Student, Teacher
-from benchbase.errors import BenchbaseError
-from benchbase.hookspecs import Register
+from benchbase.api import (
+    BenchbaseError,
+    Captures,
+    Method,
+    ModelInput,
+    Register,
+    StepInputs,
+    Student,
+    Tap,
+    Teacher,
+    distributed,
+    hookimpl,
+)
 
-from . import CONF_DIR
+from . import benchbase_config_dirs  # noqa: F401  (the package's config folder)
 from .smkd_parts import (
     EmaTeacher,
     IBOTHead,
@@ -93,7 +101,7 @@ PATCH_WEIGHTS = ("uniform", "attention")
 EVALUATED = ("teacher", "student")
 
 
-class SMKDLoss(Loss):
+class SMKDLoss(Method):
     """SMKD (phase 2) or iBOT (phase 1) self-distillation from an EMA teacher owned by the loss.
 
     Args:
@@ -426,7 +434,3 @@ def patch_loss_released(
 def benchbase_register_losses(register: Register) -> None:
     register(SMKDLoss.name, SMKDLoss)
 
-
-@hookimpl
-def benchbase_config_dirs() -> list[str]:
-    return [str(CONF_DIR)]

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from timm.layers import Format
 from torch import Tensor, nn
 
-from benchbase.capture import Captures, ModelInput, Tap, run_vit
-from benchbase.errors import BenchbaseError
+from benchbase.api import BenchbaseError, Captures, ModelInput, Tap, run_vit
 
 # --------------------------------------------------------------------------------- the head
 

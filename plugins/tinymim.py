@@ -41,13 +41,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchbase import hookimpl
-from benchbase.capture import Captures, ModelInput, Tap
-from benchbase.components import Loss, StepInputs, Student, Teacher
-from benchbase.errors import BenchbaseError
-from benchbase.hookspecs import Register
+from benchbase.api import (
+    BenchbaseError,
+    Captures,
+    Method,
+    ModelInput,
+    Register,
+    StepInputs,
+    Student,
+    Tap,
+    Teacher,
+    hookimpl,
+)
 
-from . import CONF_DIR
+from . import benchbase_config_dirs  # noqa: F401  (the package's config folder)
 from .mae import random_masking
 
 RELATIONS = ("qk", "vv", "qq", "kk")
@@ -98,7 +105,7 @@ def jitter_colours(images: Tensor, strength: float) -> Tensor:
     return (x - grey) * factor() + grey
 
 
-class TinyMIMLoss(Loss):
+class TinyMIMLoss(Method):
     """Relation distillation from one teacher block to the student's (head-aligned) last block.
 
     Args:
@@ -192,7 +199,3 @@ class TinyMIMLoss(Loss):
 def benchbase_register_losses(register: Register) -> None:
     register(TinyMIMLoss.name, TinyMIMLoss)
 
-
-@hookimpl
-def benchbase_config_dirs() -> list[str]:
-    return [str(CONF_DIR)]

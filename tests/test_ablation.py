@@ -7,7 +7,7 @@ import textwrap
 import pandas as pd
 
 from benchbase import leaderboard
-from benchbase.ablation import sweep_points
+from benchbase.leaderboard import sweep_points
 from benchbase.cli import main
 from benchbase.results import ResultsDB, read_jsonl
 from test_run import tiny

@@ -11,7 +11,7 @@ from benchbase.cli import main
 from benchbase.components import DatasetInfo
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.fewshot import FewShot
-from benchbase.plugins import check_component
+from benchbase.plugin_manager import check_component
 
 from thirdparty import make_distribution
 

@@ -26,23 +26,21 @@ def test_committed_records_keep_their_config_hashes():
     from omegaconf import OmegaConf
 
     from benchbase.config import config_hash
+    from benchbase.methods import Methods, run_identity
+    from benchbase.plugin_manager import load
     from benchbase.stages import plan
-    from benchbase.suite import _identity
+
+    methods = Methods(load(), [])
 
     for path in sorted((LEADERBOARDS / RESULTS_DIR).glob("*.jsonl")):
         for record in read_jsonl(path):
             cfg = OmegaConf.create({k: v for k, v in record.config.items() if k != "ablation"})
             if record.role == "teacher":
-                identity = _identity(cfg, "teacher", "teacher", {}, 0)
+                identity = run_identity(cfg, "teacher", "teacher", {}, 0)
             elif record.role == "floor":  # no method config: the floor's name and seed (suite.run_floor)
-                identity = _identity(cfg, "floor", record.method, {}, record.seed)
+                identity = run_identity(cfg, "floor", record.method, {}, record.seed)
             else:
-                def params(c, loss):
-                    return OmegaConf.to_container(c.method.params, resolve=True) or {}
-
-                def identity(c, loss, p):
-                    return _identity(c, "stage", loss, p, record.seed)
-
-                stages = plan(cfg, record.method, identity, params)
-                identity = _identity(cfg, record.role, record.method, params(cfg, record.method), record.seed, stages)
+                keys = [s.key for s in plan(methods, cfg, record.seed)]
+                params = OmegaConf.to_container(cfg.method.params, resolve=True) or {}
+                identity = run_identity(cfg, record.role, record.method, params, record.seed, keys)
             assert config_hash(identity) == record.config_hash, (path.name, record.method, record.seed)

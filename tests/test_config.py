@@ -6,7 +6,7 @@ import pytest
 
 from benchbase.config import compose_config
 from benchbase.errors import BenchbaseError
-from benchbase.plugins import load
+from benchbase.plugin_manager import load
 
 
 @pytest.fixture(scope="module")

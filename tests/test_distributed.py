@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from benchbase import distributed
-from benchbase.builtins import Supervised
+from benchbase.core import Supervised
 from benchbase.components import Student
 from benchbase.data.digits import load_digits_bundle
 from benchbase.engine import train

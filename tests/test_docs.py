@@ -93,7 +93,7 @@ def test_hookspec_problems_are_reported():
 
 def test_guide_covers_the_component_interfaces_and_taps():
     guide = docs.GUIDE.read_text()
-    for heading in ("### `Loss(Module, ABC)`", "### `Student(VitModel)`", "### `Teacher(VitModel)`",
+    for heading in ("### `Method(Module, ABC)`", "### `Student(VitModel)`", "### `Teacher(VitModel)`",
                     "### `Evaluator(ABC)`", "#### `forward(student: Captures | list[Captures]",
                     "#### `evaluate(student: VitModel, data: DataBundle, device: torch.device) -> list[Metric]`"):
         assert heading in guide

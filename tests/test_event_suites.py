@@ -7,7 +7,7 @@ import pytest
 
 from benchbase.cli import main
 from benchbase.config import compose_config
-from benchbase.plugins import load
+from benchbase.plugin_manager import load
 from benchbase.results import ResultsDB
 
 from conftest import DATA

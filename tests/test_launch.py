@@ -19,7 +19,7 @@ from benchbase.data.digits import load_digits_bundle
 from benchbase.launch import job_arguments
 from benchbase.loggers import STEPS_LOG
 from benchbase.models import save_weights
-from benchbase.plugins import load
+from benchbase.plugin_manager import load
 from benchbase.results import ResultsDB
 
 
@@ -34,7 +34,7 @@ def sweep(tmp_path: Path, launcher: str, *extra: str, seeds: str = "0,1") -> lis
     # A teacher from a checkpoint: jobs that run at once must not each train the recipe teacher.
     bb, home = load(), tmp_path / "home"
     cfg = compose_config([], bb.config_dirs())
-    save_weights(bb.registry.get("teachers", cfg.teacher.arch)(cfg.teacher, load_digits_bundle()), tmp_path / "t.pt")
+    save_weights(bb.registry.get("teachers", cfg.teacher.arch)(cfg.teacher, load_digits_bundle()).model, tmp_path / "t.pt")
     return [sys.executable, "-m", "benchbase.launch", "-m", launcher, "method=feature", f"seed={seeds}",
             "trainer.progress=false", "suite.references=[]", "~suite.tasks.fewshot", "~suite.tasks.segmentation",
             "teacher.source=checkpoint", f"teacher.checkpoint={tmp_path}/t.pt", f"home={home}",

@@ -11,14 +11,14 @@ import torch
 from omegaconf import OmegaConf
 
 from benchbase import distributed
-from benchbase.builtins import Supervised
+from benchbase.core import Supervised
 from benchbase.components import Metric, Student
 from benchbase.config import TrainerConfig, compose_config
 from benchbase.data.digits import load_digits_bundle
 from benchbase.engine import lr_at, train
 from benchbase.errors import BenchbaseError
 from benchbase.loggers import STEPS_LOG, Logger, RunInfo, RunLoggers, StepLog, StepsFile, TensorBoard, check_loggers
-from benchbase.plugins import check_component, load
+from benchbase.plugin_manager import check_component, load
 
 from conftest import tiny_vit
 

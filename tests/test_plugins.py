@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from benchbase.errors import BenchbaseError
-from benchbase.plugins import load
+from benchbase.plugin_manager import load
 
 from thirdparty import make_distribution
 

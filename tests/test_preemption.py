@@ -19,7 +19,7 @@ from conftest import tiny_vit
 from test_distributed import WORLD, _free_port, _join
 from test_resume import trainer
 
-from benchbase.builtins import Supervised
+from benchbase.core import Supervised
 from benchbase.capture import Tap
 from benchbase.components import Student
 from benchbase.data.digits import load_digits_bundle
@@ -125,7 +125,7 @@ sys.path.insert(0, {tests!r})
 from conftest import tiny_vit
 from test_distributed import WORLD, _free_port, _join
 from test_resume import trainer
-from benchbase.builtins import Supervised
+from benchbase.core import Supervised
 from benchbase.components import Student
 from benchbase.data.digits import load_digits_bundle
 from benchbase.engine import train

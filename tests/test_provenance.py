@@ -8,7 +8,7 @@ import sys
 from functools import partial
 
 from benchbase.cli import main
-from benchbase.plugins import load
+from benchbase.plugin_manager import load
 from benchbase.provenance import changed, code_summary, fingerprint, source_digest, source_files
 from benchbase.results import ResultsDB
 from benchbase.suite import _plan, suite_context
@@ -79,9 +79,9 @@ def test_source_digest_follows_the_files_a_component_comes_from(tmp_path, monkey
     assert source_digest(len) == ""  # no source: the distribution's version alone speaks for it
     # a thin builder covers its implementation, not every module its own module imports (evaluators);
     # the component interfaces are the harness's, like the engine
-    from benchbase.builtins import Supervised, build_digits
+    from benchbase.core import Supervised, build_digits
 
-    assert [p.rsplit("/", 2)[-2:] for p in source_files(build_digits)] == [["benchbase", "builtins.py"],
+    assert [p.rsplit("/", 2)[-2:] for p in source_files(build_digits)] == [["benchbase", "core.py"],
                                                                           ["data", "digits.py"]]
     assert not any(p.endswith("components.py") for p in source_files(Supervised))
     for name in ("pkg_fp.loss", "pkg_fp.helpers", "pkg_fp.base", "pkg_fp"):
@@ -135,8 +135,8 @@ def _stage_caches(tmp_path, stages: str, recipe_params: dict | None = None) -> l
     """(key, cache) of each stage of feature with ``stages``, planned as a run of the suite plans them."""
     ctx = suite_context(load(tmp_path / "plugins"), [f"home={tmp_path}", f"method.stages={stages}"])
     if recipe_params is not None:
-        ctx.recipe_params = lambda name: recipe_params
-    return [(s.key, s.cache) for s in _plan(ctx, ctx.method_cfg("feature"), "feature", 0)]
+        ctx.methods.recipe_params = lambda name: recipe_params
+    return [(s.key, s.cache) for s in _plan(ctx, ctx.methods.config("feature"), 0)]
 
 
 def test_stage_cache_keys_cover_params_teacher_and_code_while_run_hashes_stay(tmp_path):
@@ -148,7 +148,7 @@ def test_stage_cache_keys_cover_params_teacher_and_code_while_run_hashes_stay(tm
     assert b_beta[0] != b[0] and b_beta[1] != b[1]  # a stage param: another stage, another run
 
     ctx = suite_context(load(tmp_path / "plugins"), [f"home={tmp_path}"])
-    mae = ctx.recipe_params("mae")
+    mae = ctx.methods.recipe_params("mae")
     (a_teacher, b_teacher) = _stage_caches(tmp_path, chain, {**mae, "mask_ratio": 0.5})
     assert a_teacher[0] == a[0] and b_teacher[0] == b[0]  # same run hashes: the teacher is checked on reuse
     assert a_teacher[1] != a[1] and b_teacher[1] != b[1]  # but another cache

@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from benchbase.builtins import Supervised
+from benchbase.core import Supervised
 from benchbase.cli import main
 from benchbase.components import Student
 from benchbase.config import TrainerConfig

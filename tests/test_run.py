@@ -203,9 +203,9 @@ def test_same_seed_repeats_exactly_and_other_seeds_differ(tmp_path):
 def test_data_dependent_loss_arguments_come_from_the_distillation_data():
     from types import SimpleNamespace
 
-    from benchbase.builtins import SupervisedSegmentation
+    from benchbase.core import SupervisedSegmentation
     from benchbase.errors import BenchbaseError
-    from benchbase.suite import build_loss
+    from benchbase.methods import build_method as build_loss
 
     data = SimpleNamespace(num_classes=7, ignore_index=255)
     loss = build_loss(SupervisedSegmentation, {"num_classes": None, "ignore_index": None}, data)

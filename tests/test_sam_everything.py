@@ -23,7 +23,7 @@ from benchbase.evaluation.sam_masks import (
     sam_prompt_and_decoder,
 )
 from benchbase.evaluation.segments import segment_ids
-from benchbase.plugins import load
+from benchbase.plugin_manager import load
 from benchbase.sam import SamStudent, build_sam_encoder
 
 # a random SAM at the tiny encoder's sizes (research notes 5.3): 64 px images, 4x4 grid, 32 channels

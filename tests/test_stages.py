@@ -96,11 +96,12 @@ def test_stages_compose_from_yaml_defaults():
 
 
 def _phase1_epochs(*overrides: str) -> int:
-    from benchbase.plugins import load
+    from benchbase.methods import Methods
+    from benchbase.plugin_manager import load
     from benchbase.stages import plan
 
     cfg = compose_config(["method=smkd", *overrides], load().config_dirs())
-    (phase1,) = plan(cfg, "smkd", lambda c, loss, params: {"trainer": dict(c.trainer)}, lambda c, loss: {})
+    (phase1,) = plan(Methods(load(), []), cfg, 0)
     return phase1.cfg.trainer.epochs
 
 

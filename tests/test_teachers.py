@@ -12,10 +12,12 @@ from benchbase.config import TeacherConfig, compose_config
 from benchbase.data.digits import load_digits_bundle
 from benchbase.errors import BenchbaseError
 from benchbase.models import build_vit
-from benchbase.plugins import load
+from benchbase.plugin_manager import load
 from benchbase.results import ResultsDB
 from benchbase.suite import suite_context
-from benchbase.teachers import TEACHER_FILE, frozen, load_teacher, recipe_identity, recipe_key
+from benchbase.components import Student
+from benchbase.methods import Methods, recipe_identity
+from benchbase.teachers import TEACHER_FILE, frozen, load_teacher
 
 from conftest import tiny_vit
 from test_run import tiny
@@ -44,9 +46,12 @@ def _key(ctx, **changed_params) -> str:
     """The recipe key of a suite, its recipe losses' params as their config files set them
     (``changed_params`` updated)."""
     def params(name):
-        return {**ctx.recipe_params(name), **changed_params}
+        return {**recipe_params(name), **changed_params}
 
-    return recipe_key(ctx.cfg, ctx.bb, ctx.dataset("digits"), params)
+    methods = Methods(ctx.bb, ctx.overrides)
+    recipe_params = methods.recipe_params
+    methods.recipe_params = params
+    return methods.recipe_key(ctx.cfg, ctx.dataset("digits"))
 
 
 def _other(value):
@@ -60,7 +65,7 @@ def _other(value):
 
 def test_recipe_key_covers_every_param_of_the_recipe_losses_and_run_hashes_stay(tmp_path):
     ctx = _ctx(tmp_path)
-    params = ctx.recipe_params("mae")  # method/mae.yaml's, which the recipe pre-trains with
+    params = ctx.methods.recipe_params("mae")  # method/mae.yaml's, which the recipe pre-trains with
     assert {"mask_ratio", "decoder_depth", "decoder_width", "norm_pix_loss"} <= set(params)
     base = _key(ctx)
     keys = {name: _key(ctx, **{name: _other(value)}) for name, value in params.items()}
@@ -80,7 +85,7 @@ def test_teacher_from_a_checkpoint_path(tmp_path):
     torch.manual_seed(5)
     weights = build_vit(cfg.teacher, data)
     torch.save({"model": weights.state_dict()}, tmp_path / "t.pt")
-    teacher = load_teacher(cfg, bb, data, tmp_path, lambda name: {})
+    teacher = load_teacher(Methods(bb, []), cfg, data, tmp_path)
     for key, value in weights.state_dict().items():
         torch.testing.assert_close(teacher.model.state_dict()[key], value)
     assert teacher.source == f"{tmp_path}/t.pt" and not teacher.training
@@ -95,7 +100,7 @@ def test_timm_hub_teacher_without_network_is_a_clear_error(tmp_path, monkeypatch
     cfg = compose_config([*tiny(tmp_path), "teacher.source=timm", "teacher.model=vit_tiny_patch16_224.augreg_in21k"],
                          bb.config_dirs())
     with pytest.raises(BenchbaseError, match="could not load timm pretrained weights"):
-        load_teacher(cfg, bb, load_digits_bundle(), tmp_path, lambda name: {})
+        load_teacher(Methods(bb, []), cfg, load_digits_bundle(), tmp_path)
 
 
 def test_sweep_runs_one_suite_per_value(tmp_path, capsys):
@@ -124,7 +129,7 @@ def test_a_distilled_tinymim_student_teaches_the_next_run(tmp_path):
 def test_distill_drop_path_is_stochastic_only_while_teaching(images, tmp_path):
     data = load_digits_bundle()
     tcfg = OmegaConf.merge(OmegaConf.structured(TeacherConfig), {"distill_drop_path": 0.5})
-    teacher = frozen(tiny_vit(depth=4), tcfg, data, "test")
+    teacher = frozen(Student(tiny_vit(depth=4)), tcfg, "test")
     taps = [Tap("tokens")]
     plain = [teacher.run(images, taps)[Tap("tokens")] for _ in range(2)]
     torch.testing.assert_close(plain[0], plain[1], rtol=0, atol=0)  # deterministic outside teaching()
@@ -137,7 +142,7 @@ def test_distill_drop_path_is_stochastic_only_while_teaching(images, tmp_path):
     trained_with_drop_path = build_vit(OmegaConf.merge(OmegaConf.structured(TeacherConfig),
                                                        {"embed_dim": 32, "depth": 3, "num_heads": 2, "patch_size": 4,
                                                         "drop_path": 0.3}), data)
-    still = frozen(trained_with_drop_path, OmegaConf.structured(TeacherConfig), data, "test")
+    still = frozen(Student(trained_with_drop_path), OmegaConf.structured(TeacherConfig), "test")
     with still.teaching():
         again = [still.run(images, taps)[Tap("tokens")] for _ in range(2)]
     torch.testing.assert_close(again[0], again[1], rtol=0, atol=0)
@@ -147,7 +152,7 @@ def test_distill_drop_path_is_stochastic_only_while_teaching(images, tmp_path):
 
 def test_a_run_taught_with_teacher_drop_path_is_another_run(tmp_path):
     from benchbase.config import config_hash
-    from benchbase.suite import _identity
+    from benchbase.methods import run_identity as _identity
 
     def run_hash(*overrides):
         return config_hash(_identity(compose_config([f"home={tmp_path}", *overrides]), "method", "tinymim", {}, 0))

@@ -10,7 +10,7 @@ import pytest
 
 from benchbase.cli import main
 from benchbase.errors import BenchbaseError
-from benchbase.plugins import load
+from benchbase.plugin_manager import load
 
 from thirdparty import make_distribution
 
@@ -53,7 +53,7 @@ REJECTED = {
         def benchbase_register_losses(register):
             register("bar", Bar)
         """,
-        f"plugin 'foo' registers loss 'bar' ({MODULE}.Bar) which does not subclass benchbase.components.Loss",
+        f"plugin 'foo' registers loss 'bar' ({MODULE}.Bar) which does not subclass benchbase.components.Method",
     ),
     "loss_is_a_function": (
         """
@@ -64,7 +64,7 @@ REJECTED = {
         def benchbase_register_losses(register):
             register("bar", bar)
         """,
-        f"plugin 'foo' registers loss 'bar' ({MODULE}.bar) which does not subclass benchbase.components.Loss",
+        f"plugin 'foo' registers loss 'bar' ({MODULE}.bar) which does not subclass benchbase.components.Method",
     ),
     "loss_without_forward": (
         """
@@ -223,7 +223,7 @@ def test_installed_distribution_is_validated_and_the_cli_prints_one_line(tmp_pat
         sys.modules.pop("bb_badloss", None)
     err = capsys.readouterr().err
     assert err == ("error: plugin 'badloss' registers loss 'bar' (bb_badloss.Bar) which does not subclass "
-                   "benchbase.components.Loss\n")
+                   "benchbase.components.Method\n")
 
 
 def test_plugins_hooks_shows_which_plugin_implements_which_hook(tmp_path, capsys):

@@ -35,10 +35,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor
 
-from benchbase import hookimpl
-from benchbase.components import DataBundle, DatasetInfo, LabeledImages
-from benchbase.errors import BenchbaseError
-from benchbase.hookspecs import Register
+from benchbase.api import BenchbaseError, DataBundle, DatasetInfo, LabeledImages, Register, hookimpl
 
 CONF_DIR = Path(__file__).parent / "conf"
 """Hydra configs shipped with the package: ``suite/$name.yaml``, a suite on this dataset."""
@@ -152,9 +149,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from benchbase.cli import main
-from benchbase.errors import BenchbaseError
-from benchbase.results import ResultsDB
+from benchbase.api import BenchbaseError, ResultsDB, run_cli as main
 from $package import build
 
 TINY_RUN = $tiny_run

@@ -29,12 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchbase import hookimpl
-from benchbase.components import DataBundle, Evaluator, Metric, VitModel
-from benchbase.errors import BenchbaseError
-from benchbase.evaluation.classification import accuracy_metrics
-from benchbase.evaluation.features import check_pooling, extract_features
-from benchbase.hookspecs import Register
+from benchbase.api import (
+    BenchbaseError,
+    DataBundle,
+    Evaluator,
+    Metric,
+    Register,
+    VitModel,
+    accuracy_metrics,
+    check_pooling,
+    extract_features,
+    hookimpl,
+)
 
 CONF_DIR = Path(__file__).parent / "conf"
 """Hydra configs shipped with the package: ``suite/$name.yaml`` (the default suite plus a $name task)."""
@@ -140,8 +146,7 @@ import math
 import pytest
 import torch
 
-from benchbase.cli import main
-from benchbase.results import ResultsDB
+from benchbase.api import ResultsDB, run_cli as main
 from $package import knn_votes
 
 TINY_RUN = $tiny_run

@@ -25,11 +25,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchbase import hookimpl
-from benchbase.capture import Captures, Tap
-from benchbase.components import Loss, StepInputs, Student, Teacher
-from benchbase.errors import BenchbaseError
-from benchbase.hookspecs import Register
+from benchbase.api import BenchbaseError, Captures, Method, Register, StepInputs, Student, Tap, Teacher, hookimpl
 
 CONF_DIR = Path(__file__).parent / "conf"
 """Hydra configs shipped with the package: ``method/$name.yaml`` (the loss name and its params)."""
@@ -38,7 +34,7 @@ LOGITS = Tap("logits")
 """The classifier output, [B, num_classes]: the only tensor this loss asks either model for."""
 
 
-class LogitDistillation(Loss):
+class LogitDistillation(Method):
     """KL between temperature-softened teacher and student logits, plus optional cross-entropy.
 
     Args:
@@ -106,9 +102,7 @@ import math
 import pytest
 import torch
 
-from benchbase.capture import Captures, Tap
-from benchbase.cli import main
-from benchbase.results import ResultsDB
+from benchbase.api import Captures, ResultsDB, Tap, run_cli as main
 from $package import LogitDistillation
 
 TINY_RUN = $tiny_run

@@ -30,10 +30,7 @@ import timm
 from timm.layers import PatchEmbed
 from torch import nn
 
-from benchbase import hookimpl
-from benchbase.components import DataBundle, Student
-from benchbase.errors import BenchbaseError
-from benchbase.hookspecs import Register
+from benchbase.api import BenchbaseError, DataBundle, Register, Student, hookimpl
 
 CONF_DIR = Path(__file__).parent / "conf"
 """Hydra configs shipped with the package: ``student/$name.yaml`` and ``teacher/$name.yaml``."""
@@ -86,7 +83,7 @@ def benchbase_register_students(register: Register) -> None:
 
 @hookimpl
 def benchbase_register_teachers(register: Register) -> None:
-    register("$name", build_network)  # the harness loads or trains its weights, then wraps it as a Teacher
+    register("$name", build_student)  # the same network: the harness loads or trains its weights, then freezes it
 
 
 @hookimpl
@@ -120,11 +117,7 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from benchbase.capture import Tap
-from benchbase.cli import main
-from benchbase.components import DataBundle
-from benchbase.data.tensors import TensorImages
-from benchbase.results import ResultsDB
+from benchbase.api import DataBundle, ResultsDB, Tap, TensorImages, run_cli as main
 from $package import ConvStem, build_student
 
 TINY_RUN = $tiny_run

@@ -1,4 +1,5 @@
-"""benchbase's own components, registered through the same hooks as any plugin.
+"""The core plugin (entry point ``core``): benchbase's own components, registered through the
+same hooks as any plugin.
 
 - students/teachers: ``vit`` (timm VisionTransformer), ``sam`` (segment-anything's ImageEncoderViT),
 - datasets: ``digits`` and ``digit_scenes`` (embedded, scikit-learn); on disk: ``imagefolder``,
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from benchbase import hookimpl
 from benchbase.capture import Captures, Tap
-from benchbase.components import DataBundle, Loss, StepInputs, Student, VitModel
+from benchbase.components import DataBundle, Method, StepInputs, Student, VitModel
 from benchbase.data import ade20k, camvid, digits, events, fewshot_folders, folders, omniglot, scenes
 from benchbase.data.ade20k import build_ade20k
 from benchbase.data.camvid import build_camvid
@@ -44,10 +45,9 @@ from benchbase.models import build_vit, input_channels
 from benchbase.sam import SamStudent, build_sam_encoder
 
 
-class Supervised(Loss):
+class Supervised(Method):
     """Cross-entropy of the student's logits with the labels; no teacher."""
 
-    name = "supervised"
     uses_teacher = False
     student_taps = (Tap("logits"),)
 
@@ -60,20 +60,19 @@ class Supervised(Loss):
         return {"ce": F.cross_entropy(logits, inputs.labels, label_smoothing=self.label_smoothing)}
 
 
-class SupervisedSegmentation(Loss):
+class SupervisedSegmentation(Method):
     """Per-pixel cross-entropy of a 1x1 head on the final tokens, upsampled to the label maps.
 
     Trains a SAM (or ViT) encoder on a segmentation split (labels [B, H, W]); the teacher recipe's
     fine-tuning for segmentation suites. Not a distillation method.
     """
 
-    name = "supervised_segmentation"
     uses_teacher = False
     student_taps = (Tap("tokens"),)
 
     def __init__(self, num_classes: int | None = None, ignore_index: int = -100):
         """``num_classes`` (and ``ignore_index``) left unset come from the distillation data
-        (:func:`benchbase.suite.build_loss`)."""
+        (:func:`benchbase.methods.build_method`)."""
         super().__init__()
         if num_classes is None or num_classes < 1:
             raise BenchbaseError("supervised_segmentation needs method.params.num_classes >= 1 (the harness fills it "
@@ -99,6 +98,12 @@ def _with_input(model: VitModel, cfg: Any, data: DataBundle) -> VitModel:
 
 def build_vit_student(cfg: Any, data: DataBundle) -> Student:
     return _with_input(Student(build_vit(cfg, data, pretrained=cfg.get("pretrained", False))), cfg, data)
+
+
+def build_vit_teacher(cfg: Any, data: DataBundle, pretrained: bool = False) -> Student:
+    """A timm ViT teacher's network (timm's pretrained weights with ``pretrained``, for
+    ``teacher.source=timm``); the harness fills and freezes it."""
+    return _with_input(Student(build_vit(cfg, data, pretrained=pretrained)), cfg, data)
 
 
 def build_sam(cfg: Any, data: DataBundle) -> nn.Module:
@@ -131,8 +136,8 @@ def benchbase_register_students(register):
 
 @hookimpl
 def benchbase_register_teachers(register):
-    register("vit", build_vit)
-    register("sam", build_sam)
+    register("vit", build_vit_teacher)
+    register("sam", build_sam_student)  # a SAM teacher's network is a SAM student's, frozen by the harness
 
 
 @hookimpl

@@ -1,0 +1,218 @@
+"""A method's one home: its composed config, checked params, construction and run identity.
+
+A *method* is a registered :class:`~benchbase.components.Method` class plus its config file
+``method/<name>.yaml``. :class:`Methods` holds the suite's overrides and the loaded plugins and
+answers everything about a method that the layers above the per-step core ask: its config
+(composed once per role), its ``method.params`` checked against the constructor, the built
+method, whether it runs on a student architecture, and the params the teacher recipe builds its
+losses with. The identities that name runs and caches live here too: :func:`run_identity` (what a
+run's config hash covers), :func:`recipe_identity` and :meth:`Methods.recipe_key` (the recipe
+teacher's cache key). Suite, stages, teachers, ablation and plugin tools call it directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from benchbase.components import DataBundle, Method
+from benchbase.config import RUN_ONLY_TRAINER_KEYS, compose_config, config_hash
+from benchbase.errors import BenchbaseError
+from benchbase.provenance import code_versions
+
+if TYPE_CHECKING:
+    from benchbase.plugin_manager import Benchbase
+
+KIND = "losses"
+"""The registry kind of methods (named so in stored ``code:losses/<name>`` fingerprints)."""
+
+DATA_ARGS = ("num_classes", "ignore_index")
+"""Method constructor arguments that, left unset by the config, come from the distillation data."""
+
+RECIPE_TRAINER_KEYS = ("lr", "batch_size", "epochs")
+"""Trainer keys the recipe sets itself (``teacher.recipe.*``); the others come from ``trainer``."""
+
+
+def without_method_overrides(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` less the ``method.*`` ones (those configure the methods, not the suite)."""
+    return [o for o in overrides if not o.lstrip("+~").startswith("method.")]
+
+
+def init_keys(cls: type) -> list[str]:
+    """The keyword arguments of ``cls``'s constructor: the keys of ``method.params``."""
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+
+
+class Methods:
+    """The registered methods as a suite's ``overrides`` configure them (``bb``: the loaded plugins)."""
+
+    def __init__(self, bb: Benchbase, overrides: Sequence[str]) -> None:
+        self.bb = bb
+        self.overrides = list(overrides)
+        self._configs: dict[tuple[str, str], DictConfig] = {}
+
+    def method_class(self, name: str) -> type[Method]:
+        """The class registered as method ``name``; an unknown name is a one-line error."""
+        return self.bb.registry.get(KIND, name)
+
+    def config(self, name: str, role: str = "method") -> DictConfig:
+        """The config of method ``name``: the suite's overrides (``method.*`` ones only in role
+        ``method``) with ``method=<name>``. Composed once per (name, role); each call returns a
+        copy the caller may change."""
+        if (name, role) not in self._configs:
+            cls = self.method_class(name)
+            overrides = self.overrides if role == "method" else without_method_overrides(self.overrides)
+            try:
+                cfg = compose_config([*overrides, f"method={name}"], self.bb.config_dirs(), self.bb.registry.names(KIND))
+            except BenchbaseError as exc:
+                if "method.params." not in str(exc):
+                    raise
+                raise BenchbaseError(f"{exc} (valid keys for {name}: {', '.join(init_keys(cls))})") from None
+            self._configs[(name, role)] = cfg
+        return copy.deepcopy(self._configs[(name, role)])
+
+    def params(self, cfg: DictConfig, name: str | None = None) -> dict[str, Any]:
+        """``cfg.method.params`` checked against the constructor of method ``name`` (default
+        ``cfg.method.name``): an unknown key is a one-line error."""
+        return checked_params(cfg, self.method_class(name or cfg.method.name))
+
+    def recipe_params(self, name: str) -> dict[str, Any]:
+        """The params the teacher recipe builds method ``name`` with (its config file's)."""
+        return self.params(self.config(name, "recipe"), name)
+
+    def build(self, name: str, params: dict[str, Any], data: DataBundle) -> Method:
+        """Method ``name`` built with ``params`` (see :func:`build_method`)."""
+        return build_method(self.method_class(name), params, data)
+
+    def compatible(self, names: Sequence[str], arch: str, explicit: bool) -> tuple[list[str], list[tuple[str, str]]]:
+        """Methods of ``names`` that work with ``student.arch`` ``arch``, and the others with the
+        arch they need. With ``explicit`` (methods asked for by name), one that cannot run on this
+        student is a one-line error."""
+        keep, skipped = [], []
+        for name in names:
+            needed = getattr(self.method_class(name), "student_arch", None)
+            if needed in (None, arch):
+                keep.append(name)
+            elif explicit:
+                raise BenchbaseError(
+                    f"method {name!r} needs student.arch={needed}, but this suite's student is {arch}; "
+                    f"run it with a suite built for {needed} students"
+                )
+            else:
+                skipped.append((name, needed))
+        return keep, skipped
+
+    def recipe_plan(self, recipe: Any, data: DataBundle) -> list[tuple[str, str, dict, int]]:
+        """(stage, method name, params, epochs) of the teacher recipe: the pre-training method
+        (unless ``none``), then fine-tuning."""
+        stages = []
+        if recipe.pretrain_method != "none" and recipe.pretrain_epochs > 0:
+            name = recipe.pretrain_method
+            stages.append(("pretrain", name, self.recipe_params(name), recipe.pretrain_epochs))
+        if recipe.finetune_method == "supervised":
+            finetune: dict = {}
+        elif recipe.finetune_method == "supervised_segmentation":
+            ignore = -100 if data.ignore_index is None else data.ignore_index
+            finetune = {"num_classes": data.num_classes, "ignore_index": ignore}
+        else:
+            raise BenchbaseError(
+                f"teacher.recipe.finetune_method={recipe.finetune_method!r}; use supervised or supervised_segmentation"
+            )
+        stages.append(("finetune", recipe.finetune_method, finetune, recipe.finetune_epochs))
+        return stages
+
+    def recipe_key(self, cfg: Any, data: DataBundle) -> str:
+        """The cache key of a recipe teacher: everything that determines its weights.
+
+        That is :func:`recipe_identity`, every trainer setting the recipe uses (``precision``
+        included; not the run-only ones), each recipe stage's method with the params it is built
+        with (``method/<pretrain_method>.yaml``'s, e.g. MAE's mask ratio, decoder and ``norm_pix``),
+        and the code of those methods, of the teacher builder and of the distillation dataset."""
+        trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+        stages = self.recipe_plan(cfg.teacher.recipe, data)
+        components = [(KIND, name) for _, name, _, _ in stages]
+        components += [("teachers", cfg.teacher.arch), ("datasets", cfg.suite.distill.dataset)]
+        return config_hash({
+            "recipe": recipe_identity(cfg),
+            "trainer": {k: v for k, v in trainer.items() if k not in (*RUN_ONLY_TRAINER_KEYS, *RECIPE_TRAINER_KEYS)},
+            "stages": [[stage, name, params, epochs] for stage, name, params, epochs in stages],
+            "code": code_versions(self.bb, components),
+        })
+
+
+def checked_params(cfg: DictConfig, cls: type) -> dict[str, Any]:
+    """``cfg.method.params`` checked against ``cls``'s constructor: an unknown key is a one-line error."""
+    params = OmegaConf.to_container(cfg.method.params, resolve=True) or {}
+    accepted = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        valid = init_keys(cls)
+        for key in params:
+            if key not in valid:
+                raise BenchbaseError(
+                    f"unknown config key 'method.params.{key}' in group 'method' ({cfg.method.name}); "
+                    f"valid keys: {', '.join(valid) or 'none'}"
+                )
+    return params
+
+
+def build_method(cls: type[Method], params: dict[str, Any], data: DataBundle) -> Method:
+    """``cls(**params)``, with :data:`DATA_ARGS` the constructor takes and the config leaves
+    unset (or null) filled from ``data``: its class count and unlabelled value (-100 if none)."""
+    accepted = inspect.signature(cls.__init__).parameters
+    from_data = {"num_classes": data.num_classes,
+                 "ignore_index": -100 if data.ignore_index is None else data.ignore_index}
+    filled = {k: from_data[k] for k in DATA_ARGS if k in accepted and params.get(k) is None}
+    return cls(**{**params, **filled})
+
+
+def run_identity(cfg: DictConfig, role: str, name: str, params: dict, seed: int,
+                 stage_keys: Sequence[str] = ()) -> dict[str, Any]:
+    """What names one run of ``cfg`` (its config hash is the hash of this): role, method, params,
+    seed, student, teacher (:func:`teacher_identity`), trainer (less the run-only keys), the
+    suite's distillation and tasks, their datasets' configs, and the keys of its stages."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    datasets = {cfg.suite.distill.dataset} | {t.dataset for t in cfg.suite.tasks.values()}
+    chain = {"stages": list(stage_keys)} if stage_keys else {}  # runs without stages keep their hashes
+    return {
+        **chain,
+        "role": role,
+        "method": name,
+        "params": params,
+        "seed": seed,
+        "student": container["student"],
+        "teacher": teacher_identity(cfg, container["teacher"]),
+        "trainer": {k: v for k, v in container["trainer"].items() if k not in RUN_ONLY_TRAINER_KEYS},
+        "suite": {k: container["suite"][k] for k in ("distill", "tasks")},
+        "data": {k: v for k, v in container["data"].items() if k in datasets},
+    }
+
+
+def teacher_identity(cfg: DictConfig, teacher: dict[str, Any]) -> Any:
+    """The teacher as a run's hash names it: its config, or for a recipe teacher the recipe's
+    identity and, when set, ``distill_drop_path`` (left out at 0, so those runs keep their hashes)."""
+    if cfg.teacher.source != "recipe":
+        return teacher
+    rate = teacher.get("distill_drop_path")
+    return {"recipe": recipe_identity(cfg), "distill_drop_path": rate} if rate else recipe_identity(cfg)
+
+
+def recipe_identity(cfg: Any) -> str:
+    """The recipe teacher as run config hashes name it: its config, the distillation data and the
+    main trainer settings. Kept as it was so that stored runs keep their hashes; what else made the
+    teacher is in :meth:`Methods.recipe_key`, which a run records and checks (see
+    :mod:`benchbase.provenance`).
+
+    ``teacher.distill_drop_path`` is left out: it changes how the trained teacher teaches, not
+    the teacher itself."""
+    teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
+    teacher.pop("distill_drop_path", None)
+    return config_hash({
+        "teacher": teacher,
+        "distill": OmegaConf.to_container(cfg.suite.distill, resolve=True),
+        "data": OmegaConf.to_container(cfg.data.get(cfg.suite.distill.dataset, {}), resolve=True),
+        "trainer": {k: cfg.trainer[k] for k in ("min_lr", "weight_decay", "betas", "warmup_epochs", "clip_grad")},
+    })
