@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from benchbase.data.glyphs import (
-    INK_THRESHOLD,
     MAX_STROKES,
     draw_instances,
     glyph_classes,
@@ -78,7 +77,7 @@ def test_instances_of_a_class_vary_and_without_nuisance_coincide():
 
 
 def test_scenes_label_the_inked_pixels_with_the_first_base_glyphs(glyphs):
-    scenes = load_glyph_scenes(classes=3, n_train=30, n_val=10, n_test=12)
+    scenes = load_glyph_scenes(classes=3, n_train=30, n_val=10, n_test=12, halo=0)
     assert scenes.num_classes == 4 and scenes.ignore_index is None and list(scenes.splits) == ["train", "val", "test"]
     assert scenes.split("train").classes == ["background", "glyph0", "glyph1", "glyph2"]
     for split in scenes.splits.values():
@@ -87,12 +86,19 @@ def test_scenes_label_the_inked_pixels_with_the_first_base_glyphs(glyphs):
         # standardising is increasing: labelled ink is brighter than every background pixel
         assert split.images[:, 0][foreground].min() > split.images[:, 0][~foreground].max()
         assert (foreground.flatten(1).sum(1) > 0).all()  # every image shows its glyph
-        assert (split.labels.flatten(1).max(1).values.unsqueeze(1) >= split.labels.flatten(1)).all()
-        assert ((split.labels == 0) | (split.labels == split.labels.flatten(1).max(1).values.view(-1, 1, 1))).all()
-    assert INK_THRESHOLD == 0.5
+        glyph = split.labels.flatten(1).max(1).values.view(-1, 1, 1)
+        assert ((split.labels == 0) | (split.labels == glyph)).all()  # one glyph class per image
     # scene class c is base glyph c: both come from glyph_classes with the same class_seed
     points, _ = glyph_classes(3, torch.Generator().manual_seed(0))
     assert torch.equal(points, glyph_classes(SMALL["base"], torch.Generator().manual_seed(0))[0][:3])
+
+
+def test_the_halo_labels_the_pixels_next_to_the_ink():
+    ink = load_glyph_scenes(classes=3, n_train=30, n_val=1, n_test=1, halo=0).split("train").labels
+    halo = load_glyph_scenes(classes=3, n_train=30, n_val=1, n_test=1).split("train").labels
+    assert ((ink == 0) | (halo == ink)).all()  # the same images: every inked label kept
+    grown = torch.nn.functional.max_pool2d((ink > 0).float().unsqueeze(1), 3, stride=1, padding=1).squeeze(1) > 0
+    assert torch.equal(halo > 0, grown) and (halo > 0).sum() > 1.5 * (ink > 0).sum()
 
 
 def test_empty_splits_are_refused():
@@ -100,3 +106,5 @@ def test_empty_splits_are_refused():
         load_glyphs(base=0)
     with pytest.raises(BenchbaseError, match="classes >= 1"):
         load_glyph_scenes(n_val=0)
+    with pytest.raises(BenchbaseError, match="halo >= 0"):
+        load_glyph_scenes(halo=-1)

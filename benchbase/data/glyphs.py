@@ -20,9 +20,10 @@ Splits of the classification bundle (:func:`load_glyphs`; classes and instances 
 - ``novel_val`` / ``novel``: ``per_class_novel`` instances of each of ``novel_val`` / ``novel``
   further classes, never seen in distillation (choices / few-shot episodes).
 
-The segmentation bundle (:func:`load_glyph_scenes`) draws its images from the first
-``seg_classes`` base classes, one glyph per image, and labels a pixel with the glyph's class + 1
-where its ink exceeds :data:`INK_THRESHOLD`, else background (0).
+The segmentation bundle (:func:`load_glyph_scenes`) draws its images from the first ``classes``
+base classes, one glyph per image, and labels a pixel with the glyph's class + 1 where its ink, or
+that of a pixel within ``halo`` pixels (the square neighbourhood), exceeds :data:`INK_THRESHOLD`,
+else background (0).
 
 Images are standardised with the statistics of ``base_train`` (of the scenes' train split for the
 segmentation bundle). Shapes: n = images, K = strokes per glyph (padded to :data:`MAX_STROKES`),
@@ -34,6 +35,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from benchbase.components import DataBundle, DatasetInfo
@@ -134,10 +136,10 @@ def draw_instances(
     size: int,
     generator: torch.Generator,
     jitter: float = 0.04,
-    rotation: float = 20.0,
+    rotation: float = 30.0,
     scale: tuple[float, float] = (0.8, 1.1),
     shear: float = 0.2,
-    shift: float = 0.1,
+    shift: float = 0.15,
     width: tuple[float, float] = (0.035, 0.06),
 ) -> Tensor:
     """Render one instance of class ``labels[i]`` per entry.
@@ -186,7 +188,7 @@ def load_glyphs(
     base: int = 64,
     novel_val: int = 64,
     novel: int = 128,
-    per_class_train: int = 40,
+    per_class_train: int = 60,
     per_class_test: int = 10,
     per_class_novel: int = 20,
     class_seed: int = 0,
@@ -242,19 +244,23 @@ def load_glyph_scenes(
     class_seed: int = 0,
     split_seed: int = 0,
     nuisance: dict | None = None,
+    halo: int = 1,
 ) -> DataBundle:
     """Segmentation of single glyphs: splits train, val and test of [n, 1, S, S] standardised images
     and [n, S, S] long label maps (0 background, c + 1 for glyph class c < ``classes``, the first
-    base classes of :func:`load_glyphs` with the same ``class_seed``), every pixel labelled."""
-    if classes < 1 or min(n_train, n_val, n_test) < 1:
-        raise BenchbaseError("glyph scenes need classes >= 1 and n_train, n_val, n_test >= 1")
+    base classes of :func:`load_glyphs` with the same ``class_seed``), every pixel labelled: the
+    glyph's class on its strokes and within ``halo`` pixels of them (so that the glyphs are not a
+    small minority of the pixels; 0 labels the ink alone)."""
+    if classes < 1 or min(n_train, n_val, n_test) < 1 or halo < 0:
+        raise BenchbaseError("glyph scenes need classes >= 1, n_train, n_val, n_test >= 1 and halo >= 0")
     points, used = glyph_classes(classes, torch.Generator().manual_seed(class_seed))
     generator = torch.Generator().manual_seed(2000 + split_seed)
     raw = {}
     for name, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         labels = torch.randint(classes, (n,), generator=generator)
         ink = draw_instances(points, used, labels, image_size, generator, **dict(nuisance or {}))
-        maps = torch.where(ink > INK_THRESHOLD, labels.view(-1, 1, 1) + 1, 0)
+        near = F.max_pool2d(ink.unsqueeze(1), 2 * halo + 1, stride=1, padding=halo).squeeze(1) if halo else ink
+        maps = torch.where(near > INK_THRESHOLD, labels.view(-1, 1, 1) + 1, 0)
         raw[name] = (ink.unsqueeze(1), maps)
     reference = raw["train"][0]
     names = ["background"] + [f"glyph{c}" for c in range(classes)]
@@ -267,7 +273,7 @@ def load_glyph_scenes(
         num_classes=classes + 1,
         description=(
             f"single procedural glyphs ({image_size}x{image_size}) of the first {classes} base classes, label = class + 1 "
-            f"where ink > {INK_THRESHOLD}, background 0; train {n_train} / val {n_val} / test {n_test} images, "
+            f"where the ink within {halo} px > {INK_THRESHOLD}, background 0; train {n_train} / val {n_val} / test {n_test} images, "
             f"class_seed {class_seed}, split_seed {split_seed}"
         ),
         ignore_index=None,
