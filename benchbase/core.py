@@ -2,7 +2,8 @@
 same hooks as any plugin.
 
 - students/teachers: ``vit`` (timm VisionTransformer), ``sam`` (segment-anything's ImageEncoderViT),
-- datasets: ``digits`` and ``digit_scenes`` (embedded, scikit-learn); on disk: ``imagefolder``,
+- datasets: ``digits`` and ``digit_scenes`` (embedded, scikit-learn), ``glyphs`` and ``glyph_scenes``
+  (generated procedural characters, the default suite's); on disk: ``imagefolder``,
   ``imagenet``, ``cifar10`` (ImageFolder layout), ``omniglot``, ``camvid``, ``ade20k``,
   ``miniimagenet``, ``tieredimagenet``, ``cifarfs``, ``fc100``; paired frame + event data:
   ``digit_scene_events`` and ``camvid_events`` (SIMULATED events), ``event_recordings`` (.npz),
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 from benchbase import hookimpl
 from benchbase.capture import Captures, Tap
 from benchbase.components import DataBundle, Method, StepInputs, Student, VitModel
-from benchbase.data import ade20k, camvid, digits, events, fewshot_folders, folders, omniglot, scenes
+from benchbase.data import ade20k, camvid, digits, events, fewshot_folders, folders, glyphs, omniglot, scenes
 from benchbase.data.ade20k import build_ade20k
 from benchbase.data.camvid import build_camvid
 from benchbase.data.digits import load_digits_bundle
@@ -159,6 +160,8 @@ def benchbase_register_evaluators(register):
 def benchbase_register_datasets(register):
     register("digits", build_digits, info=digits.INFO)
     register("digit_scenes", build_digit_scenes, info=scenes.INFO)
+    register("glyphs", glyphs.build_glyphs, info=glyphs.INFO)
+    register("glyph_scenes", glyphs.build_glyph_scenes, info=glyphs.SCENES_INFO)
     register("imagefolder", load_image_folder, info=folders.IMAGE_FOLDER_INFO)
     register("imagenet", partial(load_image_folder, name="imagenet", default_size=224), info=folders.IMAGE_FOLDER_INFO)
     register("cifar10", partial(load_image_folder, name="cifar10", default_size=32), info=folders.IMAGE_FOLDER_INFO)

@@ -14,6 +14,7 @@ from conftest import DATA
 
 @pytest.mark.parametrize("suite, student, distill", [
     ("default", "vit_tiny_patch16_224", "digits"),
+    ("glyphs", "vit_tiny_patch16_224", "glyphs"),
     ("cpu-real", "vit_tiny_patch16_224", "cifar10"),
     ("imagenet", "vit_small_patch16_224", "imagenet"),
     ("ade20k", "vit_small_patch16_224", "imagenet"),
