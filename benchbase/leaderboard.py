@@ -382,6 +382,10 @@ def markdown_page(head: Sequence[str], records: Sequence[RunRecord], df: pd.Data
     if df.attrs.get("comparisons"):
         lines.append(f"(#k): paired rank in its column, 1 + the rows significantly above it ({METHOD}); rows "
                      "that no test separates from those above them share a rank.")
+        unranked = [label for label in df.attrs.get("floors") or {} if label not in df.attrs["comparisons"]]
+        if unranked:
+            lines.append("Unranked (their evaluator stores no per-sample outcomes yet, so no paired test): "
+                         + ", ".join(f"`{label}`" for label in unranked) + ".")
     else:
         lines.append("No paired ranks: no row of this table stored per-sample outcomes (its records predate them).")
     if df.attrs.get("floors"):

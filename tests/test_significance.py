@@ -136,6 +136,20 @@ def test_rows_without_stored_outcomes_get_no_rank():
     assert "fewshot/5way-1shot" + RANK_SUFFIX not in df and not df.attrs["comparisons"]
 
 
+def test_a_column_without_outcomes_is_named_unranked_on_the_page():
+    episodes = 40
+    records = [
+        _record("floor", "pixels", 70.0, 1.0, [7] * episodes),
+        _record("method", "m", 30.0, 1.0, [3] * episodes),
+    ]
+    for record, value in zip(records, (20.0, 25.0)):  # a second metric of the task, stored without outcomes
+        record.metrics.append(Metric("seg_mIoU", value, 100, "segments", ci95=1.0, extras={"task": "fewshot"}))
+    df = build_table(records)
+    assert list(df.attrs["comparisons"]) == ["fewshot/5way-1shot"]
+    page = markdown_page(["# s", ""], records, df, [], "test")
+    assert "Unranked (their evaluator stores no per-sample outcomes yet, so no paired test): `fewshot/seg_mIoU`." in page
+
+
 def test_evaluators_store_outcomes_that_reproduce_their_metrics(tmp_path):
     from benchbase.components import DataBundle
     from benchbase.data.scenes import TensorSegmentationImages
