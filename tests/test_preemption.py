@@ -189,37 +189,39 @@ class SignalAfterStep(Noisy):
             os.kill(os.getpid(), self.signum)
 
 
-def _ddp_worker(rank: int, port: int, out: Path, interrupt: bool) -> None:
+def _ddp_worker(rank: int, port: int, out: Path) -> None:
+    """Both runs in one process group: the uninterrupted one, then the stopped and resumed one."""
     _join(rank, port)
-    data, run = load_digits_bundle().split("base_train"), out / ("stopped" if interrupt else "whole")
-    if interrupt:
-        received = []
+    data = load_digits_bundle().split("base_train")
+    for interrupt in (False, True):
+        run = out / ("stopped" if interrupt else "whole")
+        if interrupt:
+            received = []
 
-        def requeue(signum, _frame):
-            received.append(signum)
-            raise Requeued
+            def requeue(signum, _frame):
+                received.append(signum)
+                raise Requeued
 
-        signal.signal(signal.SIGUSR2, requeue)
-        # rank 1 is signalled before step 4's check, rank 0 only after it: both must stop after step 4
-        loss = SignalAt(4, signal.SIGUSR2) if rank == 1 else SignalAfterStep(4, signal.SIGUSR2)
-        with pytest.raises(Requeued):
-            train(Student(tiny_vit(seed=3)), None, loss, data, trainer(epochs=1), run, seed=7)
-        assert received == [signal.SIGUSR2]
-        dist.barrier()
+            signal.signal(signal.SIGUSR2, requeue)
+            # rank 1 is signalled before step 4's check, rank 0 only after it: both must stop after step 4
+            loss = SignalAt(4, signal.SIGUSR2) if rank == 1 else SignalAfterStep(4, signal.SIGUSR2)
+            with pytest.raises(Requeued):
+                train(Student(tiny_vit(seed=3)), None, loss, data, trainer(epochs=1), run, seed=7)
+            assert received == [signal.SIGUSR2]
+            dist.barrier()
+            if rank == 0:
+                state = torch.load(run / CHECKPOINT, weights_only=True)
+                assert (state["step"], state["partial"]["batch"], len(state["partial"]["rng"])) == (4, 4, WORLD)
+                assert not torch.equal(state["partial"]["rng"][0]["cpu"], state["partial"]["rng"][1]["cpu"])
+        student = Student(tiny_vit(seed=99 if interrupt else 3))
+        train(student, None, Noisy(), data, trainer(epochs=1), run, seed=7)
         if rank == 0:
-            state = torch.load(run / CHECKPOINT, weights_only=True)
-            assert (state["step"], state["partial"]["batch"], len(state["partial"]["rng"])) == (4, 4, WORLD)
-            assert not torch.equal(state["partial"]["rng"][0]["cpu"], state["partial"]["rng"][1]["cpu"])
-    student = Student(tiny_vit(seed=99 if interrupt else 3))
-    train(student, None, Noisy(), data, trainer(epochs=1), run, seed=7)
-    if rank == 0:
-        torch.save(student.state_dict(), out / f"{run.name}.pt")
+            torch.save(student.state_dict(), out / f"{run.name}.pt")
     dist.destroy_process_group()
 
 
 def test_under_ddp_every_rank_stops_after_the_same_step_and_resumes_exactly(tmp_path):
-    for interrupt in (False, True):
-        mp.spawn(_ddp_worker, args=(_free_port(), tmp_path, interrupt), nprocs=WORLD)
+    mp.spawn(_ddp_worker, args=(_free_port(), tmp_path), nprocs=WORLD)  # one start of the two processes
     whole, resumed = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("whole", "stopped"))
     for name, value in whole.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)

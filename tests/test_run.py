@@ -14,10 +14,13 @@ from thirdparty import make_distribution
 
 def tiny(home, *extra, fewshot: bool = True, floors: bool = False):
     """Overrides for a seconds-long run of the default suite (or another suite with fewshot=False);
-    the floor rows only with ``floors`` (they are tested where a test asks for them)."""
+    the floor rows only with ``floors`` (they are tested where a test asks for them). The default
+    suite's tasks are cut to test size: 50 few-shot episodes and one segmentation-probe epoch (its 40
+    epochs were half of a tiny run's time; the probe itself is tested in test_segmentation.py)."""
     return [
         "trainer.epochs=1", "teacher.recipe.pretrain_epochs=1", "teacher.recipe.finetune_epochs=1",
-        *(["suite.tasks.fewshot.params.episodes=50"] if fewshot else []), "trainer.progress=false",
+        *(["suite.tasks.fewshot.params.episodes=50", "suite.tasks.segmentation.params.epochs=1"] if fewshot else []),
+        "trainer.progress=false",
         *([] if floors else ["suite.floors=[]"]),
         f"home={home}", f"leaderboard_dir={home}/lb", *extra,
     ]

@@ -21,15 +21,22 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+# The stage tests run without the suite's reference row: method.* overrides (the stages) never
+# reach it (suite.method_cfg), so it only adds a training and an evaluation.
+
+
 def _run_dir(home, method):
     (folder,) = (home / "runs" / "default").glob(f"{method}-seed0-*")
     return folder
 
 
 def test_init_stage_hands_its_student_to_the_final_run_and_is_cached(tmp_path):
-    stage = "method.stages=[{name:pre,method:mae,then:init,trainer:{epochs:1}}]"
+    # another loss's stage gets only its own params: without them, MAE's constructor defaults (the
+    # paper's 8-block, 512-wide decoder) were two thirds of this test's time
+    stage = ("method.stages=[{name:pre,method:mae,then:init,trainer:{epochs:1},"
+             "params:{decoder_depth:1,decoder_width:16,decoder_heads:2}}]")
     # the final run trains no step, so its exported student is exactly the stage's
-    assert main(["run", "--plugins", "feature", *tiny(tmp_path, stage, "trainer.epochs=0")]) == 0
+    assert main(["run", "--plugins", "feature", *tiny(tmp_path, stage, "trainer.epochs=0", "suite.references=[]")]) == 0
     (stage_dir,) = (tmp_path / "stages").glob("*/")
     assert (stage_dir / "stage.json").exists() and (stage_dir / "steps.jsonl").read_text().count("\n") > 0
     final = _state(_run_dir(tmp_path, "feature") / "student.pt")["model"]
@@ -41,13 +48,13 @@ def test_init_stage_hands_its_student_to_the_final_run_and_is_cached(tmp_path):
     # another final setting reuses the stage instead of training it again
     log = (stage_dir / "steps.jsonl").read_text()
     assert main(["run", "--plugins", "feature", *tiny(tmp_path, stage, "trainer.epochs=0",
-                                                     "method.params.beta=1.0")]) == 0
+                                                     "suite.references=[]", "method.params.beta=1.0")]) == 0
     assert list((tmp_path / "stages").glob("*/")) == [stage_dir] and (stage_dir / "steps.jsonl").read_text() == log
 
 
 def test_continue_stage_hands_over_the_loss_state(tmp_path):
     stage = "method.stages=[{name:phase1,then:continue,trainer:{epochs:1}}]"
-    assert main(["run", "--plugins", "mae", *tiny(tmp_path, stage)]) == 0
+    assert main(["run", "--plugins", "mae", *tiny(tmp_path, stage, "suite.references=[]")]) == 0
     (stage_dir,) = (tmp_path / "stages").glob("*/")
     handed = _state(stage_dir / "loss.pt")
     assert handed and handed.keys() == _state(_run_dir(tmp_path, "mae") / CHECKPOINT)["loss"].keys()
@@ -73,7 +80,7 @@ def test_train_starts_the_loss_from_a_handed_state_unless_resuming(tmp_path):
 def test_teach_stage_student_becomes_the_next_teacher(tmp_path):
     # a narrower intermediate student (B -> S), then the final student distils from it (S -> T)
     stage = "method.stages=[{name:S,then:teach,student:{embed_dim:32,num_heads:2},trainer:{epochs:1}}]"
-    assert main(["run", "--plugins", "feature", *tiny(tmp_path, stage)]) == 0
+    assert main(["run", "--plugins", "feature", *tiny(tmp_path, stage, "suite.references=[]")]) == 0
     ckpt = _state(_run_dir(tmp_path, "feature") / CHECKPOINT)
     # feature distillation projects the student (64) onto its teacher's width: 32, the stage's student
     assert tuple(ckpt["loss"]["proj.weight"].shape) == (32, 64)
