@@ -18,9 +18,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from benchbase import distributed
-from benchbase.core import Supervised
 from benchbase.cli import main
 from benchbase.components import Student
+from benchbase.core import Supervised
 from benchbase.data.digits import load_digits_bundle
 from benchbase.engine import train
 from benchbase.loggers import STEPS_LOG
