@@ -91,6 +91,15 @@ class _RunHelp(argparse.Action):
         parser.exit()
 
 
+class _DeprecatedSpelling(argparse.Action):
+    """An option kept under its former name: it stores its value as the new one does and says once,
+    on stderr, which name to use."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is now --methods (the old spelling still works)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -114,10 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a suite (teacher, methods x seeds, tasks) and write its table",
                          formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
     run.add_argument("-h", "--help", action=_RunHelp, help="show this help (and the installed suites) and exit")
-    run.add_argument("--methods", "--plugins", dest="plugins", type=_split, metavar="A,B",
-                     help="method plugins to run (default: every installed method plugin; --plugins is the "
-                          "same option); evaluator, dataset and model plugins are used by naming their "
-                          "components in a suite or config")
+    run.add_argument("--methods", dest="plugins", type=_split, metavar="A,B",
+                     help="methods to run (default: every installed method); evaluator, dataset and model "
+                          "plugins are used by naming their components in a suite or config")
+    run.add_argument("--plugins", dest="plugins", type=_split, metavar="A,B", action=_DeprecatedSpelling,
+                     help="the former spelling of --methods (still accepted, with a note)")
     run.add_argument("--force", action="store_true", help="rerun even if an identical run is stored")
     run.add_argument("--publish", action="store_true", help=PUBLISH_HELP)
     run.add_argument("-m", "--multirun", action="store_true", help="sweep comma-separated override values")

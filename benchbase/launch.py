@@ -3,7 +3,7 @@
 ``benchbase run -m`` runs the jobs of a sweep one after another in its own process. Hydra's
 launcher plugins (submitit for Slurm, Ray for a Ray cluster) start each job elsewhere and need a
 ``@hydra.main`` task function: this module is that application. Each job runs one suite with that
-job's overrides, as ``benchbase run`` does; ``method=NAME`` selects the method as ``--plugins NAME``
+job's overrides, as ``benchbase run`` does; ``method=NAME`` selects the method as ``--methods NAME``
 does (``method=a,b`` sweeps over methods, one job each); without it every installed method runs.
 Stored runs are reused, so a rerun or a requeued job skips what is done.
 

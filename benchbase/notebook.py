@@ -87,7 +87,7 @@ def config(*overrides: str, plugins_dir: PathLike | None = None) -> DictConfig:
 def run(*overrides: str, plugins: str | Sequence[str] | None = None, methods: str | Sequence[str] | None = None,
         force: bool = False, publish: bool = False, plugins_dir: PathLike | None = None,
         echo: Callable[[str], object] = print) -> Table:
-    """Run a suite as ``benchbase run [--plugins P] [--publish] OVERRIDES`` does and return its table.
+    """Run a suite as ``benchbase run [--methods P] [--publish] OVERRIDES`` does and return its table.
 
     Args:
         overrides: Hydra overrides, e.g. ``"suite=cpu-real"``, ``"trainer.epochs=3"``,

@@ -162,8 +162,8 @@ class Benchbase:
                     provides = "; ".join(f"{kind} {', '.join(names)} (name them in {USED_AS[kind]})"
                                          for kind, names in info.components.items())
                     raise BenchbaseError(
-                        f"plugin {name!r} is not a method plugin: it registers {provides}; --methods (alias "
-                        f"--plugins) selects method plugins: {', '.join(available) or 'none'}"
+                        f"plugin {name!r} is not a method plugin: it registers {provides}; --methods selects "
+                        f"method plugins: {', '.join(available) or 'none'}"
                     )
                 raise BenchbaseError(
                     f"unknown plugin {name!r}; available: {', '.join(available) or 'none'} "

@@ -36,6 +36,14 @@ def test_flags_anywhere_among_the_overrides(argv):
     assert (args.plugins, args.cfg, args.overrides) == (["feature"], "job", ["trainer.epochs=1", "seed=3"])
 
 
+def test_the_former_spelling_plugins_still_selects_methods_with_a_note(capsys):
+    args = parse(build_parser(), ["run", "--plugins", "feature,mae", "seed=3"])
+    assert args.plugins == ["feature", "mae"]
+    assert capsys.readouterr().err == "note: --plugins is now --methods (the old spelling still works)\n"
+    parse(build_parser(), ["run", "--methods", "feature"])
+    assert capsys.readouterr().err == ""
+
+
 def test_benchbase_options_after_the_command(tmp_path):
     args = parse(build_parser(), ["run", "a=1", "--debug", "--plugins-dir", str(tmp_path), "b=2",
                                   f"--plugins-dir={tmp_path}"])
@@ -57,9 +65,9 @@ def test_unknown_flags_and_stray_words_stay_errors(argv, capsys):
 
 def test_methods_names_an_evaluator_plugin(tmp_path, capsys):
     (tmp_path / "knn.py").write_text(KNN_PLUGIN)
-    code = main(["--plugins-dir", str(tmp_path), "run", "--plugins", "knn", f"home={tmp_path}"])
+    code = main(["--plugins-dir", str(tmp_path), "run", "--methods", "knn", f"home={tmp_path}"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("error: plugin 'knn' is not a method plugin: it registers evaluators knn (name them in "
-                          "a suite task's `evaluator`); --methods (alias --plugins) selects method plugins: ")
+                          "a suite task's `evaluator`); --methods selects method plugins: ")
     assert "mae" in err
