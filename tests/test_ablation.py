@@ -101,7 +101,7 @@ def test_a_suite_table_keeps_rows_reused_from_an_ablation(tmp_path):
     spec = SPEC.replace("overrides: [suite.tasks.fewshot.params.episodes=40]", "overrides: []")
     plugins = plugins_with_spec(tmp_path, spec)
     assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path)]) == 0
-    assert main(["--plugins-dir", str(plugins), "run", "--plugins", "feature", *tiny(tmp_path)]) == 0
+    assert main(["--plugins-dir", str(plugins), "run", "--methods", "feature", *tiny(tmp_path)]) == 0
     rows = [line.split("|")[2].strip() for line in (tmp_path / "leaderboards" / "default.md").read_text().splitlines()
             if line.startswith("| ") and "method" not in line.split("|")[2]]
     assert rows == ["teacher", "supervised", "feature"]

@@ -122,7 +122,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     per-rank seeds of DINO and MAE), so the teacher, and through it the student, differ slightly.
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    overrides = ["--plugins", "feature"]
+    overrides = ["--methods", "feature"]
     extra = ("suite.references=[]", "trainer.batch_size=64", "student.drop_path=0.0")
     multi = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_port",

@@ -44,7 +44,7 @@ FOLDER = ["suite=imagefolder", "student.embed_dim=32", "student.depth=2", "stude
 
 
 def test_unknown_plugin(capsys):
-    assert_one_line(*run_cli(capsys, "run", "--plugins", "smkd_typo"), "unknown plugin 'smkd_typo'", "available:", "mae")
+    assert_one_line(*run_cli(capsys, "run", "--methods", "smkd_typo"), "unknown plugin 'smkd_typo'", "available:", "mae")
 
 
 def test_unknown_key_group_option_and_wrong_type(capsys, tmp_path):
@@ -54,7 +54,7 @@ def test_unknown_key_group_option_and_wrong_type(capsys, tmp_path):
                     "unknown teacher option 'vit_gigantic'", "available:")
     assert_one_line(*run_cli(capsys, "run", f"home={tmp_path}", "trainer.batch_size=many"),
                     "wrong type", "trainer.batch_size")
-    assert_one_line(*run_cli(capsys, "run", "--plugins", "mae", f"home={tmp_path}", "method.params.mask_ration=0.5"),
+    assert_one_line(*run_cli(capsys, "run", "--methods", "mae", f"home={tmp_path}", "method.params.mask_ration=0.5"),
                     "unknown config key 'method.params.mask_ration'", "mask_ratio")
 
 
@@ -71,7 +71,7 @@ def test_unreadable_image_names_the_file(capsys, tmp_path):
     root = image_folder(tmp_path / "data")
     bad = root / "train" / "a" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    code, err = run_cli(capsys, "run", "--plugins", "feature", *tiny(tmp_path, fewshot=False), *FOLDER,
+    code, err = run_cli(capsys, "run", "--methods", "feature", *tiny(tmp_path, fewshot=False), *FOLDER,
                         f"data.imagefolder.root={root}")
     assert_one_line(code, err, "cannot read image", str(bad), "on_corrupt=skip")
 
@@ -82,19 +82,19 @@ def test_checkpoint_of_another_architecture_names_keys(capsys, tmp_path):
     other = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=1, embed_dim=48,
                               depth=2, num_heads=2, num_classes=5)
     torch.save(other.state_dict(), tmp_path / "other.pt")
-    code, err = run_cli(capsys, "run", "--plugins", "feature", *tiny(tmp_path), "teacher.source=checkpoint",
+    code, err = run_cli(capsys, "run", "--methods", "feature", *tiny(tmp_path), "teacher.source=checkpoint",
                         f"teacher.checkpoint={tmp_path}/other.pt")
     assert_one_line(code, err, "does not fit this teacher's architecture", "shape mismatch",
                     "blocks.0.attn.proj.weight (48, 48) vs (128, 128)", "missing: blocks.2")
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
-    code, err = run_cli(capsys, "run", "--plugins", "feature", *tiny(tmp_path), "teacher.source=checkpoint",
+    code, err = run_cli(capsys, "run", "--methods", "feature", *tiny(tmp_path), "teacher.source=checkpoint",
                         f"teacher.checkpoint={tmp_path}/corrupt.pt")
     assert_one_line(code, err, "corrupt or not a torch checkpoint")
 
 
 def test_too_small_dataset_for_protocol(capsys, tmp_path):
     """Found only when the evaluator sees the data: the rows fail with the one-line reason, exit 1."""
-    code, _ = run_cli(capsys, "run", "--plugins", "", *tiny(tmp_path, "~suite.tasks.segmentation"),
+    code, _ = run_cli(capsys, "run", "--methods", "", *tiny(tmp_path, "~suite.tasks.segmentation"),
                       "suite.tasks.fewshot.params.ways=6")
     assert code == 1
     teacher = ResultsDB(tmp_path / "results.db").records()[0]
@@ -103,17 +103,17 @@ def test_too_small_dataset_for_protocol(capsys, tmp_path):
 
 
 def test_nothing_stored_is_lost_by_a_failed_command(capsys, tmp_path):
-    assert main(["run", "--plugins", "feature", *tiny(tmp_path, "suite.references=[]")]) == 0
+    assert main(["run", "--methods", "feature", *tiny(tmp_path, "suite.references=[]")]) == 0
     db = (tmp_path / "results.db").read_bytes()
-    assert_one_line(*run_cli(capsys, "run", "--plugins", "feature", *tiny(tmp_path), "trainer.epochs=x"), "wrong type")
+    assert_one_line(*run_cli(capsys, "run", "--methods", "feature", *tiny(tmp_path), "trainer.epochs=x"), "wrong type")
     assert (tmp_path / "results.db").read_bytes() == db
 
 
 def test_debug_shows_the_traceback(tmp_path):
     # --debug lets the error propagate (to Python's traceback printer; in-process: one start fewer)
     with pytest.raises(BenchbaseError, match="unknown plugin 'nope'"):
-        main(["--debug", "run", "--plugins", "nope"])
+        main(["--debug", "run", "--methods", "nope"])
     # without it, the command line prints one line and exits 2
-    out = subprocess.run([sys.executable, "-m", "benchbase", "run", "--plugins", "nope"],
+    out = subprocess.run([sys.executable, "-m", "benchbase", "run", "--methods", "nope"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0

@@ -28,7 +28,7 @@ def fast(home: Path, *extra: str) -> list[str]:
 def stored(tmp_path_factory) -> tuple[Path, Path]:
     """A stored tiny run of `feature`: (home, run folder)."""
     home = tmp_path_factory.mktemp("home")
-    assert main(["run", "--plugins", "feature", *fast(home)]) == 0
+    assert main(["run", "--methods", "feature", *fast(home)]) == 0
     return home, next((home / "runs" / "default").glob("feature-seed0-*"))
 
 

@@ -29,7 +29,7 @@ def test_camvid_events_suite_composes_with_sam_on_frames_and_events():
 def test_camvid_events_suite_runs_on_the_real_camvid_frames(tmp_path, camvid_root):
     tiny = ["suite=camvid-events", *TINY, f"data.camvid_events.root={camvid_root}", "data.camvid_events.image_size=32",
             f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb", "suite.floors=[]"]
-    assert main(["run", "--plugins", "eventsam", *tiny]) == 0
+    assert main(["run", "--methods", "eventsam", *tiny]) == 0
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records("camvid-events")}
     assert set(records) == {"teacher", "supervised_segmentation", "eventsam"}
     assert all(r.status == "done" for r in records.values()), {m: r.error for m, r in records.items()}
@@ -43,7 +43,7 @@ def test_camvid_events_suite_runs_on_the_real_camvid_frames(tmp_path, camvid_roo
 def test_eventsam_reference_trains_the_event_student_from_scratch(tmp_path):
     tiny = ["suite=eventsam", *TINY, "+data.digit_scene_events.params.n_train=32",
             "+data.digit_scene_events.params.n_test=16", f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb"]
-    assert main(["run", "--plugins", "eventsam", "-m", *tiny, "method.params.importance=released_code,uniform"]) == 0
+    assert main(["run", "--methods", "eventsam", "-m", *tiny, "method.params.importance=released_code,uniform"]) == 0
     records = ResultsDB(tmp_path / "results.db").records("eventsam")
     by_row = {(r.role, r.method, (r.config.get("method") or {}).get("params", {}).get("importance")): r
               for r in records}

@@ -100,7 +100,7 @@ def test_changed_says_why_in_one_line():
 
 def test_a_stored_run_is_reused_visibly_and_run_again_when_its_code_changed(tmp_path, capsys):
     plugins = plugin_dir(tmp_path)
-    args = ["--plugins-dir", str(plugins), "run", "--plugins", "tokmse", *instant(tmp_path)]
+    args = ["--plugins-dir", str(plugins), "run", "--methods", "tokmse", *instant(tmp_path)]
     assert main(args) == 0
     db = ResultsDB(tmp_path / "results.db")
     first = next(r for r in db.records() if r.method == "tokmse")

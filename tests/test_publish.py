@@ -33,7 +33,7 @@ def test_a_fresh_clone_runs_and_publishes_without_losing_a_committed_record(tmp_
     home_a, home_b = tmp_path / "clone" / ".benchbase", tmp_path / "elsewhere"
 
     # a run writes its local table in the home; the committed folder is left byte for byte
-    assert main(["run", "--plugins", "feature", *instant(home_a, f"leaderboard_dir={lb}")]) == 0
+    assert main(["run", "--methods", "feature", *instant(home_a, f"leaderboard_dir={lb}")]) == 0
     assert tree(lb) == committed
     out = capsys.readouterr().out
     assert f"{lb}/ is unchanged; --publish merges these runs" in out
@@ -49,12 +49,12 @@ def test_a_fresh_clone_runs_and_publishes_without_losing_a_committed_record(tmp_
     assert main(["leaderboard", "--check", "--out", str(lb)]) == 0
 
     # another machine with the same setting: its local table merges the committed rows, marked
-    assert main(["run", "--plugins", "mae", *instant(home_b, f"leaderboard_dir={lb}")]) == 0
+    assert main(["run", "--methods", "mae", *instant(home_b, f"leaderboard_dir={lb}")]) == 0
     rows = {line.split("|")[2].strip(): line.split("|")[-2].strip()
             for line in (home_b / "leaderboards" / "default.md").read_text().splitlines() if line.startswith("| ")}
     assert rows == {"method": "origin", "teacher": "local", "feature": "committed", "mae": "local"}
     before_publish = tree(lb)
-    assert main(["run", "--publish", "--plugins", "mae", *instant(home_b, f"leaderboard_dir={lb}")]) == 0
+    assert main(["run", "--publish", "--methods", "mae", *instant(home_b, f"leaderboard_dir={lb}")]) == 0
     assert "published default: 1 records added, 1 replaced by newer runs" in capsys.readouterr().out
     published = tree(lb)
     assert published != before_publish

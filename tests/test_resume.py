@@ -88,7 +88,7 @@ def _env():
 
 
 def test_sigkill_then_same_command_resumes_to_the_same_metrics(tmp_path):
-    args = [sys.executable, "-m", "benchbase", "run", "--plugins", "feature",
+    args = [sys.executable, "-m", "benchbase", "run", "--methods", "feature",
             *tiny(tmp_path / "killed", "suite.references=[]", "trainer.epochs=8")]
     proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = tmp_path / "killed" / "runs" / "default"
@@ -120,7 +120,7 @@ def test_sigkill_then_same_command_resumes_to_the_same_metrics(tmp_path):
 
 
 def test_a_run_resumed_after_its_last_step_reports_no_throughput(tmp_path):
-    args = ["run", "--plugins", "feature", *tiny(tmp_path, "suite.references=[]")]
+    args = ["run", "--methods", "feature", *tiny(tmp_path, "suite.references=[]")]
     assert main(args) == 0
     (tmp_path / "results.db").unlink()  # as if stopped after training, before the record was stored
     assert main(args) == 0

@@ -40,7 +40,7 @@ def instant(home, *extra):
 
 
 def test_tiny_run_writes_records_and_table_and_reuses_them(tmp_path, capsys):
-    assert main(["run", "--plugins", "feature,mae", *tiny(tmp_path, floors=True)]) == 0
+    assert main(["run", "--methods", "feature,mae", *tiny(tmp_path, floors=True)]) == 0
     out = capsys.readouterr().out
     records = ResultsDB(tmp_path / "results.db").records("default")
     by_method = {r.method: r for r in records}
@@ -67,7 +67,7 @@ def test_tiny_run_writes_records_and_table_and_reuses_them(tmp_path, capsys):
     assert (feature_dir / "config.yaml").exists() and (feature_dir / "steps.jsonl").read_text().count("\n") > 0
     # the same command reuses stored runs, and says so: nothing is trained again
     before = feature_dir.joinpath("steps.jsonl").stat().st_mtime_ns
-    assert main(["run", "--plugins", "feature", *tiny(tmp_path, floors=True)]) == 0
+    assert main(["run", "--methods", "feature", *tiny(tmp_path, floors=True)]) == 0
     assert feature_dir.joinpath("steps.jsonl").stat().st_mtime_ns == before
     assert len(ResultsDB(tmp_path / "results.db").records("default")) == 6
     when = feature.created_at[:16].replace("T", " ")
@@ -75,7 +75,7 @@ def test_tiny_run_writes_records_and_table_and_reuses_them(tmp_path, capsys):
     assert f"feature seed 0: reusing the run stored {when} UTC (made by benchbase " in out
     assert "floor pixels seed 0: reusing the run stored" in out
     # --force reruns it; the new record supersedes the old one, which stays in the database
-    assert main(["run", "--force", "--plugins", "feature", *tiny(tmp_path)]) == 0
+    assert main(["run", "--force", "--methods", "feature", *tiny(tmp_path)]) == 0
     assert "reusing" not in capsys.readouterr().out
     db = ResultsDB(tmp_path / "results.db")
     assert len(db.records("default")) == 6  # teacher row, reference and feature ran again:
@@ -112,7 +112,7 @@ def test_raising_method_is_stored_with_its_error_and_step(tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "raising.py").write_text(RAISING_PLUGIN)
-    args = ["--plugins-dir", str(plugins), "run", "--plugins", "raising,feature", *tiny(tmp_path, "suite.references=[]")]
+    args = ["--plugins-dir", str(plugins), "run", "--methods", "raising,feature", *tiny(tmp_path, "suite.references=[]")]
     assert main(args) == 1  # a row failed; the others ran
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records()}
     assert records["raising"].status == "failed" and records["raising"].failed_step == 0
@@ -126,7 +126,7 @@ def test_failing_method_is_stored_and_others_finish(tmp_path, capsys):
     plugins.mkdir()
     (plugins / "exploding.py").write_text(NAN_PLUGIN)
     # the plugin ships no config file: it runs with its constructor's defaults
-    args = ["--plugins-dir", str(plugins), "run", "--plugins", "exploding,feature",
+    args = ["--plugins-dir", str(plugins), "run", "--methods", "exploding,feature",
             *tiny(tmp_path, "suite.references=[]")]
     assert main(args) == 1
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records()}
@@ -138,7 +138,7 @@ def test_failing_method_is_stored_and_others_finish(tmp_path, capsys):
 
 def test_third_party_plugin_runs_for_real(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(make_distribution(tmp_path / "site")))
-    assert main(["run", "--plugins", "kd_logits", *tiny(tmp_path, "suite.references=[]")]) == 0
+    assert main(["run", "--methods", "kd_logits", *tiny(tmp_path, "suite.references=[]")]) == 0
     record = next(r for r in ResultsDB(tmp_path / "results.db").records() if r.method == "kd_logits")
     assert record.status == "done" and record.config["method"]["params"]["tau"] == 4.0
     assert record.versions["plugin:kd_logits"] == "0.3.1"
@@ -155,7 +155,7 @@ def test_plugins_command_lists_components_and_hooks(capsys):
 
 def test_leaderboard_publishes_regenerates_checks_and_imports(tmp_path, capsys):
     lb, db = tmp_path / "lb", str(tmp_path / "results.db")
-    assert main(["run", "--plugins", "feature", *instant(tmp_path)]) == 0
+    assert main(["run", "--methods", "feature", *instant(tmp_path)]) == 0
     assert not lb.exists()  # a run writes its local table only
     assert main(["leaderboard", "--publish", "--db", db, "--out", str(lb)]) == 0
     written = (lb / "default.md").read_text()
@@ -168,7 +168,7 @@ def test_leaderboard_publishes_regenerates_checks_and_imports(tmp_path, capsys):
     assert main(["leaderboard", "--check", "--out", str(lb)]) == 1
     # records exported elsewhere merge into the database and its local table; --publish commits them
     other = tmp_path / "other"
-    assert main(["run", "--plugins", "mae", *instant(other)]) == 0
+    assert main(["run", "--methods", "mae", *instant(other)]) == 0
     exported = str(other / "leaderboards" / "results" / "default.jsonl")  # that machine's teacher and mae
     capsys.readouterr()
     assert main(["leaderboard", "--db", db, "--import", exported, "--out", str(lb)]) == 0
@@ -192,9 +192,9 @@ def test_same_seed_repeats_exactly_and_other_seeds_differ(tmp_path):
                 if m.name != "images_per_second"}
 
     for home in ("a", "b"):
-        assert main(["run", "--plugins", "feature", *tiny(tmp_path / home, "suite.references=[]")]) == 0
+        assert main(["run", "--methods", "feature", *tiny(tmp_path / home, "suite.references=[]")]) == 0
     assert metrics(tmp_path / "a", 0) == metrics(tmp_path / "b", 0)
-    assert main(["run", "--plugins", "feature", *tiny(tmp_path / "a", "suite.references=[]", "seed=1")]) == 0
+    assert main(["run", "--methods", "feature", *tiny(tmp_path / "a", "suite.references=[]", "seed=1")]) == 0
     first, second = metrics(tmp_path / "a", 0), metrics(tmp_path / "a", 1)
     assert first != second
     assert "(seed 1)" in second[("fewshot", "5way-1shot")][2] and "(seed 0)" in first[("fewshot", "5way-1shot")][2]

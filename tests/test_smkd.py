@@ -576,7 +576,7 @@ def _weights(path):
 
 
 def test_two_phase_recipe_end_to_end_and_phase_2_starts_from_phase_1(tmp_path):
-    run = ["run", "--plugins", "smkd", *tiny(tmp_path, "suite.references=[]", "method.params.local_crops=2",
+    run = ["run", "--methods", "smkd", *tiny(tmp_path, "suite.references=[]", "method.params.local_crops=2",
                                                "method.stages.0.trainer.epochs=1")]
     assert main(run) == 0
     db = ResultsDB(tmp_path / "results.db")

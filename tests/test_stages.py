@@ -36,7 +36,7 @@ def test_init_stage_hands_its_student_to_the_final_run_and_is_cached(tmp_path):
     stage = ("method.stages=[{name:pre,method:mae,then:init,trainer:{epochs:1},"
              "params:{decoder_depth:1,decoder_width:16,decoder_heads:2}}]")
     # the final run trains no step, so its exported student is exactly the stage's
-    assert main(["run", "--plugins", "feature", *tiny(tmp_path, stage, "trainer.epochs=0", "suite.references=[]")]) == 0
+    assert main(["run", "--methods", "feature", *tiny(tmp_path, stage, "trainer.epochs=0", "suite.references=[]")]) == 0
     (stage_dir,) = (tmp_path / "stages").glob("*/")
     assert (stage_dir / "stage.json").exists() and (stage_dir / "steps.jsonl").read_text().count("\n") > 0
     final = _state(_run_dir(tmp_path, "feature") / "student.pt")["model"]
@@ -47,14 +47,14 @@ def test_init_stage_hands_its_student_to_the_final_run_and_is_cached(tmp_path):
 
     # another final setting reuses the stage instead of training it again
     log = (stage_dir / "steps.jsonl").read_text()
-    assert main(["run", "--plugins", "feature", *tiny(tmp_path, stage, "trainer.epochs=0",
+    assert main(["run", "--methods", "feature", *tiny(tmp_path, stage, "trainer.epochs=0",
                                                      "suite.references=[]", "method.params.beta=1.0")]) == 0
     assert list((tmp_path / "stages").glob("*/")) == [stage_dir] and (stage_dir / "steps.jsonl").read_text() == log
 
 
 def test_continue_stage_hands_over_the_loss_state(tmp_path):
     stage = "method.stages=[{name:phase1,then:continue,trainer:{epochs:1}}]"
-    assert main(["run", "--plugins", "mae", *tiny(tmp_path, stage, "suite.references=[]")]) == 0
+    assert main(["run", "--methods", "mae", *tiny(tmp_path, stage, "suite.references=[]")]) == 0
     (stage_dir,) = (tmp_path / "stages").glob("*/")
     handed = _state(stage_dir / "loss.pt")
     assert handed and handed.keys() == _state(_run_dir(tmp_path, "mae") / CHECKPOINT)["loss"].keys()
@@ -80,7 +80,7 @@ def test_train_starts_the_loss_from_a_handed_state_unless_resuming(tmp_path):
 def test_teach_stage_student_becomes_the_next_teacher(tmp_path):
     # a narrower intermediate student (B -> S), then the final student distils from it (S -> T)
     stage = "method.stages=[{name:S,then:teach,student:{embed_dim:32,num_heads:2},trainer:{epochs:1}}]"
-    assert main(["run", "--plugins", "feature", *tiny(tmp_path, stage, "suite.references=[]")]) == 0
+    assert main(["run", "--methods", "feature", *tiny(tmp_path, stage, "suite.references=[]")]) == 0
     ckpt = _state(_run_dir(tmp_path, "feature") / CHECKPOINT)
     # feature distillation projects the student (64) onto its teacher's width: 32, the stage's student
     assert tuple(ckpt["loss"]["proj.weight"].shape) == (32, 64)
@@ -91,7 +91,7 @@ def test_teach_stage_student_becomes_the_next_teacher(tmp_path):
     ("method.stages=[{name:x,trainer:{epochz:1}}]", "method.stages[0] (x)"),
 ])
 def test_bad_stage_is_a_one_line_error(tmp_path, capsys, stage, message):
-    assert main(["run", "--plugins", "feature", *tiny(tmp_path, stage)]) == 2
+    assert main(["run", "--methods", "feature", *tiny(tmp_path, stage)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "stages").exists()
@@ -122,7 +122,7 @@ def test_smkd_phase1_follows_the_run_epochs_unless_the_stage_sets_its_own():
 def test_tinymim_sequential_chain_distils_through_a_head_aligned_intermediate(tmp_path):
     # B (4 heads) -> S (2 heads; its last block aligned to B's 4) -> T: S loads back with its heads
     stage = "method.stages=[{name:S,then:teach,student:{embed_dim:32,num_heads:2},trainer:{epochs:1}}]"
-    assert main(["run", "--plugins", "tinymim", *tiny(tmp_path, stage, "suite.references=[]")]) == 0
+    assert main(["run", "--methods", "tinymim", *tiny(tmp_path, stage, "suite.references=[]")]) == 0
     (stage_dir,) = (tmp_path / "stages").glob("*/")
     assert _state(stage_dir / "student.pt")["block_heads"] == [2, 2, 2, 4]
     record = next(r for r in ResultsDB(tmp_path / "results.db").records() if r.method == "tinymim")

@@ -52,7 +52,7 @@ def test_cpu_real_suite_runs_on_real_data(tmp_path, cifar_root, camvid_root):
         "suite.tasks.fewshot.params.episodes=100", "suite.tasks.segmentation.params.epochs=1",
         f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb",
     ]
-    assert main(["run", "--plugins", "feature", *tiny]) == 0
+    assert main(["run", "--methods", "feature", *tiny]) == 0
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records("cpu-real")}
     assert records["feature"].status == "done", records["feature"].error
     metrics = {(m.extras["task"], m.name): m for m in records["feature"].metrics}

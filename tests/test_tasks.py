@@ -74,7 +74,7 @@ def plugins_dir(tmp_path):
 
 
 def run(tmp_path, capsys, *extra, methods="feature"):
-    code = main(["--plugins-dir", plugins_dir(tmp_path), "run", "--plugins", methods, *instant(tmp_path, *extra)])
+    code = main(["--plugins-dir", plugins_dir(tmp_path), "run", "--methods", methods, *instant(tmp_path, *extra)])
     out = capsys.readouterr()
     return code, out.out, out.err
 

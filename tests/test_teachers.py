@@ -24,11 +24,11 @@ from test_run import tiny
 
 
 def test_recipe_teacher_is_trained_once_and_cached(tmp_path):
-    assert main(["run", "--plugins", "feature", *tiny(tmp_path, "suite.references=[]")]) == 0
+    assert main(["run", "--methods", "feature", *tiny(tmp_path, "suite.references=[]")]) == 0
     cached = list((tmp_path / "teachers").glob(f"*/{TEACHER_FILE}"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
-    assert main(["run", "--plugins", "mae", *tiny(tmp_path, "suite.references=[]")]) == 0
+    assert main(["run", "--methods", "mae", *tiny(tmp_path, "suite.references=[]")]) == 0
     assert cached[0].stat().st_mtime_ns == stamp  # reused, not retrained
     records = ResultsDB(tmp_path / "results.db").records()
     teacher_rows = [r for r in records if r.role == "teacher"]
@@ -104,7 +104,7 @@ def test_timm_hub_teacher_without_network_is_a_clear_error(tmp_path, monkeypatch
 
 
 def test_sweep_runs_one_suite_per_value(tmp_path, capsys):
-    assert main(["run", "-m", "--plugins", "feature", *tiny(tmp_path, "suite.references=[]"),
+    assert main(["run", "-m", "--methods", "feature", *tiny(tmp_path, "suite.references=[]"),
                  "method.params.beta=1.0,2.0"]) == 0
     assert "sweep: 2 jobs" in capsys.readouterr().out
     betas = sorted(r.config["method"]["params"]["beta"] for r in ResultsDB(tmp_path / "results.db").records()
@@ -114,12 +114,12 @@ def test_sweep_runs_one_suite_per_value(tmp_path, capsys):
 
 def test_a_distilled_tinymim_student_teaches_the_next_run(tmp_path):
     first = [*tiny(tmp_path, "suite.references=[]"), "student.num_heads=2"]
-    assert main(["run", "--plugins", "tinymim", *first]) == 0
+    assert main(["run", "--methods", "tinymim", *first]) == 0
     checkpoint = next((tmp_path / "runs" / "default").glob("tinymim-seed0-*/student.pt"))
     second = [*tiny(tmp_path, "suite.references=[]"), "teacher.source=checkpoint", f"teacher.checkpoint={checkpoint}",
               "teacher.embed_dim=64", "teacher.depth=4", "teacher.num_heads=2", "student.embed_dim=32",
               "student.depth=2", "student.num_heads=2"]
-    assert main(["run", "--plugins", "tinymim", *second]) == 0
+    assert main(["run", "--methods", "tinymim", *second]) == 0
     records = [r for r in ResultsDB(tmp_path / "results.db").records() if r.method == "tinymim"]
     assert len(records) == 2 and all(r.status == "done" for r in records)
     chained = [r for r in records if r.config["teacher"]["source"] == "checkpoint"]
