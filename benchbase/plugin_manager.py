@@ -30,7 +30,7 @@ __all__ = ["COMPONENT_KINDS", "CORE_PLUGIN", "Benchbase", "PluginInfo", "Registe
            "load"]
 
 COMPONENT_KINDS = ("losses", "students", "teachers", "evaluators", "datasets", "loggers")
-SINGULAR = {"losses": "loss", "students": "student", "teachers": "teacher", "evaluators": "evaluator",
+SINGULAR = {"losses": "method", "students": "student", "teachers": "teacher", "evaluators": "evaluator",
             "datasets": "dataset", "loggers": "logger"}
 CORE_PLUGIN = "core"
 """The entry-point name of benchbase's own components (module :mod:`benchbase.core`)."""

@@ -60,7 +60,7 @@ def test_run_one_method_from_python_with_loggers_then_load_its_results(tmp_path,
 def test_bad_overrides_and_names_are_the_command_lines_one_line_errors(tmp_path):
     with pytest.raises(BenchbaseError, match="^wrong type for config key 'trainer.epochs'"):
         bb.run(*quick(tmp_path, "trainer.epochs=many"), methods="feature")
-    with pytest.raises(BenchbaseError, match="^unknown loss 'nope'; available: .*feature"):
+    with pytest.raises(BenchbaseError, match="^unknown method 'nope'; available: .*feature"):
         bb.run(*quick(tmp_path), methods=["nope"])
     with pytest.raises(BenchbaseError, match="^unknown logger 'wandb'"):
         bb.run(*quick(tmp_path, "logger=[wandb]"), methods="feature")

@@ -53,7 +53,7 @@ REJECTED = {
         def benchbase_register_losses(register):
             register("bar", Bar)
         """,
-        f"plugin 'foo' registers loss 'bar' ({MODULE}.Bar) which does not subclass benchbase.components.Method",
+        f"plugin 'foo' registers method 'bar' ({MODULE}.Bar) which does not subclass benchbase.components.Method",
     ),
     "loss_is_a_function": (
         """
@@ -64,7 +64,7 @@ REJECTED = {
         def benchbase_register_losses(register):
             register("bar", bar)
         """,
-        f"plugin 'foo' registers loss 'bar' ({MODULE}.bar) which does not subclass benchbase.components.Method",
+        f"plugin 'foo' registers method 'bar' ({MODULE}.bar) which does not subclass benchbase.components.Method",
     ),
     "loss_without_forward": (
         """
@@ -76,7 +76,7 @@ REJECTED = {
         def benchbase_register_losses(register):
             register("bar", Bar)
         """,
-        f"plugin 'foo' registers loss 'bar' ({MODULE}.Bar) which does not implement forward",
+        f"plugin 'foo' registers method 'bar' ({MODULE}.Bar) which does not implement forward",
     ),
     "evaluator_not_an_evaluator": (
         """
@@ -222,7 +222,7 @@ def test_installed_distribution_is_validated_and_the_cli_prints_one_line(tmp_pat
     finally:
         sys.modules.pop("bb_badloss", None)
     err = capsys.readouterr().err
-    assert err == ("error: plugin 'badloss' registers loss 'bar' (bb_badloss.Bar) which does not subclass "
+    assert err == ("error: plugin 'badloss' registers method 'bar' (bb_badloss.Bar) which does not subclass "
                    "benchbase.components.Method\n")
 
 
