@@ -235,7 +235,7 @@ def render_components(interfaces: Iterable[type] = INTERFACES, supporting: Itera
 
 HELPERS: tuple[Callable[..., Any], ...] = (
     extract_features, pool_tokens, check_pooling, accuracy_metrics, binomial_ci95, components.mean_ci95,
-    outcomes.mean_outcomes, outcomes.ratio_outcomes, outcomes.iou_outcomes,
+    outcomes.mean_outcomes, outcomes.ratio_outcomes, outcomes.iou_outcomes, outcomes.segment_outcomes,
 )
 """The public helpers a plugin may call (evaluators above all); the rest of benchbase may change."""
 

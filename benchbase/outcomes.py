@@ -2,7 +2,7 @@
 
 Every model of a suite is scored on the same episodes and test images, so two rows can be compared
 sample by sample (:mod:`benchbase.significance`). An evaluator that can do so stores what each
-sample contributed in ``Metric.extras["outcomes"]``, in one of three kinds:
+sample contributed in ``Metric.extras["outcomes"]``, in one of these kinds:
 
 - ``mean``: ``value = 100 · mean_i(correct_i / total_i)``: few-shot episodes (correct queries of
   ``total`` queries per episode), per-image top-k hits (``total`` 1);
@@ -11,6 +11,14 @@ sample contributed in ``Metric.extras["outcomes"]``, in one of three kinds:
 - ``iou``: ``value = 100 · mean_k (Σ_i I_ik / Σ_i U_ik)`` over the classes with a non-empty union:
   mIoU from each test image's per-class intersections and unions (the same number as one confusion
   matrix over the split).
+- ``segment_iou``, ``segment_aiou``, ``segment_precision``, ``segment_recall``: EventSAM's segment
+  metric (:mod:`benchbase.evaluation.segments`) from each ground-truth segment's match, grouped by
+  test image: ``segments`` [n] ground-truth segments per image, then per segment (G = Σ segments,
+  in image order) the pixels it ``shared`` with its matched prediction, its ``gt_area`` and the
+  matched prediction's ``pred_area``. Per segment, IoU = shared / (gt_area + pred_area - shared),
+  precision = shared / pred_area (0 without a match), recall = shared / gt_area; the value is their
+  mean over all segments of the split (``segment_aiou``: IoU weighted by ``gt_area``), so a
+  bootstrap over images resamples each image's segments together.
 
 Arrays are stored as the smallest unsigned integer type that holds them, zlib-compressed and
 base64-encoded (2,000 episodes of 75 queries take about 2 kB), so tables and tests are recomputed
@@ -33,8 +41,20 @@ from benchbase.errors import BenchbaseError
 KEY = "outcomes"
 """The ``Metric.extras`` key that holds a metric's outcomes."""
 
-KINDS: dict[str, tuple[str, ...]] = {"mean": ("correct", "total"), "ratio": ("num", "den"), "iou": ("intersection", "union")}
-"""Each kind and the arrays it stores (see the module docstring)."""
+SEGMENT_ARRAYS = ("segments", "shared", "gt_area", "pred_area")
+"""The arrays of the segment-metric kinds: [n] segments per image, then [G] counts per segment."""
+
+SEGMENT_KINDS = ("segment_iou", "segment_aiou", "segment_precision", "segment_recall")
+"""The segment-metric kinds, one per statistic of EventSAM's metric (mIoU, aIoU, mP, mR)."""
+
+KINDS: dict[str, tuple[str, ...]] = {
+    "mean": ("correct", "total"),
+    "ratio": ("num", "den"),
+    "iou": ("intersection", "union"),
+    **{kind: SEGMENT_ARRAYS for kind in SEGMENT_KINDS},
+}
+"""Each kind and the arrays it stores (see the module docstring); the first array has the samples
+(episodes or test images) on its first axis."""
 
 
 def _array(values: Tensor | np.ndarray | int) -> np.ndarray:
@@ -61,8 +81,9 @@ def decode_array(stored: Mapping[str, Any]) -> np.ndarray:
 class Outcomes:
     """The per-sample outcomes of one metric of one run.
 
-    ``arrays`` holds the kind's arrays (:data:`KINDS`), each with the samples on its first axis:
-    ``mean`` and ``ratio`` [n], ``iou`` [n, K] (n = episodes or test images, K = classes).
+    ``arrays`` holds the kind's arrays (:data:`KINDS`): ``mean`` and ``ratio`` [n], ``iou``
+    [n, K] (n = episodes or test images, K = classes), the segment kinds ``segments`` [n] and
+    [G] per-segment counts.
     """
 
     kind: str
@@ -75,6 +96,10 @@ class Outcomes:
 
     def value(self, weights: np.ndarray | None = None) -> float | np.ndarray:
         """The metric in percent; with ``weights`` [R, n] (bootstrap counts per sample), [R] values."""
+        if self.kind in SEGMENT_KINDS:
+            num, den = self._segment_sums()  # [n] each
+            with np.errstate(invalid="ignore", divide="ignore"):  # nan where no ground-truth segment was drawn
+                return 100 * num.sum() / den.sum() if weights is None else 100 * (weights @ num) / (weights @ den)
         a, b = (self.arrays[name].astype(np.float64) for name in KINDS[self.kind])
         if self.kind == "mean":
             per_sample = a / b
@@ -84,6 +109,25 @@ class Outcomes:
             return 100 * num / den
         with np.errstate(invalid="ignore", divide="ignore"):
             return 100 * np.nanmean(np.where(den > 0, num / den, np.nan), axis=-1)
+
+    def _segment_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each image's [n] sum of per-segment scores (times ``gt_area`` for ``segment_aiou``) and
+        [n] sum of their weights (segments, or ``gt_area`` for ``segment_aiou``)."""
+        per_image = self.arrays["segments"]
+        shared, gt, pred = (self.arrays[name].astype(np.float64) for name in SEGMENT_ARRAYS[1:])
+        if per_image.sum() != shared.size:
+            raise BenchbaseError(f"stored segment outcomes count {per_image.sum()} segments but hold {shared.size}")
+        union = gt + pred - shared
+        iou = np.divide(shared, union, out=np.zeros_like(shared), where=union > 0)
+        score, weight = {
+            "segment_iou": (iou, np.ones_like(iou)),
+            "segment_aiou": (iou * gt, gt),
+            "segment_precision": (np.divide(shared, pred, out=np.zeros_like(shared), where=pred > 0), np.ones_like(iou)),
+            "segment_recall": (np.divide(shared, gt, out=np.zeros_like(shared), where=gt > 0), np.ones_like(iou)),
+        }[self.kind]
+        image = np.repeat(np.arange(per_image.size), per_image)  # [G] each segment's image
+        return (np.bincount(image, weights=score, minlength=per_image.size),
+                np.bincount(image, weights=weight, minlength=per_image.size))
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, **{name: encode_array(self.arrays[name]) for name in KINDS[self.kind]}}
@@ -115,6 +159,17 @@ def ratio_outcomes(num: Tensor | np.ndarray, den: Tensor | np.ndarray) -> dict[s
 def iou_outcomes(intersection: Tensor | np.ndarray, union: Tensor | np.ndarray) -> dict[str, Any]:
     """Stored outcomes of a mean IoU: [n, K] per-image, per-class intersections and unions."""
     return _make("iou", intersection, union)
+
+
+def segment_outcomes(kind: str, segments: np.ndarray, shared: np.ndarray, gt_area: np.ndarray,
+                     pred_area: np.ndarray) -> dict[str, Any]:
+    """Stored outcomes of one statistic of EventSAM's segment metric (``kind``, one of
+    :data:`SEGMENT_KINDS`): [n] ground-truth segments per test image, then [G] per-segment pixels
+    shared with the matched prediction, ground-truth areas and matched predicted areas."""
+    if kind not in SEGMENT_KINDS:
+        raise ValueError(f"unknown segment outcome kind {kind!r}; known: {', '.join(SEGMENT_KINDS)}")
+    arrays = dict(zip(SEGMENT_ARRAYS, (_array(segments), _array(shared), _array(gt_area), _array(pred_area))))
+    return Outcomes(kind, arrays).to_json()
 
 
 def outcomes_of(extras: Mapping[str, Any]) -> Outcomes | None:

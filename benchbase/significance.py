@@ -7,7 +7,8 @@ Two rows are compared on the seeds both ran, pairing their outcomes sample by sa
 - a mean of per-sample scores (few-shot accuracy per episode, top-k hit per image): a paired
   t-test on the per-sample differences, stratified by seed (the difference is the mean over seeds
   of each seed's mean difference; its variance the sum of the seeds' variances of the mean / S²);
-- a ratio of sums or a mean IoU (pixel accuracy, mIoU): a paired bootstrap over test images
+- a ratio of sums, a mean IoU or a segment metric (pixel accuracy, mIoU, EventSAM's seg_mIoU,
+  seg_aIoU, seg_precision, seg_recall): a paired bootstrap over test images
   (:data:`BOOTSTRAP` resamples, the same resampled images for both rows; per resample the
   difference is averaged over seeds) gives the standard error of the difference, and p is the
   two-sided normal p of Δ / SE (a bootstrap z-test: unlike counting resamples, its p-values are
@@ -42,9 +43,9 @@ BOOTSTRAP_SEED = 0
 METHOD = (
     "paired tests on the same episodes / test images, pooled over the seeds both rows ran: t-test on "
     "per-sample differences for means (few-shot, top-k), paired bootstrap over test images "
-    f"(z-test with the standard error of {BOOTSTRAP} resamples) for ratios and mIoU; Holm-corrected over all pairs "
-    f"of the column, α = {ALPHA}; they measure evaluation noise given the trained students, not the spread over "
-    "training seeds (the ± of a cell)"
+    f"(z-test with the standard error of {BOOTSTRAP} resamples) for ratios, mIoU and segment metrics; "
+    f"Holm-corrected over all pairs of the column, α = {ALPHA}; they measure evaluation noise given the trained "
+    "students, not the spread over training seeds (the ± of a cell)"
 )
 """How ranks are computed, as printed under every table."""
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchbase.outcomes import Outcomes
 from benchbase.evaluation.segments import SegmentMetricAccumulator, connected_segments, segment_metric, segment_ids
 
 
@@ -123,3 +124,21 @@ def test_accumulator_leaves_out_ignored_pixels_and_small_ground_truth():
     assert default.compute()["count"] == 0
     with pytest.raises(ValueError, match="shape"):
         default.update(pred[:, :3], gt)
+
+
+def test_stored_segment_outcomes_reproduce_every_statistic_and_keep_split_order():
+    accumulator = SegmentMetricAccumulator(gt_min_area=1)
+    flat = np.zeros((4, 8), dtype=np.int64)
+    pred = gt_map()
+    pred[0:4, 1] = 2
+    accumulator.update(pred, gt_map())  # split index 1
+    accumulator.update(flat, flat)  # split index 0
+    accumulator.update_segments(np.full((4, 8), -1), np.full((4, 8), 7))  # index 2: no predicted segment at all
+    result = accumulator.compute()
+    for key in ("mIoU", "aIoU", "precision", "recall"):
+        stored = Outcomes.from_json(accumulator.outcomes(key, order=[1, 0, 2]))
+        assert stored.value() == pytest.approx(100 * result[key])
+        assert stored.n == 3 and stored.arrays["segments"].tolist() == [1, len(connected_segments(gt_map())), 1]
+    # the unmatched ground-truth segment of image 2 shares nothing with a match of area 0
+    recall = Outcomes.from_json(accumulator.outcomes("recall"))
+    assert recall.arrays["shared"][-1] == 0 and recall.arrays["pred_area"][-1] == 0

@@ -12,7 +12,7 @@ from benchbase.components import Metric
 from benchbase.errors import NotApplicable
 from benchbase.floors import PixelModel
 from benchbase.leaderboard import BELOW_MARK, BELOW_SUFFIX, RANK_SUFFIX, build_table, markdown_page
-from benchbase.outcomes import Outcomes, iou_outcomes, mean_outcomes, outcomes_of, ratio_outcomes
+from benchbase.outcomes import Outcomes, iou_outcomes, mean_outcomes, outcomes_of, ratio_outcomes, segment_outcomes
 from benchbase.results import RunRecord
 from benchbase.significance import compare_rows, holm, paired_test, ranks
 
@@ -82,6 +82,27 @@ def test_paired_bootstrap_on_miou():
     delta, p = paired_test({0: good}, {0: bad})
     assert delta == pytest.approx(good.value() - bad.value()) and p < 0.01
     assert paired_test({0: good}, {0: good}) == (0.0, 1.0)
+
+
+def test_paired_bootstrap_on_the_segment_metric_resamples_images():
+    rng = np.random.default_rng(0)
+    segments = rng.integers(1, 6, size=40)  # 40 images with 1-5 ground-truth segments each
+    gt = rng.integers(20, 200, size=segments.sum())
+    matched = gt.copy()
+
+    def rows(overlap: float) -> dict[int, Outcomes]:
+        shared = (gt * overlap).astype(int)
+        return {0: Outcomes.from_json(segment_outcomes("segment_iou", segments, shared, gt, matched))}
+
+    good, bad = rows(0.8), rows(0.6)
+    assert good[0].value() == pytest.approx(100 * np.mean((gt * 0.8).astype(int) / (2 * gt - (gt * 0.8).astype(int))))
+    delta, p = paired_test(good, bad)
+    assert delta == pytest.approx(good[0].value() - bad[0].value()) and p < 1e-6
+    assert paired_test(good, good) == (0.0, 1.0)
+    # the area-weighted statistic weighs a large segment more than a small one
+    aiou = Outcomes.from_json(segment_outcomes("segment_aiou", [2], [10, 0], [10, 30], [10, 0]))
+    assert aiou.value() == pytest.approx(100 * 10 / 40)
+    assert Outcomes.from_json(segment_outcomes("segment_iou", [2], [10, 0], [10, 30], [10, 0])).value() == 50.0
 
 
 def test_holm_adjustment():
@@ -169,10 +190,11 @@ def test_evaluators_store_outcomes_that_reproduce_their_metrics(tmp_path):
     seg = DataBundle("toyseg", {"train": TensorSegmentationImages(images, maps, ["0", "1"]),
                                 "test": TensorSegmentationImages(images, maps, ["0", "1"])},
                      image_size=4, in_chans=1, num_classes=2)
-    miou, pixel_acc = SegmentationProbe(epochs=2, batch_size=8).evaluate(model, seg, torch.device("cpu"))
-    assert outcomes_of(miou.extras).value() == pytest.approx(miou.value)
-    assert outcomes_of(pixel_acc.extras).value() == pytest.approx(pixel_acc.value)
-    assert outcomes_of(miou.extras).n == 30 and not math.isnan(miou.value)
+    metrics = SegmentationProbe(epochs=2, batch_size=8, segment_metric=True).evaluate(model, seg, torch.device("cpu"))
+    assert [m.name for m in metrics] == ["mIoU", "pixel_acc", "seg_mIoU", "seg_aIoU", "seg_precision", "seg_recall"]
+    for metric in metrics:  # EventSAM's segment metric included
+        assert outcomes_of(metric.extras).value() == pytest.approx(metric.value)
+        assert outcomes_of(metric.extras).n == 30 and not math.isnan(metric.value)
 
 
 def test_a_single_seed_miou_gets_a_bootstrap_interval_from_its_outcomes():

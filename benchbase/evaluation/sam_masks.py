@@ -34,6 +34,7 @@ from benchbase.capture import Tap
 from benchbase.components import DataBundle, Evaluator, Metric, VitModel
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.segments import GT_MIN_AREA, SegmentMetricAccumulator
+from benchbase.outcomes import KEY as OUTCOMES
 from benchbase.models import read_state_dict
 from benchbase.sam import pad_to_size, token_grid
 
@@ -253,9 +254,11 @@ class SamEverything(Evaluator):
                 accumulator.update_segments(paint_segments(masks, tuple(label.shape)), label)
         finally:
             student.train(was_training)
-        return self._metrics(accumulator.compute(), count, masks_found, data)
+        return self._metrics(accumulator, count, masks_found, data)
 
-    def _metrics(self, result: dict[str, float], images: int, masks: int, data: DataBundle) -> list[Metric]:
+    def _metrics(self, accumulator: SegmentMetricAccumulator, images: int, masks: int, data: DataBundle
+                 ) -> list[Metric]:
+        result = accumulator.compute()
         args = self.generator_args
         protocol = (
             f"SAM segment everything (EventSAM's evaluation): SAM prompt encoder + mask decoder from "
@@ -268,7 +271,8 @@ class SamEverything(Evaluator):
             f"(at least {GT_MIN_AREA} px), mean over all n={result['count']} ground-truth segments"
         )
         return [
-            Metric(name=key, value=100 * result[key], n=result["count"], protocol=f"{protocol}; {what}")
+            Metric(name=key, value=100 * result[key], n=result["count"], protocol=f"{protocol}; {what}",
+                   extras={OUTCOMES: accumulator.outcomes(key)})
             for key, what in (("mIoU", "mean matched IoU"), ("aIoU", "matched IoU weighted by ground-truth area"),
                               ("precision", "mean |gt ∩ pred| / |pred| (mP)"),
                               ("recall", "mean |gt ∩ pred| / |gt| (mR)"))

@@ -468,9 +468,10 @@ class SegmentationProbe(Evaluator):
 
     def _predict(
         self, backbone: VitModel, head: nn.Module, dataset: SegmentationImages, data: DataBundle, device: torch.device
-    ) -> tuple[Tensor, Tensor, SegmentMetricAccumulator | None]:
+    ) -> tuple[Tensor, Tensor, tuple[SegmentMetricAccumulator, Tensor] | None]:
         """The [K, K] confusion matrix over the whole split, each test image's [n, 3, K] counts (see
-        :func:`image_iou_counts`, in dataset order), and the segment metric's accumulator."""
+        :func:`image_iou_counts`, in dataset order), and the segment metric's accumulator with the
+        [n] dataset index of each image it was given."""
         cm = torch.zeros(data.num_classes, data.num_classes, dtype=torch.long, device=device)
         per_image, order = [], []
         segments = SegmentMetricAccumulator(data.ignore_index) if self.segment_metric else None
@@ -487,13 +488,14 @@ class SegmentationProbe(Evaluator):
                     if segments is not None:
                         for pred_map, gt_map in zip(pred.cpu(), target.cpu()):
                             segments.update(pred_map, gt_map)
-        return cm, torch.cat(per_image)[torch.cat(order).argsort()], segments
+        order = torch.cat(order)
+        return cm, torch.cat(per_image)[order.argsort()], None if segments is None else (segments, order)
 
     def _metrics(
         self,
         cm: Tensor,
         per_image: Tensor,
-        segments: SegmentMetricAccumulator | None,
+        segments: tuple[SegmentMetricAccumulator, Tensor] | None,
         data: DataBundle,
         test_set: SegmentationImages,
         train_size: int,
@@ -501,7 +503,7 @@ class SegmentationProbe(Evaluator):
     ) -> list[Metric]:
         """``mIoU`` and ``pixel_acc`` (and the ``seg_*`` metrics) in percent; ``per_image`` [n, 3, K]
         (intersections, unions, labelled pixels per class of each test image) becomes the outcomes of
-        ``mIoU`` and ``pixel_acc``."""
+        ``mIoU`` and ``pixel_acc``, the segment matches those of the ``seg_*`` metrics."""
         pixels = int(cm.sum())
         if pixels == 0:
             raise BenchbaseError(f"test split {self.test_split!r} of dataset {data.name!r} has no labelled pixels")
@@ -527,7 +529,8 @@ class SegmentationProbe(Evaluator):
                    extras={OUTCOMES: ratio_outcomes(per_image[:, 0].sum(dim=1), per_image[:, 2].sum(dim=1))}),
         ]
         if segments is not None:
-            result = segments.compute()
+            accumulator, order = segments
+            result = accumulator.compute()
             segment_text = (
                 f"EventSAM segment metric: segments are 8-connected regions of equal label (ground-truth regions "
                 f"of at least {GT_MIN_AREA} pixels, predictions over labelled pixels), each ground-truth segment "
@@ -546,6 +549,7 @@ class SegmentationProbe(Evaluator):
                         value=100 * result[key],
                         n=result["count"],
                         protocol=f"{protocol}; {segment_text}; {what}",
+                        extras={OUTCOMES: accumulator.outcomes(key, order.tolist())},
                     )
                 )
         return metrics

@@ -20,10 +20,13 @@ Shapes: H/W = label map height/width, G = ground-truth segments, P = predicted s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from torch import Tensor
+
+from benchbase.outcomes import segment_outcomes
 
 GT_MIN_AREA = 12
 """EventSAM counts a ground-truth segment only if it has at least this many pixels."""
@@ -91,13 +94,13 @@ def connected_segments(
     return [ids == index for index in range(count)]
 
 
-def match_segments(
+def best_matches(
     intersection: np.ndarray, gt_area: np.ndarray, pred_area: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Match every ground-truth segment with the predicted segment of highest IoU.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Match every ground-truth segment with the predicted segment of highest IoU, as whole counts.
 
     Ties go to the first predicted segment; a ground-truth segment with no predicted segment at
-    all, or none overlapping it, scores 0 everywhere.
+    all, or none overlapping it, shares 0 pixels with a match of area 0.
 
     Args:
         intersection: [G, P] pixels shared by ground-truth segment g and predicted segment p.
@@ -105,21 +108,36 @@ def match_segments(
         pred_area: [P] pixels of each predicted segment.
 
     Returns:
-        ([G] IoU, [G] precision |∩|/|pred|, [G] recall |∩|/|gt|) of each ground-truth segment's match.
+        ([G] pixels each ground-truth segment shares with its match, [G] the match's area).
     """
-    intersection = intersection.astype(np.float64)
-    gt_area, pred_area = gt_area.astype(np.float64), pred_area.astype(np.float64)
+    count = intersection.shape[0]
     if intersection.shape[1] == 0:
-        zeros = np.zeros(intersection.shape[0])
-        return zeros, zeros.copy(), zeros.copy()
+        return np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
     union = gt_area[:, None] + pred_area[None, :] - intersection
-    iou = np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+    iou = np.divide(intersection, union, out=np.zeros(intersection.shape), where=union > 0)
     best = iou.argmax(axis=1)  # [G]
-    rows = np.arange(intersection.shape[0])
-    shared = intersection[rows, best]
-    matched_area = pred_area[best]
+    shared = intersection[np.arange(count), best]
+    return shared, np.where(shared > 0, pred_area[best], 0)
+
+
+def match_scores(shared: np.ndarray, gt_area: np.ndarray, matched_area: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """([G] IoU, [G] precision |∩|/|pred|, [G] recall |∩|/|gt|) of matches given as counts ([G]
+    each, as from :func:`best_matches`); 0 where a segment has no overlapping match."""
+    shared, gt_area, matched_area = (np.asarray(a, dtype=np.float64) for a in (shared, gt_area, matched_area))
+    union = gt_area + matched_area - shared
+    iou = np.divide(shared, union, out=np.zeros_like(shared), where=union > 0)
     precision = np.divide(shared, matched_area, out=np.zeros_like(shared), where=matched_area > 0)
-    return iou[rows, best], precision, shared / gt_area
+    return iou, precision, shared / gt_area
+
+
+def match_segments(
+    intersection: np.ndarray, gt_area: np.ndarray, pred_area: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """([G] IoU, [G] precision, [G] recall) of each ground-truth segment's best match (arguments
+    as in :func:`best_matches`)."""
+    shared, matched_area = best_matches(intersection, gt_area, pred_area)
+    return match_scores(shared, gt_area, matched_area)
 
 
 def summarise_matches(
@@ -184,7 +202,8 @@ class SegmentMetricAccumulator:
     ground truth is ``ignore_index`` belong to neither side, and every ground-truth segment is
     matched with its best predicted segment. ``compute`` pools the matches of all images: the
     values are means over all ground-truth segments of the split (EventSAM itself averages per
-    frame, then per sequence).
+    frame, then per sequence). ``outcomes`` stores the matches as whole counts per image, for
+    paired tests between models scored on the same images (:mod:`benchbase.outcomes`).
     """
 
     def __init__(self, ignore_index: int | None = None, connectivity: int = 8, gt_min_area: int = GT_MIN_AREA):
@@ -193,7 +212,7 @@ class SegmentMetricAccumulator:
         self.ignore_index = ignore_index
         self.connectivity = connectivity
         self.gt_min_area = gt_min_area
-        self._matches: list[tuple[np.ndarray, ...]] = []  # per image: ([G] IoU, precision, recall, area)
+        self._matches: list[tuple[np.ndarray, ...]] = []  # per image: [G] shared, gt area, matched area
 
     def update(self, pred_map: np.ndarray | Tensor, gt_map: np.ndarray | Tensor) -> None:
         """Add one image: ``pred_map`` and ``gt_map`` are [H, W] integer label maps."""
@@ -224,10 +243,28 @@ class SegmentMetricAccumulator:
         intersection = np.bincount(pairs, minlength=gt_count * pred_count).reshape(gt_count, pred_count)
         gt_area = np.bincount(gt_ids[gt_ids >= 0], minlength=gt_count)
         pred_area = np.bincount(pred_ids[pred_ids >= 0], minlength=pred_count)
-        self._matches.append((*match_segments(intersection, gt_area, pred_area), gt_area))
+        shared, matched_area = best_matches(intersection, gt_area, pred_area)
+        self._matches.append((shared, gt_area, matched_area))
+
+    def _pooled(self, matches: Sequence[tuple[np.ndarray, ...]] | None = None) -> tuple[np.ndarray, ...]:
+        """[G] shared pixels, ground-truth areas and matched areas of every segment of ``matches``
+        (default: every image added so far)."""
+        matches = self._matches if matches is None else matches
+        if not matches:
+            return (np.zeros(0, dtype=np.int64),) * 3
+        return tuple(np.concatenate(column) for column in zip(*matches))
 
     def compute(self) -> dict[str, float]:
         """{"mIoU", "aIoU", "precision", "recall", "count"} over every ground-truth segment added so far."""
-        if not self._matches:
-            return summarise_matches(*_NO_MATCHES)
-        return summarise_matches(*(np.concatenate(column) for column in zip(*self._matches)))
+        shared, gt_area, matched_area = self._pooled()
+        return summarise_matches(*match_scores(shared, gt_area, matched_area), gt_area)
+
+    def outcomes(self, statistic: str, order: Sequence[int] | None = None) -> dict[str, Any]:
+        """The stored outcomes of ``statistic`` ("mIoU", "aIoU", "precision" or "recall"): each
+        image's segment count and every segment's counts, images in the order they were added or,
+        with ``order`` (each added image's index in its split), in split order."""
+        kind = {"mIoU": "segment_iou", "aIoU": "segment_aiou", "precision": "segment_precision",
+                "recall": "segment_recall"}[statistic]
+        matches = self._matches if order is None else [self._matches[i] for i in np.argsort(order, kind="stable")]
+        per_image = np.array([len(shared) for shared, _, _ in matches], dtype=np.int64)
+        return segment_outcomes(kind, per_image, *self._pooled(matches))
