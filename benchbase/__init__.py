@@ -5,7 +5,7 @@ Plugins mark their hook implementations with :data:`hookimpl`::
     from benchbase import hookimpl
 
     @hookimpl
-    def benchbase_register_losses(register):
+    def benchbase_register_methods(register):
         register("my_loss", MyLoss)
 """
 
@@ -16,7 +16,7 @@ import pluggy
 PROJECT_NAME = "benchbase"
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
-"""Marker for hook implementations: ``@hookimpl def benchbase_register_losses(register): ...``."""
+"""Marker for hook implementations: ``@hookimpl def benchbase_register_methods(register): ...``."""
 
 try:
     __version__ = version(PROJECT_NAME)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from benchbase import __version__
 from benchbase.errors import BenchbaseError
-from benchbase.scaffold import KINDS
+from benchbase.scaffold import FORMER_KINDS, KINDS
 
 RUN_EPILOG = """\
 overrides are Hydra's KEY=VALUE syntax on the composed config (see --cfg job); flags may come anywhere:
@@ -202,15 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides applied to every variant")
 
     new = sub.add_parser(
-        "new-plugin", help="create a complete plugin project to start from (a loss, evaluator, dataset or model)",
+        "new-plugin", help="create a complete plugin project to start from (a method, evaluator, dataset or model)",
         description="Write benchbase-NAME/: pyproject.toml with the `benchbase` entry point, a worked example of "
-                    "the kind asked for, its configs, a README and tests that pass as generated. Kinds: loss "
-                    "(Hinton logit distillation), evaluator (weighted k-NN top-1, with a suite extending the "
+                    "the kind asked for, its configs, a README and tests that pass as generated. Kinds: method "
+                    "(Hinton logit distillation; `loss` is its former name), evaluator (weighted k-NN top-1, with a suite extending the "
                     "default one), dataset (images listed in a CSV file, with a suite on it), model (a ViT with a "
                     "convolutional stem as student and teacher, with their configs).",
     )
     new.add_argument("name", metavar="NAME", help="plugin name, a Python identifier (e.g. my_kd)")
-    new.add_argument("--kind", default="loss", choices=list(KINDS),
+    new.add_argument("--kind", default="method", choices=[*KINDS, *FORMER_KINDS],
                      help="what the plugin provides (default: %(default)s)")
     new.add_argument("--dir", default=".", help="folder to create the project in (default: %(default)s)")
 
@@ -398,7 +398,10 @@ def _write_site(args) -> int:
 def _cmd_new_plugin(args) -> int:
     from benchbase.scaffold import new_plugin
 
-    root = new_plugin(args.name, args.dir, args.kind)
+    kind = FORMER_KINDS.get(args.kind, args.kind)
+    if kind != args.kind:
+        print(f"note: --kind {args.kind} is the former name of --kind {kind}", file=sys.stderr)
+    root = new_plugin(args.name, args.dir, kind)
     print(f"created {root}\nnext: pip install -e \"{root}[test]\" && pytest {root}")
     return 0
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from benchbase.capture import Captures, ModelInput, Tap, run_vit
+from benchbase.pooling import check_class_token, feature_taps, pool_tokens, token_grid
 
 
 class VitModel(nn.Module):
@@ -102,19 +103,16 @@ class VitModel(nn.Module):
 
     def features(self, images: Tensor, pooling: str) -> Tensor:
         """One frozen feature vector per image ([B, C, H, W] -> [B, F]), pooled from the final
-        tokens as :func:`benchbase.evaluation.features.pool_tokens` describes."""
-        from benchbase.evaluation.features import check_class_token, feature_taps, pool_tokens
-
-        check_class_token(self, pooling)
+        tokens as :func:`benchbase.pooling.pool_tokens` describes."""
+        check_class_token(getattr(self.model, "cls_token", None) is not None, pooling)
         captured = self.run(images, feature_taps(pooling))
         return pool_tokens(captured[Tap("tokens")], captured.get(Tap("attn", -1)), self.num_prefix_tokens, pooling)
 
     def patch_grid(self, images: Tensor) -> Tensor:
-        """Final-norm patch tokens on the patch grid ([B, C, S, S] -> [B, D, h, w]), see
-        :func:`benchbase.evaluation.segmentation.patch_features`."""
-        from benchbase.evaluation.segmentation import patch_features
-
-        return patch_features(self, images)
+        """Final-norm patch tokens on the patch grid: [B, C, H', W'] normalised images (S x S, or
+        any size the model accepts) -> [B, D, h, w], (h, w) = (H' // patch, W' // patch)."""
+        tokens = self.run(images, [Tap("tokens")])[Tap("tokens")][:, self.num_prefix_tokens :]  # [B, h·w, D]
+        return token_grid(tokens, images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
 
 
 class Student(VitModel):

@@ -10,7 +10,7 @@ same hooks as any plugin.
 - evaluators: ``fewshot``, ``linear_probe``, ``finetune``, ``segmentation``, ``sam_everything``
   (SAM's mask decoder on a SAM student's embedding, EventSAM's evaluation; needs a SAM checkpoint),
 - loggers: ``jsonl`` (the run folder's ``steps.jsonl``, always on) and ``tensorboard``,
-- losses: ``supervised`` (cross-entropy on labels: the teacher recipe's fine-tuning and the
+- methods: ``supervised`` (cross-entropy on labels: the teacher recipe's fine-tuning and the
   from-scratch reference row) and ``supervised_segmentation`` (per-pixel cross-entropy: the recipe
   for segmentation suites); neither is a distillation method.
 """
@@ -142,7 +142,7 @@ def benchbase_register_teachers(register):
 
 
 @hookimpl
-def benchbase_register_losses(register):
+def benchbase_register_methods(register):
     register("supervised", Supervised)
     register("supervised_segmentation", SupervisedSegmentation)
 

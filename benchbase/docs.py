@@ -252,7 +252,7 @@ def render_helpers(helpers: Iterable[Callable[..., Any]] = HELPERS, raised: Iter
     return "\n\n".join(parts)
 
 
-EXAMPLES = {"loss": "my_kd", "evaluator": "my_knn", "dataset": "my_data", "model": "my_vit"}
+EXAMPLES = {"method": "my_kd", "evaluator": "my_knn", "dataset": "my_data", "model": "my_vit"}
 """The plugin name each kind's example is shown with."""
 
 

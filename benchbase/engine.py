@@ -1,4 +1,4 @@
-"""The distillation loop that any Loss plugs into.
+"""The distillation loop that any Method plugs into.
 
 AdamW with linear warm-up and cosine decay, gradient clipping, bf16 autocast on CUDA, a progress
 bar with the loss terms and throughput, per-step loss terms, lr and throughput for the run's

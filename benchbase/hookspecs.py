@@ -26,17 +26,30 @@ Register = Callable[[str, Any], None]
 
 
 @hookspec
-def benchbase_register_losses(register: Register) -> None:
+def benchbase_register_methods(register: Register) -> None:
     """Register distillation methods.
 
     Args:
         register: call ``register(name, method_class)`` for each method. ``method_class`` subclasses
-            :class:`benchbase.components.Method` (formerly ``Loss``); its constructor keyword arguments are the keys of
+            :class:`benchbase.components.Method`; its constructor keyword arguments are the keys of
             ``method.params`` in the method's config (``conf/method/<name>.yaml``).
 
     Returns:
         Nothing. Called once when the plugin manager loads plugins; ``benchbase run --methods P``
         runs the methods that plugin ``P`` registered (every method plugin's without ``--methods``).
+    """
+
+
+@hookspec(warn_on_impl=DeprecationWarning(
+    "benchbase_register_losses is the former name of benchbase_register_methods; rename the hook implementation"))
+def benchbase_register_losses(register: Register) -> None:
+    """The former name of :func:`benchbase_register_methods`, still called (pluggy warns once per plugin).
+
+    Args:
+        register: as for :func:`benchbase_register_methods`.
+
+    Returns:
+        Nothing; rename the implementation to ``benchbase_register_methods``.
     """
 
 

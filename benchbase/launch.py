@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 
 from benchbase import distributed
 from benchbase.config import register_configs
+from benchbase.methods import KIND
 
 
 def job_arguments(overrides: list[str]) -> tuple[list[str], list[str] | None]:
@@ -71,7 +72,7 @@ def main() -> None:
     from benchbase.plugin_manager import load
 
     bb = load()
-    sys.argv += register_configs(bb.config_dirs(), bb.registry.names("losses"))
+    sys.argv += register_configs(bb.config_dirs(), bb.registry.names(KIND))
     hydra.main(config_path="conf", config_name="config", version_base="1.3")(run_job)()
 
 

@@ -25,17 +25,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from benchbase import distributed
 from benchbase.components import Metric
 from benchbase.errors import BenchbaseError
-
-if TYPE_CHECKING:
-    from benchbase.plugin_manager import Benchbase
 
 STEPS_LOG = "steps.jsonl"
 ALWAYS = "jsonl"
@@ -236,17 +232,6 @@ class RunLoggers:
 def logger_names(names: Iterable[str]) -> list[str]:
     """``jsonl`` (always on), then ``names`` in order, each once."""
     return list(dict.fromkeys([ALWAYS, *names]))
-
-
-def check_loggers(bb: Benchbase, names: Iterable[str]) -> None:
-    """Raise a one-line :class:`BenchbaseError` for a name in ``names`` that no plugin registers."""
-    for name in logger_names(names):
-        bb.registry.get("loggers", name)
-
-
-def run_loggers(bb: Benchbase, cfg: DictConfig, run: RunInfo) -> RunLoggers:
-    """The loggers the config's ``logger`` key names (plus ``jsonl``) for ``run``, from ``bb``'s registry."""
-    return RunLoggers({name: bb.registry.get("loggers", name) for name in logger_names(cfg.logger)}, run)
 
 
 @contextmanager

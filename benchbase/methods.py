@@ -5,7 +5,7 @@ A *method* is a registered :class:`~benchbase.components.Method` class plus its 
 answers everything about a method that the layers above the per-step core ask: its config
 (composed once per role), its ``method.params`` checked against the constructor, the built
 method, whether it runs on a student architecture, and the params the teacher recipe builds its
-losses with. The identities that name runs and caches live here too: :func:`run_identity` (what a
+methods with. The identities that name runs and caches live here too: :func:`run_identity` (what a
 run's config hash covers), :func:`recipe_identity` and :meth:`Methods.recipe_key` (the recipe
 teacher's cache key). Suite, stages, teachers, ablation and plugin tools call it directly.
 """
@@ -27,8 +27,9 @@ from benchbase.provenance import code_versions
 if TYPE_CHECKING:
     from benchbase.plugin_manager import Benchbase
 
-KIND = "losses"
-"""The registry kind of methods (named so in stored ``code:losses/<name>`` fingerprints)."""
+KIND = "methods"
+"""The registry kind of methods (stored fingerprints name it ``code:losses/<name>``: see
+:data:`benchbase.provenance.RECORDED_KINDS`)."""
 
 DATA_ARGS = ("num_classes", "ignore_index")
 """Method constructor arguments that, left unset by the config, come from the distillation data."""

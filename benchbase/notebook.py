@@ -93,7 +93,7 @@ def run(*overrides: str, plugins: str | Sequence[str] | None = None, methods: st
         overrides: Hydra overrides, e.g. ``"suite=cpu-real"``, ``"trainer.epochs=3"``,
             ``"logger=[tensorboard]"``.
         plugins: the method plugins to run (default: every installed one).
-        methods: registered losses to run instead of the plugins' methods (e.g. ``"feature"``).
+        methods: registered methods to run instead of the plugins' methods (e.g. ``"feature"``).
         force: rerun runs whose config is already stored.
         publish: also merge the runs into the committed records of ``leaderboard_dir``.
         plugins_dir: also load plugins from the ``.py`` files of this folder.

@@ -24,27 +24,29 @@ import pluggy
 from benchbase import PROJECT_NAME, hookspecs
 from benchbase.components import DatasetInfo, Evaluator, Method
 from benchbase.errors import BenchbaseError
-from benchbase.loggers import Logger
+from benchbase.loggers import Logger, logger_names
 
 __all__ = ["COMPONENT_KINDS", "CORE_PLUGIN", "Benchbase", "PluginInfo", "Registered", "Registry", "check_component",
            "load"]
 
-COMPONENT_KINDS = ("losses", "students", "teachers", "evaluators", "datasets", "loggers")
-SINGULAR = {"losses": "method", "students": "student", "teachers": "teacher", "evaluators": "evaluator",
+COMPONENT_KINDS = ("methods", "students", "teachers", "evaluators", "datasets", "loggers")
+SINGULAR = {"methods": "method", "students": "student", "teachers": "teacher", "evaluators": "evaluator",
             "datasets": "dataset", "loggers": "logger"}
 CORE_PLUGIN = "core"
 """The entry-point name of benchbase's own components (module :mod:`benchbase.core`)."""
 
-USED_AS = {"losses": "suite.references", "students": "student.arch", "teachers": "teacher.arch",
+USED_AS = {"methods": "--methods or suite.references", "students": "student.arch", "teachers": "teacher.arch",
            "evaluators": "a suite task's `evaluator`", "datasets": "a suite's `dataset`",
            "loggers": "logger=[...]"}
 """Where a registered component of each kind is named to be used."""
 
-_BASE_CLASSES: dict[str, type] = {"losses": Method, "evaluators": Evaluator, "loggers": Logger}
+_BASE_CLASSES: dict[str, type] = {"methods": Method, "evaluators": Evaluator, "loggers": Logger}
 """Component kinds registered as classes: the base class each must subclass (and complete)."""
 _BUILD_ARGS: dict[str, tuple[str, ...]] = {"students": ("cfg", "data"), "teachers": ("cfg", "data"),
                                            "datasets": ("cfg",)}
 """Component kinds registered as builders: the positional arguments the harness calls them with."""
+FORMER_HOOKS = {"methods": ("benchbase_register_losses",)}
+"""Former names of a kind's registration hook, still called (pluggy warns when a plugin implements one)."""
 
 
 @dataclass
@@ -108,8 +110,8 @@ class Benchbase:
         self.infos = infos
         self.registry = Registry()
         for kind in COMPONENT_KINDS:
-            hook = getattr(pm.hook, f"benchbase_register_{kind}")
-            for impl in hook.get_hookimpls():
+            hooks = [getattr(pm.hook, name) for name in (f"benchbase_register_{kind}", *FORMER_HOOKS.get(kind, ()))]
+            for impl in (impl for hook in hooks for impl in hook.get_hookimpls()):
                 plugin = pm.get_name(impl.plugin)
 
                 def register(name: str, factory: Any, info: DatasetInfo | None = None,
@@ -130,26 +132,29 @@ class Benchbase:
             info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
 
     def hook_implementers(self) -> dict[str, list[str]]:
-        """Every hook spec (sorted) and the names of the plugins that implement it (sorted)."""
-        return {
+        """Every hook spec (sorted) and the names of the plugins that implement it (sorted); a
+        former hook name (:data:`FORMER_HOOKS`) only while some plugin still implements it."""
+        former = {name for names in FORMER_HOOKS.values() for name in names}
+        implementers = {
             name: sorted(self.pm.get_name(impl.plugin) for impl in caller.get_hookimpls())
             for name, caller in sorted(vars(self.pm.hook).items())
             if isinstance(caller, pluggy.HookCaller) and caller.spec is not None
         }
+        return {name: plugins for name, plugins in implementers.items() if plugins or name not in former}
 
     def config_dirs(self) -> list[str]:
         """The plugins' config folders (``benchbase_config_dirs``), each once, in hook order."""
         return list(dict.fromkeys(d for dirs in self.pm.hook.benchbase_config_dirs() for d in dirs))
 
     def method_plugins(self) -> list[str]:
-        """Plugins that register at least one loss, excluding the harness's own core plugin."""
+        """Plugins that register at least one method, excluding the harness's own core plugin."""
         return sorted(
             name for name, info in self.infos.items()
-            if name != CORE_PLUGIN and not info.error and info.components.get("losses")
+            if name != CORE_PLUGIN and not info.error and info.components.get("methods")
         )
 
     def select_methods(self, plugins: Iterable[str] | None) -> list[str]:
-        """Loss names of the chosen method plugins (all method plugins when ``plugins`` is None)."""
+        """Method names of the chosen method plugins (all method plugins when ``plugins`` is None)."""
         available = self.method_plugins()
         chosen = available if plugins is None else list(plugins)
         methods: list[str] = []
@@ -169,8 +174,13 @@ class Benchbase:
                     f"unknown plugin {name!r}; available: {', '.join(available) or 'none'} "
                     f"(see `benchbase plugins`)"
                 )
-            methods.extend(self.registry.names("losses", name))
+            methods.extend(self.registry.names("methods", name))
         return methods
+
+    def logger_classes(self, names: Iterable[str]) -> dict[str, type[Logger]]:
+        """The registered logger classes of ``jsonl`` (always on) and ``names`` (the config's
+        ``logger`` list), each once; an unknown name is a one-line error listing the known ones."""
+        return {name: self.registry.get("loggers", name) for name in logger_names(names)}
 
     def plugin_versions(self) -> dict[str, str]:
         return {n: i.version for n, i in self.infos.items() if not i.error}
@@ -189,7 +199,7 @@ def _describe(obj: Any) -> str:
 def check_component(kind: str, name: str, factory: Any, plugin: str, info: Any = None) -> None:
     """Check that ``factory`` fits the interface of its ``kind`` (see :mod:`benchbase.hookspecs`).
 
-    Losses, evaluators and loggers must be concrete subclasses of :class:`~benchbase.components.Loss`,
+    Methods, evaluators and loggers must be concrete subclasses of :class:`~benchbase.components.Method`,
     :class:`~benchbase.components.Evaluator` and :class:`~benchbase.loggers.Logger`; students and
     teachers must be callables that accept ``build(cfg, data)``, datasets ``build(cfg)``. Only a
     dataset may come with ``info``, a :class:`~benchbase.components.DatasetInfo`.

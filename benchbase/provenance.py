@@ -4,8 +4,8 @@ A run's config hash names what was asked for and stays stable, so tables keep gr
 what *made* the run is recorded next to it, in :attr:`benchbase.results.RunRecord.versions`, and
 checked before a stored run is reused (see :func:`benchbase.suite.run_method`):
 
-- ``code:<kind>/<name>``: a fingerprint of each registered component involved (the method's loss
-  and its stages' losses, each task's evaluator, the datasets, the student and teacher builders):
+- ``code:<kind>/<name>``: a fingerprint of each registered component involved (the method and its
+  stages' methods, recorded as ``code:losses/<name>``; each task's evaluator, the datasets, the student and teacher builders):
   the plugin's distribution and version, and the SHA-256 of the component's source files (see
   :func:`fingerprint`), so that an edited editable install or ``--plugins-dir`` module counts as
   other code even when its version did not change;
@@ -33,6 +33,9 @@ CODE_PREFIX = "code:"
 TEACHER = "teacher"
 """The ``versions`` key that holds the source of the run's teacher weights."""
 DIGEST_CHARS = 16
+RECORDED_KINDS = {"methods": "losses"}
+"""Registry kinds whose fingerprints are recorded under their former name (``code:losses/<name>``
+for a method), so that stored runs and cached teachers and stages keep matching."""
 
 
 INTERFACES = "benchbase.components"
@@ -140,7 +143,8 @@ def fingerprint(bb: Benchbase, kind: str, name: str) -> str:
 
 def code_versions(bb: Benchbase, components: Iterable[tuple[str, str]]) -> dict[str, str]:
     """``{"code:<kind>/<name>": fingerprint}`` for each (kind, name), sorted."""
-    return {f"{CODE_PREFIX}{kind}/{name}": fingerprint(bb, kind, name) for kind, name in sorted(set(components))}
+    return {f"{CODE_PREFIX}{RECORDED_KINDS.get(kind, kind)}/{name}": fingerprint(bb, kind, name)
+            for kind, name in sorted(set(components))}
 
 
 def suite_components(cfg: Any) -> list[tuple[str, str]]:

@@ -1,6 +1,6 @@
 """``benchbase new-plugin NAME [--kind KIND]``: a complete, installable, tested plugin to start from.
 
-One kind of plugin per :data:`KINDS` entry: a distillation ``loss`` (the default), an ``evaluator``
+One kind of plugin per :data:`KINDS` entry: a distillation ``method`` (the default), an ``evaluator``
 (with a suite that extends the built-in default suite), a ``dataset`` (an on-disk layout with
 its splits, and a suite on it), or a student/teacher ``model`` architecture (with the configs that
 select it). The generated project is a working plugin, not a template with blanks: its worked
@@ -25,12 +25,15 @@ from string import Template
 
 from benchbase import PROJECT_NAME, __version__
 from benchbase.errors import BenchbaseError
-from benchbase.plugin_templates import PluginTemplate, dataset, evaluator, loss, model
+from benchbase.plugin_templates import PluginTemplate, dataset, evaluator, method, model
 
 KINDS: dict[str, PluginTemplate] = {
-    "loss": loss.TEMPLATE, "evaluator": evaluator.TEMPLATE, "dataset": dataset.TEMPLATE, "model": model.TEMPLATE,
+    "method": method.TEMPLATE, "evaluator": evaluator.TEMPLATE, "dataset": dataset.TEMPLATE, "model": model.TEMPLATE,
 }
 """Each kind of plugin ``new-plugin --kind`` writes, and its files."""
+
+FORMER_KINDS = {"loss": "method"}
+"""Former ``--kind`` spellings and the kind each now names (``new-plugin`` prints a one-line note)."""
 
 PYPROJECT = Template('''\
 [build-system]
@@ -118,7 +121,7 @@ def distribution_name(name: str) -> str:
     return f"{PROJECT_NAME}-{name.replace('_', '-')}"
 
 
-def scaffold_files(name: str, kind: str = "loss") -> dict[str, str]:
+def scaffold_files(name: str, kind: str = "method") -> dict[str, str]:
     """Relative path -> content of every file of the ``kind`` plugin project for ``name``."""
     if kind not in KINDS:
         raise BenchbaseError(f"unknown plugin kind {kind!r}; use one of {', '.join(KINDS)}")
@@ -147,7 +150,7 @@ def scaffold_files(name: str, kind: str = "loss") -> dict[str, str]:
     }
 
 
-def new_plugin(name: str, directory: str | Path = ".", kind: str = "loss") -> Path:
+def new_plugin(name: str, directory: str | Path = ".", kind: str = "method") -> Path:
     """Write the ``kind`` plugin project for ``name`` to ``directory/benchbase-NAME`` and return that folder.
 
     Raises:

@@ -54,12 +54,12 @@ STUDENT_FILE = "student.pt"
 
 @dataclass
 class Stage:
-    """One planned stage: its composed config (``method`` = the stage's loss), params, ``key`` (the
-    hash of its config and its predecessors', part of the run's config hash) and ``cache`` (the
-    name of its cache folder: ``key`` plus what made it)."""
+    """One planned stage: its ``method`` (the registered name it trains), composed config, params,
+    ``key`` (the hash of its config and its predecessors', part of the run's config hash) and
+    ``cache`` (the name of its cache folder: ``key`` plus what made it)."""
 
     name: str
-    loss_name: str
+    method: str
     cfg: DictConfig
     params: dict[str, Any]
     then: str
@@ -101,7 +101,7 @@ def plan(methods: Methods, cfg: DictConfig, seed: int, teacher_source: str = "")
     return stages
 
 
-def _stage_config(cfg: DictConfig, spec: DictConfig, loss_name: str, index: int) -> DictConfig:
+def _stage_config(cfg: DictConfig, spec: DictConfig, method: str, index: int) -> DictConfig:
     spec = OmegaConf.create(OmegaConf.to_container(spec, resolve=True))  # `${trainer.epochs}` means the run's
     stage_cfg = cfg.copy()
     try:
@@ -111,8 +111,8 @@ def _stage_config(cfg: DictConfig, spec: DictConfig, loss_name: str, index: int)
         first = str(exc).splitlines()[0]
         raise BenchbaseError(f"method.stages[{index}] ({spec.name}): {first}; "
                              "stage trainer/student keys are those of the trainer and student groups") from None
-    base = cfg.method.params if loss_name == cfg.method.name else {}  # another loss: its own params only
-    stage_cfg.method.name, stage_cfg.method.stages = loss_name, []
+    base = cfg.method.params if method == cfg.method.name else {}  # another method: its own params only
+    stage_cfg.method.name, stage_cfg.method.stages = method, []
     stage_cfg.method.params = OmegaConf.merge(base, spec.params)
     return stage_cfg
 
@@ -168,18 +168,18 @@ def _train_stage(stage: Stage, methods: Methods, folder: Path, data: DataBundle,
     torch.manual_seed(seed)
     student = build_student(methods.bb, stage.cfg, data)
     start_student(student, handover)
-    loss = methods.build(stage.loss_name, stage.params, data)
+    loss = methods.build(stage.method, stage.params, data)
     split = data.split(stage.cfg.suite.distill.split)
     train(student, handover.teacher if loss.uses_teacher else None, loss, split, stage.cfg.trainer, folder, seed,
-          desc=f"{stage.loss_name} {stage.name} seed {seed}", loss_state=loss_state(handover))
+          desc=f"{stage.method} {stage.name} seed {seed}", loss_state=loss_state(handover))
     if distributed.is_main():
         torch.save(loss.state_dict(), folder / LOSS_FILE)
         save_weights(student.export(), folder / STUDENT_FILE)
-        (folder / STAGE_FILE).write_text(json.dumps({"name": stage.name, "method": stage.loss_name,
+        (folder / STAGE_FILE).write_text(json.dumps({"name": stage.name, "method": stage.method,
                                                      "params": stage.params, "then": stage.then}, indent=2))
 
 
 def describe(stages: list[Stage], home: Path) -> list[dict[str, str]]:
     """Name, loss, handover and folder of each stage (written next to the final run)."""
-    return [{"name": s.name, "method": s.loss_name, "then": s.then, "folder": str(home / "stages" / s.cache)}
+    return [{"name": s.name, "method": s.method, "then": s.then, "folder": str(home / "stages" / s.cache)}
             for s in stages]

@@ -31,12 +31,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from benchbase import __version__, distributed
-from benchbase.components import DataBundle, Metric, Student, Teacher, VitModel
+from benchbase.components import DataBundle, Metric, Teacher, VitModel
 from benchbase.config import DatasetConfig, compose_config, config_hash
 from benchbase.cost import cost_metrics
 from benchbase.engine import resolve_device, train
 from benchbase.errors import BenchbaseError, MethodFailed, NotApplicable
-from benchbase.methods import Methods, run_identity, without_method_overrides
+from benchbase.methods import KIND, Methods, run_identity, without_method_overrides
 from benchbase.floors import FLOORS, PixelModel
 from benchbase.leaderboard import (
     build_table,
@@ -47,7 +47,7 @@ from benchbase.leaderboard import (
     publish,
     write_local,
 )
-from benchbase.loggers import RunInfo, check_loggers, run_loggers
+from benchbase.loggers import RunInfo, RunLoggers
 from benchbase.models import save_weights
 from benchbase.plugin_manager import Benchbase
 from benchbase.provenance import TEACHER, changed, code_summary, code_versions, suite_components
@@ -164,10 +164,10 @@ def _teacher_name(cfg: DictConfig) -> str:
     return f"{_model_name(cfg.teacher)} [{cfg.teacher.source}]"
 
 
-def _made(ctx: SuiteContext, cfg: DictConfig, teacher: Teacher, losses: list[str]) -> dict[str, str]:
+def _made(ctx: SuiteContext, cfg: DictConfig, teacher: Teacher, methods: list[str]) -> dict[str, str]:
     """What makes a run of ``cfg`` besides its config: the teacher's weights and the code of the
-    suite's components and of ``losses`` (see :mod:`benchbase.provenance`)."""
-    components = [*suite_components(cfg), *(("losses", name) for name in losses)]
+    suite's components and of ``methods`` (see :mod:`benchbase.provenance`)."""
+    components = [*suite_components(cfg), *((KIND, name) for name in methods)]
     return {TEACHER: teacher.source, **code_versions(ctx.bb, components)}
 
 
@@ -258,7 +258,7 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
     params = ctx.methods.params(cfg, name)
     stages = _plan(ctx, cfg, seed)
     h = config_hash(run_identity(cfg, role, name, params, seed, [s.key for s in stages]))
-    made = _made(ctx, cfg, teacher, [name, *(s.loss_name for s in stages)])
+    made = _made(ctx, cfg, teacher, [name, *(s.method for s in stages)])
     if found := _stored(ctx, h, made, f"{name} seed {seed}"):
         return found
     run_dir = ctx.home / "runs" / cfg.suite.name / f"{name}-seed{seed}-{h}"
@@ -270,8 +270,8 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
     distributed.barrier()  # no rank resumes from a checkpoint that --force just removed
     started = time.perf_counter()
     kw: dict[str, Any] = {"run_dir": str(run_dir)}
-    loggers = run_loggers(ctx.bb, cfg, RunInfo(cfg.suite.name, f"{name}-seed{seed}", run_dir,
-                                               OmegaConf.to_container(cfg, resolve=True)))
+    loggers = RunLoggers(ctx.bb.logger_classes(cfg.logger), RunInfo(cfg.suite.name, f"{name}-seed{seed}", run_dir,
+                                                                      OmegaConf.to_container(cfg, resolve=True)))
     try:
         data = ctx.dataset(cfg.suite.distill.dataset)
         handover = run_stages(stages, ctx.methods, ctx.home, data, teacher, seed)
@@ -320,7 +320,7 @@ def suite_context(bb: Benchbase, overrides: list[str], force: bool = False,
     database (rank 0 only). ``datasets`` may share already loaded datasets between suites; ``echo``
     prints progress (pass a silent one on ranks other than 0)."""
     cfg = compose_config(without_method_overrides(overrides), bb.config_dirs())
-    check_loggers(bb, cfg.logger)
+    bb.logger_classes(cfg.logger)  # an unknown logger is a one-line error before anything runs
     ctx = SuiteContext(bb, cfg, list(overrides), ResultsDB(cfg.db) if distributed.is_main() else None,
                        Path(cfg.home), force, resolve_device(cfg.trainer.device), echo=echo)
     if datasets is not None:
@@ -355,7 +355,7 @@ def suite_teacher(ctx: SuiteContext) -> Teacher:
 
 def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, force: bool = False,
               echo=print, publish_runs: bool = False, methods: list[str] | None = None) -> list[RunRecord]:
-    """Run the composed suite for the chosen method plugins (or the registered losses ``methods``,
+    """Run the composed suite for the chosen method plugins (or the registered methods ``methods``,
     e.g. one method of a plugin); print its table and write the local one (committed records and
     this machine's runs); with ``publish_runs``, also merge the runs into the committed records of
     the leaderboard folder and rewrite its table.
@@ -366,7 +366,7 @@ def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, fo
     ctx = suite_context(bb, overrides, force, echo=echo)
     cfg = ctx.cfg
     for name in methods or ():
-        bb.registry.get("losses", name)  # an unknown name is a one-line error listing the known ones
+        bb.registry.get(KIND, name)  # an unknown name is a one-line error listing the known ones
     methods, skipped = ctx.methods.compatible(bb.select_methods(plugins) if methods is None else list(methods),
                                               cfg.student.arch, explicit=plugins is not None or methods is not None)
     roles = [("reference", list(cfg.suite.references)), ("method", methods)]

@@ -89,6 +89,6 @@ class ClsTokenLoss(Method):
 
 
 @hookimpl
-def benchbase_register_losses(register: Register) -> None:
+def benchbase_register_methods(register: Register) -> None:
     register(ClsTokenLoss.name, ClsTokenLoss)
 

@@ -352,6 +352,6 @@ def set_trainable(student: SamStudent, mode: str, blocks: Sequence[int]) -> None
 
 
 @hookimpl
-def benchbase_register_losses(register: Register) -> None:
+def benchbase_register_methods(register: Register) -> None:
     register(EventSAMLoss.name, EventSAMLoss)
 

@@ -64,6 +64,6 @@ class FeatureLoss(Method):
 
 
 @hookimpl
-def benchbase_register_losses(register: Register) -> None:
+def benchbase_register_methods(register: Register) -> None:
     register(FeatureLoss.name, FeatureLoss)
 

@@ -167,6 +167,6 @@ class MAELoss(Method):
 
 
 @hookimpl
-def benchbase_register_losses(register: Register) -> None:
+def benchbase_register_methods(register: Register) -> None:
     register(MAELoss.name, MAELoss)
 

@@ -431,6 +431,6 @@ def patch_loss_released(
 
 
 @hookimpl
-def benchbase_register_losses(register: Register) -> None:
+def benchbase_register_methods(register: Register) -> None:
     register(SMKDLoss.name, SMKDLoss)
 

@@ -196,6 +196,6 @@ class TinyMIMLoss(Method):
 
 
 @hookimpl
-def benchbase_register_losses(register: Register) -> None:
+def benchbase_register_methods(register: Register) -> None:
     register(TinyMIMLoss.name, TinyMIMLoss)
 

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 import benchbase.api
-from benchbase.plugin_templates import dataset, evaluator, loss, model
+from benchbase.plugin_templates import dataset, evaluator, method, model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def _benchbase_imports(source: str) -> list[str]:
 
 def test_built_in_plugins_and_plugin_templates_import_benchbase_only_through_the_api():
     sources = {str(p.relative_to(ROOT)): p.read_text() for p in sorted((ROOT / "plugins").glob("*.py"))}
-    for template in (dataset, evaluator, loss, model):
+    for template in (dataset, evaluator, method, model):
         files = {"module": template.TEMPLATE.module, "tests": template.TEMPLATE.tests}
         for part, text in files.items():
             sources[f"{template.__name__}:{part}"] = text.safe_substitute(name="x", package="benchbase_x",

@@ -310,6 +310,6 @@ def test_plugins_register_through_pluggy():
     for name, (module, _) in PLUGINS.items():
         pm.register(module, name=name)
     pm.check_pending()
-    pm.hook.benchbase_register_losses(register=registered.__setitem__)
+    pm.hook.benchbase_register_methods(register=registered.__setitem__)
     assert registered == {name: cls for name, (_, cls) in PLUGINS.items()}
     assert pm.hook.benchbase_config_dirs() == [[str(CONF_DIR)]] * 3

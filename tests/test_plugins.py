@@ -26,8 +26,8 @@ def test_builtin_plugins_found_through_entry_points():
     bb = load()
     assert {"core", "cls_token", "feature", "mae"} <= set(bb.infos)
     assert bb.infos["mae"].distribution == "benchbase"
-    assert bb.infos["mae"].components == {"losses": ["mae"]}
-    assert "benchbase_register_losses" in bb.infos["mae"].hooks
+    assert bb.infos["mae"].components == {"methods": ["mae"]}
+    assert "benchbase_register_methods" in bb.infos["mae"].hooks
     assert set(bb.method_plugins()) >= {"cls_token", "feature", "mae"}
     assert "core" not in bb.method_plugins()
     assert {"fewshot", "linear_probe"} <= set(bb.registry.names("evaluators"))
@@ -78,7 +78,7 @@ def test_unknown_hook_is_rejected(tmp_path, on_path):
 
 def test_duplicate_component_names_are_an_error(tmp_path, on_path):
     source = ("from benchbase import hookimpl\nfrom benchbase_plugins.mae import MAELoss as MAE\n"
-              "@hookimpl\ndef benchbase_register_losses(register):\n    register('mae', MAE)\n")
+              "@hookimpl\ndef benchbase_register_methods(register):\n    register('mae', MAE)\n")
     on_path(make_distribution(tmp_path / "site", name="bb_dup", entry="dup", source=source))
     with pytest.raises(BenchbaseError, match="registered by both"):
         load()

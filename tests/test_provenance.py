@@ -32,7 +32,7 @@ class TokenMSE(Loss):
 
 
 @hookimpl
-def benchbase_register_losses(register):
+def benchbase_register_methods(register):
     register("tokmse", TokenMSE)
 '''
 
@@ -47,12 +47,12 @@ def plugin_dir(tmp_path):
 def test_fingerprint_names_the_distribution_and_the_source(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(make_distribution(tmp_path / "site")))
     bb = load(plugin_dir(tmp_path))
-    installed = fingerprint(bb, "losses", "kd_logits")
+    installed = fingerprint(bb, "methods", "kd_logits")
     assert installed.startswith("bb_kd_logits 0.3.1 sha256:") and len(installed.split("sha256:")[1]) == 16
-    assert fingerprint(bb, "losses", "feature").startswith("benchbase 0.1.0 sha256:")
-    assert fingerprint(bb, "losses", "tokmse").startswith("sha256:")  # --plugins-dir: no distribution
+    assert fingerprint(bb, "methods", "feature").startswith("benchbase 0.1.0 sha256:")
+    assert fingerprint(bb, "methods", "tokmse").startswith("sha256:")  # --plugins-dir: no distribution
     assert code_summary({"benchbase": "0.1.0", "code:losses/kd_logits": installed,
-                         "code:losses/tokmse": fingerprint(bb, "losses", "tokmse")}) == \
+                         "code:losses/tokmse": fingerprint(bb, "methods", "tokmse")}) == \
         "bb_kd_logits 0.3.1, benchbase 0.1.0, local code"
 
 

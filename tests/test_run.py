@@ -99,7 +99,7 @@ class Exploding(Loss):
 
 
 @hookimpl
-def benchbase_register_losses(register):
+def benchbase_register_methods(register):
     register("exploding", Exploding)
 '''
 
@@ -149,7 +149,7 @@ def test_third_party_plugin_runs_for_real(tmp_path, monkeypatch):
 def test_plugins_command_lists_components_and_hooks(capsys):
     assert main(["plugins", "--hooks"]) == 0
     out = capsys.readouterr().out
-    assert "mae" in out and "losses: mae" in out and "benchbase_register_losses" in out
+    assert "mae" in out and "losses: mae" in out and "benchbase_register_methods" in out
     assert "evaluators: fewshot" in out
 
 

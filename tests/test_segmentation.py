@@ -17,7 +17,6 @@ from benchbase.evaluation.segmentation import (
     SegmentationProbe,
     confusion_matrix,
     iou_from_confusion,
-    patch_features,
     pixel_accuracy,
     upsampled_groups,
 )
@@ -81,10 +80,10 @@ def scenes() -> DataBundle:
     return load_digit_scenes(n_train=160, n_test=40, seed=0)
 
 
-def test_patch_features_follow_the_patch_grid():
+def test_patch_grid_follows_the_patch_grid():
     student = tiny_student()
     images = torch.randn(2, 1, 32, 32)
-    features = patch_features(student, images)
+    features = student.patch_grid(images)
     tokens = student.run(images, [Tap("tokens")])[Tap("tokens")]  # [2, 1 + 64, 32]
     assert features.shape == (2, 32, 8, 8)
     assert torch.equal(features[:, :, 2, 5], tokens[:, 1 + 2 * 8 + 5])  # row-major after the class token

@@ -50,7 +50,7 @@ REJECTED = {
                 return {}
 
         @hookimpl
-        def benchbase_register_losses(register):
+        def benchbase_register_methods(register):
             register("bar", Bar)
         """,
         f"plugin 'foo' registers method 'bar' ({MODULE}.Bar) which does not subclass benchbase.components.Method",
@@ -61,7 +61,7 @@ REJECTED = {
             return {}
 
         @hookimpl
-        def benchbase_register_losses(register):
+        def benchbase_register_methods(register):
             register("bar", bar)
         """,
         f"plugin 'foo' registers method 'bar' ({MODULE}.bar) which does not subclass benchbase.components.Method",
@@ -73,7 +73,7 @@ REJECTED = {
                 return {}
 
         @hookimpl
-        def benchbase_register_losses(register):
+        def benchbase_register_methods(register):
             register("bar", Bar)
         """,
         f"plugin 'foo' registers method 'bar' ({MODULE}.Bar) which does not implement forward",
@@ -181,7 +181,7 @@ def test_components_that_fit_their_interfaces_load(tmp_path):
         pass
 
     @hookimpl
-    def benchbase_register_losses(register):
+    def benchbase_register_methods(register):
         register("bar", Bar)
 
     @hookimpl
@@ -202,7 +202,7 @@ def test_components_that_fit_their_interfaces_load(tmp_path):
     """
     bb = load(plugin_dir(tmp_path, body))
     assert bb.infos["foo"].components == {
-        "losses": ["bar"], "students": ["tiny"], "teachers": ["any"], "evaluators": ["probe"], "datasets": ["pets"],
+        "methods": ["bar"], "students": ["tiny"], "teachers": ["any"], "evaluators": ["probe"], "datasets": ["pets"],
     }
 
 
@@ -212,7 +212,7 @@ def test_installed_distribution_is_validated_and_the_cli_prints_one_line(tmp_pat
             pass
 
         @hookimpl
-        def benchbase_register_losses(register):
+        def benchbase_register_methods(register):
             register("bar", Bar)
         """)
     monkeypatch.syspath_prepend(str(make_distribution(tmp_path / "site", name="bb_badloss", entry="badloss",
@@ -241,9 +241,26 @@ def test_plugins_hooks_shows_which_plugin_implements_which_hook(tmp_path, capsys
     hooks = {line.split()[0]: line.split(None, 1)[1] for line in hook_table.splitlines()[2:]}
     assert set(hooks) == {
         "benchbase_config_dirs", "benchbase_register_datasets", "benchbase_register_evaluators",
-        "benchbase_register_losses", "benchbase_register_students", "benchbase_register_teachers",
+        "benchbase_register_methods", "benchbase_register_students", "benchbase_register_teachers",
         "benchbase_register_loggers",
     }
     assert "foo" in hooks["benchbase_config_dirs"].split(", ")
-    assert {"core", "mae"} <= set(hooks["benchbase_register_losses"].split(", "))
+    assert {"core", "mae"} <= set(hooks["benchbase_register_methods"].split(", "))
     assert hooks["benchbase_register_students"] == "core"
+
+
+def test_a_plugin_using_the_former_hook_name_still_registers_its_method_with_a_warning(tmp_path, capsys):
+    body = """
+    class Bar(Loss):
+        def forward(self, captures, batch):
+            return {}
+
+    @hookimpl
+    def benchbase_register_losses(register):
+        register("bar", Bar)
+    """
+    with pytest.warns(DeprecationWarning, match="benchbase_register_losses is the former name of benchbase_register_methods"):
+        bb = load(plugin_dir(tmp_path, body))
+    assert bb.infos["foo"].components == {"methods": ["bar"]} and "foo" in bb.method_plugins()
+    assert bb.hook_implementers()["benchbase_register_losses"] == ["foo"]
+    assert "benchbase_register_losses" not in load().hook_implementers()  # listed only while implemented

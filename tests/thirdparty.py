@@ -34,7 +34,7 @@ class LogitKD(Loss):
 
 
 @hookimpl
-def benchbase_register_losses(register):
+def benchbase_register_methods(register):
     register("kd_logits", LogitKD)
 
 

@@ -1,4 +1,4 @@
-"""Frozen features of a student for evaluation protocols.
+"""Frozen features of a whole dataset for evaluation protocols (pooled as :mod:`benchbase.pooling` defines).
 
 Shapes: n = images in the dataset, B = batch, T = tokens (prefix + patches), P = patches,
 D = embedding width, Hd = attention heads, F = feature width (D or 2·D, see :data:`POOLINGS`).
@@ -7,73 +7,14 @@ D = embedding width, Hd = attention heads, F = feature width (D or 2·D, see :da
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from benchbase.capture import Tap
 from benchbase.components import LabeledImages, VitModel
 from benchbase.errors import BenchbaseError
+from benchbase.pooling import POOLINGS, check_pooling, pool_tokens
 
-POOLINGS: dict[str, str] = {
-    "cls+attn": "concat(L2norm(class token), L2norm(class-attention-weighted mean of patch tokens)), F = 2·D",
-    "cls": "final-norm class token, F = D",
-    "mean": "mean of the final-norm patch tokens, F = D",
-    "cls+mean": "concat(L2norm(class token), L2norm(mean of patch tokens)), F = 2·D",
-}
-"""Feature poolings by name, with what each one computes."""
-
-_TOKENS = Tap("tokens")
-_LAST_ATTN = Tap("attn", -1)
-
-
-def check_pooling(pooling: str) -> None:
-    """Raise :class:`BenchbaseError` unless ``pooling`` is one of :data:`POOLINGS`."""
-    if pooling not in POOLINGS:
-        raise BenchbaseError(f"unknown feature pooling {pooling!r}; available: {', '.join(POOLINGS)}")
-
-
-def feature_taps(pooling: str) -> list[Tap]:
-    """The taps :func:`pool_tokens` needs for ``pooling``: the final tokens (and the last attention)."""
-    return [_TOKENS, _LAST_ATTN] if pooling == "cls+attn" else [_TOKENS]
-
-
-def check_class_token(model: VitModel, pooling: str) -> None:
-    """Raise :class:`BenchbaseError` when ``pooling`` needs a class token that ``model`` lacks."""
-    if pooling != "mean" and getattr(model.model, "cls_token", None) is None:
-        raise BenchbaseError(f"feature pooling {pooling!r} needs a class token, but the model has none; use 'mean'")
-
-
-def pool_tokens(tokens: Tensor, attn: Tensor | None, num_prefix_tokens: int, pooling: str) -> Tensor:
-    """One feature vector per image from the final tokens.
-
-    Args:
-        tokens: [B, T, D] tokens after the model's final norm; ``tokens[:, 0]`` is the class token
-            and ``tokens[:, num_prefix_tokens:]`` the P patch tokens.
-        attn: [B, Hd, T, T] last block's attention probabilities; needed only for ``"cls+attn"``.
-        num_prefix_tokens: class and register tokens in front of the patches.
-        pooling: one of :data:`POOLINGS`.
-
-    Returns:
-        [B, F] features.
-    """
-    check_pooling(pooling)
-    cls = tokens[:, 0]
-    patches = tokens[:, num_prefix_tokens:]
-    if pooling == "cls":
-        return cls
-    if pooling == "mean":
-        return patches.mean(dim=1)
-    if pooling == "cls+mean":
-        pooled = patches.mean(dim=1)
-    else:  # cls+attn: the class token's attention over the patches, averaged over heads
-        if attn is None:
-            raise ValueError("pooling 'cls+attn' needs the last block's attention")
-        weights = attn[:, :, 0, num_prefix_tokens:].mean(dim=1)  # [B, P]
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-        pooled = torch.einsum("bp,bpd->bd", weights, patches)
-    return torch.cat([F.normalize(cls, dim=-1), F.normalize(pooled, dim=-1)], dim=-1)
-
+__all__ = ["POOLINGS", "check_pooling", "extract_features", "pool_tokens"]
 
 def extract_features(
     student: VitModel,

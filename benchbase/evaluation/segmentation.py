@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchbase.capture import Tap
 from benchbase.components import DataBundle, Evaluator, Metric, SegmentationImages, VitModel
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.segments import GT_MIN_AREA, SegmentMetricAccumulator
@@ -59,8 +58,6 @@ MODES: dict[str, str] = {
 
 FEATURE_CACHE_ELEMENTS = 1 << 26
 """The linear probe precomputes the train split's frozen features when they fit in this many values."""
-
-_TOKENS = Tap("tokens")
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = None) -> Tensor:
@@ -136,25 +133,6 @@ def pixel_accuracy(cm: Tensor) -> float:
     """Fraction of counted pixels predicted correctly, trace / sum of the [K, K] ``cm`` (nan if empty)."""
     cm = cm.double()
     return float(cm.diagonal().sum() / cm.sum())
-
-
-def patch_features(model: VitModel, images: Tensor) -> Tensor:
-    """Final-norm patch tokens laid out on the patch grid.
-
-    Args:
-        images: [B, C, H', W'] normalised images (S x S, or any size the model accepts).
-
-    Returns:
-        [B, D, h, w] with (h, w) = (H' // patch, W' // patch).
-    """
-    tokens = model.run(images, [_TOKENS])[_TOKENS][:, model.num_prefix_tokens :]  # [B, h·w, D]
-    height, width = images.shape[-2] // model.patch_size, images.shape[-1] // model.patch_size
-    if tokens.shape[1] != height * width:
-        raise BenchbaseError(
-            f"segmentation got {tokens.shape[1]} patch tokens for a {height}x{width} patch grid; build the "
-            "model with dynamic_img_size=True or feed images of its own size"
-        )
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
 
 
 def decoder_head(embed_dim: int, num_classes: int) -> nn.Sequential:

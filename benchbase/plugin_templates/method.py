@@ -1,4 +1,4 @@
-"""``benchbase new-plugin NAME`` (``--kind loss``): Hinton-style logit distillation, a method plugin."""
+"""``benchbase new-plugin NAME`` (``--kind method``): Hinton-style logit distillation, a method plugin."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ class LogitDistillation(Method):
 
 
 @hookimpl
-def benchbase_register_losses(register: Register) -> None:
+def benchbase_register_methods(register: Register) -> None:
     register("$name", LogitDistillation)
 
 
@@ -160,7 +160,7 @@ benchbase run --methods $name  # the default suite with this method
 benchbase run --methods $name method.params.tau=2.0 method.params.alpha=0.0"""),
     layout={
         "src/$package/__init__.py": "the loss (`LogitDistillation`) and the hook implementations "
-                                    "`benchbase_register_losses` and `benchbase_config_dirs`",
+                                    "`benchbase_register_methods` and `benchbase_config_dirs`",
         "src/$package/conf/method/$name.yaml": "the method's config, `name` plus `params` (the loss's keyword "
                                                "arguments), shipped as package data",
         "tests/test_$name.py": "the loss against a hand computation and a tiny end-to-end run",
