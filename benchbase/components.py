@@ -363,6 +363,12 @@ class Evaluator(ABC):
 
     name: ClassVar[str]
 
+    reads_frozen_features: ClassVar[bool] = True
+    """True (the default) for an evaluator that reads the student's features as they are (few-shot,
+    linear probe, segmentation probe): it is handed a view that stops before any block training
+    never reached (:mod:`benchbase.untrained`). False for one that fine-tunes the network, which
+    trains those weights itself and gets the whole student."""
+
     @abstractmethod
     def evaluate(self, student: VitModel, data: DataBundle, device: torch.device) -> list[Metric]:
         """Metrics of ``student`` on ``data``."""

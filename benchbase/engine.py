@@ -26,7 +26,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +41,24 @@ from benchbase.capture import Captures, ModelInput, Tap
 from benchbase.components import LabeledImages, Loss, StepInputs, Student, Teacher
 from benchbase.errors import BenchbaseError, MethodFailed
 from benchbase.loggers import RunLoggers, StepLog, training
+from benchbase.untrained import untrained_parameters
 
 CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
 class TrainResult:
+    """What a training run did: its steps and epochs, the last step's loss terms, the throughput, the
+    epoch it resumed from, and ``untrained``: the student's parameters (names relative to
+    ``student.model``) that the optimiser held but that never received a gradient (none when no
+    step ran; see :mod:`benchbase.untrained`)."""
+
     steps: int
     epochs: int
     final_terms: dict[str, float]
     images_per_second: float
     resumed_from_epoch: int
+    untrained: list[str] = field(default_factory=list)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -294,7 +301,8 @@ def train(
                 _save_checkpoint(ckpt_path, student, loss, optimizer, epoch, step)
     bar.close()
     elapsed = time.perf_counter() - started
-    return TrainResult(step, cfg.epochs, terms_f, seen_images / elapsed if elapsed else 0.0, resumed_from)
+    untrained = untrained_parameters(student.model, optimizer) if step else []
+    return TrainResult(step, cfg.epochs, terms_f, seen_images / elapsed if elapsed else 0.0, resumed_from, untrained)
 
 
 def train_step(step_module: nn.Module, teacher, loss, optimizer, images, labels, device, amp, cfg, step: int,

@@ -140,8 +140,9 @@ def _scorer(ctx: SuiteContext, spec: ModelSpec) -> Callable[[DataBundle], VitMod
 def _evaluated(ctx: SuiteContext, spec: ModelSpec, model_for: Callable[[DataBundle], VitModel], label: str,
                seed: int, h: str, made: dict[str, str], row: bool) -> RunRecord:
     started = time.perf_counter()
+    untrained = spec.untrained()
     metrics = [metric for name, task in ctx.cfg.suite.tasks.items()
-               for metric in evaluate_task(ctx, name, task, model_for(ctx.dataset(task.dataset)), seed)]
+               for metric in evaluate_task(ctx, name, task, model_for(ctx.dataset(task.dataset)), seed, untrained)]
     record = _record(ctx, ctx.cfg, "eval", label, seed, h, made, status="done", metrics=metrics,
                      wall_time=time.perf_counter() - started)
     return dataclasses.replace(record, teacher=record.teacher if spec.run is not None else "",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from benchbase.models import load_state, load_weights, read_state_dict
 from benchbase.plugin_manager import Benchbase
 from benchbase.results import ResultsDB
 from benchbase.sam import load_sam_checkpoint
+from benchbase.untrained import UNTRAINED_FILE
 
 RUN_FILES = ("config.yaml", "student.pt")
 PREFIXES = {"timm": "vit", "sam": "sam"}
@@ -84,6 +86,12 @@ class ModelSpec:
         if self.run_hash:
             found["run"] = self.run_hash
         return found
+
+    def untrained(self) -> list[str]:
+        """A stored run's parameters that its training never reached (its ``untrained.json``), so
+        that frozen-feature tasks read the model as the run itself did; none for other models."""
+        found = self.weights.parent / UNTRAINED_FILE if self.run is not None and self.weights is not None else None
+        return json.loads(found.read_text()) if found is not None and found.is_file() else []
 
     def file_hash(self) -> str:
         """The SHA-256 of the weights file (read once)."""

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -55,6 +55,7 @@ from benchbase.results import ResultsDB, RunRecord
 from benchbase.stages import Stage, build_student, describe, loss_state, plan, run_stages, start_student
 from benchbase.tasks import TasksFailed, check_task, evaluation_state, evaluator_params, run_isolated
 from benchbase.teachers import load_teacher, teacher_source
+from benchbase.untrained import UNTRAINED_FILE, frozen_view
 
 
 
@@ -112,33 +113,42 @@ def _device_name(device: torch.device) -> str:
     return f"{name} x {world} processes" if world > 1 else name
 
 
-def evaluate(ctx: SuiteContext, model: VitModel, seed: int) -> list[Metric]:
-    """Every task of the suite on ``model``; each metric is tagged with its task name.
+def evaluate(ctx: SuiteContext, model: VitModel, seed: int, untrained: Sequence[str] = ()) -> list[Metric]:
+    """Every task of the suite on ``model``; each metric is tagged with its task name. ``untrained``
+    names parameters of ``model.model`` that training never reached: frozen-feature tasks then read
+    the view of :func:`~benchbase.untrained.frozen_view` (see :func:`evaluate_task`).
 
     Raises:
         TasksFailed: after every task ran, when any evaluator raised (:mod:`benchbase.tasks`).
     """
-    return run_isolated({name: partial(evaluate_task, ctx, name, task, model, seed)
+    return run_isolated({name: partial(evaluate_task, ctx, name, task, model, seed, untrained)
                          for name, task in ctx.cfg.suite.tasks.items()})
 
 
-def evaluate_task(ctx: SuiteContext, task_name: str, task: DictConfig, model: VitModel, seed: int) -> list[Metric]:
+def evaluate_task(ctx: SuiteContext, task_name: str, task: DictConfig, model: VitModel, seed: int,
+                  untrained: Sequence[str] = ()) -> list[Metric]:
     """One task of the suite on ``model``, its metrics tagged with ``task_name``; none when the task's
     evaluator does not apply to the model (:class:`~benchbase.errors.NotApplicable`).
 
     An evaluator that takes a ``seed`` (episodes, probe initialisation) gets the run's seed unless
     the task sets one: every method of a seed is scored on the same episodes, and other seeds
     draw other episodes. The model is in the state :func:`~benchbase.tasks.evaluation_state` sets.
+    An evaluator that reads frozen features gets the model cut before its first block with an
+    ``untrained`` parameter; its metrics say where they read in ``extras["read_point"]`` (the page
+    lists it under the protocols) and list the names in ``extras["untrained"]``.
     """
     ev_cls = ctx.bb.registry.get("evaluators", task.evaluator)
     evaluator = ev_cls(**evaluator_params(ev_cls, task, ctx.cfg.eval.batch_size, seed))
+    scored, cut = frozen_view(model, untrained) if evaluator.reads_frozen_features else (model, "")
     try:
-        with evaluation_state(model, ctx.device):
-            metrics = evaluator.evaluate(model, ctx.dataset(task.dataset), ctx.device)
+        with evaluation_state(scored, ctx.device):
+            metrics = evaluator.evaluate(scored, ctx.dataset(task.dataset), ctx.device)
     except NotApplicable:
         return []
     for metric in metrics:
         metric.extras["task"] = task_name
+        if cut:  # the protocol stays the column's; the page lists read points per row (leaderboard.read_points)
+            metric.extras.update(read_point=cut, untrained=sorted(untrained))
     return metrics
 
 
@@ -287,7 +297,11 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
             save_weights(scored.export(), run_dir / "student.pt")
             if stages:
                 (run_dir / "stages.json").write_text(json.dumps(describe(stages, ctx.home), indent=2))
-        metrics = evaluate(ctx, scored, seed) + cost_metrics(scored, data)
+        names = dict(scored.model.named_parameters())  # the scored model may be a view (an EMA teacher)
+        untrained = sorted(name for name in result.untrained if name in names)
+        if distributed.is_main() and untrained:
+            (run_dir / UNTRAINED_FILE).write_text(json.dumps(untrained, indent=1))
+        metrics = evaluate(ctx, scored, seed, untrained) + cost_metrics(scored, data)
         if result.images_per_second:  # 0: resumed after its last step, nothing trained here to time
             metrics.append(Metric("images_per_second", result.images_per_second, result.steps,
                                   _throughput_protocol(ctx.device), extras={"task": "train"}))

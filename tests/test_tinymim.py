@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from importlib.metadata import entry_points
 
@@ -252,3 +253,17 @@ def test_cli_run_stores_a_done_record(tmp_path):
     ]) == 0
     record = next(r for r in ResultsDB(tmp_path / "results.db").records() if r.method == "tinymim")
     assert record.status == "done" and record.config["method"]["params"]["relations"] == ["qk", "vv"]
+    # the last block's output path never trains: frozen features are read before it (tests/test_untrained.py)
+    top1 = next(m for m in record.metrics if m.name == "top1")
+    assert top1.extras["read_point"].startswith("frozen features read after block 3 of 4")
+    assert "frozen features" not in top1.protocol  # the column's protocol stays the one every row shares
+    run_dir = next((tmp_path / "runs" / "default").glob("tinymim-seed0-*"))
+    assert json.loads((run_dir / "untrained.json").read_text()) == top1.extras["untrained"]
+    assert "norm.weight" in top1.extras["untrained"]
+    page = (tmp_path / "leaderboards" / "default.md").read_text()
+    assert "Read points (frozen-feature columns):\n- `tinymim`: frozen features read after block 3 of 4" in page
+    assert page.count("| top1/top1") == 1  # one column for every row
+    # benchbase eval of the stored run reads it where the run did, and reproduces its metric
+    assert main(["eval", str(run_dir), "top1", f"home={tmp_path}"]) == 0
+    (evaluated,) = [r for r in ResultsDB(tmp_path / "results.db").records() if r.role == "eval"]
+    assert evaluated.metrics[0] == top1

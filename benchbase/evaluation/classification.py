@@ -135,6 +135,7 @@ class FineTune(Evaluator):
     """
 
     name = "finetune"
+    reads_frozen_features = False  # it fine-tunes every weight of a copy of the student
 
     def __init__(
         self,

@@ -324,6 +324,11 @@ class SegmentationProbe(Evaluator):
         self.seed = seed
         self.segment_metric = segment_metric
 
+    @property
+    def reads_frozen_features(self) -> bool:
+        """The linear head reads frozen features; the decoder head fine-tunes a copy of the student."""
+        return self.head == "linear"
+
     def window_stride(self, crop: int) -> int:
         """The sliding windows' stride for ``crop`` x ``crop`` windows: ``stride``, else ``2·crop // 3``."""
         return self.stride or max(2 * crop // 3, 1)
