@@ -34,7 +34,7 @@ from benchbase import __version__, distributed
 from benchbase.components import DataBundle, Metric, Teacher, VitModel
 from benchbase.config import DatasetConfig, compose_config, config_hash
 from benchbase.cost import cost_metrics
-from benchbase.engine import resolve_device, train
+from benchbase.engine import CHECKPOINT, resolve_device, train
 from benchbase.errors import BenchbaseError, MethodFailed, NotApplicable
 from benchbase.methods import KIND, Methods, run_identity, without_method_overrides
 from benchbase.floors import FLOORS, PixelModel
@@ -275,8 +275,10 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
     if distributed.is_main():
         if ctx.force and run_dir.exists():
             shutil.rmtree(run_dir)
+        _set_aside_if_made_otherwise(ctx, run_dir, made, f"{name} seed {seed}")
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        (run_dir / MADE_FILE).write_text(json.dumps(made, indent=1, sort_keys=True))
     distributed.barrier()  # no rank resumes from a checkpoint that --force just removed
     started = time.perf_counter()
     kw: dict[str, Any] = {"run_dir": str(run_dir)}
@@ -319,6 +321,28 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> R
     record = _record(ctx, cfg, role, name, seed, h, made, wall_time=time.perf_counter() - started, **kw)
     _save(ctx, record)
     return record
+
+
+MADE_FILE = "made.json"
+"""A run folder's record of what made its checkpoint (teacher weights, code versions: see
+:mod:`benchbase.provenance`), written when its training starts."""
+
+
+def _set_aside_if_made_otherwise(ctx: SuiteContext, run_dir: Path, made: dict[str, str], label: str) -> None:
+    """Move ``run_dir`` aside (to ``<name>.set-aside-<n>``, kept) when it holds a checkpoint that other
+    code or another teacher made, so that the run trains afresh instead of resuming it; a run folder
+    is named by its config hash alone, which stays when only the code or the teacher changes."""
+    if not (run_dir / CHECKPOINT).exists():
+        return
+    marker = run_dir / MADE_FILE
+    recorded = json.loads(marker.read_text()) if marker.is_file() else {}
+    why = changed(recorded, made) if recorded else "its folder does not record what made it"
+    if not why:
+        return
+    n = 1 + sum(1 for _ in run_dir.parent.glob(f"{run_dir.name}.set-aside-*"))
+    aside = run_dir.with_name(f"{run_dir.name}.set-aside-{n}")
+    run_dir.rename(aside)
+    ctx.echo(f"  {label}: training afresh, not resuming the checkpoint in its folder: {why}; the folder is kept as {aside}")
 
 
 def _throughput_protocol(device: torch.device) -> str:

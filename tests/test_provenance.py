@@ -100,7 +100,7 @@ def test_changed_says_why_in_one_line():
 
 def test_a_stored_run_is_reused_visibly_and_run_again_when_its_code_changed(tmp_path, capsys):
     plugins = plugin_dir(tmp_path)
-    args = ["--plugins-dir", str(plugins), "run", "--methods", "tokmse", *instant(tmp_path)]
+    args = ["--plugins-dir", str(plugins), "run", "--methods", "tokmse", *instant(tmp_path, "trainer.epochs=1")]
     assert main(args) == 0
     db = ResultsDB(tmp_path / "results.db")
     first = next(r for r in db.records() if r.method == "tokmse")
@@ -116,9 +116,15 @@ def test_a_stored_run_is_reused_visibly_and_run_again_when_its_code_changed(tmp_
 
     (plugins / "tokmse.py").write_text(PLUGIN.replace("pow(2).mean()", "abs().mean()"))
     assert main(args) == 0  # edited: run again, the old record superseded and kept
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "tokmse seed 0: running again, the stored run of" in out
     assert "is stale: the code of losses/tokmse changed (sha256:" in out
+    # its folder (named by the unchanged config hash) holds the old code's finished checkpoint: set aside, not resumed
+    (folder,) = [f for f in (tmp_path / "runs" / "default").glob("tokmse-seed0-*") if ".set-aside-" not in f.name]
+    assert "training afresh, not resuming the checkpoint in its folder: the code of losses/tokmse changed" in out
+    assert "from its checkpoint" not in err and (folder.parent / f"{folder.name}.set-aside-1" / "checkpoint.pt").is_file()
+    made = json.loads((folder / "made.json").read_text())
+    assert made["code:losses/tokmse"] != first.versions["code:losses/tokmse"]
     history = [r for r in db.records(superseded=True) if r.method == "tokmse"]
     assert len(history) == 2 and history[0] == first
     assert db.find(first.config_hash) == history[1] != first
