@@ -49,7 +49,7 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, devi
 def vit_methods(bb: Benchbase, chosen: str = "") -> list[str]:
     """The chosen (comma-separated) or all installed methods that distil timm ViT students."""
     names = chosen.split(",") if chosen else bb.select_methods(None)
-    return [m for m in names if getattr(bb.registry.get("losses", m), "student_arch", None) in (None, "vit")]
+    return [m for m in names if getattr(bb.registry.get("methods", m), "student_arch", None) in (None, "vit")]
 
 
 def method_step(bb: Benchbase, name: str, args: argparse.Namespace, device: torch.device) -> Callable[[], None]:
@@ -61,7 +61,7 @@ def method_step(bb: Benchbase, name: str, args: argparse.Namespace, device: torc
     teacher = Teacher(timm.create_model(args.teacher, img_size=args.img, num_classes=args.classes)).to(device)
     student = Student(timm.create_model(args.student, img_size=args.img, num_classes=args.classes,
                                         drop_path_rate=0.1, dynamic_img_size=True)).to(device)
-    loss = bb.registry.get("losses", name)()
+    loss = bb.registry.get("methods", name)()
     loss.setup(student, teacher if loss.uses_teacher else None)
     loss.to(device)
     optimizer = torch.optim.AdamW(param_groups([student, loss], 0.05), lr=1e-4)

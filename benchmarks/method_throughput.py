@@ -51,7 +51,7 @@ def main() -> None:
         sync(device)
         rate = args.batch * args.steps / (time.perf_counter() - start)
         flops = counter.get_total_flops()
-        loss_cls = bb.registry.get("losses", name)
+        loss_cls = bb.registry.get("methods", name)
         row = {
             "method": name, "plugin_params": {k: v.default for k, v in inspect.signature(loss_cls.__init__).parameters.items()
                                               if k != "self" and v.default is not inspect.Parameter.empty and isinstance(v.default, (int, float, str, bool))},

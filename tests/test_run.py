@@ -149,7 +149,7 @@ def test_third_party_plugin_runs_for_real(tmp_path, monkeypatch):
 def test_plugins_command_lists_components_and_hooks(capsys):
     assert main(["plugins", "--hooks"]) == 0
     out = capsys.readouterr().out
-    assert "mae" in out and "losses: mae" in out and "benchbase_register_methods" in out
+    assert "mae" in out and "methods: mae" in out and "benchbase_register_methods" in out
     assert "evaluators: fewshot" in out
 
 
