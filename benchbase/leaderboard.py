@@ -36,7 +36,7 @@ from benchbase.config import RUN_ONLY_TRAINER_KEYS
 from benchbase.errors import BenchbaseError
 from benchbase.eval_rows import ROLE as EVAL_ROLE
 from benchbase.eval_rows import shown_eval_rows
-from benchbase.outcomes import Outcomes, outcomes_of
+from benchbase.outcomes import Outcomes, outcomes_of, task_metrics
 from benchbase.results import ROLES, ResultsDB, RunRecord, read_jsonl, write_jsonl, write_text_atomic
 from benchbase.significance import METHOD, Comparison, bootstrap_ci95, compare_rows, ranks
 
@@ -202,13 +202,13 @@ def _status(group: Sequence[RunRecord]) -> str:
     return f"failed ({len(failed)}/{len(group)}): {error}"
 
 
-def _mean_ci(metrics: Sequence[Metric]) -> tuple[float, float]:
+def _mean_ci(metrics: Sequence[Metric], outcomes: Sequence[Outcomes | None] = ()) -> tuple[float, float]:
     """Mean over seeds and its 95% CI; with one seed, the metric's own CI, or else a bootstrap CI from its
-    stored outcomes (mIoU, pixel accuracy), NaN when it has neither."""
+    stored ``outcomes`` (mIoU, pixel accuracy, segment metrics), NaN when it has neither."""
     if not metrics:
         return math.nan, math.nan
     if len(metrics) == 1:
-        ci95, outcomes = metrics[0].ci95, outcomes_of(metrics[0].extras)
+        ci95, outcomes = metrics[0].ci95, (outcomes[0] if outcomes else None)
         if ci95 is None and outcomes is not None:
             ci95 = bootstrap_ci95(outcomes)
         return metrics[0].value, math.nan if ci95 is None else ci95
@@ -250,16 +250,19 @@ def metric_frame(rows: Mapping[Hashable, Sequence[RunRecord]], lead_columns: Seq
     for key, group in rows.items():
         done = [r for r in group if r.status == "done"]
         by_column: dict[str, list[Metric]] = defaultdict(list)
+        column_outcomes: dict[str, list[Outcomes | None]] = defaultdict(list)
         for record in done:
             for label, metric in {columns.get((metric_key(m), protocol_of(m, record))): m
                                   for m in record.metrics}.items():
                 if label is not None:
+                    stored = outcomes_of(metric.extras, task_metrics(record.metrics, metric.extras.get("task")))
                     by_column[label].append(metric)
-                    if (stored := outcomes_of(metric.extras)) is not None:
+                    column_outcomes[label].append(stored)
+                    if stored is not None:
                         outcomes[label].setdefault(key, {})[record.seed] = stored
         row = dict(lead(key))
         for label in columns.values():
-            row[label], row[label + CI_SUFFIX] = _mean_ci(by_column[label])
+            row[label], row[label + CI_SUFFIX] = _mean_ci(by_column[label], column_outcomes[label])
         row["seeds"] = len(done)
         row["status"] = _status(group)
         table.append(row)

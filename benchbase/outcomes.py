@@ -20,7 +20,8 @@ sample contributed in ``Metric.extras["outcomes"]``, in one of these kinds:
   mean over all segments of the split (``segment_aiou``: IoU weighted by ``gt_area``), so a
   bootstrap over images resamples each image's segments together.
 
-Arrays are stored as the smallest unsigned integer type that holds them, zlib-compressed and
+The statistics of the segment metric share one set of arrays: the first stores them, the others
+name it (:func:`shared_outcomes`). Arrays are stored as the smallest unsigned integer type that holds them, zlib-compressed and
 base64-encoded (2,000 episodes of 75 queries take about 2 kB), so tables and tests are recomputed
 from stored records without rerunning anything.
 """
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import base64
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,7 +173,35 @@ def segment_outcomes(kind: str, segments: np.ndarray, shared: np.ndarray, gt_are
     return Outcomes(kind, arrays).to_json()
 
 
-def outcomes_of(extras: Mapping[str, Any]) -> Outcomes | None:
-    """The outcomes a metric's ``extras`` hold, or None."""
+def shared_outcomes(kind: str, arrays_of: str) -> dict[str, Any]:
+    """Stored outcomes of kind ``kind`` that use the arrays stored with metric ``arrays_of`` of the
+    same task (the statistics of EventSAM's segment metric share one set of per-segment counts)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown outcome kind {kind!r}; known: {', '.join(KINDS)}")
+    return {"kind": kind, "arrays_of": arrays_of}
+
+
+def outcomes_of(extras: Mapping[str, Any], task_metrics: Mapping[str, Mapping[str, Any]] | None = None
+                ) -> Outcomes | None:
+    """The outcomes a metric's ``extras`` hold, or None. Outcomes stored as :func:`shared_outcomes`
+    take their arrays from the extras of metric ``arrays_of`` in ``task_metrics`` (the extras of the
+    same record's metrics of the same task, by name); None without them."""
     stored = extras.get(KEY)
-    return Outcomes.from_json(stored) if stored else None
+    if not stored:
+        return None
+    if "arrays_of" in stored:
+        source = (task_metrics or {}).get(stored["arrays_of"], {}).get(KEY)
+        if not source or "arrays_of" in source:
+            return None
+        arrays = Outcomes.from_json(source).arrays
+        if set(arrays) != set(KINDS.get(stored["kind"], ())):
+            raise BenchbaseError(f"stored outcomes of kind {stored['kind']!r} cannot use the arrays of "
+                                 f"{stored['arrays_of']!r} (kind {source.get('kind')!r})")
+        return Outcomes(stored["kind"], arrays)
+    return Outcomes.from_json(stored)
+
+
+def task_metrics(metrics: Iterable[Any], task: str | None) -> dict[str, Mapping[str, Any]]:
+    """The extras of ``metrics`` (a record's :class:`~benchbase.components.Metric` objects) of
+    ``task``, by metric name: what :func:`outcomes_of` resolves shared outcomes against."""
+    return {m.name: m.extras for m in metrics if m.extras.get("task") == task}

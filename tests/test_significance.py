@@ -12,7 +12,8 @@ from benchbase.components import Metric
 from benchbase.errors import NotApplicable
 from benchbase.floors import PixelModel
 from benchbase.leaderboard import BELOW_MARK, BELOW_SUFFIX, RANK_SUFFIX, build_table, markdown_page
-from benchbase.outcomes import Outcomes, iou_outcomes, mean_outcomes, outcomes_of, ratio_outcomes, segment_outcomes
+from benchbase.outcomes import (Outcomes, iou_outcomes, mean_outcomes, outcomes_of, ratio_outcomes, segment_outcomes,
+                                shared_outcomes, task_metrics)
 from benchbase.results import RunRecord
 from benchbase.significance import compare_rows, holm, paired_test, ranks
 
@@ -192,9 +193,13 @@ def test_evaluators_store_outcomes_that_reproduce_their_metrics(tmp_path):
                      image_size=4, in_chans=1, num_classes=2)
     metrics = SegmentationProbe(epochs=2, batch_size=8, segment_metric=True).evaluate(model, seg, torch.device("cpu"))
     assert [m.name for m in metrics] == ["mIoU", "pixel_acc", "seg_mIoU", "seg_aIoU", "seg_precision", "seg_recall"]
+    siblings = task_metrics(metrics, None)
     for metric in metrics:  # EventSAM's segment metric included
-        assert outcomes_of(metric.extras).value() == pytest.approx(metric.value)
-        assert outcomes_of(metric.extras).n == 30 and not math.isnan(metric.value)
+        assert outcomes_of(metric.extras, siblings).value() == pytest.approx(metric.value)
+        assert outcomes_of(metric.extras, siblings).n == 30 and not math.isnan(metric.value)
+    # the segment metric's statistics share one set of arrays: stored once, with seg_mIoU
+    assert [m.extras["outcomes"].get("arrays_of") for m in metrics[2:]] == [None, "seg_mIoU", "seg_mIoU", "seg_mIoU"]
+    assert outcomes_of(metrics[3].extras) is None  # without the record's other metrics, nothing to read
 
 
 def test_a_single_seed_miou_gets_a_bootstrap_interval_from_its_outcomes():
@@ -209,3 +214,23 @@ def test_a_single_seed_miou_gets_a_bootstrap_interval_from_its_outcomes():
     # about the normal-theory half-width of a per-image mean of IoU-like ratios: a few points, not zero
     per_image = 100 * intersection.sum(1) / union.sum(1)
     assert 0.5 * 1.96 * per_image.std() / np.sqrt(50) < ci < 2 * 1.96 * per_image.std() / np.sqrt(50)
+
+
+def test_shared_segment_outcomes_are_ranked_and_give_single_seed_intervals():
+    rng = np.random.default_rng(0)
+    segments = rng.integers(1, 4, size=40)
+    gt = rng.integers(20, 200, size=segments.sum())
+
+    def record(method: str, overlap: float) -> RunRecord:
+        shared = (gt * overlap).astype(int)
+        full = segment_outcomes("segment_iou", segments, shared, gt, gt)
+        metrics = [Metric("seg_mIoU", Outcomes.from_json(full).value(), 1, "seg", extras={"task": "seg", "outcomes": full})]
+        aiou = Outcomes("segment_aiou", Outcomes.from_json(full).arrays).value()
+        metrics.append(Metric("seg_aIoU", aiou, 1, "seg", extras={"task": "seg", "outcomes": shared_outcomes("segment_aiou", "seg_mIoU")}))
+        return RunRecord(config_hash=method, suite="s", method=method, teacher="t", student="s", dataset="d", seed=0,
+                         status="done", metrics=metrics, config={}, role="method")
+
+    df = build_table([record("good", 0.8), record("bad", 0.6)])
+    ranked = dict(zip(df["method"], df["seg/seg_aIoU" + RANK_SUFFIX]))
+    assert ranked == {"good": 1, "bad": 2}
+    assert (df["seg/seg_aIoU_ci95"] > 0).all()  # a bootstrap interval from the arrays stored with seg_mIoU

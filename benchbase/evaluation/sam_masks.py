@@ -272,7 +272,7 @@ class SamEverything(Evaluator):
         )
         return [
             Metric(name=key, value=100 * result[key], n=result["count"], protocol=f"{protocol}; {what}",
-                   extras={OUTCOMES: accumulator.outcomes(key)})
+                   extras={OUTCOMES: accumulator.outcomes(key, arrays_of=None if key == "mIoU" else "mIoU")})
             for key, what in (("mIoU", "mean matched IoU"), ("aIoU", "matched IoU weighted by ground-truth area"),
                               ("precision", "mean |gt ∩ pred| / |pred| (mP)"),
                               ("recall", "mean |gt ∩ pred| / |gt| (mR)"))

@@ -532,7 +532,8 @@ class SegmentationProbe(Evaluator):
                         value=100 * result[key],
                         n=result["count"],
                         protocol=f"{protocol}; {segment_text}; {what}",
-                        extras={OUTCOMES: accumulator.outcomes(key, order.tolist())},
+                        extras={OUTCOMES: accumulator.outcomes(key, order.tolist(),
+                                                               None if key == "mIoU" else "seg_mIoU")},
                     )
                 )
         return metrics

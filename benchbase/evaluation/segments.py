@@ -26,12 +26,16 @@ import numpy as np
 from scipy import ndimage
 from torch import Tensor
 
-from benchbase.outcomes import segment_outcomes
+from benchbase.outcomes import segment_outcomes, shared_outcomes
 
 GT_MIN_AREA = 12
 """EventSAM counts a ground-truth segment only if it has at least this many pixels."""
 
 _NO_MATCHES = (np.zeros(0),) * 4  # (IoU, precision, recall, area) of zero ground-truth segments
+
+STATISTIC_KINDS = {"mIoU": "segment_iou", "aIoU": "segment_aiou", "precision": "segment_precision",
+                   "recall": "segment_recall"}
+"""Each statistic of the metric and its outcome kind (:mod:`benchbase.outcomes`)."""
 
 CONNECTIVITIES = (4, 8)
 """Pixel neighbourhoods a connected segment may use (edge neighbours only, or edges and corners)."""
@@ -259,12 +263,15 @@ class SegmentMetricAccumulator:
         shared, gt_area, matched_area = self._pooled()
         return summarise_matches(*match_scores(shared, gt_area, matched_area), gt_area)
 
-    def outcomes(self, statistic: str, order: Sequence[int] | None = None) -> dict[str, Any]:
+    def outcomes(self, statistic: str, order: Sequence[int] | None = None, arrays_of: str | None = None
+                 ) -> dict[str, Any]:
         """The stored outcomes of ``statistic`` ("mIoU", "aIoU", "precision" or "recall"): each
         image's segment count and every segment's counts, images in the order they were added or,
-        with ``order`` (each added image's index in its split), in split order."""
-        kind = {"mIoU": "segment_iou", "aIoU": "segment_aiou", "precision": "segment_precision",
-                "recall": "segment_recall"}[statistic]
+        with ``order`` (each added image's index in its split), in split order. With ``arrays_of``
+        (the name of the metric of the same task that stores them), only a reference to those arrays."""
+        kind = STATISTIC_KINDS[statistic]
+        if arrays_of is not None:
+            return shared_outcomes(kind, arrays_of)
         matches = self._matches if order is None else [self._matches[i] for i in np.argsort(order, kind="stable")]
         per_image = np.array([len(shared) for shared, _, _ in matches], dtype=np.int64)
         return segment_outcomes(kind, per_image, *self._pooled(matches))
