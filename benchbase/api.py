@@ -21,6 +21,7 @@ from benchbase.components import (
     Student,
     Teacher,
     VitModel,
+    read_channels,
 )
 from benchbase.data.tensors import TensorImages
 from benchbase.errors import BenchbaseError
@@ -42,7 +43,7 @@ __all__ = [
     "Method", "Loss", "StepInputs", "Captures", "ModelInput", "Tap", "run_vit",
     # models
     "VitModel", "Student", "Teacher", "SamStudent", "SamTeacher", "pad_to_size", "sam_attention",
-    "window_attention_to_dense",
+    "window_attention_to_dense", "read_channels",
     # evaluators and datasets
     "Evaluator", "Metric", "accuracy_metrics", "check_pooling", "extract_features",
     "DataBundle", "DatasetInfo", "LabeledImages", "TensorImages",

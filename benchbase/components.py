@@ -22,6 +22,16 @@ from benchbase.capture import Captures, ModelInput, Tap, run_vit
 from benchbase.pooling import check_class_token, feature_taps, pool_tokens, token_grid
 
 
+def read_channels(images: Tensor, input_slice: tuple[int, int] | None) -> Tensor:
+    """The channels of ``images`` [B, C, H, W] a network with ``input_slice`` reads: all of them
+    without a slice, or with (start, stop) and C another count, [B, stop - start, H, W] (one
+    modality of stacked frame + event images). A pixel target (MAE's) is built from these."""
+    if input_slice is None:
+        return images
+    start, stop = input_slice
+    return images if images.shape[1] == stop - start else images[:, start:stop]
+
+
 class VitModel(nn.Module):
     """A timm ``VisionTransformer`` plus the capture API; the wrapped model stays unmodified.
 
@@ -74,12 +84,15 @@ class VitModel(nn.Module):
         With ``input_slice`` set, stacked images (more channels than the slice) are cut to it.
         """
         if self.input_slice is not None:
-            start, stop = self.input_slice
             images = inp.images if isinstance(inp, ModelInput) else inp
-            if images.shape[1] != stop - start:
-                images = images[:, start:stop]
-                inp = replace(inp, images=images) if isinstance(inp, ModelInput) else images
+            read = self.channels_read(images)
+            if read is not images:
+                inp = replace(inp, images=read) if isinstance(inp, ModelInput) else read
         return self._capture(inp, taps)
+
+    def channels_read(self, images: Tensor) -> Tensor:
+        """The channels of ``images`` this network reads (see :func:`read_channels`)."""
+        return read_channels(images, self.input_slice)
 
     def _capture(self, inp: ModelInput | Tensor, taps: Sequence[Tap]) -> Captures:
         """The architecture's capture; a wrapper for another architecture overrides this."""

@@ -21,7 +21,8 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from benchbase.api import Captures, Method, ModelInput, Register, StepInputs, Student, Tap, Teacher, hookimpl
+from benchbase.api import (Captures, Method, ModelInput, Register, StepInputs, Student, Tap, Teacher, hookimpl,
+                           read_channels)
 
 from . import benchbase_config_dirs  # noqa: F401  (the package's config folder)
 
@@ -122,6 +123,7 @@ class MAELoss(Method):
         self.patch_size, self.num_prefix = student.patch_size, student.num_prefix_tokens
         self.grid = tuple(student.model.patch_embed.grid_size)
         self.channels = student.model.patch_embed.proj.in_channels
+        self.input_slice = student.input_slice  # the pixel target: the channels the student reads
         width = self.decoder_width
         self.decoder_embed = nn.Linear(student.embed_dim, width, device=device)
         self.mask_token = nn.Parameter(torch.empty(1, 1, width, device=device))
@@ -162,7 +164,8 @@ class MAELoss(Method):
     def forward(self, student: Captures, teacher: None, inputs: StepInputs) -> dict[str, Tensor]:
         """Term ``{"mse_masked"}``: reconstruction error on the masked patches."""
         pred = self.decode(student[self.student_taps[0]], inputs.extras["ids_restore"])
-        target = pixel_target(inputs.student.images, self.patch_size, self.norm_pix_loss)
+        target = pixel_target(read_channels(inputs.student.images, self.input_slice), self.patch_size,
+                              self.norm_pix_loss)
         return {"mse_masked": masked_mse(pred, target, inputs.extras["mask"])}
 
 

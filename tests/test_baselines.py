@@ -12,8 +12,8 @@ import torch
 from omegaconf import OmegaConf
 
 from benchbase import PROJECT_NAME, hookspecs
-from benchbase.capture import Captures, Tap
-from benchbase.components import Loss, StepInputs, Student, Teacher
+from benchbase.capture import Captures, ModelInput, Tap
+from benchbase.components import Loss, StepInputs, Student, Teacher, read_channels
 from benchbase.errors import BenchbaseError
 from benchbase_plugins import CONF_DIR, cls_token, feature, mae
 from benchbase_plugins.cls_token import ClsTokenLoss
@@ -262,6 +262,26 @@ def test_mae_make_inputs_masks_the_student_view(models):
     inputs = loss.make_inputs(torch.randn(4, 1, 16, 16), torch.zeros(4, dtype=torch.long))
     assert inputs.teacher is None and inputs.student.keep.shape == (4, 4)
     assert (inputs.extras["mask"].sum(1) == 12).all() and inputs.extras["ids_restore"].shape == (4, 16)
+
+
+def test_mae_target_is_built_from_the_channels_the_student_reads(models):
+    """A student reading the event channels (2, 3) of stacked frame + event images: MAE reconstructs
+    those two channels (it crashed on a 4-channel target before), and from them alone."""
+    torch.manual_seed(0)
+    student = Student(timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=2,
+                                        embed_dim=32, depth=2, num_heads=2, num_classes=5))
+    student.input_slice = (2, 4)
+    loss = MAELoss(decoder_depth=1, decoder_width=16, decoder_heads=2, norm_pix_loss=False)
+    loss.setup(student, None)
+    stacked = torch.randn(3, 4, 16, 16)
+    inputs = loss.make_inputs(stacked, torch.zeros(3, dtype=torch.long))
+    terms = loss(student.run(inputs.student, loss.student_taps), None, inputs)
+    frame_changed = stacked.clone()
+    frame_changed[:, :2] += 5.0  # the frame channels the student does not read
+    inputs.student = ModelInput(frame_changed, keep=inputs.student.keep)
+    again = loss(student.run(inputs.student, loss.student_taps), None, inputs)
+    torch.testing.assert_close(again["mse_masked"], terms["mse_masked"])
+    assert read_channels(stacked, (2, 4)).shape == (3, 2, 16, 16) and read_channels(stacked, None) is stacked
 
 
 # ---------------------------------------------------------------- training step, registration
