@@ -36,7 +36,6 @@ from benchbase.config import DatasetConfig, compose_config, config_hash
 from benchbase.cost import cost_metrics
 from benchbase.engine import CHECKPOINT, resolve_device, train
 from benchbase.errors import BenchbaseError, MethodFailed, NotApplicable
-from benchbase.methods import KIND, Methods, run_identity, without_method_overrides
 from benchbase.floors import FLOORS, PixelModel
 from benchbase.leaderboard import (
     build_table,
@@ -48,6 +47,7 @@ from benchbase.leaderboard import (
     write_local,
 )
 from benchbase.loggers import RunInfo, RunLoggers
+from benchbase.methods import KIND, Methods, run_identity, without_method_overrides
 from benchbase.models import save_weights
 from benchbase.plugin_manager import Benchbase
 from benchbase.provenance import TEACHER, changed, code_summary, code_versions, suite_components
