@@ -32,9 +32,10 @@ the masked patches of each image, then over the batch, then over the 2 views.
 * ``mim``: as in phase 1.
 
 Total: λ1·cls + λ2·patch + λ3·mim; each returned term is already weighted and a term whose λ is 0
-is not computed. λ3 defaults to 1 here (iBOT's MIM weight); the released ``main_smkd.py`` defaults
-``--lambda3`` to 0 (research notes A.1: its help strings for λ2/λ3 are swapped; in ``SMKDLoss``
-λ2 weights the patch term and λ3 the MIM term). Set ``lambda3=0`` to match it.
+is not computed. λ3 defaults to the paper's: 1 in phase 1 (iBOT's MIM weight) and 0 in phase 2,
+which the paper writes as L_cls + L_patch and the released ``main_smkd.py`` runs with ``--lambda3``
+0 (research notes A.1: its help strings for λ2/λ3 are swapped; in ``SMKDLoss`` λ2 weights the patch
+term and λ3 the MIM term). ``lambda3=1`` keeps iBOT's MIM term in phase 2.
 
 Evaluation (``evaluate``): ``"teacher"`` (default) scores and exports the EMA teacher's backbone
 (:meth:`SMKDLoss.evaluation_model`; its projection head is not part of it), as the released
@@ -108,7 +109,8 @@ class SMKDLoss(Method):
         phase: ``"supervised"`` (SMKD, Eq. 3-5) or ``"ssl"`` (phase 1: iBOT, Eq. 1-2).
         patch_matching: ``"paper"`` (Eq. 4 cosine matching) or ``"released_code"``.
         patch_weight: ω in Eq. 5, ``"uniform"`` or ``"attention"`` (teacher CLS→patch attention).
-        lambda1, lambda2, lambda3: weights of the cls, patch and MIM terms (phase 1 has no patch term).
+        lambda1, lambda2, lambda3: weights of the cls, patch and MIM terms (phase 1 has no patch term;
+            ``lambda3=None``: 1 in phase 1, 0 in phase 2, the paper's).
         head_hidden, head_bottleneck, head_out: iBOT head widths (ViT-S: 2048, 256, 8192).
         shared_head: one last layer for class and patch tokens.
         local_crops: number of local views (size 3/7 of the image, a multiple of the patch).
@@ -131,7 +133,7 @@ class SMKDLoss(Method):
 
     def __init__(
         self, phase: str = "supervised", patch_matching: str = "paper", patch_weight: str = "uniform",
-        lambda1: float = 1.0, lambda2: float = 1.0, lambda3: float = 1.0,
+        lambda1: float = 1.0, lambda2: float = 1.0, lambda3: float | None = None,
         head_hidden: int = 2048, head_bottleneck: int = 256, head_out: int = 8192, shared_head: bool = True,
         local_crops: int = 10, global_crop_scale: Sequence[float] = (0.25, 1.0),
         local_crop_scale: Sequence[float] = (0.05, 0.25), mask_prob: float = 0.5,
@@ -146,7 +148,8 @@ class SMKDLoss(Method):
         check_choice("evaluate", evaluate, EVALUATED)
         self.evaluate = evaluate
         self.phase, self.patch_matching, self.patch_weight = phase, patch_matching, patch_weight
-        self.lambda1, self.lambda3 = lambda1, lambda3
+        self.lambda1 = lambda1
+        self.lambda3 = (1.0 if phase == "ssl" else 0.0) if lambda3 is None else lambda3
         self.lambda2 = lambda2 if phase == "supervised" else 0.0  # phase 1 has no cross-image term
         if not (self.lambda1 or self.lambda2 or self.lambda3):
             raise BenchbaseError(f"smkd(phase={phase}): every loss weight is 0; set lambda1, lambda2 or lambda3")

@@ -481,7 +481,7 @@ def test_released_matching_is_a_product_of_sums_and_differs_from_the_paper():
 ])
 def test_forward_backward_on_tiny_vits(phase, matching, weight):
     student = tiny_student()
-    loss = built_loss(student, phase=phase, patch_matching=matching, patch_weight=weight, mask_prob=1.0)
+    loss = built_loss(student, phase=phase, patch_matching=matching, patch_weight=weight, mask_prob=1.0, lambda3=1.0)
     terms = run_step(loss, student, torch.tensor([0, 0, 1, 1, 1, 2]))
     assert set(terms) == ({"cls", "patch", "mim"} if phase == "supervised" else {"cls", "mim"})
     assert all(v.dim() == 0 and torch.isfinite(v) for v in terms.values())
@@ -493,6 +493,15 @@ def test_forward_backward_on_tiny_vits(phase, matching, weight):
     optimised = {id(p) for group in param_groups([student, loss], 0.05) for p in group["params"]}
     assert not optimised & {id(p) for p in loss.teacher.parameters()}
     assert id(loss.mask_token) in {id(p) for p in param_groups([student, loss], 0.05)[1]["params"]}
+
+
+def test_lambda3_defaults_to_the_papers_phases_mim_in_phase_1_none_in_phase_2():
+    """Phase 2 is the paper's L_cls + L_patch (the released code's --lambda3 0); phase 1 is iBOT."""
+    assert (SMKDLoss(phase="ssl").lambda3, SMKDLoss(phase="supervised").lambda3) == (1.0, 0.0)
+    student = tiny_student()
+    assert set(run_step(built_loss(student), student, torch.tensor([0, 0, 1, 1, 1, 2]))) == {"cls", "patch"}
+    cfg = OmegaConf.load(Path(CONF_DIR) / "method" / "smkd.yaml")
+    assert cfg.params.lambda3 == 0.0 and cfg.stages[0].params.lambda3 == 1.0
 
 
 def test_a_zero_weight_omits_its_term_and_all_zero_is_an_error():
@@ -590,7 +599,7 @@ def test_two_phase_recipe_end_to_end_and_phase_2_starts_from_phase_1(tmp_path):
     last_terms = [set(json.loads(f.read_text().splitlines()[-1])) for f in
                   (stage_dir / "steps.jsonl", Path(record.run_dir) / "steps.jsonl")]
     assert {"cls", "mim"} <= last_terms[0] and "patch" not in last_terms[0]  # phase 1: iBOT
-    assert {"cls", "patch", "mim"} <= last_terms[1]  # phase 2: SMKD
+    assert {"cls", "patch"} <= last_terms[1] and "mim" not in last_terms[1]  # phase 2: SMKD, L_cls + L_patch
 
     # phase 2 without a step: the scored and exported model is phase 1's final EMA teacher backbone
     # (evaluate=teacher), or phase 1's final student (evaluate=student); the stage is not trained again
