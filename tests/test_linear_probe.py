@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+import random
 
+import numpy as np
 import pytest
 import timm
 import torch
 
 from benchbase.components import DataBundle, LabeledImages, Student, Teacher
 from benchbase.errors import BenchbaseError
-from benchbase.evaluation.classification import FineTune, LinearProbe, accuracy_metrics, binomial_ci95
+from benchbase.evaluation.classification import (
+    FineTune, LinearProbe, accuracy_metrics, binomial_ci95, mae_finetune_model, warmup_cosine,
+)
 
 CPU = torch.device("cpu")
 
@@ -104,3 +108,70 @@ def test_finetune_trains_a_copy_and_leaves_the_student_alone():
     state = torch.random.get_rng_state()
     assert finetune.evaluate(teacher, data, CPU)[0].value == metrics[0].value
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_maes_finetune_model_pools_through_a_new_fc_norm_and_ramps_drop_path():
+    model = mae_finetune_model(tiny_model(), num_classes=4, drop_path=0.2)
+    assert model.global_pool == "avg" and isinstance(model.fc_norm, torch.nn.LayerNorm)
+    assert isinstance(model.norm, torch.nn.Identity) and model.head.out_features == 4
+    assert model.head.weight.std() < 1e-4 and torch.equal(model.head.bias, torch.zeros(4))
+    assert isinstance(model.blocks[0].drop_path1, torch.nn.Identity)
+    assert model.blocks[1].drop_path1.drop_prob == pytest.approx(0.2)  # 0 -> 0.2 over the 2 blocks
+    # the pooled feature: the mean of the patch tokens (class token left out) through fc_norm
+    x = torch.randn(3, 1, 16, 16)
+    model.eval()
+    tokens = model.forward_features(x)
+    torch.testing.assert_close(model.forward_head(tokens, pre_logits=True), model.fc_norm(tokens[:, 1:].mean(1)))
+    with pytest.raises(BenchbaseError, match="recipe=mae needs a timm VisionTransformer"):
+        mae_finetune_model(torch.nn.Linear(2, 2), 4, 0.1)
+
+
+def test_layer_decay_groups_scale_each_depth_as_maes_rule():
+    """timm's param_groups_layer_decay, as the MAE recipe calls it: decay^(depth + 1 - layer id), with
+    the patch embedding, class token and position embedding at layer 0 and the head at depth + 1."""
+    from timm.optim import param_groups_layer_decay
+
+    model = mae_finetune_model(tiny_model(), num_classes=4, drop_path=0.1)
+    groups = param_groups_layer_decay(model, 0.05, model.no_weight_decay(), layer_decay=0.5)
+    scale = {name: group["lr_scale"] for group in groups for name, param in model.named_parameters()
+             if any(param is p for p in group["params"])}
+    assert scale["patch_embed.proj.weight"] == scale["cls_token"] == scale["pos_embed"] == pytest.approx(0.125)
+    assert scale["blocks.0.attn.qkv.weight"] == pytest.approx(0.25)
+    assert scale["blocks.1.mlp.fc2.weight"] == pytest.approx(0.5)
+    assert scale["head.weight"] == scale["fc_norm.weight"] == pytest.approx(1.0)
+    decay = {name: group["weight_decay"] for group in groups for name, param in model.named_parameters()
+             if any(param is p for p in group["params"])}
+    assert decay["blocks.0.attn.qkv.weight"] == 0.05 and decay["blocks.0.norm1.weight"] == decay["pos_embed"] == 0.0
+
+
+def test_mixup_targets_are_the_mixed_smoothed_labels():
+    """timm's Mixup as the MAE recipe builds it: batch mode, image = lam x + (1 - lam) x.flip(0), target the
+    same mix of label-smoothed one-hot rows (smoothing 0.1 over 4 classes: 0.925 / 0.025)."""
+    from timm.data import Mixup
+
+    mixing = Mixup(mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.1, num_classes=4)
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    mixed, targets = mixing(x.clone(), y)
+    lam = float(((mixed - x.flip(0)) / (x - x.flip(0))).flatten()[0])
+    smooth = torch.full((4, 4), 0.025) + 0.9 * torch.eye(4)
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x.flip(0))
+    torch.testing.assert_close(targets, lam * smooth[y] + (1 - lam) * smooth[y.flip(0)])
+
+
+def test_finetune_with_maes_recipe_learns_and_names_its_recipe():
+    data = shade_data(classes=4, train=24, test=10)
+    finetune = FineTune(train_split="base_train", test_split="base_test", epochs=10, batch_size=16, lr=5e-2,
+                        recipe="mae", warmup_epochs=1, erasing=0.25)
+    [top1] = finetune.evaluate(Teacher(tiny_model()), data, CPU)
+    assert top1.value > 80  # chance is 25%
+    assert top1.protocol.startswith("fine-tuning, MAE's recipe from timm's parts (all weights, global average pooling")
+    assert "layer decay 0.75" in top1.protocol and "no RandAugment" in top1.protocol
+    random.seed(5)  # timm's augmentations draw from Python's and NumPy's streams: seeded by the evaluator's seed
+    np.random.seed(5)
+    states = random.getstate(), np.random.get_state()[1].copy()
+    assert finetune.evaluate(Teacher(tiny_model()), data, CPU)[0].value == top1.value
+    assert random.getstate() == states[0] and np.array_equal(np.random.get_state()[1], states[1])  # left as found
+    assert warmup_cosine(0, 10, 2, 1.0, 0.0) == 0.0 and warmup_cosine(1, 10, 2, 1.0, 0.0) == 0.5
+    assert warmup_cosine(2, 10, 2, 1.0, 0.0) == 1.0 and warmup_cosine(10, 10, 2, 1.0, 0.1) == pytest.approx(0.1)
+    with pytest.raises(BenchbaseError, match=r"^finetune: recipe='timm'; use plain or mae$"):
+        FineTune(recipe="timm")

@@ -6,15 +6,19 @@ test split, with a binomial 95% interval 1.96·sqrt(p(1-p)/n) over the n test im
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
-from torch import Tensor
+from timm.layers import DropPath
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from benchbase.components import DataBundle, Evaluator, Metric, VitModel
@@ -123,15 +127,68 @@ class LinearProbe(Evaluator):
         return accuracy_metrics(scores, test_y, data.num_classes, protocol)
 
 
+FINETUNE_RECIPES = ("plain", "mae")
+
+
+def mae_finetune_model(model: nn.Module, num_classes: int, drop_path: float) -> nn.Module:
+    """``model`` (a timm ViT, changed in place) as MAE's fine-tuning builds it: global average
+    pooling of the patch tokens through a new ``fc_norm`` (the pre-trained final norm dropped), a
+    new ``num_classes`` head initialised with std 2e-5, and drop path rising linearly over the
+    blocks from 0 to ``drop_path``."""
+    if not hasattr(model, "fc_norm") or not hasattr(model, "blocks"):
+        raise BenchbaseError("finetune recipe=mae needs a timm VisionTransformer (global pooling with fc_norm); "
+                             "use recipe=plain")
+    model.reset_classifier(num_classes, global_pool="avg")
+    model.fc_norm, model.norm = nn.LayerNorm(model.embed_dim), nn.Identity()
+    nn.init.trunc_normal_(model.head.weight, std=2e-5)
+    nn.init.zeros_(model.head.bias)
+    depth = len(model.blocks)
+    for index, block in enumerate(model.blocks):
+        rate = drop_path * index / max(1, depth - 1)
+        block.drop_path1 = block.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
+    return model
+
+
+@contextlib.contextmanager
+def seeded_host_rngs(seed: int) -> Iterator[None]:
+    """Python's and NumPy's global random streams seeded with ``seed`` inside, restored after (timm's
+    Mixup draws from NumPy, its RandomErasing from ``random``)."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def warmup_cosine(step: int, total: int, warmup: int, peak: float, minimum: float) -> float:
+    """MAE's per-iteration learning rate: linear warm-up over ``warmup`` steps, then half-cycle
+    cosine from ``peak`` to ``minimum``."""
+    if step < warmup:
+        return peak * step / warmup
+    return minimum + (peak - minimum) * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
 class FineTune(Evaluator):
     """End-to-end fine-tuning of a copy of the student (TinyMIM's downstream protocol).
 
-    A deep copy of ``student.export()`` (of a teacher's plain model) gets a fresh classifier head
-    for ``data.num_classes`` (timm's ``reset_classifier``) and is trained with cross-entropy and AdamW (``lr``,
-    ``weight_decay``, cosine learning-rate decay to 0 over all steps) for ``epochs`` epochs on the
-    train split with shuffled mini-batches of ``batch_size``; top-1 (and top-5) are measured on
-    the test split. The student itself is left untouched; ``seed`` fixes the head's
-    initialisation, the batch order and dropout without changing the global random state.
+    A deep copy of ``student.export()`` (of a teacher's plain model) is trained on the train split
+    and scored by top-1 (and top-5) on the test split. The student itself is left untouched;
+    ``seed`` fixes the head's initialisation, the batch order, augmentation and dropout without
+    changing the global random state.
+
+    ``recipe="plain"``: a fresh head (timm's ``reset_classifier``), cross-entropy, AdamW (``lr``,
+    ``weight_decay``), cosine decay to 0 over all steps, ``epochs`` epochs of shuffled batches.
+
+    ``recipe="mae"``: MAE's (and TinyMIM's) fine-tuning, built from timm's parts: global average
+    pooling with ``fc_norm`` (:func:`mae_finetune_model`), drop path ``drop_path``, layer-wise lr
+    decay ``layer_decay`` (``timm.optim.param_groups_layer_decay``), lr = ``lr`` x batch / 256 (``lr``
+    is MAE's base lr), ``warmup_epochs`` of linear warm-up then cosine to ``min_lr`` per step,
+    ``timm.data.Mixup`` (``mixup``, ``cutmix``, label smoothing ``smoothing``) with soft-target
+    cross-entropy, and timm's ``RandomErasing`` (``erasing``, per-pixel normal noise). MAE's
+    RandAugment is not applied: it needs the raw pixels, and the splits hold normalised images.
     """
 
     name = "finetune"
@@ -146,7 +203,18 @@ class FineTune(Evaluator):
         weight_decay: float = 0.05,
         batch_size: int = 64,
         seed: int = 0,
+        recipe: str = "plain",
+        layer_decay: float = 0.75,
+        drop_path: float = 0.1,
+        mixup: float = 0.8,
+        cutmix: float = 1.0,
+        smoothing: float = 0.1,
+        erasing: float = 0.25,
+        warmup_epochs: float = 5.0,
+        min_lr: float = 1e-6,
     ):
+        if recipe not in FINETUNE_RECIPES:
+            raise BenchbaseError(f"finetune: recipe={recipe!r}; use {' or '.join(FINETUNE_RECIPES)}")
         self.train_split = train_split
         self.test_split = test_split
         self.epochs = epochs
@@ -154,44 +222,93 @@ class FineTune(Evaluator):
         self.weight_decay = weight_decay
         self.batch_size = batch_size
         self.seed = seed
+        self.recipe = recipe
+        self.layer_decay, self.drop_path, self.mixup, self.cutmix = layer_decay, drop_path, mixup, cutmix
+        self.smoothing, self.erasing, self.warmup_epochs, self.min_lr = smoothing, erasing, warmup_epochs, min_lr
 
     def evaluate(self, student: VitModel, data: DataBundle, device: torch.device) -> list[Metric]:
         train_set, test_set = data.split(self.train_split), data.split(self.test_split)
         devices = []  # CUDA devices whose random state is forked along with the CPU's
         if device.type == "cuda":
             devices.append(torch.cuda.current_device() if device.index is None else device.index)
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), seeded_host_rngs(self.seed):
             torch.manual_seed(self.seed)
             model = copy.deepcopy(student.export())
-            model.reset_classifier(data.num_classes)
             model.requires_grad_(True)  # a teacher's exported weights come frozen
-            model.to(device).train()
-            loader = DataLoader(
-                train_set,
-                batch_size=self.batch_size,
-                shuffle=True,
-                generator=torch.Generator().manual_seed(self.seed),
-            )
-            optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-            steps = max(1, self.epochs * len(loader))
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-            for _ in range(self.epochs):
-                for images, targets in loader:
-                    loss = F.cross_entropy(model(images.to(device)), targets.to(device))
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
+            train = self._train_mae if self.recipe == "mae" else self._train_plain
+            train(model, train_set, data.num_classes, device)
             model.eval()
             scores, labels = [], []
             with torch.inference_mode():
                 for images, targets in DataLoader(test_set, batch_size=self.batch_size, shuffle=False):
                     scores.append(model(images.to(device)).float().cpu())
                     labels.append(torch.as_tensor(targets, dtype=torch.long))
-        protocol = (
-            f"fine-tuning (all weights, new {data.num_classes}-class head; AdamW lr {self.lr:g}, weight decay "
-            f"{self.weight_decay:g}, cosine decay, batch {self.batch_size}, {self.epochs} epochs, "
-            f"seed {self.seed}), "
-            f"train split {self.train_split} (n={len(train_set)}), test split {self.test_split}"
-        )
+        protocol = f"{self._describe(data.num_classes)}, train split {self.train_split} (n={len(train_set)}), " \
+                   f"test split {self.test_split}"
         return accuracy_metrics(torch.cat(scores), torch.cat(labels), data.num_classes, protocol)
+
+    def _loader(self, train_set, drop_last: bool) -> DataLoader:
+        return DataLoader(train_set, batch_size=self.batch_size, shuffle=True, drop_last=drop_last,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+    def _train_plain(self, model: nn.Module, train_set, num_classes: int, device: torch.device) -> None:
+        model.reset_classifier(num_classes)
+        model.to(device).train()
+        loader = self._loader(train_set, drop_last=False)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.epochs * len(loader)))
+        for _ in range(self.epochs):
+            for images, targets in loader:
+                loss = F.cross_entropy(model(images.to(device)), targets.to(device))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+
+    def _train_mae(self, model: nn.Module, train_set, num_classes: int, device: torch.device) -> None:
+        from timm.data import Mixup
+        from timm.data.random_erasing import RandomErasing
+        from timm.loss import SoftTargetCrossEntropy
+        from timm.optim import param_groups_layer_decay
+
+        mae_finetune_model(model, num_classes, self.drop_path).to(device).train()
+        groups = param_groups_layer_decay(model, self.weight_decay, model.no_weight_decay(),
+                                          layer_decay=self.layer_decay)
+        batch = min(self.batch_size, len(train_set))
+        peak = self.lr * batch / 256
+        optimizer = torch.optim.AdamW(groups, lr=peak)
+        loader = self._loader(train_set, drop_last=True)  # Mixup pairs each batch with its reverse: even, full
+        total, warmup = max(1, self.epochs * len(loader)), int(round(self.warmup_epochs * len(loader)))
+        mixing = Mixup(mixup_alpha=self.mixup, cutmix_alpha=self.cutmix, label_smoothing=self.smoothing,
+                       num_classes=num_classes) if self.mixup > 0 or self.cutmix > 0 else None
+        erase = RandomErasing(self.erasing, mode="pixel", device=str(device)) if self.erasing > 0 else None
+        soft = SoftTargetCrossEntropy()
+        step = 0
+        for _ in range(self.epochs):
+            for images, targets in loader:
+                for group in optimizer.param_groups:
+                    group["lr"] = warmup_cosine(step, total, warmup, peak, self.min_lr) * group.get("lr_scale", 1.0)
+                images, targets = images.to(device), targets.to(device)
+                if erase is not None:
+                    images = erase(images.clone())
+                if mixing is not None and images.shape[0] % 2 == 0:
+                    images, soft_targets = mixing(images, targets)
+                    loss = soft(model(images), soft_targets)
+                else:
+                    loss = F.cross_entropy(model(images), targets, label_smoothing=self.smoothing)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+
+    def _describe(self, num_classes: int) -> str:
+        if self.recipe == "plain":
+            return (f"fine-tuning (all weights, new {num_classes}-class head; AdamW lr {self.lr:g}, weight decay "
+                    f"{self.weight_decay:g}, cosine decay, batch {self.batch_size}, {self.epochs} epochs, "
+                    f"seed {self.seed})")
+        return (f"fine-tuning, MAE's recipe from timm's parts (all weights, global average pooling with a new "
+                f"fc_norm, new {num_classes}-class head; AdamW base lr {self.lr:g} x batch / 256, layer decay "
+                f"{self.layer_decay:g}, weight decay {self.weight_decay:g}, {self.warmup_epochs:g} warm-up epochs then "
+                f"cosine to {self.min_lr:g}, drop path {self.drop_path:g}, mixup {self.mixup:g} / cutmix "
+                f"{self.cutmix:g}, label smoothing {self.smoothing:g}, random erasing {self.erasing:g}, no "
+                f"RandAugment; batch {self.batch_size}, {self.epochs} epochs, seed {self.seed})")
