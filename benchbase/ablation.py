@@ -147,11 +147,10 @@ def run_ablation(bb: Benchbase, name: str, overrides: Sequence[str] = (), force:
             echo(f"  [floor] {floor} seed {seed}: {describe_status(run)}")
             records.append(_annotated(run, spec, index - len(base.cfg.suite.floors)))
     for index, (variant, (ctx, method)) in enumerate(zip(spec.variants, contexts)):
-        teacher = suite_teacher(ctx)
         if variant.role == "teacher":
-            runs = [run_teacher_row(ctx, teacher)]
+            runs = [run_teacher_row(ctx, suite_teacher(ctx))]
         else:
-            runs = [run_method(ctx, variant.role, method, seed, teacher) for seed in ctx.cfg.suite.seeds]
+            runs = [run_method(ctx, variant.role, method, seed) for seed in ctx.cfg.suite.seeds]
         cells = ", ".join(f"{k}={v}" for k, v in variant.values.items())
         for run in runs:
             echo(f"  [{index + 1}/{len(spec.variants)}] {cells} seed {run.seed}: {describe_status(run)}")

@@ -30,6 +30,7 @@ class TrainerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_epochs: float = 1.0
     clip_grad: Optional[float] = 3.0
+    lr_scaling: str = "none"  # none: lr as given; linear: lr is the base lr at batch 256 (lr x batch / 256, MAE's rule)
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0
@@ -39,11 +40,33 @@ class TrainerConfig:
     compile_backend: str = "inductor"  # torch.compile backend (aot_eager: a quick check without codegen)
 
 
+LATER_TRAINER_DEFAULTS = {"lr_scaling": "none"}
+"""Trainer keys added after runs were stored, with the value they had then: left out of run hashes
+and recipe keys at that value, so stored runs and cached teachers keep their names."""
+
 RUN_ONLY_TRAINER_KEYS = ("progress", "device", "num_workers", "compile", "compile_mode", "compile_backend")
 """Trainer keys that change how a run executes but not what it computes (left out of run hashes).
 
 ``compile*`` belong here for the reason ``device`` does: a compiled block computes the same
 function, and only the order of float operations (kernel fusion) differs."""
+
+
+def trainer_identity(trainer: dict[str, Any], leave_out: Sequence[str] = ()) -> dict[str, Any]:
+    """The trainer settings as run hashes and cache keys name them: without the run-only keys,
+    ``leave_out``, and the :data:`LATER_TRAINER_DEFAULTS` at their defaults."""
+    def at_former_default(key: str, value: Any) -> bool:
+        return key in LATER_TRAINER_DEFAULTS and value == LATER_TRAINER_DEFAULTS[key]
+
+    return {k: v for k, v in trainer.items()
+            if k not in (*RUN_ONLY_TRAINER_KEYS, *leave_out) and not at_former_default(k, v)}
+
+
+def suite_setting(config: dict, group: str) -> dict:
+    """The suite's ``trainer`` or ``student`` settings in a resolved run ``config`` (a plain dict):
+    the run's own, with the values its method's protocol replaced put back (``method.suite_values``,
+    see :func:`benchbase.methods.with_protocol`)."""
+    replaced = ((config.get("method") or {}).get("suite_values") or {}).get(group) or {}
+    return {**(config.get(group) or {}), **replaced}
 
 
 @dataclass
@@ -101,6 +124,8 @@ class StageConfig:
     params: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
     student: dict[str, Any] = field(default_factory=dict)
+    # set by benchbase.methods.with_protocol: the suite's trainer/student values the protocol replaced
+    suite_values: dict[str, Any] = field(default_factory=dict)
     then: str = "continue"
 
 
@@ -111,6 +136,15 @@ class MethodConfig:
     name: str = MISSING
     params: dict[str, Any] = field(default_factory=dict)
     stages: list[StageConfig] = field(default_factory=list)
+    # which weights of a recipe teacher teach it: finetune (the whole recipe) or pretrain (after the
+    # recipe's pre-training stage only, e.g. TinyMIM's MAE-pretrained teacher); see benchbase.teachers
+    teacher_stage: str = "finetune"
+    # the paper's trainer and student settings, over the suite's for this method's runs (e.g. MAE's
+    # AdamW betas 0.9/0.95 and no clipping); a suite that cannot keep one names it in suite.deviations
+    trainer: dict[str, Any] = field(default_factory=dict)
+    student: dict[str, Any] = field(default_factory=dict)
+    # set by benchbase.methods.with_protocol: the suite's trainer/student values the protocol replaced
+    suite_values: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -139,6 +173,9 @@ class SuiteConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     references: list[str] = field(default_factory=lambda: ["supervised"])  # reference rows (from scratch)
     floors: list[str] = field(default_factory=lambda: ["pixels", "random_init"])  # benchbase.floors.FLOORS
+    # per method name, what this suite changes of the method's own protocol to fit its machine
+    # ({params, trainer, student, teacher_stage}, merged over method/<name>.yaml), printed on the table
+    deviations: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -82,6 +82,18 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+LR_SCALINGS = ("none", "linear")
+
+
+def peak_lr(cfg: Any, batch_size: int) -> float:
+    """The peak learning rate of trainer ``cfg`` at global batch ``batch_size``: ``cfg.lr``, or
+    with ``lr_scaling=linear`` the base lr scaled as MAE does, ``cfg.lr x batch_size / 256``."""
+    scaling = cfg.get("lr_scaling", "none")
+    if scaling not in LR_SCALINGS:
+        raise BenchbaseError(f"trainer.lr_scaling={scaling!r}; use {' or '.join(LR_SCALINGS)}")
+    return cfg["lr"] * batch_size / 256 if scaling == "linear" else cfg["lr"]
+
+
 def lr_at(step: int, total: int, warmup: int, base: float, minimum: float) -> float:
     """Linear warm-up for ``warmup`` steps, then half-cycle cosine from ``base`` to ``minimum``."""
     if step < warmup:
@@ -236,9 +248,8 @@ def train(
     loss.to(device)
     if teacher is not None:
         teacher.to(device)
-    optimizer = torch.optim.AdamW(
-        param_groups([student, loss], cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas)
-    )
+    lr = peak_lr(cfg, min(cfg.batch_size, len(dataset)))
+    optimizer = torch.optim.AdamW(param_groups([student, loss], cfg.weight_decay), lr=lr, betas=tuple(cfg.betas))
     steps_per_epoch = len(dataset) // min(cfg.batch_size, len(dataset))
     total = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -276,7 +287,7 @@ def train(
             for batch, (images, labels) in enumerate(_epoch_batches(dataset, cfg, seed, epoch, device, skip), skip):
                 try:
                     terms_f, stopping = train_step(step_module, teacher, loss, optimizer, images, labels, device, amp, cfg,
-                                              step, lr_at(step, total, warmup, cfg.lr, cfg.min_lr), stop_signals)
+                                              step, lr_at(step, total, warmup, lr, cfg.min_lr), stop_signals)
                 except MethodFailed:
                     raise
                 except Exception as exc:

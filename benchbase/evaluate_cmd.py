@@ -36,7 +36,7 @@ from benchbase.models_from import PIXELS, ModelSpec, architecture_node, build_mo
 from benchbase.plugin_manager import Benchbase
 from benchbase.results import ResultsDB, RunRecord
 from benchbase.provenance import code_versions, suite_components
-from benchbase.suite import SuiteContext, _record, _stored, check_tasks, evaluate_task, suite_context
+from benchbase.suite import SuiteContext, _record, _stored, check_tasks, evaluate_task, suite_context, teacher_name
 
 MODEL_OPTION = "_eval_model"
 """The ``student`` and ``suite`` options holding a model's own defaults (ConfigStore)."""
@@ -145,7 +145,8 @@ def _evaluated(ctx: SuiteContext, spec: ModelSpec, model_for: Callable[[DataBund
                for metric in evaluate_task(ctx, name, task, model_for(ctx.dataset(task.dataset)), seed, untrained)]
     record = _record(ctx, ctx.cfg, "eval", label, seed, h, made, status="done", metrics=metrics,
                      wall_time=time.perf_counter() - started)
-    return dataclasses.replace(record, teacher=record.teacher if spec.run is not None else "",
+    # a stored run's teacher as its own record names it (which of a recipe's stages taught it)
+    return dataclasses.replace(record, teacher=teacher_name(spec.run) if spec.run is not None else "",
                                config={**record.config, "provenance": spec.provenance(), "row": row})
 
 

@@ -32,7 +32,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchbase.components import Metric, mean_ci95
-from benchbase.config import RUN_ONLY_TRAINER_KEYS
+from benchbase.config import suite_setting, trainer_identity
 from benchbase.errors import BenchbaseError
 from benchbase.eval_rows import ROLE as EVAL_ROLE
 from benchbase.eval_rows import shown_eval_rows
@@ -140,9 +140,9 @@ def setting_key(record: RunRecord) -> str:
     suite's name (a run reused from another suite's record, e.g. an ablation's, belongs here too).
     """
     cfg = record.config
-    trainer = {k: v for k, v in (cfg.get("trainer") or {}).items() if k not in RUN_ONLY_TRAINER_KEYS}
+    trainer, student = suite_setting(cfg, "trainer"), suite_setting(cfg, "student")
     suite = {k: v for k, v in (cfg.get("suite") or {}).items() if k in ("distill", "tasks")}
-    blob = json.dumps([suite, cfg.get("data"), cfg.get("student"), cfg.get("teacher"), trainer],
+    blob = json.dumps([suite, cfg.get("data"), student, cfg.get("teacher"), trainer_identity(trainer)],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -359,6 +359,19 @@ def _distinct(values: Iterable[object]) -> str:
     return ", ".join(found) if found else "unknown"
 
 
+def _teachers(records: Sequence[RunRecord]) -> str:
+    """The teacher of the records; where rows have different teachers (e.g. a recipe teacher's
+    pre-trained weights for TinyMIM), each with the rows that use it."""
+    users: dict[str, dict[str, None]] = {}
+    for record in records:
+        if record.teacher and record.role not in ("floor", "reference"):
+            users.setdefault(record.teacher, {})[record.method] = None
+    methods = [m for names in users.values() for m in names]
+    if len(users) < 2 or len(methods) != len(set(methods)):  # one teacher, or rows of a method differ (stages)
+        return _distinct(r.teacher for r in records)
+    return "; ".join(f"{teacher} ({', '.join(methods)})" for teacher, methods in sorted(users.items()))
+
+
 def _epochs(record: RunRecord) -> object:
     """The run's epochs; with method stages, each stage's and the final run's (``20+10``)."""
     trainer = record.config.get("trainer")
@@ -404,8 +417,9 @@ def markdown_page(head: Sequence[str], records: Sequence[RunRecord], df: pd.Data
         lines += [f"- `{column}`: {protocol}" for column, protocol in df.attrs["protocols"].items()]
         lines.append("")
     lines += read_points(records)
+    lines += method_protocols(records)
     lines.append(f"- Dataset: {_distinct(r.dataset for r in records)}")
-    lines.append(f"- Teacher: {_distinct(r.teacher for r in records)}")
+    lines.append(f"- Teacher: {_teachers(records)}")
     lines.append(f"- Student: {_distinct(r.student for r in records)}")
     epochs = [e for e in map(_epochs, records) if e is not None]
     if epochs:
@@ -433,6 +447,41 @@ def read_points(records: Sequence[RunRecord]) -> list[str]:
         return []
     return ["Read points (frozen-feature columns):",
             *(f"- `{method}`: {'; '.join(points)}" for method, points in found.items()), ""]
+
+
+def method_protocols(records: Sequence[RunRecord]) -> list[str]:
+    """Page lines naming what each method's protocol sets over the suite's trainer and student
+    (``method.trainer`` / ``method.student``) and what the suite changed of that protocol
+    (``suite.deviations``); none when no row has either."""
+    settings: dict[str, str] = {}
+    deviations: dict[str, str] = {}
+    for record in records:
+        method = record.config.get("method") or {}
+        changed = [f"{group}.{k}={v}" for group in ("trainer", "student") for k, v in (method.get(group) or {}).items()]
+        if changed:
+            settings[record.method] = ", ".join(changed)
+        deviation = ((record.config.get("suite") or {}).get("deviations") or {}).get(record.method)
+        if deviation:
+            deviations[record.method] = ", ".join(f"{k}={v}" for k, v in _flat(deviation))
+    lines = []
+    if settings:
+        lines += ["Method protocols (each method's own settings over the suite's trainer and student):",
+                  *(f"- `{method}`: {text}" for method, text in sorted(settings.items())), ""]
+    if deviations:
+        lines += ["Suite deviations from the methods' protocols (`suite.deviations`, to fit the machine):",
+                  *(f"- `{method}`: {text}" for method, text in sorted(deviations.items())), ""]
+    return lines
+
+
+def _flat(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """``{"trainer": {"lr": 1}}`` -> ``[("trainer.lr", 1)]``."""
+    items: list[tuple[str, object]] = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            items += _flat(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
 
 
 def floor_summary(df: pd.DataFrame) -> list[str]:

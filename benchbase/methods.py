@@ -17,10 +17,10 @@ import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from benchbase.components import DataBundle, Method
-from benchbase.config import RUN_ONLY_TRAINER_KEYS, compose_config, config_hash
+from benchbase.config import compose_config, config_hash, suite_setting, trainer_identity
 from benchbase.errors import BenchbaseError
 from benchbase.provenance import code_versions
 
@@ -36,6 +36,16 @@ DATA_ARGS = ("num_classes", "ignore_index")
 
 RECIPE_TRAINER_KEYS = ("lr", "batch_size", "epochs")
 """Trainer keys the recipe sets itself (``teacher.recipe.*``); the others come from ``trainer``."""
+
+PROTOCOL_GROUPS = ("trainer", "student")
+"""The groups a method's config may set for its runs (``method.trainer``, ``method.student``)."""
+
+RECIPE_LEAVES_OUT = (*RECIPE_TRAINER_KEYS, "lr_scaling")
+"""Keys of a pre-training method's ``method.trainer`` the teacher recipe does not take: it sets its
+own absolute lr, batch size and epochs (``teacher.recipe.*``)."""
+
+TEACHER_STAGES = ("finetune", "pretrain")
+"""Values of ``method.teacher_stage``: the recipe stage whose weights teach the method."""
 
 
 def without_method_overrides(overrides: Sequence[str]) -> list[str]:
@@ -73,7 +83,7 @@ class Methods:
                 if "method.params." not in str(exc):
                     raise
                 raise BenchbaseError(f"{exc} (valid keys for {name}: {', '.join(init_keys(cls))})") from None
-            self._configs[(name, role)] = cfg
+            self._configs[(name, role)] = with_protocol(cfg)
         return copy.deepcopy(self._configs[(name, role)])
 
     def params(self, cfg: DictConfig, name: str | None = None) -> dict[str, Any]:
@@ -107,13 +117,19 @@ class Methods:
                 skipped.append((name, needed))
         return keep, skipped
 
-    def recipe_plan(self, recipe: Any, data: DataBundle) -> list[tuple[str, str, dict, int]]:
-        """(stage, method name, params, epochs) of the teacher recipe: the pre-training method
-        (unless ``none``), then fine-tuning."""
+    def recipe_trainer(self, name: str) -> dict[str, Any]:
+        """The trainer settings of pre-training method ``name``'s protocol that the teacher recipe
+        takes (``method.trainer`` less :data:`RECIPE_LEAVES_OUT`), e.g. MAE's betas and clipping."""
+        protocol = OmegaConf.to_container(self.config(name, "recipe").method.trainer, resolve=True)
+        return {k: v for k, v in protocol.items() if k not in RECIPE_LEAVES_OUT}
+
+    def recipe_plan(self, recipe: Any, data: DataBundle) -> list[tuple[str, str, dict, int, dict]]:
+        """(stage, method name, params, epochs, trainer settings) of the teacher recipe: the
+        pre-training method (unless ``none``) with its protocol's trainer settings, then fine-tuning."""
         stages = []
-        if recipe.pretrain_method != "none" and recipe.pretrain_epochs > 0:
+        if has_pretraining(recipe):
             name = recipe.pretrain_method
-            stages.append(("pretrain", name, self.recipe_params(name), recipe.pretrain_epochs))
+            stages.append(("pretrain", name, self.recipe_params(name), recipe.pretrain_epochs, self.recipe_trainer(name)))
         if recipe.finetune_method == "supervised":
             finetune: dict = {}
         elif recipe.finetune_method == "supervised_segmentation":
@@ -123,7 +139,7 @@ class Methods:
             raise BenchbaseError(
                 f"teacher.recipe.finetune_method={recipe.finetune_method!r}; use supervised or supervised_segmentation"
             )
-        stages.append(("finetune", recipe.finetune_method, finetune, recipe.finetune_epochs))
+        stages.append(("finetune", recipe.finetune_method, finetune, recipe.finetune_epochs, {}))
         return stages
 
     def recipe_key(self, cfg: Any, data: DataBundle) -> str:
@@ -133,16 +149,73 @@ class Methods:
         included; not the run-only ones), each recipe stage's method with the params it is built
         with (``method/<pretrain_method>.yaml``'s, e.g. MAE's mask ratio, decoder and ``norm_pix``),
         and the code of those methods, of the teacher builder and of the distillation dataset."""
-        trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+        trainer = suite_setting(OmegaConf.to_container(cfg, resolve=True), "trainer")
         stages = self.recipe_plan(cfg.teacher.recipe, data)
-        components = [(KIND, name) for _, name, _, _ in stages]
+        components = [(KIND, name) for _, name, *_ in stages]
         components += [("teachers", cfg.teacher.arch), ("datasets", cfg.suite.distill.dataset)]
         return config_hash({
             "recipe": recipe_identity(cfg),
-            "trainer": {k: v for k, v in trainer.items() if k not in (*RUN_ONLY_TRAINER_KEYS, *RECIPE_TRAINER_KEYS)},
-            "stages": [[stage, name, params, epochs] for stage, name, params, epochs in stages],
+            "trainer": trainer_identity(trainer, RECIPE_TRAINER_KEYS),
+            # a stage's trainer settings only where it has some: recipes without them keep their keys
+            "stages": [[stage, name, params, epochs, *([trainer] if trainer else [])]
+                       for stage, name, params, epochs, trainer in stages],
             "code": code_versions(self.bb, components),
         })
+
+
+def with_protocol(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with its method's protocol applied: the suite's deviations for the method
+    (``suite.deviations.<name>``) merged over ``method``, then ``method.trainer`` and
+    ``method.student`` over the suite's ``trainer`` and ``student``; the suite's values they replace
+    are kept in ``method.suite_values`` (tables group runs by the suite's setting). Unknown keys
+    are one-line errors."""
+    name = cfg.method.name
+    deviation = cfg.suite.deviations.get(name)
+    if deviation:
+        try:
+            cfg.method = OmegaConf.merge(cfg.method, deviation)
+        except Exception as exc:
+            raise BenchbaseError(f"suite.deviations.{name}: {str(exc).splitlines()[0]}; its keys are those of a "
+                                 "method config (params, trainer, student, teacher_stage)") from None
+    replaced: dict[str, Any] = {}
+    for group in PROTOCOL_GROUPS:
+        changes = OmegaConf.to_container(cfg.method[group], resolve=True)
+        if not changes:
+            continue
+        unknown = [k for k in changes if k not in cfg[group]]
+        if unknown:
+            raise BenchbaseError(f"method.{group}.{unknown[0]} ({name}): {group} has no key {unknown[0]!r}; "
+                                 f"method.{group} takes the keys of the {group} group")
+        replaced[group] = {k: OmegaConf.to_container(cfg[group], resolve=True)[k] for k in changes}
+        with open_dict(cfg[group]):  # new keys inside a free-form dict (student.params) are the protocol's to add
+            cfg[group] = OmegaConf.merge(cfg[group], changes)
+    cfg.method.suite_values = replaced
+    return cfg
+
+
+def has_pretraining(recipe: Any) -> bool:
+    """Whether teacher recipe ``recipe`` has a pre-training stage."""
+    return recipe.pretrain_method != "none" and recipe.pretrain_epochs > 0
+
+
+def asked_teacher_stage(cfg: Any) -> str:
+    """``method.teacher_stage`` of run config ``cfg`` (``finetune`` without a method); an unknown
+    value is a one-line error."""
+    method = cfg.get("method")
+    asked = method.get("teacher_stage", "finetune") if method is not None else "finetune"
+    if asked not in TEACHER_STAGES:
+        raise BenchbaseError(f"method.teacher_stage={asked!r}; use {' or '.join(TEACHER_STAGES)}")
+    return asked
+
+
+def teacher_stage(cfg: Any) -> str | None:
+    """The recipe stage whose weights teach a run of ``cfg``: ``method.teacher_stage`` when the
+    suite's recipe has that stage, else ``finetune`` (the whole recipe); None for a teacher no
+    recipe trains (a checkpoint or timm teacher teaches as it is given)."""
+    asked = asked_teacher_stage(cfg)
+    if cfg.teacher.source != "recipe":
+        return None
+    return "pretrain" if asked == "pretrain" and has_pretraining(cfg.teacher.recipe) else "finetune"
 
 
 def checked_params(cfg: DictConfig, cls: type) -> dict[str, Any]:
@@ -186,7 +259,7 @@ def run_identity(cfg: DictConfig, role: str, name: str, params: dict, seed: int,
         "seed": seed,
         "student": container["student"],
         "teacher": teacher_identity(cfg, container["teacher"]),
-        "trainer": {k: v for k, v in container["trainer"].items() if k not in RUN_ONLY_TRAINER_KEYS},
+        "trainer": trainer_identity(container["trainer"]),
         "suite": {k: container["suite"][k] for k in ("distill", "tasks")},
         "data": {k: v for k, v in container["data"].items() if k in datasets},
     }
@@ -194,11 +267,14 @@ def run_identity(cfg: DictConfig, role: str, name: str, params: dict, seed: int,
 
 def teacher_identity(cfg: DictConfig, teacher: dict[str, Any]) -> Any:
     """The teacher as a run's hash names it: its config, or for a recipe teacher the recipe's
-    identity and, when set, ``distill_drop_path`` (left out at 0, so those runs keep their hashes)."""
+    identity and, when set, ``distill_drop_path`` and a teacher stage other than ``finetune`` (left
+    out at their defaults, so those runs keep their hashes)."""
     if cfg.teacher.source != "recipe":
         return teacher
     rate = teacher.get("distill_drop_path")
-    return {"recipe": recipe_identity(cfg), "distill_drop_path": rate} if rate else recipe_identity(cfg)
+    named = {"recipe": recipe_identity(cfg), "distill_drop_path": rate} if rate else recipe_identity(cfg)
+    stage = teacher_stage(cfg)
+    return named if stage == "finetune" else {"teacher": named, "stage": stage}
 
 
 def recipe_identity(cfg: Any) -> str:
@@ -211,9 +287,11 @@ def recipe_identity(cfg: Any) -> str:
     the teacher itself."""
     teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
     teacher.pop("distill_drop_path", None)
+    # the recipe's trainer, not a method's protocol (kept a DictConfig: its lists hash as they always did)
+    trainer = OmegaConf.merge(cfg.trainer, (cfg.get("method") or {}).get("suite_values", {}).get("trainer", {}))
     return config_hash({
         "teacher": teacher,
         "distill": OmegaConf.to_container(cfg.suite.distill, resolve=True),
         "data": OmegaConf.to_container(cfg.data.get(cfg.suite.distill.dataset, {}), resolve=True),
-        "trainer": {k: cfg.trainer[k] for k in ("min_lr", "weight_decay", "betas", "warmup_epochs", "clip_grad")},
+        "trainer": {k: trainer[k] for k in ("min_lr", "weight_decay", "betas", "warmup_epochs", "clip_grad")},
     })

@@ -26,13 +26,42 @@ def build_vit(cfg: Any, data: DataBundle, pretrained: bool = False) -> nn.Module
     """A timm ``VisionTransformer`` for ``data``'s images, sized by ``cfg`` (a ModelConfig)."""
     sizes = {key: cfg[key] for key in _SIZE_KEYS if cfg.get(key) is not None}
     sizes.update(cfg.get("params") or {})
+    fixed = sizes.get("pos_embed") == "sincos"  # MAE's and TinyMIM's fixed table; timm's own options pass through
+    if fixed:
+        sizes["pos_embed"] = "learn"
     schedule = cfg.get("drop_path_schedule", "linear")
     if schedule not in DROP_PATH_SCHEDULES:
         raise BenchbaseError(f"drop_path_schedule={schedule!r}; use one of {', '.join(DROP_PATH_SCHEDULES)}")
     model = _create(cfg, data, pretrained, sizes)
+    if fixed:
+        grid = model.patch_embed.grid_size
+        table = sincos_pos_embed(model.embed_dim, grid[0], grid[1])
+        prefix = model.pos_embed.shape[1] - grid[0] * grid[1]  # 1 for the class token, 0 with no_embed_class
+        model.pos_embed.data.copy_(torch.cat([torch.zeros(prefix, model.embed_dim), table])[None])
+        model.pos_embed.requires_grad_(False)
     if schedule == "constant":
         set_drop_path(model, cfg.get("drop_path", 0.0))
     return model
+
+
+def sincos_pos_embed(dim: int, height: int, width: int) -> torch.Tensor:
+    """MAE's fixed 2-D sine-cosine position table [height * width, dim], row-major over the grid.
+
+    The first ``dim / 2`` channels encode the column and the last ``dim / 2`` the row (MAE's
+    ``get_2d_sincos_pos_embed`` meshes the width first); each half is ``[sin(p w_i), cos(p w_i)]``
+    with ``w_i = 10000^(-i / (dim / 4))``, ``i < dim / 4``. The class token's entry is zero.
+    """
+    if dim % 4:
+        raise BenchbaseError(f"a sin-cos position embedding needs a width divisible by 4; got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+
+    def encode(positions: torch.Tensor) -> torch.Tensor:  # [P] -> [P, dim / 2]
+        angles = positions[:, None] * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
+                                indexing="ij")
+    return torch.cat([encode(cols.flatten()), encode(rows.flatten())], dim=1).float()
 
 
 DROP_PATH_SCHEDULES = ("linear", "constant")

@@ -34,7 +34,7 @@ from benchbase import __version__, distributed
 from benchbase.components import DataBundle, Metric, Teacher, VitModel
 from benchbase.config import DatasetConfig, compose_config, config_hash
 from benchbase.cost import cost_metrics
-from benchbase.engine import CHECKPOINT, resolve_device, train
+from benchbase.engine import CHECKPOINT, peak_lr, resolve_device, train
 from benchbase.errors import BenchbaseError, MethodFailed, NotApplicable
 from benchbase.floors import FLOORS, PixelModel
 from benchbase.leaderboard import (
@@ -47,7 +47,7 @@ from benchbase.leaderboard import (
     write_local,
 )
 from benchbase.loggers import RunInfo, RunLoggers
-from benchbase.methods import KIND, Methods, run_identity, without_method_overrides
+from benchbase.methods import KIND, Methods, asked_teacher_stage, run_identity, teacher_stage, without_method_overrides
 from benchbase.models import save_weights
 from benchbase.plugin_manager import Benchbase
 from benchbase.provenance import TEACHER, changed, code_summary, code_versions, suite_components
@@ -74,7 +74,7 @@ class SuiteContext:
     echo: Callable[[str], Any] = print
     methods: Methods = field(init=False)
     """The registered methods as this suite's overrides configure them."""
-    _teacher_source: str | None = field(default=None, init=False, repr=False)
+    _teachers: dict[str | None, Teacher] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.methods = Methods(self.bb, self.overrides)
@@ -87,12 +87,17 @@ class SuiteContext:
             self.datasets[key] = self.bb.registry.get("datasets", name)(dcfg)
         return self.datasets[key]
 
-    def teacher_source(self) -> str:
-        """Where the suite's teacher weights come from (for a recipe teacher, its cache key); found once."""
-        if self._teacher_source is None:
+    def teacher_source(self, stage: str | None = "finetune") -> str:
+        """Where the suite's teacher weights come from (for a recipe teacher, its cache key and
+        ``stage``, see :func:`benchbase.methods.teacher_stage`)."""
+        return teacher_source(self.methods, self.cfg, self.dataset(self.cfg.suite.distill.dataset), stage)
+
+    def teacher(self, stage: str | None = "finetune") -> Teacher:
+        """The suite's frozen teacher (a recipe teacher's weights after ``stage``), loaded once."""
+        if stage not in self._teachers:
             data = self.dataset(self.cfg.suite.distill.dataset)
-            self._teacher_source = teacher_source(self.methods, self.cfg, data)
-        return self._teacher_source
+            self._teachers[stage] = load_teacher(self.methods, self.cfg, data, self.home, stage)
+        return self._teachers[stage]
 
 
 def _git_revision() -> str:
@@ -158,7 +163,7 @@ def _record(ctx: SuiteContext, cfg: DictConfig, role: str, method: str, seed: in
     versions.update({f"plugin:{k}": v for k, v in ctx.bb.plugin_versions().items()})
     versions.update(made)
     return RunRecord(
-        config_hash=h, suite=cfg.suite.name, method=method, teacher=_teacher_name(cfg),
+        config_hash=h, suite=cfg.suite.name, method=method, teacher=teacher_name(cfg),
         student=_model_name(cfg.student), dataset=cfg.suite.distill.dataset, seed=seed,
         config=OmegaConf.to_container(cfg, resolve=True), git_rev=_git_revision(), versions=versions,
         device=_device_name(ctx.device), role=role, **kw,
@@ -170,8 +175,14 @@ def _model_name(mcfg: DictConfig) -> str:
     return f"{mcfg.model}({sizes})" if sizes else mcfg.model
 
 
-def _teacher_name(cfg: DictConfig) -> str:
-    return f"{_model_name(cfg.teacher)} [{cfg.teacher.source}]"
+def teacher_name(cfg: DictConfig) -> str:
+    """The teacher as tables name it; a recipe teacher says which of its stages' weights teach."""
+    source, stage = cfg.teacher.source, teacher_stage(cfg)
+    if stage == "pretrain":
+        source = f"recipe after {cfg.teacher.recipe.pretrain_method} pre-training only"
+    elif stage == "finetune" and asked_teacher_stage(cfg) == "pretrain":
+        source = "recipe, fine-tuned: the recipe has no pre-training stage for method.teacher_stage=pretrain"
+    return f"{_model_name(cfg.teacher)} [{source}]"
 
 
 def _made(ctx: SuiteContext, cfg: DictConfig, teacher: Teacher, methods: list[str]) -> dict[str, str]:
@@ -253,20 +264,22 @@ def run_floor(ctx: SuiteContext, name: str, seed: int) -> RunRecord:
 def _plan(ctx: SuiteContext, cfg: DictConfig, seed: int) -> list[Stage]:
     """The stages of method config ``cfg`` (see :mod:`benchbase.stages`), each checked and hashed;
     a stage's cache key covers the suite's teacher weights (found only for a method with stages)."""
-    return plan(ctx.methods, cfg, seed, ctx.teacher_source() if cfg.method.get("stages") else "")
+    return plan(ctx.methods, cfg, seed, ctx.teacher_source(teacher_stage(cfg)) if cfg.method.get("stages") else "")
 
 
-def run_method(ctx: SuiteContext, role: str, name: str, seed: int, teacher) -> RunRecord:
+def run_method(ctx: SuiteContext, role: str, name: str, seed: int) -> RunRecord:
     """Distil (or train) one student with method ``name`` for ``seed``, evaluate it, store the record.
 
     The method's stages, if it has any, run first (cached); the final run starts from what they
-    hand over. The method's :meth:`~benchbase.components.Method.evaluation_model` is what is scored
+    hand over. The teacher is the suite's (of a recipe teacher, the stage ``method.teacher_stage``
+    names). The method's :meth:`~benchbase.components.Method.evaluation_model` is what is scored
     and exported.
     """
     cfg = ctx.methods.config(name, role)
     cfg.seed = seed
     params = ctx.methods.params(cfg, name)
     stages = _plan(ctx, cfg, seed)
+    teacher = ctx.teacher(teacher_stage(cfg))
     h = config_hash(run_identity(cfg, role, name, params, seed, [s.key for s in stages]))
     made = _made(ctx, cfg, teacher, [name, *(s.method for s in stages)])
     if found := _stored(ctx, h, made, f"{name} seed {seed}"):
@@ -379,16 +392,17 @@ def check_methods(ctx: SuiteContext, roles: list[tuple[str, list[str]]]) -> None
         for name in names:
             method_cfg = ctx.methods.config(name, role)
             ctx.methods.params(method_cfg, name)
+            asked_teacher_stage(method_cfg)
+            peak_lr(method_cfg.trainer, 1)  # a bad trainer.lr_scaling
             _plan(ctx, method_cfg, 0)
 
 
 def suite_teacher(ctx: SuiteContext) -> Teacher:
     """Load the suite's datasets (distillation and tasks) and its teacher (training a recipe one)."""
-    cfg = ctx.cfg
-    data = ctx.dataset(cfg.suite.distill.dataset)
-    for task in cfg.suite.tasks.values():
+    ctx.dataset(ctx.cfg.suite.distill.dataset)
+    for task in ctx.cfg.suite.tasks.values():
         ctx.dataset(task.dataset)
-    return load_teacher(ctx.methods, cfg, data, ctx.home)
+    return ctx.teacher()
 
 
 def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, force: bool = False,
@@ -423,7 +437,7 @@ def run_suite(bb: Benchbase, overrides: list[str], plugins: list[str] | None, fo
     for role, names in roles:
         for name in names:
             for seed in cfg.suite.seeds:
-                record = run_method(ctx, role, name, seed, teacher)
+                record = run_method(ctx, role, name, seed)
                 echo(f"  {name} seed {seed}: {describe_status(record)}")
                 records.append(record)
     if ctx.db is not None:

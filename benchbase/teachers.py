@@ -31,17 +31,20 @@ from benchbase.methods import Methods
 from benchbase.models import load_weights, save_weights, set_drop_path
 
 TEACHER_FILE = "teacher.pt"
+PRETRAINED_FILE = "teacher-pretrain.pt"
+"""The recipe teacher's weights after its pre-training stage (``method.teacher_stage=pretrain``)."""
 
 
-def teacher_source(methods: Methods, cfg: Any, data: DataBundle) -> str:
+def teacher_source(methods: Methods, cfg: Any, data: DataBundle, stage: str | None = "finetune") -> str:
     """Where :func:`load_teacher` takes the weights from: the checkpoint path, ``timm:<name>`` or
-    ``recipe:<recipe key>`` (the teacher's ``source``)."""
+    ``recipe:<recipe key>`` (the teacher's ``source``), with ``/pretrain`` for the recipe's
+    pre-trained weights (``stage``, see :func:`benchbase.methods.teacher_stage`)."""
     tcfg = cfg.teacher
     if tcfg.source == "checkpoint":
         return str(tcfg.checkpoint)
     if tcfg.source == "timm":
         return f"timm:{tcfg.model}"
-    return f"recipe:{methods.recipe_key(cfg, data)}"
+    return f"recipe:{methods.recipe_key(cfg, data)}" + ("/pretrain" if stage == "pretrain" else "")
 
 
 def build_teacher(methods: Methods, tcfg: Any, data: DataBundle, **kwargs: Any) -> VitModel:
@@ -60,8 +63,9 @@ def build_teacher(methods: Methods, tcfg: Any, data: DataBundle, **kwargs: Any) 
     return model
 
 
-def load_teacher(methods: Methods, cfg: Any, data: DataBundle, home: Path) -> Teacher:
-    """The suite's frozen teacher, built by ``teacher.arch`` and filled by ``teacher.source``."""
+def load_teacher(methods: Methods, cfg: Any, data: DataBundle, home: Path, stage: str | None = "finetune") -> Teacher:
+    """The suite's frozen teacher, built by ``teacher.arch`` and filled by ``teacher.source``; of a
+    recipe teacher, the weights after recipe stage ``stage`` (``finetune``: the whole recipe)."""
     tcfg = cfg.teacher
     if tcfg.source == "checkpoint":
         if not tcfg.checkpoint:
@@ -84,7 +88,7 @@ def load_teacher(methods: Methods, cfg: Any, data: DataBundle, home: Path) -> Te
             ) from None
         return frozen(model, tcfg, teacher_source(methods, cfg, data))
     if tcfg.source == "recipe":
-        return _recipe_teacher(methods, cfg, data, home)
+        return _recipe_teacher(methods, cfg, data, home, stage or "finetune")
     raise BenchbaseError(f"teacher.source={tcfg.source!r}; use recipe, checkpoint or timm")
 
 
@@ -100,23 +104,30 @@ def frozen(model: VitModel, tcfg: Any, source: str) -> Teacher:
     return model.as_teacher(source)
 
 
-def _recipe_teacher(methods: Methods, cfg: Any, data: DataBundle, home: Path) -> Teacher:
-    key = methods.recipe_key(cfg, data)
-    folder = home / "teachers" / key
-    path = folder / TEACHER_FILE
+def _recipe_teacher(methods: Methods, cfg: Any, data: DataBundle, home: Path, stage: str) -> Teacher:
+    """The recipe teacher after recipe stage ``stage``, trained (up to that stage) unless cached."""
+    folder = home / "teachers" / methods.recipe_key(cfg, data)
+    recipe = cfg.teacher.recipe
+    plan = methods.recipe_plan(recipe, data)
+    if stage not in [name for name, *_ in plan]:
+        raise BenchbaseError(f"the teacher recipe has no {stage} stage (teacher.recipe.{stage}_method="
+                             f"{recipe.get(f'{stage}_method')}); set method.teacher_stage=finetune")
+    files = {"pretrain": folder / PRETRAINED_FILE, "finetune": folder / TEACHER_FILE}
+    source = teacher_source(methods, cfg, data, stage)
     torch.manual_seed(0)  # the recipe teacher's initial weights are part of what the key names
     model = build_teacher(methods, cfg.teacher, data)
     with building(folder):  # a job training this teacher now: wait for it, then load its result
-        if distributed.broadcast_from_main(path.exists()):  # every rank takes rank 0's branch
-            load_weights(model.model, path, what="teacher")
-            return frozen(model, cfg.teacher, f"recipe:{key}")
-        recipe = cfg.teacher.recipe
+        if distributed.broadcast_from_main(files[stage].exists()):  # every rank takes rank 0's branch
+            load_weights(model.model, files[stage], what="teacher")
+            return frozen(model, cfg.teacher, source)
         trainer = OmegaConf.merge(cfg.trainer, {"lr": recipe.lr, "batch_size": recipe.batch_size})
         split = data.split(cfg.suite.distill.split)
-        for stage, name, params, epochs in methods.recipe_plan(recipe, data):
+        for done, name, params, epochs, protocol in plan:  # a finished stage resumes from its checkpoint at once
             method = methods.method_class(name)(**params)
-            train(model, None, method, split, OmegaConf.merge(trainer, {"epochs": epochs}), folder / stage, seed=0,
-                  desc=f"teacher: {stage}")
-        if distributed.is_main():  # DDP kept every rank's copy identical: no rank needs to reload it
-            save_weights(model.model, path)
-    return frozen(model, cfg.teacher, f"recipe:{key}")
+            train(model, None, method, split, OmegaConf.merge(trainer, protocol, {"epochs": epochs}), folder / done,
+                  seed=0, desc=f"teacher: {done}")
+            if distributed.is_main():  # DDP kept every rank's copy identical: no rank needs to reload it
+                save_weights(model.model, files[done])
+            if done == stage:
+                break
+    return frozen(model, cfg.teacher, source)

@@ -15,9 +15,10 @@ Head alignment: ``setup`` turns the student's last block into the paper's "adapt
 keeps the student's width D_s but splits it into the teacher's M_t heads of D_s / M_t channels.
 Only ``num_heads``, ``head_dim`` and ``scale`` of ``student.model.blocks[-1].attn`` (a timm
 ``Attention``) change, so there are no new parameters and the student stays a plain timm
-``VisionTransformer``. Its exported last block then has M_t heads; the saved ``student.pt`` lists
-each block's head count and :func:`benchbase.models.load_weights` restores it, so the student can
-be loaded back (e.g. as the next teacher of a sequential chain).
+``VisionTransformer``. After training the last block gets its own head count back
+(``export_heads="student"``: the same weights, split as the official fine-tuning's standard ViT
+loads them); ``export_heads="teacher"`` keeps the M_t heads, and the saved ``student.pt`` lists
+each block's head count, which :func:`benchbase.models.load_weights` restores.
 
 Inputs: both models see the raw image. The student's view gets colour jitter (see
 :func:`jitter_colours`, the official ``ColorJitter(0.4, 0.4, 0.4)`` on the student crop only).
@@ -28,8 +29,10 @@ are taken over the same visible tokens as the student's (q/k/v gathered at the k
 then the MSE between the raw scaled products ``A Bᵀ / sqrt(d_head)`` of student and teacher.
 
 Not part of the loss: drop path (teacher 0.0, student 0.1 in the paper, the same rate in every
-block) is set by the suite: ``student.drop_path=0.1 student.drop_path_schedule=constant`` and
-``teacher.distill_drop_path`` (stochastic depth of the frozen teacher while it teaches). Sequential
+block) is the method config's protocol (``method.student: {drop_path: 0.1, drop_path_schedule:
+constant}``, with the paper's AdamW betas and no clipping), and ``teacher.distill_drop_path`` is
+the frozen teacher's stochastic depth while it teaches. The teacher is a recipe teacher's
+MAE-pretrained weights (``method.teacher_stage=pretrain``). Sequential
 distillation (B -> S -> T) is a harness stage: ``method.stages=[{name: S, then: teach, student:
 {...S sizes...}}]`` trains S from the suite's teacher, caches it, and makes it the final run's
 teacher (see :mod:`benchbase.stages` and the ``tinymim-sequential`` ablation).
@@ -52,12 +55,14 @@ from benchbase.api import (
     Tap,
     Teacher,
     hookimpl,
+    set_block_heads,
 )
 
 from . import benchbase_config_dirs  # noqa: F401  (the package's config folder)
 from .mae import random_masking
 
 RELATIONS = ("qk", "vv", "qq", "kk")
+EXPORT_HEADS = ("student", "teacher")
 
 
 def relation_logits(a: Tensor, b: Tensor) -> Tensor:
@@ -116,6 +121,9 @@ class TinyMIMLoss(Method):
         color_jitter: strength of the student-only colour jitter (0 disables).
         masked_input: the student sees only ``1 - mask_ratio`` of the patches (Table 12 ablation).
         mask_ratio: fraction of patches hidden from the student when ``masked_input``.
+        export_heads: the last block's head count after training, in what is scored and saved:
+            ``"student"`` (its own, as the official fine-tuning loads a standard ViT) or
+            ``"teacher"`` (the adaptive block's M_t heads it was distilled with).
     """
 
     name = "tinymim"
@@ -124,7 +132,7 @@ class TinyMIMLoss(Method):
     def __init__(
         self, relations: list[str] = ["qk", "vv"], teacher_block: int = -1, softmax: bool = True,  # noqa: B006
         head_alignment: bool = True, color_jitter: float = 0.4, masked_input: bool = False,
-        mask_ratio: float = 0.75,
+        mask_ratio: float = 0.75, export_heads: str = "student",
     ):
         super().__init__()
         unknown = [r for r in relations if r not in RELATIONS]
@@ -136,6 +144,9 @@ class TinyMIMLoss(Method):
             raise BenchbaseError(f"tinymim: mask_ratio must be in [0, 1); got {mask_ratio}")
         if color_jitter < 0:
             raise BenchbaseError(f"tinymim: color_jitter must be >= 0; got {color_jitter}")
+        if export_heads not in EXPORT_HEADS:
+            raise BenchbaseError(f"tinymim: export_heads={export_heads!r}; use {' or '.join(EXPORT_HEADS)}")
+        self.export_heads, self.own_heads = export_heads, None
         self.relations, self.softmax, self.head_alignment = tuple(relations), softmax, head_alignment
         self.color_jitter, self.masked_input, self.mask_ratio = color_jitter, masked_input, mask_ratio
         kinds = sorted({kind for r in self.relations for kind in r})
@@ -157,6 +168,7 @@ class TinyMIMLoss(Method):
         self.num_prefix, self.patch_size = student.num_prefix_tokens, student.patch_size
         heads = teacher.model.blocks[index].attn.num_heads
         attn = student.model.blocks[-1].attn
+        self.own_heads = attn.num_heads
         if attn.num_heads == heads:
             return
         if not self.head_alignment:
@@ -174,6 +186,13 @@ class TinyMIMLoss(Method):
             raise BenchbaseError("tinymim: head alignment needs a student without per-head q/k norms (qk_norm)")
         attn.num_heads, attn.head_dim = heads, width // heads
         attn.scale = attn.head_dim**-0.5
+
+    def evaluation_model(self, student: Student) -> Student:
+        """``student``, its last block split back into its own head count (``export_heads="student"``):
+        the same weights, so fine-tuning starts from a standard ViT as the official code's does."""
+        if self.export_heads == "student" and self.own_heads is not None:
+            set_block_heads(student.model, [b.attn.num_heads for b in student.model.blocks[:-1]] + [self.own_heads])
+        return student
 
     def make_inputs(self, images: Tensor, labels: Tensor) -> StepInputs:
         """The raw images for the teacher; jittered (and optionally patch-dropped) ones for the student."""

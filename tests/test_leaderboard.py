@@ -13,6 +13,7 @@ import pytest
 from benchbase.components import Metric
 from benchbase.errors import BenchbaseError
 from benchbase.leaderboard import (
+    _teachers,
     build_table, check, current_records, format_table, local_records, publish, regenerate_from_records,
     write_leaderboard,
 )
@@ -317,3 +318,13 @@ def test_a_suite_of_eval_records_alone_gets_no_table(tmp_path: Path) -> None:
     record = run("model-a", 0, 80.0, role="eval")
     db.save(dataclasses.replace(record, config={**record.config, "row": True}))
     assert local_records(db, tmp_path / "local") == {}  # so `leaderboard --db` writes no default.md
+
+
+def test_the_teacher_line_names_which_rows_distil_which_teacher():
+    """Rows distilling a recipe teacher's pre-trained weights (TinyMIM) are named on the Teacher line."""
+    teacher = run("teacher", 0, 80.0, role="teacher")
+    plain = run("mae", 0, 70.0)
+    pretrained = dataclasses.replace(run("tinymim", 0, 75.0), teacher="vit_digits [recipe after mae pre-training only]")
+    assert _teachers([teacher, plain]) == "vit_digits"
+    assert _teachers([teacher, plain, pretrained, run("supervised", 0, 60.0, role="reference")]) == (
+        "vit_digits (teacher, mae); vit_digits [recipe after mae pre-training only] (tinymim)")

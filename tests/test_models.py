@@ -53,6 +53,32 @@ def test_drop_path_schedules_linear_ramp_and_constant():
         build_vit(OmegaConf.merge(OmegaConf.structured(ModelConfig), {**base, "drop_path_schedule": "ramp"}), data)
 
 
+def test_a_fixed_sincos_position_embedding_is_maes_table_and_never_trained():
+    """``params.pos_embed=sincos``: MAE's 2-D table (column half, then row half), zero for the class token."""
+    import math
+
+    from omegaconf import OmegaConf
+
+    from benchbase.config import ModelConfig
+    from benchbase.data.digits import load_digits_bundle
+    from benchbase.models import build_vit, sincos_pos_embed
+
+    table = sincos_pos_embed(8, 2, 3)  # 2 rows x 3 columns, omega = [1, 1/100] for dim / 4 = 2
+    assert table.shape == (6, 8)
+    row, col = 1, 2  # patch 5 in row-major order
+    expected = [math.sin(col), math.sin(col / 100), math.cos(col), math.cos(col / 100),
+                math.sin(row), math.sin(row / 100), math.cos(row), math.cos(row / 100)]
+    torch.testing.assert_close(table[5], torch.tensor(expected))
+    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), {"embed_dim": 32, "depth": 1, "num_heads": 2,
+                                                              "patch_size": 4, "params": {"pos_embed": "sincos"}})
+    model = build_vit(cfg, load_digits_bundle())  # 16x16 images: a 4x4 grid
+    assert not model.pos_embed.requires_grad
+    torch.testing.assert_close(model.pos_embed[0, 1:], sincos_pos_embed(32, 4, 4))
+    assert torch.equal(model.pos_embed[0, 0], torch.zeros(32))
+    with pytest.raises(BenchbaseError, match="divisible by 4"):
+        sincos_pos_embed(6, 2, 2)
+
+
 def test_cost_metrics_count_vit_tiny_like_the_papers():
     import timm
 

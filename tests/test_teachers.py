@@ -16,8 +16,9 @@ from benchbase.plugin_manager import load
 from benchbase.results import ResultsDB
 from benchbase.suite import suite_context
 from benchbase.components import Student
-from benchbase.methods import Methods, recipe_identity
-from benchbase.teachers import TEACHER_FILE, frozen, load_teacher
+from benchbase.methods import Methods, recipe_identity, run_identity, teacher_stage
+from benchbase.suite import teacher_name
+from benchbase.teachers import PRETRAINED_FILE, TEACHER_FILE, frozen, load_teacher
 
 from conftest import tiny_vit
 from test_run import tiny
@@ -33,7 +34,11 @@ def test_recipe_teacher_is_trained_once_and_cached(tmp_path):
     records = ResultsDB(tmp_path / "results.db").records()
     teacher_rows = [r for r in records if r.role == "teacher"]
     assert len(teacher_rows) == 1 and teacher_rows[0].status == "done"
-    assert {r.teacher for r in records} == {teacher_rows[0].teacher}
+    by_method = {r.method: r for r in records}
+    assert by_method["mae"].teacher == teacher_rows[0].teacher == by_method["mae"].teacher  # one recipe teacher
+    # feature distils the recipe's MAE-pretrained weights (method.teacher_stage=pretrain, TinyMIM's baselines)
+    assert by_method["feature"].teacher.endswith("[recipe after mae pre-training only]")
+    assert by_method["feature"].versions["teacher"] == teacher_rows[0].versions["teacher"] + "/pretrain"
     # a different recipe is a different teacher
     assert _key(_ctx(tmp_path)) != _key(_ctx(tmp_path, "teacher.recipe.pretrain_epochs=2"))
 
@@ -75,6 +80,43 @@ def test_recipe_key_covers_every_param_of_the_recipe_losses_and_run_hashes_stay(
     # the teacher as run hashes name it is what it was: stored runs keep their config hashes
     assert recipe_identity(compose_config(["trainer.precision=bf16"])) == recipe_identity(ctx.cfg)
     assert ctx.teacher_source() == f"recipe:{base}"
+
+
+def test_a_method_distils_the_recipe_teachers_pretrained_weights_when_it_asks(tmp_path):
+    """``method.teacher_stage=pretrain``: the weights the recipe had after its pre-training stage
+    (those its pre-training checkpoint holds), cached beside the fine-tuned teacher; its runs get
+    their own hash; a recipe without pre-training teaches the fine-tuned one and says so."""
+    assert main(["run", "--methods", "tinymim", *tiny(tmp_path, "suite.references=[]", "~suite.tasks.fewshot",
+                                                       "~suite.tasks.segmentation")]) == 0
+    folder = next((tmp_path / "teachers").glob(f"*/{PRETRAINED_FILE}")).parent
+    pretrained = torch.load(folder / PRETRAINED_FILE, weights_only=True)["model"]
+    stage = torch.load(folder / "pretrain" / "checkpoint.pt", weights_only=True)["student"]
+    assert pretrained.keys() == {k.removeprefix("model.") for k in stage}
+    for key, value in pretrained.items():
+        torch.testing.assert_close(value, stage[f"model.{key}"])
+    ctx = _ctx(tmp_path, *tiny(tmp_path))
+    teacher = ctx.teacher("pretrain")
+    torch.testing.assert_close(teacher.model.state_dict()["blocks.0.attn.qkv.weight"],
+                               pretrained["blocks.0.attn.qkv.weight"])
+    fine_tuned = ctx.teacher("finetune")  # the teacher row's, trained after the pre-training stage
+    assert not torch.equal(fine_tuned.model.state_dict()["blocks.0.attn.qkv.weight"],
+                           pretrained["blocks.0.attn.qkv.weight"])
+    assert teacher.source == fine_tuned.source + "/pretrain"
+
+    def identity(*overrides):
+        cfg = ctx.methods.config("tinymim") if not overrides else Methods(ctx.bb, [*tiny(tmp_path), *overrides]).config("tinymim")
+        return run_identity(cfg, "method", "tinymim", {}, 0)["teacher"]
+    assert identity() == {"teacher": identity("method.teacher_stage=finetune"), "stage": "pretrain"}
+    assert identity("method.teacher_stage=finetune") == recipe_identity(ctx.cfg)  # as runs were named before
+    without = Methods(ctx.bb, [*tiny(tmp_path), "teacher.recipe.pretrain_method=none"]).config("tinymim")
+    assert teacher_stage(without) == "finetune" and "no pre-training stage" in teacher_name(without)
+    fresh = _ctx(tmp_path / "fresh", *tiny(tmp_path / "fresh"))
+    fresh.teacher("pretrain")  # trains the recipe up to the stage asked for, no further
+    assert [p.name for p in (tmp_path / "fresh" / "teachers").glob("*/teacher*.pt")] == [PRETRAINED_FILE]
+    with pytest.raises(BenchbaseError, match="no pretrain stage .*set method.teacher_stage=finetune"):
+        _ctx(tmp_path, *tiny(tmp_path), "teacher.recipe.pretrain_method=none").teacher("pretrain")
+    with pytest.raises(BenchbaseError, match=r"^method.teacher_stage='first'; use finetune or pretrain$"):
+        teacher_stage(Methods(ctx.bb, ["method.teacher_stage=first"]).config("tinymim"))
 
 
 def test_teacher_from_a_checkpoint_path(tmp_path):

@@ -134,6 +134,23 @@ def test_head_alignment_gives_last_block_teacher_heads_without_new_parameters(mo
     torch.testing.assert_close(caps[Tap("attn_out", -1)], attn.proj(heads_out))
 
 
+def test_the_scored_student_gets_its_own_head_count_back_unless_asked_to_keep_the_teachers(models):
+    """export_heads="student": fine-tuning starts from a standard ViT, as the official code's; the weights stay."""
+    student, teacher = models
+    loss = TinyMIMLoss()
+    loss.setup(student, teacher)
+    weights = {k: v.clone() for k, v in student.state_dict().items()}
+    scored = loss.evaluation_model(student)
+    assert [b.attn.num_heads for b in scored.model.blocks] == [2, 2]
+    assert (scored.model.blocks[-1].attn.head_dim, scored.model.blocks[-1].attn.scale) == (16, 16**-0.5)
+    assert all(torch.equal(v, scored.state_dict()[k]) for k, v in weights.items())
+    kept, keeper = Student(vit(32, 2, 2, seed=0)), TinyMIMLoss(export_heads="teacher")
+    keeper.setup(kept, teacher)
+    assert [b.attn.num_heads for b in keeper.evaluation_model(kept).model.blocks] == [2, 4]
+    with pytest.raises(BenchbaseError, match=r"^tinymim: export_heads='both'; use student or teacher$"):
+        TinyMIMLoss(export_heads="both")
+
+
 def test_head_alignment_errors(models):
     student, _ = models
     with pytest.raises(BenchbaseError, match="divisible"):

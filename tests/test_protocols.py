@@ -1,0 +1,92 @@
+"""A method's own protocol (method.trainer / method.student / teacher_stage), suite deviations, lr scaling."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from benchbase.cli import main
+from benchbase.config import suite_setting, trainer_identity
+from benchbase.data.digits import load_digits_bundle
+from benchbase.engine import peak_lr
+from benchbase.errors import BenchbaseError
+from benchbase.leaderboard import setting_key
+from benchbase.methods import Methods, run_identity
+from benchbase.plugin_manager import load
+from benchbase.results import ResultsDB
+
+from test_run import instant
+
+
+@pytest.fixture(scope="module")
+def bb():
+    return load()
+
+
+def test_a_method_protocol_sets_its_runs_trainer_and_student_over_the_suites(bb):
+    methods = Methods(bb, [])
+    suite = methods.config("supervised", "reference")
+    mae = methods.config("mae")
+    assert list(mae.trainer.betas) == [0.9, 0.95] and mae.trainer.clip_grad is None  # MAE's AdamW, no clipping
+    assert mae.student.drop_path == 0.0 and suite.student.drop_path == 0.1  # MAE pre-trains without drop path
+    assert mae.method.suite_values == {"trainer": {"betas": [0.9, 0.999], "clip_grad": 3.0},
+                                       "student": {"drop_path": 0.1, "params": {}}}
+    assert mae.student.params.pos_embed == "sincos"  # MAE's fixed position table
+    tinymim = methods.config("tinymim")
+    assert (tinymim.student.drop_path, tinymim.student.drop_path_schedule) == (0.1, "constant")  # Table 13
+    assert tinymim.student.params.pos_embed == "sincos"
+    # the runs differ, so their hashes do; the suite's setting (what puts rows in one table) does not
+    assert run_identity(mae, "method", "mae", {}, 0)["trainer"] != run_identity(suite, "method", "mae", {}, 0)["trainer"]
+    resolved = OmegaConf.to_container(mae, resolve=True)
+    assert suite_setting(resolved, "trainer") == OmegaConf.to_container(suite.trainer, resolve=True)
+    assert suite_setting(resolved, "student") == OmegaConf.to_container(suite.student, resolve=True)
+    # every method's `method.*` override changes its protocol setting too
+    assert Methods(bb, ["method.trainer.clip_grad=1.0"]).config("mae").trainer.clip_grad == 1.0
+
+
+def test_the_teacher_recipe_pretrains_with_its_methods_trainer_settings(bb):
+    methods = Methods(bb, [])
+    assert methods.recipe_trainer("mae") == {"betas": [0.9, 0.95], "clip_grad": None}  # not its lr or batch
+    cfg = methods.config("supervised", "reference")
+    data = load_digits_bundle()
+    plan = methods.recipe_plan(cfg.teacher.recipe, data)
+    assert [(stage, trainer) for stage, _, _, _, trainer in plan] == [
+        ("pretrain", {"betas": [0.9, 0.95], "clip_grad": None}), ("finetune", {})]
+    deviating = Methods(bb, ["+suite.deviations.mae.trainer.clip_grad=2.0"])
+    assert deviating.recipe_trainer("mae")["clip_grad"] == 2.0
+    assert deviating.recipe_key(deviating.config("supervised", "reference"), data) != methods.recipe_key(cfg, data)
+
+
+def test_suite_deviations_change_one_methods_protocol_and_are_named_on_the_page(tmp_path, bb):
+    overrides = instant(tmp_path, "+suite.deviations.feature.trainer.clip_grad=1.5")
+    assert Methods(bb, overrides).config("feature").trainer.clip_grad == 1.5
+    assert Methods(bb, overrides).config("mae").trainer.clip_grad is None  # the other methods keep theirs
+    assert main(["run", "--methods", "feature,mae", *overrides]) == 0
+    page = next((tmp_path / "leaderboards").glob("default.md")).read_text()
+    assert "- `feature`: trainer.clip_grad=1.5" in page  # under "Suite deviations"
+    assert "Suite deviations from the methods' protocols" in page
+    assert "- `mae`: trainer.betas=[0.9, 0.95], trainer.clip_grad=None, student.drop_path=0.0" in page
+    records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records()}
+    assert setting_key(records["feature"]) == setting_key(records["mae"]) == setting_key(records["teacher"])
+    with pytest.raises(BenchbaseError, match=r"^method.trainer.betaz \(mae\): trainer has no key 'betaz'"):
+        Methods(bb, ["+method.trainer.betaz=1"]).config("mae")
+    with pytest.raises(BenchbaseError, match=r"^suite.deviations.mae: .*its keys are those of a method config"):
+        Methods(bb, ["+suite.deviations.mae.speed=1"]).config("mae")
+
+
+def test_linear_lr_scaling_is_maes_rule_and_leaves_stored_hashes_alone(tmp_path):
+    assert peak_lr({"lr": 1.5e-4, "lr_scaling": "linear"}, 4096) == pytest.approx(2.4e-3)  # TinyMIM/MAE at 4096
+    assert peak_lr({"lr": 1e-3, "lr_scaling": "none"}, 4096) == 1e-3
+    with pytest.raises(BenchbaseError, match=r"^trainer.lr_scaling='sqrt'; use none or linear$"):
+        peak_lr({"lr": 1e-3, "lr_scaling": "sqrt"}, 64)
+    assert "lr_scaling" not in trainer_identity({"lr": 1e-3, "lr_scaling": "none"})  # runs stored before it
+    assert trainer_identity({"lr": 1e-3, "lr_scaling": "linear"}) == {"lr": 1e-3, "lr_scaling": "linear"}
+    # the optimiser's peak lr at the run's batch: base 0.0512 x 64 / 256 = 0.0128 after warm-up
+    assert main(["run", "--methods", "feature", *instant(tmp_path, "trainer.epochs=1", "trainer.warmup_epochs=0",
+                                                           "trainer.lr=0.0512", "trainer.lr_scaling=linear",
+                                                           "trainer.min_lr=0.0128")]) == 0
+    steps = (next((tmp_path / "runs" / "default").glob("feature-seed0-*")) / "steps.jsonl").read_text().splitlines()
+    assert all(math.isclose(json.loads(line)["lr"], 0.0128) for line in steps)
