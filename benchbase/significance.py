@@ -22,6 +22,7 @@ episodes and images were drawn), not the spread over training seeds (the ± of a
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ def paired_test(a: RowOutcomes, b: RowOutcomes, rng: np.random.Generator | None 
         return None
     if a[seeds[0]].kind == "mean":
         return _t_test([a[s] for s in seeds], [b[s] for s in seeds])
-    return _bootstrap([a[s] for s in seeds], [b[s] for s in seeds], rng or np.random.default_rng(BOOTSTRAP_SEED))
+    return _bootstrap([a[s] for s in seeds], [b[s] for s in seeds], rng)
 
 
 def _t_test(a: list[Outcomes], b: list[Outcomes]) -> tuple[float, float]:
@@ -102,11 +103,38 @@ def _t_test(a: list[Outcomes], b: list[Outcomes]) -> tuple[float, float]:
     return delta, float(2 * stats.t.sf(abs(delta) / se, dof))
 
 
-def _bootstrap(a: list[Outcomes], b: list[Outcomes], rng: np.random.Generator) -> tuple[float, float]:
+def _resample_weights(rng: np.random.Generator, n: int) -> np.ndarray:
+    """[BOOTSTRAP, n] resampling counts of n samples (each row a multinomial draw summing to n)."""
+    return rng.multinomial(n, np.full(n, 1 / n), size=BOOTSTRAP).astype(np.float64)
+
+
+CACHED_WEIGHTS_MAX = 4000
+"""Samples (summed over seeds) up to which :func:`_seeded_weights` keeps its draws (64 MB each)."""
+
+
+def _seeded_weights(sizes: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """The resampling counts a generator seeded with :data:`BOOTSTRAP_SEED` draws for samples of
+    ``sizes`` in turn: every default-seeded test draws exactly these, so a table draws them once
+    (kept for the last few sizes when they are small)."""
+    return (_cached_draws if sum(sizes) <= CACHED_WEIGHTS_MAX else _draws)(sizes)
+
+
+def _draws(sizes: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    weights = tuple(_resample_weights(rng, n) for n in sizes)
+    for w in weights:
+        w.setflags(write=False)
+    return weights
+
+
+_cached_draws = functools.lru_cache(maxsize=4)(_draws)
+
+
+def _bootstrap(a: list[Outcomes], b: list[Outcomes], rng: np.random.Generator | None) -> tuple[float, float]:
     delta = float(np.mean([x.value() - y.value() for x, y in zip(a, b)]))
     resampled = np.zeros(BOOTSTRAP)
-    for x, y in zip(a, b):
-        weights = rng.multinomial(x.n, np.full(x.n, 1 / x.n), size=BOOTSTRAP).astype(np.float64)  # [R, n]
+    draws = _seeded_weights(tuple(x.n for x in a)) if rng is None else [_resample_weights(rng, x.n) for x in a]
+    for x, y, weights in zip(a, b, draws):  # weights [R, n]
         resampled += (x.value(weights) - y.value(weights)) / len(a)
     resampled = resampled[np.isfinite(resampled)]
     se = float(resampled.std(ddof=1)) if resampled.size > 1 else 0.0
@@ -118,8 +146,7 @@ def _bootstrap(a: list[Outcomes], b: list[Outcomes], rng: np.random.Generator) -
 def bootstrap_ci95(outcomes: Outcomes, rng: np.random.Generator | None = None) -> float:
     """Half-width of the 95% percentile-bootstrap interval of one run's metric over its samples
     (the mean of the distances from the value to the 2.5th and 97.5th percentiles)."""
-    rng = rng or np.random.default_rng(BOOTSTRAP_SEED)
-    weights = rng.multinomial(outcomes.n, np.full(outcomes.n, 1 / outcomes.n), size=BOOTSTRAP).astype(np.float64)
+    weights = _seeded_weights((outcomes.n,))[0] if rng is None else _resample_weights(rng, outcomes.n)
     values = outcomes.value(weights)
     low, high = np.nanpercentile(values, [2.5, 97.5])
     return float((high - low) / 2)

@@ -15,7 +15,9 @@ from benchbase.leaderboard import BELOW_MARK, BELOW_SUFFIX, RANK_SUFFIX, build_t
 from benchbase.outcomes import (Outcomes, iou_outcomes, mean_outcomes, outcomes_of, ratio_outcomes, segment_outcomes,
                                 shared_outcomes, task_metrics)
 from benchbase.results import RunRecord
-from benchbase.significance import compare_rows, holm, paired_test, ranks
+from benchbase.significance import (
+    BOOTSTRAP, BOOTSTRAP_SEED, CACHED_WEIGHTS_MAX, _seeded_weights, compare_rows, holm, paired_test, ranks,
+)
 
 from conftest import tensor_images
 
@@ -83,6 +85,22 @@ def test_paired_bootstrap_on_miou():
     delta, p = paired_test({0: good}, {0: bad})
     assert delta == pytest.approx(good.value() - bad.value()) and p < 0.01
     assert paired_test({0: good}, {0: good}) == (0.0, 1.0)
+
+
+def test_the_default_bootstrap_draws_once_what_a_fresh_seeded_generator_draws():
+    """A table's many default-seeded tests share one draw per sample sizes: the same counts, so the
+    same p-values, as a generator seeded with BOOTSTRAP_SEED for each test."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    fresh = [rng.multinomial(n, np.full(n, 1 / n), size=BOOTSTRAP) for n in (30, 12)]
+    cached = _seeded_weights((30, 12))
+    assert all(np.array_equal(f, c) for f, c in zip(fresh, cached)) and cached[0].sum(axis=1).tolist() == [30] * BOOTSTRAP
+    assert _seeded_weights((30, 12))[0] is cached[0]  # drawn once
+    truth = np.tile(np.array([[50, 50]]), (30, 1))
+    a, b = (Outcomes.from_json(iou_outcomes(truth - k, truth + k)) for k in (5, 8))
+    assert paired_test({0: a}, {0: b}) == paired_test({0: a}, {0: b}, np.random.default_rng(BOOTSTRAP_SEED))
+    big = CACHED_WEIGHTS_MAX + 1  # too large to keep: drawn afresh, the same counts
+    assert np.array_equal(_seeded_weights((big,))[0][:2], np.random.default_rng(BOOTSTRAP_SEED).multinomial(
+        big, np.full(big, 1 / big), size=BOOTSTRAP)[:2])
 
 
 def test_paired_bootstrap_on_the_segment_metric_resamples_images():
