@@ -31,7 +31,7 @@ from benchbase.hookspecs import Register
 from benchbase.leaderboard import FIGURES_DIR
 from benchbase.loggers import Logger, RunInfo, StepLog
 from benchbase.methods import Methods
-from benchbase.models import set_block_heads
+from benchbase.models import set_block_heads, sincos_pos_embed
 from benchbase.plugin_manager import load as load_plugins
 from benchbase.results import ResultsDB
 from benchbase.sam import SamStudent, SamTeacher, pad_to_size, sam_attention, window_attention_to_dense
@@ -45,6 +45,7 @@ __all__ = [
     # models
     "VitModel", "Student", "Teacher", "SamStudent", "SamTeacher", "pad_to_size", "sam_attention",
     "window_attention_to_dense", "read_channels", "set_block_heads",
+    "sincos_pos_embed",
     # evaluators and datasets
     "Evaluator", "Metric", "accuracy_metrics", "check_pooling", "extract_features",
     "DataBundle", "DatasetInfo", "LabeledImages", "TensorImages",

@@ -22,9 +22,10 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from benchbase.api import (Captures, Method, ModelInput, Register, StepInputs, Student, Tap, Teacher, hookimpl,
-                           read_channels)
+                           read_channels, sincos_pos_embed)
 
 from . import benchbase_config_dirs  # noqa: F401  (the package's config folder)
+from .views import check_crop_scale, random_resized_crops
 
 
 def patchify(images: Tensor, patch_size: int) -> Tensor:
@@ -62,20 +63,9 @@ def random_masking(
 
 
 def sincos_pos_embed_2d(dim: int, grid: tuple[int, int], num_prefix: int) -> Tensor:
-    """MAE's fixed 2-D sin-cos position embedding: [num_prefix + rows·cols, dim], zeros for prefixes.
-
-    The first half of the channels encodes the column and the second half the row, as in MAE's
-    ``get_2d_sincos_pos_embed``. ``dim`` must be divisible by 4.
-    """
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
-    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-
-    def embed_1d(pos: Tensor) -> Tensor:  # [M] -> [M, dim / 2]
-        out = pos.reshape(-1, 1).double() * omega
-        return torch.cat([out.sin(), out.cos()], dim=1)
-
-    patches = torch.cat([embed_1d(cols), embed_1d(rows)], dim=1)
-    return torch.cat([torch.zeros(num_prefix, dim, dtype=torch.float64), patches]).float()
+    """MAE's fixed 2-D sin-cos position embedding (:func:`benchbase.api.sincos_pos_embed`) with
+    zeros for the prefix tokens: [num_prefix + rows·cols, dim]."""
+    return torch.cat([torch.zeros(num_prefix, dim), sincos_pos_embed(dim, *grid)])
 
 
 def pixel_target(images: Tensor, patch_size: int, norm_pix: bool) -> Tensor:
@@ -102,6 +92,8 @@ class MAELoss(Method):
         decoder_width: decoder embedding width (divisible by 4 and by ``decoder_heads``).
         decoder_heads: attention heads per decoder block.
         norm_pix_loss: standardise each target patch by its own mean and variance.
+        crop_scale: area range of MAE's ``RandomResizedCrop`` (with a horizontal flip) applied to each
+            image before masking (the pixel target is the cropped image); None: no crop.
     """
 
     name = "mae"
@@ -111,9 +103,10 @@ class MAELoss(Method):
 
     def __init__(
         self, mask_ratio: float = 0.75, decoder_depth: int = 8, decoder_width: int = 512,
-        decoder_heads: int = 16, norm_pix_loss: bool = True,
+        decoder_heads: int = 16, norm_pix_loss: bool = True, crop_scale: list[float] | None = [0.2, 1.0],  # noqa: B006
     ):
         super().__init__()
+        self.crop_scale = check_crop_scale("mae", crop_scale)
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
         self.decoder_depth, self.decoder_width, self.decoder_heads = decoder_depth, decoder_width, decoder_heads
 
@@ -142,8 +135,10 @@ class MAELoss(Method):
                 nn.init.zeros_(module.bias)
 
     def make_inputs(self, images: Tensor, labels: Tensor) -> StepInputs:
-        """Mask each image; ``extras`` holds ``ids_restore`` [B, N] and ``mask`` [B, N] (1 = masked)."""
+        """Crop and flip each image (``crop_scale``), then mask it; ``extras`` holds ``ids_restore`` [B, N] and ``mask`` [B, N] (1 = masked)."""
         n = self.grid[0] * self.grid[1]
+        if self.crop_scale is not None:
+            images = random_resized_crops(images, tuple(images.shape[-2:]), self.crop_scale)
         ids_keep, ids_restore, mask = random_masking(images.shape[0], n, self.mask_ratio, images.device)
         return StepInputs(
             student=ModelInput(images, keep=ids_keep), teacher=None, labels=labels,

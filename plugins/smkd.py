@@ -88,11 +88,11 @@ from .smkd_parts import (
     enable_dynamic_img_size,
     ibot_masks,
     local_crop_size,
-    random_resized_crops,
     student_log_probs,
     teacher_probs,
     teacher_temperature,
 )
+from .views import random_resized_crops
 
 TOKENS, LAST_ATTN = Tap("tokens"), Tap("attn", -1)
 GLOBAL_VIEWS = 2

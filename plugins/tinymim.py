@@ -20,7 +20,8 @@ Only ``num_heads``, ``head_dim`` and ``scale`` of ``student.model.blocks[-1].att
 loads them); ``export_heads="teacher"`` keeps the M_t heads, and the saved ``student.pt`` lists
 each block's head count, which :func:`benchbase.models.load_weights` restores.
 
-Inputs: both models see the raw image. The student's view gets colour jitter (see
+Inputs: both models see the same random resized crop of each image (scale 0.2-1, with a horizontal
+flip: ``crop_scale``, the paper's augmentation). The student's view also gets colour jitter (see
 :func:`jitter_colours`, the official ``ColorJitter(0.4, 0.4, 0.4)`` on the student crop only).
 ``masked_input`` is the Table 12 ablation: the student encodes a random ``1 - mask_ratio`` of the
 patches (MAE-style ``ModelInput.keep``). The teacher still sees the whole image, and its relations
@@ -60,6 +61,7 @@ from benchbase.api import (
 
 from . import benchbase_config_dirs  # noqa: F401  (the package's config folder)
 from .mae import random_masking
+from .views import check_crop_scale, random_resized_crops
 
 RELATIONS = ("qk", "vv", "qq", "kk")
 EXPORT_HEADS = ("student", "teacher")
@@ -121,6 +123,8 @@ class TinyMIMLoss(Method):
         color_jitter: strength of the student-only colour jitter (0 disables).
         masked_input: the student sees only ``1 - mask_ratio`` of the patches (Table 12 ablation).
         mask_ratio: fraction of patches hidden from the student when ``masked_input``.
+        crop_scale: area range of the one ``RandomResizedCrop`` (with a horizontal flip) both models
+            see of each image (the paper's 0.2-1); None: no crop.
         export_heads: the last block's head count after training, in what is scored and saved:
             ``"student"`` (its own, as the official fine-tuning loads a standard ViT) or
             ``"teacher"`` (the adaptive block's M_t heads it was distilled with).
@@ -132,7 +136,7 @@ class TinyMIMLoss(Method):
     def __init__(
         self, relations: list[str] = ["qk", "vv"], teacher_block: int = -1, softmax: bool = True,  # noqa: B006
         head_alignment: bool = True, color_jitter: float = 0.4, masked_input: bool = False,
-        mask_ratio: float = 0.75, export_heads: str = "student",
+        mask_ratio: float = 0.75, export_heads: str = "student", crop_scale: list[float] | None = [0.2, 1.0],  # noqa: B006
     ):
         super().__init__()
         unknown = [r for r in relations if r not in RELATIONS]
@@ -147,6 +151,7 @@ class TinyMIMLoss(Method):
         if export_heads not in EXPORT_HEADS:
             raise BenchbaseError(f"tinymim: export_heads={export_heads!r}; use {' or '.join(EXPORT_HEADS)}")
         self.export_heads, self.own_heads = export_heads, None
+        self.crop_scale = check_crop_scale("tinymim", crop_scale)
         self.relations, self.softmax, self.head_alignment = tuple(relations), softmax, head_alignment
         self.color_jitter, self.masked_input, self.mask_ratio = color_jitter, masked_input, mask_ratio
         kinds = sorted({kind for r in self.relations for kind in r})
@@ -195,7 +200,10 @@ class TinyMIMLoss(Method):
         return student
 
     def make_inputs(self, images: Tensor, labels: Tensor) -> StepInputs:
-        """The raw images for the teacher; jittered (and optionally patch-dropped) ones for the student."""
+        """One shared crop (``crop_scale``) for both models; the student's jittered (and optionally
+        patch-dropped)."""
+        if self.crop_scale is not None:
+            images = random_resized_crops(images, tuple(images.shape[-2:]), self.crop_scale)
         view = jitter_colours(images, self.color_jitter) if self.color_jitter > 0 else images
         keep = None
         if self.masked_input:

@@ -15,7 +15,7 @@ DECLARED = {
     "hookimpl", "Register",
     "Method", "Loss", "StepInputs", "Captures", "ModelInput", "Tap", "run_vit",
     "VitModel", "Student", "Teacher", "SamStudent", "SamTeacher", "pad_to_size", "sam_attention",
-    "window_attention_to_dense", "read_channels", "set_block_heads",
+    "window_attention_to_dense", "read_channels", "set_block_heads", "sincos_pos_embed",
     "Evaluator", "Metric", "accuracy_metrics", "check_pooling", "extract_features",
     "DataBundle", "DatasetInfo", "LabeledImages", "TensorImages",
     "Logger", "RunInfo", "StepLog",

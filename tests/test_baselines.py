@@ -19,6 +19,7 @@ from benchbase_plugins import CONF_DIR, cls_token, feature, mae
 from benchbase_plugins.cls_token import ClsTokenLoss
 from benchbase_plugins.feature import FeatureLoss
 from benchbase_plugins.mae import MAELoss, masked_mse, patchify, pixel_target, random_masking, unpatchify
+from benchbase_plugins.views import random_resized_crops
 
 PLUGINS = {"cls_token": (cls_token, ClsTokenLoss), "feature": (feature, FeatureLoss), "mae": (mae, MAELoss)}
 
@@ -271,7 +272,7 @@ def test_mae_target_is_built_from_the_channels_the_student_reads(models):
     student = Student(timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=2,
                                         embed_dim=32, depth=2, num_heads=2, num_classes=5))
     student.input_slice = (2, 4)
-    loss = MAELoss(decoder_depth=1, decoder_width=16, decoder_heads=2, norm_pix_loss=False)
+    loss = MAELoss(decoder_depth=1, decoder_width=16, decoder_heads=2, norm_pix_loss=False, crop_scale=None)
     loss.setup(student, None)
     stacked = torch.randn(3, 4, 16, 16)
     inputs = loss.make_inputs(stacked, torch.zeros(3, dtype=torch.long))
@@ -282,6 +283,24 @@ def test_mae_target_is_built_from_the_channels_the_student_reads(models):
     again = loss(student.run(inputs.student, loss.student_taps), None, inputs)
     torch.testing.assert_close(again["mse_masked"], terms["mse_masked"])
     assert read_channels(stacked, (2, 4)).shape == (3, 2, 16, 16) and read_channels(stacked, None) is stacked
+
+
+def test_mae_crops_each_image_before_masking_and_reconstructs_the_crop(models):
+    """MAE's augmentation: RandomResizedCrop(0.2-1) + flip; the pixel target is the cropped image."""
+    student, _ = models
+    loss = MAELoss(decoder_depth=1, decoder_width=16, decoder_heads=2, norm_pix_loss=False)
+    loss.setup(student, None)
+    x = torch.randn(3, 1, 16, 16)
+    torch.manual_seed(2)
+    inputs = loss.make_inputs(x, torch.zeros(3, dtype=torch.long))
+    torch.manual_seed(2)
+    torch.testing.assert_close(inputs.student.images, random_resized_crops(x, (16, 16), (0.2, 1.0)))
+    assert not torch.allclose(inputs.student.images, x)
+    plain = MAELoss(decoder_depth=1, decoder_width=16, decoder_heads=2, crop_scale=None)
+    plain.setup(student, None)
+    assert plain.make_inputs(x, torch.zeros(3, dtype=torch.long)).student.images is x
+    with pytest.raises(BenchbaseError, match=r"^mae: crop_scale must be"):
+        MAELoss(crop_scale=[0.5, 0.2])
 
 
 # ---------------------------------------------------------------- training step, registration

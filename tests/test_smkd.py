@@ -29,11 +29,11 @@ from benchbase_plugins.smkd_parts import (
     enable_dynamic_img_size,
     ibot_masks,
     local_crop_size,
-    random_resized_crops,
     student_log_probs,
     teacher_probs,
     teacher_temperature,
 )
+from benchbase_plugins.views import random_resized_crops
 from omegaconf import OmegaConf
 from test_run import tiny
 

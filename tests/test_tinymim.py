@@ -19,6 +19,7 @@ from benchbase.errors import BenchbaseError
 from benchbase.results import ResultsDB
 from benchbase_plugins import CONF_DIR
 from benchbase_plugins.tinymim import TinyMIMLoss, jitter_colours, relation_kl, relation_logits
+from benchbase_plugins.views import random_resized_crops
 
 
 def vit(width: int, depth: int, heads: int, seed: int) -> torch.nn.Module:
@@ -186,8 +187,23 @@ def test_teacher_stops_at_target_block(models, teacher_block, calls, qkv):
 # ---------------------------------------------------------------------------------------- inputs
 
 
-def test_only_the_student_view_is_jittered(models):
+def test_both_models_see_one_shared_random_resized_crop(models):
+    """The paper's augmentation: one RandomResizedCrop(0.2-1) + flip per image, the same for teacher and student."""
     loss = TinyMIMLoss(color_jitter=0.0)
+    loss.setup(*models)
+    x = images()
+    torch.manual_seed(3)
+    inputs = loss.make_inputs(x, torch.zeros(3))
+    assert inputs.student.images is inputs.teacher.images and inputs.student.images.shape == x.shape
+    assert not torch.allclose(inputs.student.images, x)
+    torch.manual_seed(3)
+    torch.testing.assert_close(random_resized_crops(x, (16, 16), (0.2, 1.0)), inputs.teacher.images)
+    with pytest.raises(BenchbaseError, match=r"^tinymim: crop_scale must be \[low, high\]"):
+        TinyMIMLoss(crop_scale=[0.0, 1.0])
+
+
+def test_only_the_student_view_is_jittered(models):
+    loss = TinyMIMLoss(color_jitter=0.0, crop_scale=None)
     loss.setup(*models)
     x = images()
     plain = loss.make_inputs(x, torch.zeros(3))
