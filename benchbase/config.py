@@ -27,9 +27,11 @@ class TrainerConfig:
     lr: float = 1e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.05
+    weight_decay_end: Optional[float] = None  # cosine schedule of the weight decay to this value (DINO, iBOT, SMKD)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_epochs: float = 1.0
     clip_grad: Optional[float] = 3.0
+    clip_grad_mode: str = "global"  # global: one norm over all gradients; per_parameter: each its own (DINO, SMKD)
     lr_scaling: str = "none"  # none: lr as given; linear: lr is the base lr at batch 256 (lr x batch / 256, MAE's rule)
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -40,7 +42,7 @@ class TrainerConfig:
     compile_backend: str = "inductor"  # torch.compile backend (aot_eager: a quick check without codegen)
 
 
-LATER_TRAINER_DEFAULTS = {"lr_scaling": "none"}
+LATER_TRAINER_DEFAULTS = {"lr_scaling": "none", "weight_decay_end": None, "clip_grad_mode": "global"}
 """Trainer keys added after runs were stored, with the value they had then: left out of run hashes
 and recipe keys at that value, so stored runs and cached teachers keep their names."""
 

@@ -83,15 +83,44 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 LR_SCALINGS = ("none", "linear")
+CLIP_GRAD_MODES = ("global", "per_parameter")
+
+
+def check_trainer(cfg: Any) -> None:
+    """One-line errors for trainer choices outside their options (``lr_scaling``, ``clip_grad_mode``)."""
+    for key, options in (("lr_scaling", LR_SCALINGS), ("clip_grad_mode", CLIP_GRAD_MODES)):
+        value = cfg.get(key, options[0])
+        if value not in options:
+            raise BenchbaseError(f"trainer.{key}={value!r}; use {' or '.join(options)}")
 
 
 def peak_lr(cfg: Any, batch_size: int) -> float:
     """The peak learning rate of trainer ``cfg`` at global batch ``batch_size``: ``cfg.lr``, or
     with ``lr_scaling=linear`` the base lr scaled as MAE does, ``cfg.lr x batch_size / 256``."""
-    scaling = cfg.get("lr_scaling", "none")
-    if scaling not in LR_SCALINGS:
-        raise BenchbaseError(f"trainer.lr_scaling={scaling!r}; use {' or '.join(LR_SCALINGS)}")
-    return cfg["lr"] * batch_size / 256 if scaling == "linear" else cfg["lr"]
+    check_trainer(cfg)
+    return cfg["lr"] * batch_size / 256 if cfg.get("lr_scaling", "none") == "linear" else cfg["lr"]
+
+
+def weight_decay_at(step: int, total: int, start: float, end: float | None) -> float:
+    """The weight decay at ``step`` of ``total``: ``start`` throughout, or with ``end`` a half-cycle
+    cosine from ``start`` to ``end`` over all steps (DINO's ``cosine_scheduler``, no warm-up)."""
+    if end is None:
+        return start
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * step / max(1, total)))
+
+
+def clip_gradients(params: list[nn.Parameter], clip: float, mode: str) -> None:
+    """Clip gradients to norm ``clip``: all together (``global``) or each parameter's alone
+    (``per_parameter``, DINO's ``clip_gradients``: a gradient of norm g > clip is scaled by
+    clip / (g + 1e-6))."""
+    if mode == "global":
+        nn.utils.clip_grad_norm_(params, clip)
+        return
+    for param in params:
+        if param.grad is not None:
+            scale = clip / (float(param.grad.norm()) + 1e-6)
+            if scale < 1:
+                param.grad.mul_(scale)
 
 
 def lr_at(step: int, total: int, warmup: int, base: float, minimum: float) -> float:
@@ -112,7 +141,8 @@ def param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str
             seen.add(id(param))
             skip = param.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "mask_token", "reg_token"))
             (no_decay if skip else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay, "decayed": True},
+            {"params": no_decay, "weight_decay": 0.0, "decayed": False}]
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
@@ -287,7 +317,8 @@ def train(
             for batch, (images, labels) in enumerate(_epoch_batches(dataset, cfg, seed, epoch, device, skip), skip):
                 try:
                     terms_f, stopping = train_step(step_module, teacher, loss, optimizer, images, labels, device, amp, cfg,
-                                              step, lr_at(step, total, warmup, lr, cfg.min_lr), stop_signals)
+                                              step, lr_at(step, total, warmup, lr, cfg.min_lr), stop_signals,
+                                              weight_decay_at(step, total, cfg.weight_decay, cfg.get("weight_decay_end")))
                 except MethodFailed:
                     raise
                 except Exception as exc:
@@ -317,7 +348,8 @@ def train(
 
 
 def train_step(step_module: nn.Module, teacher, loss, optimizer, images, labels, device, amp, cfg, step: int,
-          lr: float, stop: preemption.StopSignals | None = None) -> tuple[dict[str, float], bool]:
+          lr: float, stop: preemption.StopSignals | None = None,
+          weight_decay: float | None = None) -> tuple[dict[str, float], bool]:
     """One optimiser step of ``step_module`` (a :class:`StepModule`, DDP-wrapped under torchrun).
 
     Returns the loss terms as floats, averaged over the processes so that every rank agrees on
@@ -326,6 +358,8 @@ def train_step(step_module: nn.Module, teacher, loss, optimizer, images, labels,
     extra collective)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+        if weight_decay is not None and group.get("decayed"):  # not the norms, biases and tokens
+            group["weight_decay"] = weight_decay
     images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
     inputs = loss.make_inputs(images, labels)
     inputs.student, inputs.teacher = _to_device(inputs.student, device), _to_device(inputs.teacher, device)
@@ -349,7 +383,8 @@ def train_step(step_module: nn.Module, teacher, loss, optimizer, images, labels,
     optimizer.zero_grad(set_to_none=True)
     total_loss.backward()
     if cfg.clip_grad:
-        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.clip_grad)
+        clip_gradients([p for g in optimizer.param_groups for p in g["params"]], cfg.clip_grad,
+                       cfg.get("clip_grad_mode", "global"))
     optimizer.step()
     return terms_f, stopping
 

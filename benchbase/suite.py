@@ -34,7 +34,7 @@ from benchbase import __version__, distributed
 from benchbase.components import DataBundle, Metric, Teacher, VitModel
 from benchbase.config import DatasetConfig, compose_config, config_hash
 from benchbase.cost import cost_metrics
-from benchbase.engine import CHECKPOINT, peak_lr, resolve_device, train
+from benchbase.engine import CHECKPOINT, check_trainer, resolve_device, train
 from benchbase.errors import BenchbaseError, MethodFailed, NotApplicable
 from benchbase.floors import FLOORS, PixelModel
 from benchbase.leaderboard import (
@@ -393,7 +393,7 @@ def check_methods(ctx: SuiteContext, roles: list[tuple[str, list[str]]]) -> None
             method_cfg = ctx.methods.config(name, role)
             ctx.methods.params(method_cfg, name)
             asked_teacher_stage(method_cfg)
-            peak_lr(method_cfg.trainer, 1)  # a bad trainer.lr_scaling
+            check_trainer(method_cfg.trainer)
             _plan(ctx, method_cfg, 0)
 
 

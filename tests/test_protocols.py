@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from benchbase.cli import main
@@ -90,3 +91,27 @@ def test_linear_lr_scaling_is_maes_rule_and_leaves_stored_hashes_alone(tmp_path)
                                                            "trainer.min_lr=0.0128")]) == 0
     steps = (next((tmp_path / "runs" / "default").glob("feature-seed0-*")) / "steps.jsonl").read_text().splitlines()
     assert all(math.isclose(json.loads(line)["lr"], 0.0128) for line in steps)
+
+
+def test_smkds_trainer_schedules_weight_decay_and_clips_each_parameter(bb):
+    from benchbase.engine import check_trainer, clip_gradients, weight_decay_at
+
+    smkd = Methods(bb, []).config("smkd")
+    assert (smkd.trainer.weight_decay, smkd.trainer.weight_decay_end) == (0.04, 0.4)
+    assert smkd.trainer.clip_grad_mode == "per_parameter"
+    # DINO's cosine_scheduler: start at step 0, the midpoint halfway, the end value at the last step
+    assert weight_decay_at(0, 100, 0.04, 0.4) == pytest.approx(0.04)
+    assert weight_decay_at(50, 100, 0.04, 0.4) == pytest.approx(0.22)
+    assert weight_decay_at(100, 100, 0.04, 0.4) == pytest.approx(0.4)
+    assert weight_decay_at(30, 100, 0.05, None) == 0.05
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    a.grad, b.grad = torch.tensor([3.0, 4.0]), torch.tensor([0.3, 0.4])  # norms 5 and 0.5
+    clip_gradients([a, b], 1.0, "per_parameter")
+    torch.testing.assert_close(a.grad, torch.tensor([3.0, 4.0]) / (5 + 1e-6))  # scaled to norm 1 alone
+    torch.testing.assert_close(b.grad, torch.tensor([0.3, 0.4]))  # under the clip: left alone
+    a.grad, b.grad = torch.tensor([3.0, 4.0]), torch.tensor([0.3, 0.4])
+    clip_gradients([a, b], 1.0, "global")  # one norm over both: sqrt(25 + 0.25)
+    torch.testing.assert_close(b.grad, torch.tensor([0.3, 0.4]) / (25.25 ** 0.5 + 1e-6))
+    with pytest.raises(BenchbaseError, match=r"^trainer.clip_grad_mode='each'; use global or per_parameter$"):
+        check_trainer({"clip_grad_mode": "each"})
+    assert "weight_decay_end" not in trainer_identity({"weight_decay_end": None, "clip_grad_mode": "global"})

@@ -40,7 +40,7 @@ from test_run import tiny
 from benchbase.capture import ModelInput, Tap, embed
 from benchbase.cli import main
 from benchbase.components import Student
-from benchbase.engine import param_groups
+from benchbase.engine import param_groups, weight_decay_at
 from benchbase.errors import BenchbaseError
 from benchbase.results import ResultsDB
 
@@ -600,6 +600,11 @@ def test_two_phase_recipe_end_to_end_and_phase_2_starts_from_phase_1(tmp_path):
                   (stage_dir / "steps.jsonl", Path(record.run_dir) / "steps.jsonl")]
     assert {"cls", "mim"} <= last_terms[0] and "patch" not in last_terms[0]  # phase 1: iBOT
     assert {"cls", "patch"} <= last_terms[1] and "mim" not in last_terms[1]  # phase 2: SMKD, L_cls + L_patch
+    # SMKD's trainer: the decayed group's weight decay follows the cosine 0.04 -> 0.4 to the last step
+    steps = len((Path(record.run_dir) / "steps.jsonl").read_text().splitlines())
+    groups = torch.load(Path(record.run_dir) / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert groups[0]["weight_decay"] == pytest.approx(weight_decay_at(steps - 1, steps, 0.04, 0.4))
+    assert groups[1]["weight_decay"] == 0.0
 
     # phase 2 without a step: the scored and exported model is phase 1's final EMA teacher backbone
     # (evaluate=teacher), or phase 1's final student (evaluate=student); the stage is not trained again
