@@ -25,7 +25,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,10 +86,15 @@ LR_SCALINGS = ("none", "linear")
 CLIP_GRAD_MODES = ("global", "per_parameter")
 
 
+def _setting(cfg: Any, key: str, default: Any = None) -> Any:
+    """Trainer setting ``key`` of ``cfg`` (a config, a mapping or an attribute namespace), ``default`` if unset."""
+    return cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
+
+
 def check_trainer(cfg: Any) -> None:
     """One-line errors for trainer choices outside their options (``lr_scaling``, ``clip_grad_mode``)."""
     for key, options in (("lr_scaling", LR_SCALINGS), ("clip_grad_mode", CLIP_GRAD_MODES)):
-        value = cfg.get(key, options[0])
+        value = _setting(cfg, key, options[0])
         if value not in options:
             raise BenchbaseError(f"trainer.{key}={value!r}; use {' or '.join(options)}")
 
@@ -98,7 +103,8 @@ def peak_lr(cfg: Any, batch_size: int) -> float:
     """The peak learning rate of trainer ``cfg`` at global batch ``batch_size``: ``cfg.lr``, or
     with ``lr_scaling=linear`` the base lr scaled as MAE does, ``cfg.lr x batch_size / 256``."""
     check_trainer(cfg)
-    return cfg["lr"] * batch_size / 256 if cfg.get("lr_scaling", "none") == "linear" else cfg["lr"]
+    lr = _setting(cfg, "lr")
+    return lr * batch_size / 256 if _setting(cfg, "lr_scaling", "none") == "linear" else lr
 
 
 def weight_decay_at(step: int, total: int, start: float, end: float | None) -> float:
@@ -318,7 +324,7 @@ def train(
                 try:
                     terms_f, stopping = train_step(step_module, teacher, loss, optimizer, images, labels, device, amp, cfg,
                                               step, lr_at(step, total, warmup, lr, cfg.min_lr), stop_signals,
-                                              weight_decay_at(step, total, cfg.weight_decay, cfg.get("weight_decay_end")))
+                                              weight_decay_at(step, total, cfg.weight_decay, _setting(cfg, "weight_decay_end")))
                 except MethodFailed:
                     raise
                 except Exception as exc:
@@ -384,7 +390,7 @@ def train_step(step_module: nn.Module, teacher, loss, optimizer, images, labels,
     total_loss.backward()
     if cfg.clip_grad:
         clip_gradients([p for g in optimizer.param_groups for p in g["params"]], cfg.clip_grad,
-                       cfg.get("clip_grad_mode", "global"))
+                       _setting(cfg, "clip_grad_mode", "global"))
     optimizer.step()
     return terms_f, stopping
 
