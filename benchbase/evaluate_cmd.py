@@ -146,7 +146,7 @@ def _evaluated(ctx: SuiteContext, spec: ModelSpec, model_for: Callable[[DataBund
     record = _record(ctx, ctx.cfg, "eval", label, seed, h, made, status="done", metrics=metrics,
                      wall_time=time.perf_counter() - started)
     # a stored run's teacher as its own record names it (which of a recipe's stages taught it)
-    return dataclasses.replace(record, teacher=teacher_name(spec.run) if spec.run is not None else "",
+    return dataclasses.replace(record, teacher=teacher_name(spec.run, ctx.methods) if spec.run is not None else "",
                                config={**record.config, "provenance": spec.provenance(), "row": row})
 
 

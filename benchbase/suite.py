@@ -163,7 +163,7 @@ def _record(ctx: SuiteContext, cfg: DictConfig, role: str, method: str, seed: in
     versions.update({f"plugin:{k}": v for k, v in ctx.bb.plugin_versions().items()})
     versions.update(made)
     return RunRecord(
-        config_hash=h, suite=cfg.suite.name, method=method, teacher=teacher_name(cfg),
+        config_hash=h, suite=cfg.suite.name, method=method, teacher=teacher_name(cfg, ctx.methods),
         student=_model_name(cfg.student), dataset=cfg.suite.distill.dataset, seed=seed,
         config=OmegaConf.to_container(cfg, resolve=True), git_rev=_git_revision(), versions=versions,
         device=_device_name(ctx.device), role=role, **kw,
@@ -175,8 +175,19 @@ def _model_name(mcfg: DictConfig) -> str:
     return f"{mcfg.model}({sizes})" if sizes else mcfg.model
 
 
-def teacher_name(cfg: DictConfig) -> str:
-    """The teacher as tables name it; a recipe teacher says which of its stages' weights teach."""
+NO_TEACHER = "none"
+"""The teacher name of a run whose method distils from no teacher (MAE, SMKD's own EMA, supervised)."""
+
+
+def teacher_name(cfg: DictConfig, methods: Methods | None = None) -> str:
+    """The teacher as tables name it; a recipe teacher says which of its stages' weights teach.
+    With ``methods``, a run of a method that uses no teacher (and no stage that makes one) names
+    :data:`NO_TEACHER`."""
+    method = cfg.get("method")
+    if methods is not None and method is not None and method.name in methods.bb.registry.names(KIND):
+        teaches = any(stage.get("then") == "teach" for stage in method.get("stages") or [])
+        if not methods.method_class(method.name).uses_teacher and not teaches:
+            return NO_TEACHER
     source, stage = cfg.teacher.source, teacher_stage(cfg)
     if stage == "pretrain":
         source = f"recipe after {cfg.teacher.recipe.pretrain_method} pre-training only"

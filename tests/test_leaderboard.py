@@ -328,3 +328,6 @@ def test_the_teacher_line_names_which_rows_distil_which_teacher():
     assert _teachers([teacher, plain]) == "vit_digits"
     assert _teachers([teacher, plain, pretrained, run("supervised", 0, 60.0, role="reference")]) == (
         "vit_digits (teacher, mae); vit_digits [recipe after mae pre-training only] (tinymim)")
+    without = dataclasses.replace(run("smkd", 0, 65.0), teacher="none")  # a method that uses no teacher
+    assert _teachers([teacher, pretrained, without]) == (
+        "none (smkd); vit_digits (teacher); vit_digits [recipe after mae pre-training only] (tinymim)")
