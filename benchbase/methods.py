@@ -3,9 +3,10 @@
 A *method* is a registered :class:`~benchbase.components.Method` class plus its config file
 ``method/<name>.yaml``. :class:`Methods` holds the suite's overrides and the loaded plugins and
 answers everything about a method that the layers above the per-step core ask: its config
-(composed once per role), its ``method.params`` checked against the constructor, the built
-method, whether it runs on a student architecture, and the params the teacher recipe builds its
-methods with. The identities that name runs and caches live here too: :func:`run_identity` (what a
+(composed once per role, with the method's protocol applied: the teacher stage it distils and its
+own trainer and student settings, see :func:`with_protocol`), its ``method.params`` checked against
+the constructor, the built method, whether it runs on a student architecture, and the params and
+trainer settings the teacher recipe builds its methods with. The identities that name runs and caches live here too: :func:`run_identity` (what a
 run's config hash covers), :func:`recipe_identity` and :meth:`Methods.recipe_key` (the recipe
 teacher's cache key). Suite, stages, teachers, ablation and plugin tools call it directly.
 """
@@ -72,8 +73,8 @@ class Methods:
 
     def config(self, name: str, role: str = "method") -> DictConfig:
         """The config of method ``name``: the suite's overrides (``method.*`` ones only in role
-        ``method``) with ``method=<name>``. Composed once per (name, role); each call returns a
-        copy the caller may change."""
+        ``method``) with ``method=<name>``, the method's protocol applied (:func:`with_protocol`).
+        Composed once per (name, role); each call returns a copy the caller may change."""
         if (name, role) not in self._configs:
             cls = self.method_class(name)
             overrides = self.overrides if role == "method" else without_method_overrides(self.overrides)
