@@ -126,8 +126,6 @@ class StageConfig:
     params: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
     student: dict[str, Any] = field(default_factory=dict)
-    # set by benchbase.methods.with_protocol: the suite's trainer/student values the protocol replaced
-    suite_values: dict[str, Any] = field(default_factory=dict)
     then: str = "continue"
 
 

@@ -6,9 +6,9 @@ answers everything about a method that the layers above the per-step core ask: i
 (composed once per role, with the method's protocol applied: the teacher stage it distils and its
 own trainer and student settings, see :func:`with_protocol`), its ``method.params`` checked against
 the constructor, the built method, whether it runs on a student architecture, and the params and
-trainer settings the teacher recipe builds its methods with. The identities that name runs and caches live here too: :func:`run_identity` (what a
-run's config hash covers), :func:`recipe_identity` and :meth:`Methods.recipe_key` (the recipe
-teacher's cache key). Suite, stages, teachers, ablation and plugin tools call it directly.
+trainer settings the teacher recipe builds its methods with. The identities that name runs and
+caches live here too: :func:`run_identity` (what a run's config hash covers), :func:`recipe_identity`
+and :meth:`Methods.recipe_key` (the recipe teacher's cache key). Suite, stages, teachers, ablation and plugin tools call it directly.
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ class Methods:
         stages = []
         if has_pretraining(recipe):
             name = recipe.pretrain_method
-            stages.append(("pretrain", name, self.recipe_params(name), recipe.pretrain_epochs, self.recipe_trainer(name)))
+            stages.append(("pretrain", name, self.recipe_params(name), recipe.pretrain_epochs,
+                           self.recipe_trainer(name)))
         if recipe.finetune_method == "supervised":
             finetune: dict = {}
         elif recipe.finetune_method == "supervised_segmentation":
@@ -150,7 +151,7 @@ class Methods:
         included; not the run-only ones), each recipe stage's method with the params it is built
         with (``method/<pretrain_method>.yaml``'s, e.g. MAE's mask ratio, decoder and ``norm_pix``),
         and the code of those methods, of the teacher builder and of the distillation dataset."""
-        trainer = suite_setting(OmegaConf.to_container(cfg, resolve=True), "trainer")
+        trainer = OmegaConf.to_container(suite_trainer(cfg), resolve=True)
         stages = self.recipe_plan(cfg.teacher.recipe, data)
         components = [(KIND, name) for _, name, *_ in stages]
         components += [("teachers", cfg.teacher.arch), ("datasets", cfg.suite.distill.dataset)]
@@ -192,6 +193,12 @@ def with_protocol(cfg: DictConfig) -> DictConfig:
             cfg[group] = OmegaConf.merge(cfg[group], changes)
     cfg.method.suite_values = replaced
     return cfg
+
+
+def suite_trainer(cfg: Any) -> DictConfig:
+    """The suite's trainer of run config ``cfg`` (what a recipe teacher trains with): ``cfg.trainer``
+    with the values its method's protocol replaced put back (``method.suite_values.trainer``)."""
+    return OmegaConf.create(suite_setting(OmegaConf.to_container(cfg, resolve=True), "trainer"))
 
 
 def has_pretraining(recipe: Any) -> bool:
@@ -288,8 +295,7 @@ def recipe_identity(cfg: Any) -> str:
     the teacher itself."""
     teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
     teacher.pop("distill_drop_path", None)
-    # the recipe's trainer, not a method's protocol (kept a DictConfig: its lists hash as they always did)
-    trainer = OmegaConf.merge(cfg.trainer, (cfg.get("method") or {}).get("suite_values", {}).get("trainer", {}))
+    trainer = suite_trainer(cfg)  # a DictConfig, as always: its lists keep hashing as they did
     return config_hash({
         "teacher": teacher,
         "distill": OmegaConf.to_container(cfg.suite.distill, resolve=True),

@@ -135,7 +135,8 @@ class MAELoss(Method):
                 nn.init.zeros_(module.bias)
 
     def make_inputs(self, images: Tensor, labels: Tensor) -> StepInputs:
-        """Crop and flip each image (``crop_scale``), then mask it; ``extras`` holds ``ids_restore`` [B, N] and ``mask`` [B, N] (1 = masked)."""
+        """Crop and flip each image (``crop_scale``), then mask it; ``extras`` holds ``ids_restore``
+        [B, N] and ``mask`` [B, N] (1 = masked)."""
         n = self.grid[0] * self.grid[1]
         if self.crop_scale is not None:
             images = random_resized_crops(images, tuple(images.shape[-2:]), self.crop_scale)

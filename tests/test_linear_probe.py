@@ -173,5 +173,11 @@ def test_finetune_with_maes_recipe_learns_and_names_its_recipe():
     assert random.getstate() == states[0] and np.array_equal(np.random.get_state()[1], states[1])  # left as found
     assert warmup_cosine(0, 10, 2, 1.0, 0.0) == 0.0 and warmup_cosine(1, 10, 2, 1.0, 0.0) == 0.5
     assert warmup_cosine(2, 10, 2, 1.0, 0.0) == 1.0 and warmup_cosine(10, 10, 2, 1.0, 0.1) == pytest.approx(0.1)
+    with pytest.raises(BenchbaseError, match=r"^finetune recipe=mae: Mixup/CutMix .* must be even; got 15"):
+        FineTune(train_split="base_train", test_split="base_test", batch_size=15, recipe="mae").evaluate(
+            Teacher(tiny_model()), data, CPU)
+    # a train split smaller than the batch is one full batch of the whole split, not none
+    loader = FineTune(batch_size=512, recipe="mae")._loader(data.split("base_train"), drop_last=True)
+    assert len(loader) == 1 and loader.batch_size == 96
     with pytest.raises(BenchbaseError, match=r"^finetune: recipe='timm'; use plain or mae$"):
         FineTune(recipe="timm")

@@ -248,8 +248,8 @@ class FineTune(Evaluator):
         return accuracy_metrics(torch.cat(scores), torch.cat(labels), data.num_classes, protocol)
 
     def _loader(self, train_set, drop_last: bool) -> DataLoader:
-        return DataLoader(train_set, batch_size=self.batch_size, shuffle=True, drop_last=drop_last,
-                          generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(train_set, batch_size=min(self.batch_size, len(train_set)), shuffle=True,
+                          drop_last=drop_last, generator=torch.Generator().manual_seed(self.seed))
 
     def _train_plain(self, model: nn.Module, train_set, num_classes: int, device: torch.device) -> None:
         model.reset_classifier(num_classes)
@@ -274,13 +274,16 @@ class FineTune(Evaluator):
         mae_finetune_model(model, num_classes, self.drop_path).to(device).train()
         groups = param_groups_layer_decay(model, self.weight_decay, model.no_weight_decay(),
                                           layer_decay=self.layer_decay)
-        batch = min(self.batch_size, len(train_set))
-        peak = self.lr * batch / 256
-        optimizer = torch.optim.AdamW(groups, lr=peak)
-        loader = self._loader(train_set, drop_last=True)  # Mixup pairs each batch with its reverse: even, full
-        total, warmup = max(1, self.epochs * len(loader)), int(round(self.warmup_epochs * len(loader)))
+        loader = self._loader(train_set, drop_last=True)  # Mixup pairs each batch with its reverse: full batches
+        batch = loader.batch_size
         mixing = Mixup(mixup_alpha=self.mixup, cutmix_alpha=self.cutmix, label_smoothing=self.smoothing,
                        num_classes=num_classes) if self.mixup > 0 or self.cutmix > 0 else None
+        if mixing is not None and batch % 2:
+            raise BenchbaseError(f"finetune recipe=mae: Mixup/CutMix pair each image with another in its batch, "
+                                 f"so the batch must be even; got {batch} (set batch_size, or mixup=0 cutmix=0)")
+        peak = self.lr * batch / 256
+        optimizer = torch.optim.AdamW(groups, lr=peak)
+        total, warmup = max(1, self.epochs * len(loader)), int(round(self.warmup_epochs * len(loader)))
         erase = RandomErasing(self.erasing, mode="pixel", device=str(device)) if self.erasing > 0 else None
         soft = SoftTargetCrossEntropy()
         step = 0
@@ -291,7 +294,7 @@ class FineTune(Evaluator):
                 images, targets = images.to(device), targets.to(device)
                 if erase is not None:
                     images = erase(images.clone())
-                if mixing is not None and images.shape[0] % 2 == 0:
+                if mixing is not None:
                     images, soft_targets = mixing(images, targets)
                     loss = soft(model(images), soft_targets)
                 else:
