@@ -216,6 +216,12 @@ class Method(nn.Module, ABC):
     ) -> dict[str, Tensor]:
         """Loss terms by name, each a scalar tensor."""
 
+    def before_update(self, epoch: int) -> None:
+        """Called in every step after the backward pass and gradient clipping, before the optimiser
+        applies the gradients, in epoch ``epoch`` (0-based). A method may change its gradients here
+        or drop them (``param.grad = None``: the optimiser leaves that parameter alone this step), as
+        DINO, iBOT and SMKD drop their head's last layer's during the first epoch."""
+
     def after_step(self, student: Student, progress: float) -> None:
         """Called after every optimiser step; ``progress`` runs from 0 to 1 over training."""
 

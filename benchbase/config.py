@@ -40,17 +40,21 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the transformer blocks that no tap of the loss reads
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead | max-autotune | ...
     compile_backend: str = "inductor"  # torch.compile backend (aot_eager: a quick check without codegen)
+    sync_every: Optional[int] = None  # steps between reads of the loss terms to the host (None: 1 on CPU, 25 on CUDA)
 
 
 LATER_TRAINER_DEFAULTS = {"lr_scaling": "none", "weight_decay_end": None, "clip_grad_mode": "global"}
 """Trainer keys added after runs were stored, with the value they had then: left out of run hashes
 and recipe keys at that value, so stored runs and cached teachers keep their names."""
 
-RUN_ONLY_TRAINER_KEYS = ("progress", "device", "num_workers", "compile", "compile_mode", "compile_backend")
+RUN_ONLY_TRAINER_KEYS = ("progress", "device", "num_workers", "compile", "compile_mode", "compile_backend",
+                         "sync_every")
 """Trainer keys that change how a run executes but not what it computes (left out of run hashes).
 
 ``compile*`` belong here for the reason ``device`` does: a compiled block computes the same
-function, and only the order of float operations (kernel fusion) differs."""
+function, and only the order of float operations (kernel fusion) differs. ``sync_every`` only
+decides how often the host waits for the device to read the loss terms (every step is still
+checked and logged)."""
 
 
 def trainer_identity(trainer: dict[str, Any], leave_out: Sequence[str] = ()) -> dict[str, Any]:

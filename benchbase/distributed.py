@@ -3,8 +3,9 @@
 ``torchrun --nproc_per_node N -m benchbase run ...`` starts N copies of the command with
 ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` in their environment; :func:`init_from_env` joins them into one
 process group (NCCL for CUDA tensors and gloo for CPU ones, so ``trainer.device=cpu`` works on a GPU
-machine too) and pins each process to the GPU ``LOCAL_RANK``.
-Everything here is a no-op (rank 0 of 1) in a single process, so callers need no special case.
+machine too) and pins each process to the GPU ``LOCAL_RANK``. ``--nproc_per_node 1`` joins a group
+of one: the same collectives and DistributedDataParallel path as N processes, on one GPU.
+Everything here is a no-op (rank 0 of 1) in a plain single process, so callers need no special case.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ T = TypeVar("T")
 
 
 def init_from_env() -> None:
-    """Join the process group described by torchrun's environment (``WORLD_SIZE`` > 1); else nothing."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    """Join the process group described by torchrun's environment (``WORLD_SIZE`` and
+    ``MASTER_ADDR`` set, any world size); else nothing."""
+    if "WORLD_SIZE" not in os.environ or "MASTER_ADDR" not in os.environ or dist.is_initialized():
         return
     cuda = torch.cuda.is_available()
     if cuda:
@@ -38,6 +40,11 @@ def shutdown() -> None:
     """Leave the process group (after the last collective); nothing in one process."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def joined() -> bool:
+    """Whether this process is in a process group (under torchrun, even as its only member)."""
+    return dist.is_initialized()
 
 
 def rank() -> int:
@@ -72,7 +79,7 @@ def barrier() -> None:
 
 def all_reduce_mean(tensor: Tensor) -> Tensor:
     """Mean of ``tensor`` over the processes, in place (and returned); unchanged in one process."""
-    if world_size() > 1:
+    if joined():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor.div_(world_size())
     return tensor
@@ -80,7 +87,7 @@ def all_reduce_mean(tensor: Tensor) -> Tensor:
 
 def broadcast_from_main(obj: T) -> T:
     """Rank 0's ``obj`` (any picklable value) on every rank; ``obj`` itself in one process."""
-    if world_size() == 1:
+    if not joined():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -89,7 +96,7 @@ def broadcast_from_main(obj: T) -> T:
 
 def all_gather(obj: T) -> list[T]:
     """Every rank's ``obj`` (any picklable value) in rank order, on every rank; ``[obj]`` in one process."""
-    if world_size() == 1:
+    if not joined():
         return [obj]
     out: list = [None] * world_size()
     dist.all_gather_object(out, obj)

@@ -68,7 +68,7 @@ def resolve_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise BenchbaseError(f"trainer.device={name} but CUDA is not available; use trainer.device=cpu")
-    if name == "cuda" and distributed.world_size() > 1:
+    if name == "cuda" and distributed.joined():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
 
@@ -118,15 +118,15 @@ def weight_decay_at(step: int, total: int, start: float, end: float | None) -> f
 def clip_gradients(params: list[nn.Parameter], clip: float, mode: str) -> None:
     """Clip gradients to norm ``clip``: all together (``global``) or each parameter's alone
     (``per_parameter``, DINO's ``clip_gradients``: a gradient of norm g > clip is scaled by
-    clip / (g + 1e-6))."""
+    clip / (g + 1e-6)). Neither waits for the device: the norms and scales stay tensors."""
     if mode == "global":
         nn.utils.clip_grad_norm_(params, clip)
         return
-    for param in params:
-        if param.grad is not None:
-            scale = clip / (float(param.grad.norm()) + 1e-6)
-            if scale < 1:
-                param.grad.mul_(scale)
+    grads = [param.grad for param in params if param.grad is not None]
+    if grads:
+        norms = torch._foreach_norm(grads)
+        scales = [torch.clamp(clip / (norm + 1e-6), max=1.0) for norm in norms]  # x 1.0 leaves g as it is
+        torch._foreach_mul_(grads, scales)
 
 
 def lr_at(step: int, total: int, warmup: int, base: float, minimum: float) -> float:
@@ -149,6 +149,14 @@ def param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str
             (no_decay if skip else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay, "decayed": True},
             {"params": no_decay, "weight_decay": 0.0, "decayed": False}]
+
+
+def make_optimizer(modules: list[nn.Module], cfg: Any, lr: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters of ``modules`` (:func:`param_groups`) with trainer
+    ``cfg``'s weight decay and betas; on CUDA the fused implementation (one kernel for every
+    parameter instead of several per tensor list)."""
+    return torch.optim.AdamW(param_groups(modules, cfg.weight_decay), lr=lr, betas=tuple(cfg.betas),
+                             fused=device.type == "cuda")
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
@@ -187,7 +195,7 @@ class StepModule(nn.Module):
 
 
 def _distribute(module: StepModule) -> nn.Module:
-    """``module`` wrapped in DistributedDataParallel when several processes train, else itself.
+    """``module`` wrapped in DistributedDataParallel under torchrun (a group of one too), else itself.
 
     ``find_unused_parameters=True``: which parameters a step uses depends on the loss (a student's
     classifier head under feature distillation, the last block's MLP under TinyMIM, a plugin's
@@ -195,7 +203,7 @@ def _distribute(module: StepModule) -> nn.Module:
     declaration; the traversal is small next to a ViT step. ``device_ids`` stays None: the module
     lives on one device, and DDP then leaves the (already placed) inputs alone.
     """
-    if distributed.world_size() == 1:
+    if not distributed.joined():
         return module
     return DistributedDataParallel(module, device_ids=None, find_unused_parameters=True)
 
@@ -236,9 +244,14 @@ def compiled(models: list[tuple[Student | Teacher | None, Sequence[Tap]]], cfg: 
     mode = None if cfg.compile_mode == "default" else cfg.compile_mode
     for block in blocks:
         block.compile(mode=mode, backend=cfg.compile_backend)
+    # Blocks differing in a Python float (stochastic depth's drop_prob rises with depth) each compile
+    # their own graph; under TorchDynamo's default limit of 8 the blocks past it would run eager.
+    limit = torch._dynamo.config.cache_size_limit
+    torch._dynamo.config.cache_size_limit = max(limit, 2 * len(blocks) + 8)
     try:
         yield
     finally:
+        torch._dynamo.config.cache_size_limit = limit
         for block in blocks:  # back to eager for evaluation and for the next run's taps
             block._compiled_call_impl = None
 
@@ -275,6 +288,8 @@ def train(
     distributed.barrier()  # every rank sees rank 0's run folder (and checkpoint) as it is now
     device = resolve_device(cfg.device)
     amp = autocast_dtype(cfg.precision, device)
+    if device.type == "cuda":  # fixed input shapes: cuDNN picks its fastest convolution once per shape
+        torch.backends.cudnn.benchmark = True
     if len(dataset) < 2:
         raise BenchbaseError(f"the distillation split has {len(dataset)} images; it needs at least 2")
     distributed.local_batch_size(min(cfg.batch_size, len(dataset)), world)
@@ -285,7 +300,7 @@ def train(
     if teacher is not None:
         teacher.to(device)
     lr = peak_lr(cfg, min(cfg.batch_size, len(dataset)))
-    optimizer = torch.optim.AdamW(param_groups([student, loss], cfg.weight_decay), lr=lr, betas=tuple(cfg.betas))
+    optimizer = make_optimizer([student, loss], cfg, lr, device)
     steps_per_epoch = len(dataset) // min(cfg.batch_size, len(dataset))
     total = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -306,13 +321,14 @@ def train(
             tqdm.write(f"resuming {run_dir} from its checkpoint at step {step} ({where})", file=sys.stderr)
     step_module = _distribute(StepModule(student, loss))
     resumed_from = start_epoch
-    terms_f: dict[str, float] = {}
-    seen_images, started = 0, time.perf_counter()
+    started = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=desc, disable=None if cfg.progress and main else True, leave=False,
                dynamic_ncols=True)
+    sync_every = _setting(cfg, "sync_every", None) or (25 if device.type == "cuda" else 1)
     with (training(loggers, run_dir, step, total) as log,
           preemption.StopSignals() as stop_signals,
           compiled([(student, loss.student_taps), (teacher, loss.teacher_taps)], cfg)):
+        reader = StepReader(sync_every, log, bar, started)
         for epoch in range(start_epoch, cfg.epochs):
             skip = partial["batch"] if partial and epoch == start_epoch else 0
             if skip:  # resumed mid-epoch: the random streams continue where the checkpoint left them
@@ -322,21 +338,19 @@ def train(
             student.train()
             for batch, (images, labels) in enumerate(_epoch_batches(dataset, cfg, seed, epoch, device, skip), skip):
                 try:
-                    terms_f, stopping = train_step(step_module, teacher, loss, optimizer, images, labels, device, amp, cfg,
-                                              step, lr_at(step, total, warmup, lr, cfg.min_lr), stop_signals,
-                                              weight_decay_at(step, total, cfg.weight_decay, _setting(cfg, "weight_decay_end")))
+                    names, values = train_step(step_module, teacher, loss, optimizer, images, labels, device, amp, cfg,
+                                               step, lr_at(step, total, warmup, lr, cfg.min_lr), stop_signals,
+                                               weight_decay_at(step, total, cfg.weight_decay, _setting(cfg, "weight_decay_end")),
+                                               epoch)
                 except MethodFailed:
                     raise
                 except Exception as exc:
                     raise MethodFailed(f"{type(exc).__name__} at step {step}: {exc}", step=step) from exc
+                lr_now = optimizer.param_groups[0]["lr"]
                 step += 1
                 loss.after_step(student, step / max(1, total))
-                seen_images += images.shape[0] * world
-                rate = seen_images / max(1e-9, time.perf_counter() - started)
-                log.log_step(StepLog(step, epoch, terms_f, optimizer.param_groups[0]["lr"], rate))
-                bar.set_postfix({**{k: f"{v:.4g}" for k, v in terms_f.items()}, "img/s": f"{rate:.0f}"})
-                bar.update(1)
-                if stopping:  # a stop signal on some rank: checkpoint this step, then let the signal act
+                if reader.add(step - 1, epoch, lr_now, names, values, images.shape[0] * world):
+                    # a stop signal on some rank: checkpoint this step, then let the signal act
                     rngs = distributed.all_gather(preemption.rng_state())
                     if main:
                         log.flush()
@@ -344,24 +358,26 @@ def train(
                                          partial={"batch": batch + 1, "rng": rngs})
                     distributed.barrier()
                     stop_signals.deliver()
+            reader.read()  # every step of the epoch checked before its checkpoint
             if main:
                 log.flush()
                 _save_checkpoint(ckpt_path, student, loss, optimizer, epoch, step)
     bar.close()
     elapsed = time.perf_counter() - started
     untrained = untrained_parameters(student.model, optimizer) if step else []
-    return TrainResult(step, cfg.epochs, terms_f, seen_images / elapsed if elapsed else 0.0, resumed_from, untrained)
+    rate = reader.seen_images / elapsed if elapsed else 0.0
+    return TrainResult(step, cfg.epochs, reader.terms, rate, resumed_from, untrained)
 
 
 def train_step(step_module: nn.Module, teacher, loss, optimizer, images, labels, device, amp, cfg, step: int,
-          lr: float, stop: preemption.StopSignals | None = None,
-          weight_decay: float | None = None) -> tuple[dict[str, float], bool]:
+               lr: float, stop: preemption.StopSignals | None = None,
+               weight_decay: float | None = None, epoch: int = 0) -> tuple[list[str], Tensor]:
     """One optimiser step of ``step_module`` (a :class:`StepModule`, DDP-wrapped under torchrun).
 
-    Returns the loss terms as floats, averaged over the processes so that every rank agrees on
-    whether they are finite, and whether a stop signal reached any process by the time the terms
-    were reduced (the flag rides along with the terms: every rank stops after the same step, at no
-    extra collective)."""
+    Returns the names of the loss terms and, still on the device, their values followed by a stop
+    flag ([n_terms + 1] float32, averaged over the processes: the flag is > 0 when a stop signal
+    reached any process, so it rides along with the terms at no extra collective). Nothing here
+    waits for the device; :class:`StepReader` reads the values (and checks them) in batches."""
     for group in optimizer.param_groups:
         group["lr"] = lr
         if weight_decay is not None and group.get("decayed"):  # not the norms, biases and tokens
@@ -376,23 +392,58 @@ def train_step(step_module: nn.Module, teacher, loss, optimizer, images, labels,
                 teacher_out = _run(teacher, inputs.teacher, loss.teacher_taps)
         terms = step_module(inputs.student, teacher_out, inputs)
     total_loss = sum(terms.values())
-    values = torch.stack([v.detach().float() for v in terms.values()])
-    stopping = stop is not None and stop.requested
-    if distributed.world_size() > 1:
-        reduced = distributed.all_reduce_mean(torch.cat([values, values.new_tensor([float(stopping)])])).tolist()
-        values, stopping = reduced[:-1], reduced[-1] > 0
-    else:
-        values = values.tolist()
-    terms_f = dict(zip(terms, values))
-    if not all(math.isfinite(v) for v in values):
-        raise MethodFailed(f"non-finite loss at step {step}: {terms_f}", step=step)
+    stopping = float(stop is not None and stop.requested)
+    values = torch.cat([torch.stack([v.detach().float() for v in terms.values()]),
+                        torch.full((1,), stopping, device=total_loss.device)])
+    distributed.all_reduce_mean(values)
     optimizer.zero_grad(set_to_none=True)
     total_loss.backward()
     if cfg.clip_grad:
         clip_gradients([p for g in optimizer.param_groups for p in g["params"]], cfg.clip_grad,
                        _setting(cfg, "clip_grad_mode", "global"))
+    loss.before_update(epoch)
     optimizer.step()
-    return terms_f, stopping
+    return list(terms), values
+
+
+class StepReader:
+    """The loss terms of the steps taken since the last read, kept on the device and read to the
+    host in one transfer every ``every`` steps (and whenever :meth:`read` is called): the host waits
+    for the device once per read instead of once per step, so a GPU's queue stays full. Every step
+    is still checked (a non-finite term raises :class:`MethodFailed` naming the first such step)
+    and logged, to ``log`` and the progress ``bar``."""
+
+    def __init__(self, every: int, log, bar, started: float):
+        self.every, self.log, self.bar, self.started = max(1, every), log, bar, started
+        self.pending: list[tuple[int, int, float, list[str], Tensor, int]] = []
+        self.seen_images, self.terms = 0, {}
+
+    def add(self, step: int, epoch: int, lr: float, names: list[str], values: Tensor, images: int) -> bool:
+        """Record step ``step`` (0-based) of ``images`` images (all processes); read when due.
+        Returns whether a stop signal reached any process by the last step read."""
+        self.pending.append((step, epoch, lr, names, values, images))
+        return self.read() if len(self.pending) >= self.every else False
+
+    def read(self) -> bool:
+        """Read, check and log the pending steps; whether any of them carries a stop flag."""
+        if not self.pending:
+            return False
+        rows = torch.cat([values for *_, values, _ in self.pending]).tolist()
+        stopping, offset = False, 0
+        for step, epoch, lr, names, _, images in self.pending:
+            *row, flag = rows[offset:offset + len(names) + 1]
+            offset += len(names) + 1
+            self.terms = dict(zip(names, row))
+            if not all(math.isfinite(v) for v in row):
+                raise MethodFailed(f"non-finite loss at step {step}: {self.terms}", step=step)
+            self.seen_images += images
+            rate = self.seen_images / max(1e-9, time.perf_counter() - self.started)
+            self.log.log_step(StepLog(step + 1, epoch, self.terms, lr, rate))
+            stopping = stopping or flag > 0
+        self.bar.set_postfix({**{k: f"{v:.4g}" for k, v in self.terms.items()}, "img/s": f"{rate:.0f}"})
+        self.bar.update(len(self.pending))
+        self.pending.clear()
+        return stopping
 
 
 def _save_checkpoint(path: Path, student, loss, optimizer, epoch: int, step: int, partial: dict | None = None) -> None:

@@ -10,9 +10,11 @@ from collections.abc import Callable
 
 import timm
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from benchbase.components import Student, Teacher
-from benchbase.engine import StepModule, autocast_dtype, param_groups, train_step
+from benchbase.engine import StepModule, autocast_dtype, compiled, make_optimizer, train_step
+from benchbase.methods import Methods
 from benchbase.plugin_manager import Benchbase
 
 
@@ -52,10 +54,19 @@ def vit_methods(bb: Benchbase, chosen: str = "") -> list[str]:
     return [m for m in names if getattr(bb.registry.get("methods", m), "student_arch", None) in (None, "vit")]
 
 
+def method_trainer(bb: Benchbase, name: str) -> DictConfig:
+    """The trainer method ``name`` trains with by its protocol (``method/<name>.yaml``'s ``trainer``
+    over the default trainer): its betas, weight decay and gradient clipping."""
+    return Methods(bb, []).config(name).trainer
+
+
 def method_step(bb: Benchbase, name: str, args: argparse.Namespace, device: torch.device) -> Callable[[], None]:
     """One training step of method ``name`` through the engine's step function, on a fixed batch of
     random images: ``args.teacher``/``args.student`` timm models at ``args.img`` px, ``args.batch``
-    images, ``args.classes`` classes; bf16 autocast on CUDA, fp32 on the CPU; AdamW, clipping at 3."""
+    images, ``args.classes`` classes; bf16 autocast on CUDA, fp32 on the CPU; the engine's optimizer
+    (AdamW, fused on CUDA) with the method's protocol trainer (betas, weight decay, clipping); with
+    ``args.compile`` (optional) the engine compiles the blocks no tap reads, as ``trainer.compile``
+    does, for the rest of the process."""
     amp = autocast_dtype("auto", device)
     torch.manual_seed(0)
     teacher = Teacher(timm.create_model(args.teacher, img_size=args.img, num_classes=args.classes)).to(device)
@@ -64,13 +75,18 @@ def method_step(bb: Benchbase, name: str, args: argparse.Namespace, device: torc
     loss = bb.registry.get("methods", name)()
     loss.setup(student, teacher if loss.uses_teacher else None)
     loss.to(device)
-    optimizer = torch.optim.AdamW(param_groups([student, loss], 0.05), lr=1e-4)
-    module, cfg = StepModule(student, loss), argparse.Namespace(clip_grad=3.0)
+    cfg = OmegaConf.merge(method_trainer(bb, name), {"compile": bool(getattr(args, "compile", False))})
+    optimizer = make_optimizer([student, loss], cfg, 1e-4, device)
+    module = StepModule(student, loss)
     images = torch.randn(args.batch, 3, args.img, args.img, device=device)
     labels = torch.randint(0, args.classes, (args.batch,), device=device)
+    compiling = compiled([(student, loss.student_taps), (teacher, loss.teacher_taps)], cfg)
+    compiling.__enter__()  # compiled for as long as ``step`` holds the context (its exit restores eager)
 
     def step() -> None:
-        train_step(module, teacher if loss.uses_teacher else None, loss, optimizer, images, labels, device, amp, cfg, 0, 1e-4)
+        train_step(module, teacher if loss.uses_teacher else None, loss, optimizer, images, labels, device, amp, cfg,
+                   0, 1e-4, weight_decay=cfg.weight_decay)
         loss.after_step(student, 0.5)
 
+    step.compiling = compiling  # type: ignore[attr-defined]
     return step

@@ -28,7 +28,7 @@ from common import device_name, interleaved_medians
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchbase.components import Student, Teacher
-from benchbase.engine import StepModule, autocast_dtype, param_groups, train_step
+from benchbase.engine import StepModule, autocast_dtype, make_optimizer, train_step
 
 
 def last_qkv(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -60,30 +60,21 @@ def manual_step(student, teacher, optimizer, images, amp, clip):
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
     optimizer.step()
-    return float(loss.detach())
+    return loss.detach()  # no host sync: the harness step has none either
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default="vit_tiny_patch16_224")
-    parser.add_argument("--student", default="vit_tiny_patch16_224")
-    parser.add_argument("--img", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
-    args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def compare(args: argparse.Namespace, device: torch.device) -> dict:
+    """The harness's TinyMIM step against the hand-written one (module docstring), as one dict."""
     amp = autocast_dtype("auto", device)
     torch.manual_seed(0)
     teacher = Teacher(timm.create_model(args.teacher, img_size=args.img, num_classes=0)).to(device)
     student = Student(timm.create_model(args.student, img_size=args.img, num_classes=0, drop_path_rate=0.1)).to(device)
     loss = TinyMIMLoss(color_jitter=0.0)
     loss.setup(student, teacher)  # head alignment: the student's last block gets the teacher's heads
-    optimizer = torch.optim.AdamW(param_groups([student, loss], 0.05), lr=1e-4)
+    cfg = argparse.Namespace(clip_grad=3.0, weight_decay=0.05, betas=(0.9, 0.999))
+    optimizer = make_optimizer([student, loss], cfg, 1e-4, device)  # both paths share it: fused on CUDA
     images = torch.randn(args.batch, 3, args.img, args.img, device=device)
     labels = torch.zeros(args.batch, dtype=torch.long, device=device)
-    cfg = argparse.Namespace(clip_grad=3.0)
 
     step_module = StepModule(student, loss)
 
@@ -107,7 +98,20 @@ def main() -> None:
     }
     if device.type == "cuda":
         result["mfu_benchbase"] = round(flops * rate["benchbase"] / args.batch / (args.peak_tflops * 1e12), 3)
-    print(json.dumps(result))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default="vit_tiny_patch16_224")
+    parser.add_argument("--student", default="vit_tiny_patch16_224")
+    parser.add_argument("--img", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    args = parser.parse_args()
+    print(json.dumps(compare(args, torch.device("cuda" if torch.cuda.is_available() else "cpu"))))
 
 
 if __name__ == "__main__":

@@ -121,6 +121,9 @@ class SMKDLoss(Method):
         teacher_temp, warmup_teacher_temp: final and initial teacher temperatures.
         warmup_teacher_temp_fraction: fraction of training over which the teacher temperature warms up.
         momentum_teacher: initial EMA momentum (cosine schedule to 1).
+        freeze_last_layer: epochs at the start during which the head's last layer is not updated
+            (its gradients dropped after clipping, DINO's ``cancel_gradients_last_layer``; SMKD's
+            and iBOT's default 1).
         center_momentum: momentum of the teacher-output centres.
         evaluate: the model scored and exported after training, ``"teacher"`` (the EMA teacher's
             backbone, as the released evaluation) or ``"student"``.
@@ -140,6 +143,7 @@ class SMKDLoss(Method):
         mask_ratio: Sequence[float] = (0.1, 0.5), student_temp: float = 0.1, teacher_temp: float = 0.07,
         warmup_teacher_temp: float = 0.04, warmup_teacher_temp_fraction: float = 30 / 400,
         momentum_teacher: float = 0.996, center_momentum: float = 0.9, evaluate: str = "teacher",
+        freeze_last_layer: int = 1,
     ):
         super().__init__()
         check_choice("phase", phase, PHASES)
@@ -160,10 +164,13 @@ class SMKDLoss(Method):
         self.student_temp, self.teacher_temp, self.warmup_teacher_temp = student_temp, teacher_temp, warmup_teacher_temp
         self.warmup_teacher_temp_fraction = warmup_teacher_temp_fraction
         self.momentum_teacher, self.center_momentum = momentum_teacher, center_momentum
+        self.freeze_last_layer = freeze_last_layer
         self.ema_taps = (TOKENS, LAST_ATTN) if self.lambda2 and patch_weight == "attention" else (TOKENS,)
         self.register_buffer("center", torch.zeros(1, head_out))  # class-token centre
         self.register_buffer("center2", torch.zeros(1, 1, head_out))  # patch centre
         self.register_buffer("progress", torch.zeros(()))  # fraction of training done, from after_step
+        self._host_progress: float | None = None  # the buffer's value on the host: read without a device sync
+        self.register_load_state_dict_post_hook(SMKDLoss._forget_host_progress)
 
     def setup(self, student: Student, teacher: Teacher | None) -> None:
         """Build the head, the mask token and the EMA teacher (a copy of the student and head)."""
@@ -214,7 +221,9 @@ class SMKDLoss(Method):
         t_caps = self.teacher.run(global_views.images, self.ema_taps)
         t_cls, t_patch = self.teacher.heads(t_caps[TOKENS], self.num_prefix)
         t_cls, t_patch = by_view(t_cls.float(), GLOBAL_VIEWS), by_view(t_patch.float(), GLOBAL_VIEWS)  # [2, B, (N,) K]
-        progress = float(self.progress) if self.progress < 1 else 0.0  # 1: a previous phase's final state
+        if self._host_progress is None:  # after construction or a loaded state: one read of the buffer
+            self._host_progress = float(self.progress)
+        progress = self._host_progress if self._host_progress < 1 else 0.0  # 1: a previous phase's final state
         temp = teacher_temperature(progress, self.warmup_teacher_temp, self.teacher_temp,
                                    self.warmup_teacher_temp_fraction)
         t_cls_p, t_patch_p = teacher_probs(t_cls, self.center, temp), teacher_probs(t_patch, self.center2, temp)
@@ -259,10 +268,22 @@ class SMKDLoss(Method):
         self.center.copy_(ema_center(self.center, cls_mean.unsqueeze(0), self.center_momentum))
         self.center2.copy_(ema_center(self.center2, patch_mean.view(1, 1, -1), self.center_momentum))
 
+    def before_update(self, epoch: int) -> None:
+        """During the first ``freeze_last_layer`` epochs, the head's last layer keeps its weights."""
+        if epoch < self.freeze_last_layer:
+            for param in {*self.head.last_layer.parameters(), *self.head.patch_last_layer.parameters()}:
+                param.grad = None
+
+    @staticmethod
+    def _forget_host_progress(module: SMKDLoss, _keys: object) -> None:
+        """After ``load_state_dict``: the next forward reads the loaded ``progress`` buffer once."""
+        module._host_progress = None
+
     def after_step(self, student: Student, progress: float) -> None:
         """EMA update of the teacher with the cosine momentum at ``progress``; remember ``progress``."""
         self.teacher.update(student.model, self.head, cosine_momentum(self.momentum_teacher, progress))
         self.progress.fill_(progress)
+        self._host_progress = progress
 
     def evaluation_model(self, student: Student) -> Student:
         """The EMA teacher's backbone as a :class:`Student` (``evaluate="teacher"``), else ``student``.

@@ -64,3 +64,41 @@ def test_memory_benchmark_measures_a_step():
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, timeout=600)
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["peak_step_mib"] > 0 and out["resident_mib"] > out["peak_step_mib"]
+
+
+def test_gpu_benchmark_measures_each_method_and_writes_its_rows(tmp_path, capsys):
+    """The lease script's benchmark on the CPU with tiny models: one eager row per method, a profile
+    row, the TinyMIM harness-vs-hand comparison; the MFU/memory fields appear only on CUDA."""
+    saved = sys.argv, list(sys.path)
+    sys.argv = [str(BENCHMARKS / "gpu.py"), "--out", str(tmp_path), "--teacher=vit_tiny_patch16_224",
+                "--student=vit_tiny_patch16_224", "--img=32", "--batches", "4", "2", "--steps=1", "--repeats=1",
+                "--warmup=0", "--classes=10", "--methods=cls_token,tinymim", "--profile=cls_token", "--no-compile"]
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        runpy.run_path(str(BENCHMARKS / "gpu.py"), run_name="__main__")
+    finally:
+        sys.argv, sys.path[:] = saved
+    rows = [json.loads(line) for line in (tmp_path / "gpu.jsonl").read_text().splitlines()]
+    assert rows[0]["device"].startswith("cpu") and rows[0]["matmul_bf16_tflops_measured"] is None
+    measured = [r for r in rows if "images_per_s" in r]
+    assert [(r["method"], r["mode"], r["batch"]) for r in measured] == [("cls_token", "eager", 4), ("tinymim", "eager", 4)]
+    assert all(r["images_per_s"] > 0 and r["step_tflop"] > 0 and "mfu_datasheet" not in r for r in measured)
+    assert any(r.get("method") == "cls_token" and "profile" in r for r in rows)
+    assert rows[-1]["tinymim_harness_vs_hand_loop"]["overhead_ratio"] > 0
+    assert "cls_token  eager" in capsys.readouterr().out  # the closing table
+
+
+def test_gpu_benchmark_groups_kernels_by_what_they_do():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from gpu import kernel_group
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert kernel_group("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN") == "matmul"
+    assert kernel_group("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16") == "attention"
+    assert kernel_group("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float>") \
+        == "elementwise: norms, softmax, activations, casts"
+    assert kernel_group("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>") \
+        == "optimizer"
+    assert kernel_group("Memcpy DtoD (Device -> Device)") == "data movement"
+    assert kernel_group("some_unknown_kernel") == "other"

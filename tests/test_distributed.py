@@ -16,13 +16,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
 
 from benchbase import distributed
 from benchbase.cli import main
 from benchbase.components import Student
 from benchbase.core import Supervised
 from benchbase.data.digits import load_digits_bundle
-from benchbase.engine import train
+from benchbase.engine import StepModule, _distribute, train
 from benchbase.loggers import STEPS_LOG
 from benchbase.errors import BenchbaseError
 from benchbase.results import ResultsDB
@@ -88,6 +89,29 @@ def test_two_processes_train_the_weights_of_one(tmp_path):
         torch.testing.assert_close(ddp["state"][name], value, rtol=1e-4, atol=1e-5, msg=name)
     logged = (tmp_path / "run" / STEPS_LOG).read_text().splitlines()
     assert len(logged) == result.steps  # written once, by rank 0
+
+
+def _group_of_one_worker(rank: int, port: int, out: Path) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    distributed.init_from_env()  # what `torchrun --nproc_per_node 1` leads to
+    student = Student(tiny_vit(seed=3))
+    assert distributed.joined() and distributed.world_size() == 1
+    assert isinstance(_distribute(StepModule(student, Supervised())), DistributedDataParallel)
+    train(student, None, Supervised(), load_digits_bundle().split("base_train"), trainer(epochs=1), out / "run", seed=7)
+    torch.save(student.state_dict(), out / "one.pt")
+    distributed.shutdown()
+
+
+def test_torchrun_with_one_process_joins_a_group_of_one_and_trains_the_same_weights(tmp_path):
+    """The collectives and DDP path of N processes, run by one (a single GPU's NCCL check)."""
+    mp.spawn(_group_of_one_worker, args=(_free_port(), tmp_path), nprocs=1)
+    single = Student(tiny_vit(seed=3))
+    train(single, None, Supervised(), load_digits_bundle().split("base_train"), trainer(epochs=1),
+          tmp_path / "single", seed=7)
+    grouped = torch.load(tmp_path / "one.pt", weights_only=True)
+    for name, value in single.state_dict().items():
+        torch.testing.assert_close(grouped[name], value, rtol=0, atol=0, msg=name)
 
 
 def _centre_worker(rank: int, port: int) -> None:

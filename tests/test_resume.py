@@ -71,9 +71,28 @@ def test_non_finite_loss_fails_with_its_step(tmp_path):
             terms = super().forward(student, teacher, inputs)
             return {"ce": terms["ce"] * (float("nan") if self.calls == 3 else 1.0)}
 
-    with pytest.raises(MethodFailed) as err:
-        train(Student(tiny_vit()), None, Nan(), load_digits_bundle().split("base_train"), trainer(), tmp_path / "nan", 0)
-    assert err.value.step == 2 and "non-finite" in str(err.value)
+    for every in (1, 4):  # terms read every step, or four steps at a time (a GPU's default is 25)
+        with pytest.raises(MethodFailed) as err:
+            train(Student(tiny_vit()), None, Nan(), load_digits_bundle().split("base_train"),
+                  trainer(sync_every=every), tmp_path / f"nan{every}", 0)
+        assert err.value.step == 2 and "non-finite" in str(err.value)
+        steps = [json.loads(line)["step"] for line in (tmp_path / f"nan{every}" / STEPS_LOG).read_text().splitlines()]
+        assert steps == [1, 2]  # the finite steps before it, each logged once
+
+
+def test_reading_terms_in_batches_changes_no_weight_and_no_logged_value(tmp_path):
+    data = load_digits_bundle().split("base_train")
+    logs = {}
+    for every in (1, 5):  # 9 steps an epoch: reads fall mid-epoch and at each epoch's end
+        student = Student(tiny_vit(seed=3))
+        result = train(student, None, Supervised(), data, trainer(sync_every=every), tmp_path / str(every), seed=7)
+        logs[every] = [{k: v for k, v in json.loads(line).items() if k != "images_per_second"}
+                       for line in (tmp_path / str(every) / STEPS_LOG).read_text().splitlines()]
+        logs[every, "weights"] = student.state_dict()
+        assert result.steps == len(logs[every]) == 27
+    assert logs[1] == logs[5]
+    for a, b in zip(logs[1, "weights"].values(), logs[5, "weights"].values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_learning_rate_schedule():

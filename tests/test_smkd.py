@@ -618,3 +618,45 @@ def test_two_phase_recipe_end_to_end_and_phase_2_starts_from_phase_1(tmp_path):
         exported = _weights(Path(latest.run_dir) / "student.pt")["model"]
         assert exported.keys() == expected.keys() and all(torch.equal(exported[k], expected[k]) for k in expected)
     assert list((tmp_path / "stages").glob("*/")) == [stage_dir] and (stage_dir / "steps.jsonl").read_text() == stage_log
+
+
+def test_progress_is_read_from_the_host_until_a_state_is_loaded():
+    """The teacher-temperature schedule reads ``progress`` without a device sync each step; a loaded
+    state (a resume, a previous phase) is read from its buffer once."""
+    loss = SMKDLoss(head_out=8, local_crops=0)
+    state = {k: v.clone() for k, v in loss.state_dict().items()}
+    state["progress"].fill_(0.25)
+    loss._host_progress = 0.9
+    loss.load_state_dict(state)
+    assert loss._host_progress is None and float(loss.progress) == 0.25
+
+
+def test_head_last_layer_keeps_its_weights_during_the_first_epochs():
+    """DINO's cancel_gradients_last_layer: after clipping, before the optimiser step, the last layer's
+    gradients are dropped while epoch < freeze_last_layer; the rest of the head still learns."""
+    from benchbase.components import Student
+    from benchbase.config import TrainerConfig
+    from benchbase.engine import StepModule, make_optimizer, train_step
+    from omegaconf import OmegaConf
+
+    from conftest import tiny_vit
+
+    student = Student(tiny_vit(seed=1))
+    loss = SMKDLoss(head_hidden=16, head_bottleneck=8, head_out=16, local_crops=2, freeze_last_layer=1)
+    loss.setup(student, None)
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainerConfig), {"clip_grad": 3.0, "clip_grad_mode": "per_parameter"})
+    optimizer = make_optimizer([student, loss], cfg, 1e-2, torch.device("cpu"))
+    images, labels = torch.randn(8, 1, 16, 16), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    last = [p for p in loss.head.last_layer.parameters()]
+    mlp = [p for p in loss.head.mlp.parameters()]
+
+    def step(epoch):
+        before = [p.detach().clone() for p in last + mlp]
+        train_step(StepModule(student, loss), None, loss, optimizer, images, labels, torch.device("cpu"), None, cfg,
+                   0, 1e-2, epoch=epoch)
+        return [not torch.equal(b, p) for b, p in zip(before, last + mlp)]
+
+    moved = step(epoch=0)
+    assert not any(moved[:len(last)]) and any(moved[len(last):])  # frozen last layer, learning MLP
+    moved = step(epoch=1)
+    assert all(moved[:len(last)])  # from the second epoch on, the last layer learns too
