@@ -193,7 +193,8 @@ class Method(nn.Module, ABC):
     A method declares the tensors it needs (``student_taps``, ``teacher_taps``), builds both
     models' inputs from a batch (``make_inputs``), returns its terms by name from ``forward``
     (the total is their sum; every term is logged), may own parameters (projection heads,
-    decoders: build them in ``setup``) and may act after each optimiser step (``after_step``).
+    decoders: build them in ``setup``), may change or drop its gradients before each update
+    (``before_update``) and may act after each optimiser step (``after_step``).
     Constructor keyword arguments are the method's config keys (``method.params``).
     """
 
