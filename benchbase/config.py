@@ -33,6 +33,9 @@ class TrainerConfig:
     clip_grad: Optional[float] = 3.0
     clip_grad_mode: str = "global"  # global: one norm over all gradients; per_parameter: each its own (DINO, SMKD)
     lr_scaling: str = "none"  # none: lr as given; linear: lr is the base lr at batch 256 (lr x batch / 256, MAE's rule)
+    schedule: str = "cosine"  # cosine: warm-up then cosine to min_lr; exponential: warm-up then lr x gamma^k (EventSAM)
+    gamma: float = 0.9  # schedule=exponential: the factor, applied after every gamma_every-th epoch (0, g, 2g, ...)
+    gamma_every: int = 1
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 0
@@ -43,7 +46,8 @@ class TrainerConfig:
     sync_every: Optional[int] = None  # steps between reads of the loss terms to the host (None: 1 on CPU, 25 on CUDA)
 
 
-LATER_TRAINER_DEFAULTS = {"lr_scaling": "none", "weight_decay_end": None, "clip_grad_mode": "global"}
+LATER_TRAINER_DEFAULTS = {"lr_scaling": "none", "weight_decay_end": None, "clip_grad_mode": "global",
+                          "schedule": "cosine", "gamma": 0.9, "gamma_every": 1}
 """Trainer keys added after runs were stored, with the value they had then: left out of run hashes
 and recipe keys at that value, so stored runs and cached teachers keep their names."""
 

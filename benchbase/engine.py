@@ -84,6 +84,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 LR_SCALINGS = ("none", "linear")
 CLIP_GRAD_MODES = ("global", "per_parameter")
+SCHEDULES = ("cosine", "exponential")
 
 
 def _setting(cfg: Any, key: str, default: Any = None) -> Any:
@@ -92,8 +93,9 @@ def _setting(cfg: Any, key: str, default: Any = None) -> Any:
 
 
 def check_trainer(cfg: Any) -> None:
-    """One-line errors for trainer choices outside their options (``lr_scaling``, ``clip_grad_mode``)."""
-    for key, options in (("lr_scaling", LR_SCALINGS), ("clip_grad_mode", CLIP_GRAD_MODES)):
+    """One-line errors for trainer choices outside their options (``lr_scaling``, ``clip_grad_mode``,
+    ``schedule``)."""
+    for key, options in (("lr_scaling", LR_SCALINGS), ("clip_grad_mode", CLIP_GRAD_MODES), ("schedule", SCHEDULES)):
         value = _setting(cfg, key, options[0])
         if value not in options:
             raise BenchbaseError(f"trainer.{key}={value!r}; use {' or '.join(options)}")
@@ -127,6 +129,19 @@ def clip_gradients(params: list[nn.Parameter], clip: float, mode: str) -> None:
         norms = torch._foreach_norm(grads)
         scales = [torch.clamp(clip / (norm + 1e-6), max=1.0) for norm in norms]  # x 1.0 leaves g as it is
         torch._foreach_mul_(grads, scales)
+
+
+def scheduled_lr(cfg: Any, step: int, total: int, warmup: int, base: float, steps_per_epoch: int) -> float:
+    """The learning rate at ``step`` under trainer ``cfg``'s ``schedule``: ``cosine`` (:func:`lr_at`)
+    or ``exponential``: linear warm-up, then ``base`` x ``gamma``^k, where k counts the finished
+    epochs e with e % ``gamma_every`` == 0 (the released EventSAM's ``ExponentialLR(gamma=0.9)``
+    stepped after each epoch that is a multiple of 3: k = ceil(epoch / gamma_every))."""
+    if _setting(cfg, "schedule", "cosine") == "cosine":
+        return lr_at(step, total, warmup, base, cfg.min_lr)
+    if step < warmup:
+        return base * (step + 1) / warmup
+    epoch = step // max(1, steps_per_epoch)
+    return base * _setting(cfg, "gamma", 0.9) ** math.ceil(epoch / max(1, _setting(cfg, "gamma_every", 1)))
 
 
 def lr_at(step: int, total: int, warmup: int, base: float, minimum: float) -> float:
@@ -339,7 +354,7 @@ def train(
             for batch, (images, labels) in enumerate(_epoch_batches(dataset, cfg, seed, epoch, device, skip), skip):
                 try:
                     names, values = train_step(step_module, teacher, loss, optimizer, images, labels, device, amp, cfg,
-                                               step, lr_at(step, total, warmup, lr, cfg.min_lr), stop_signals,
+                                               step, scheduled_lr(cfg, step, total, warmup, lr, steps_per_epoch), stop_signals,
                                                weight_decay_at(step, total, cfg.weight_decay, _setting(cfg, "weight_decay_end")),
                                                epoch)
                 except MethodFailed:

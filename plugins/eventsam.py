@@ -43,7 +43,8 @@ are w_s = 1ᵀH(s) = β·1ᵀP̃ + (1 − β)·1 (sum over queries: how much att
 
 Student: ``init_from_teacher`` copies the teacher's encoder into the student (the released code
 loads SAM into both, so the student starts as an exact copy). When the event and frame channel
-counts differ, the patch embedding cannot be copied and keeps the student's own initialisation.
+counts differ, the student's patch embedding starts from the teacher's, summed over the frame's
+channels and shared equally by the event channels (:func:`adapted_patch_embedding`), not at random.
 ``trainable`` selects what trains: ``"released_code"`` (``train.py``: the patch embedding and the
 MLPs of the distilled blocks), ``"paper_figure"`` (the framework figure: the patch embedding and
 every block's MLP) or ``"all"``. Attention, norms, position embeddings (and the unused neck) stay
@@ -146,8 +147,9 @@ class EventSAMLoss(Method):
         event_channels: channels of the event representation (student input), after the frame;
             None (default) takes the student's input channels.
         distilled_blocks: blocks whose outputs are aligned (negative counts from the end); the
-            indices refer to both encoders. None (default): the encoder's global-attention blocks,
-            which for SAM ViT-B are the released [2, 5, 8, 11].
+            indices refer to both encoders. None (default): the released pattern scaled to the
+            depth (:func:`released_blocks`), four evenly spaced blocks ending with the last: the
+            released [2, 5, 8, 11] for SAM ViT-B, [0, 1, 2, 3] for the small suites' 4 blocks.
         layer_weights: λ per distilled block; None (default): evenly from 0.1 to 1, which for four
             blocks is the released [0.1, 0.4, 0.7, 1.0].
         importance: ``"released_code"`` (attention of block s + 1), ``"paper"`` (the chain of
@@ -220,8 +222,8 @@ class EventSAMLoss(Method):
                 f"{teacher.grid}/{teacher.embed_dim}; the loss compares block outputs token by token"
             )
         depth = teacher.depth
-        if self.requested_blocks is None:  # the encoder's global-attention blocks (ViT-B: 2, 5, 8, 11)
-            self.requested_blocks = [i for i, block in enumerate(teacher.model.blocks) if block.window_size == 0]
+        if self.requested_blocks is None:  # the released pattern scaled to the depth (ViT-B: 2, 5, 8, 11)
+            self.requested_blocks = released_blocks(depth)
         if self.layer_weights is None:  # evenly from 0.1 to 1 (ViT-B: 0.1, 0.4, 0.7, 1.0)
             count = len(self.requested_blocks)
             self.layer_weights = [1.0] if count == 1 else [0.1 + 0.9 * i / (count - 1) for i in range(count)]
@@ -320,15 +322,33 @@ class EventSAMLoss(Method):
         }
 
 
+def released_blocks(depth: int) -> list[int]:
+    """The released distilled blocks scaled to a ``depth``-block encoder: four evenly spaced blocks
+    ending with the last, (k + 1)·depth/4 - 1 for k = 0..3 (ViT-B's 12 blocks: 2, 5, 8, 11; the
+    small suites' 4: 0, 1, 2, 3), or every block of a shallower encoder."""
+    return list(range(depth)) if depth < 4 else [(k + 1) * depth // 4 - 1 for k in range(4)]
+
+
+def adapted_patch_embedding(weight: Tensor, channels: int) -> Tensor:
+    """A [D, C_t, p, p] patch-embedding weight for ``channels`` input channels: the teacher's filters
+    summed over its channels and shared equally by the new ones (each gets sum / ``channels``), so an
+    input whose channels all equal x meets the teacher's response to the grey image x (timm's
+    ``adapt_input_conv`` rule)."""
+    return (weight.sum(dim=1, keepdim=True) / channels).repeat(1, channels, 1, 1)
+
+
 def copy_teacher(student: SamStudent, teacher: SamTeacher) -> None:
     """Copy the teacher encoder's tensors into the student's (the released init: both from SAM).
 
-    The patch embedding is skipped when the channel counts differ; any other difference is a
-    :class:`BenchbaseError` naming the keys.
+    When the channel counts differ (a 1-channel frame teaching a 3-bin voxel grid), the student's
+    patch embedding starts from the teacher's through :func:`adapted_patch_embedding` (its bias as
+    it is) instead of at random; any other difference is a :class:`BenchbaseError` naming the keys.
     """
     source, own = teacher.model.state_dict(), student.model.state_dict()
     if student.in_chans != teacher.in_chans:
-        source = {k: v for k, v in source.items() if not k.startswith("patch_embed.")}
+        source = dict(source)
+        source["patch_embed.proj.weight"] = adapted_patch_embedding(source["patch_embed.proj.weight"],
+                                                                    student.in_chans)
     differ = sorted(k for k in source if k not in own or own[k].shape != source[k].shape)
     missing = sorted(k for k in own if k not in source and not k.startswith("patch_embed."))
     if differ or missing:

@@ -15,7 +15,9 @@ from benchbase.components import Student, Teacher
 from benchbase.errors import BenchbaseError
 from benchbase.sam import SamStudent, SamTeacher, build_sam_encoder, window_attention_to_dense
 from benchbase_plugins import CONF_DIR
-from benchbase_plugins.eventsam import EventSAMLoss, image_tokens, token_importance, weighted_distance
+from benchbase_plugins.eventsam import (
+    EventSAMLoss, image_tokens, released_blocks, token_importance, weighted_distance,
+)
 
 # 4 blocks on a 4×4 grid: 0 and 2 windowed (windows of 3, padded grid 6×6), 1 and 3 global,
 # like SAM's alternation; distilled blocks 1 and 3 (the global ones) plus windowed block 0.
@@ -296,7 +298,7 @@ def test_backward_reaches_only_trainable_student_parameters(importance):
     assert not list(loss.parameters()) and not loss.state_dict()  # the teacher's modules are not the loss's
 
 
-def test_init_copies_teacher_except_a_different_patch_embedding():
+def test_init_copies_teacher_and_adapts_a_different_patch_embedding():
     student, teacher = models(event_channels=2)
     own_patch = student.model.patch_embed.proj.weight.clone()
     ready(student, teacher)
@@ -304,7 +306,14 @@ def test_init_copies_teacher_except_a_different_patch_embedding():
         if key.startswith("patch_embed."):
             continue
         torch.testing.assert_close(student.model.state_dict()[key], value, msg=key)
-    torch.testing.assert_close(student.model.patch_embed.proj.weight, own_patch)
+    frame_filters = teacher.model.patch_embed.proj.weight  # [D, 3, p, p]: the frame's 3 channels
+    adapted = student.model.patch_embed.proj.weight  # [D, 2, p, p]: each event channel gets half the sum
+    torch.testing.assert_close(adapted, frame_filters.sum(dim=1, keepdim=True).repeat(1, 2, 1, 1) / 2)
+    assert not torch.equal(adapted, own_patch)
+    torch.testing.assert_close(student.model.patch_embed.proj.bias, teacher.model.patch_embed.proj.bias)
+    grey = torch.rand(1, 1, 16, 16)  # the same response to a grey image, fed as 3 or as 2 equal channels
+    torch.testing.assert_close(student.model.patch_embed(grey.repeat(1, 2, 1, 1)),
+                               teacher.model.patch_embed(grey.repeat(1, 3, 1, 1)))
     same, teacher = models(event_channels=3)
     ready(same, teacher, event_channels=3)
     torch.testing.assert_close(same.model.patch_embed.proj.weight, teacher.model.patch_embed.proj.weight)
@@ -347,13 +356,14 @@ def test_yaml_params_match_constructor_and_entry_point():
     for key, value in cfg["params"].items():
         assert value == signature[key].default and type(value) is type(signature[key].default), key
     assert any(ep.value == "benchbase_plugins.eventsam" for ep in entry_points(group="benchbase"))
+    assert cfg["trainer"] == {"batch_size": 16, "lr": 2e-4, "weight_decay": 0.0, "warmup_epochs": 0, "clip_grad": None,
+                              "schedule": "exponential", "gamma": 0.9, "gamma_every": 18}  # the released trainer
 
 
 
-def test_default_blocks_are_the_global_attention_blocks_with_even_weights():
-    loss, _, teacher = ready(distilled_blocks=None, layer_weights=None)
-    global_blocks = [i for i, block in enumerate(teacher.model.blocks) if block.window_size == 0]
-    assert loss.blocks == global_blocks and len(global_blocks) >= 1
-    expected = [1.0] if len(global_blocks) == 1 else [0.1 + 0.9 * i / (len(global_blocks) - 1)
-                                                       for i in range(len(global_blocks))]
-    assert loss.layer_weights == pytest.approx(expected)
+def test_default_blocks_follow_the_released_pattern_scaled_to_the_depth():
+    loss, _, _ = ready(distilled_blocks=None, layer_weights=None)
+    assert loss.blocks == [0, 1, 2, 3]  # 4 blocks: every one, so importance reaches three non-final blocks
+    assert loss.layer_weights == pytest.approx([0.1, 0.4, 0.7, 1.0])  # the released weights
+    assert released_blocks(12) == [2, 5, 8, 11] and released_blocks(24) == [5, 11, 17, 23]
+    assert released_blocks(6) == [0, 2, 3, 5] and released_blocks(2) == [0, 1]

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from benchbase.cli import main
 from benchbase.config import suite_setting, trainer_identity
 from benchbase.data.digits import load_digits_bundle
-from benchbase.engine import peak_lr
+from benchbase.engine import lr_at, peak_lr
 from benchbase.errors import BenchbaseError
 from benchbase.leaderboard import setting_key
 from benchbase.methods import Methods, run_identity
@@ -115,3 +115,29 @@ def test_smkds_trainer_schedules_weight_decay_and_clips_each_parameter(bb):
     with pytest.raises(BenchbaseError, match=r"^trainer.clip_grad_mode='each'; use global or per_parameter$"):
         check_trainer({"clip_grad_mode": "each"})
     assert "weight_decay_end" not in trainer_identity({"weight_decay_end": None, "clip_grad_mode": "global"})
+
+
+def test_exponential_schedule_follows_the_released_eventsam_stepping():
+    """EventSAM's train.py: Adam(lr=2e-4), ExponentialLR(gamma=0.9), scheduler.step() after every
+    epoch with epoch % 3 == 0. The lr of each epoch's steps equals that loop's, warm-up aside."""
+    from omegaconf import OmegaConf
+
+    from benchbase.config import TrainerConfig
+    from benchbase.engine import check_trainer, scheduled_lr
+
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainerConfig), {"schedule": "exponential", "gamma": 0.9, "gamma_every": 3})
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)
+    steps_per_epoch = 4
+    for epoch in range(8):
+        for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
+            assert scheduled_lr(cfg, step, 32, 0, 2e-4, steps_per_epoch) == pytest.approx(optimizer.param_groups[0]["lr"])
+        if epoch % 3 == 0:
+            optimizer.step()  # (no gradient: nothing moves; keeps torch's call-order check quiet)
+            scheduler.step()
+    assert scheduled_lr(cfg, 0, 32, 4, 2e-4, steps_per_epoch) == pytest.approx(0.5e-4)  # warm-up as in cosine
+    cosine = OmegaConf.structured(TrainerConfig)
+    assert scheduled_lr(cosine, 10, 32, 0, 2e-4, 4) == pytest.approx(lr_at(10, 32, 0, 2e-4, cosine.min_lr))
+    with pytest.raises(BenchbaseError, match=r"^trainer.schedule='step'; use cosine or exponential$"):
+        check_trainer({"schedule": "step"})
+    assert not {"schedule", "gamma", "gamma_every"} & set(trainer_identity(dict(cosine)))  # hashes unchanged
