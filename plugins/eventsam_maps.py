@@ -8,8 +8,11 @@ the weights w_s [h, w] of every distilled block s, for the released single-matri
 the paper's product of attention matrices (``method.params.*`` overrides set the other options,
 e.g. β). The last block's weights are 1 everywhere by definition and are not drawn. One PNG:
 a row per image (the frame, the student's event input, then one heat map per importance and
-block over the frame); written to ``<leaderboard_dir>/figures/<suite>/eventsam-importance.png`` by
-default, where the suite's leaderboard page embeds it (:data:`benchbase.leaderboard.FIGURES_DIR`).
+block over the frame), and below it how far the weights are from uniform
+(:func:`importance_spread`: per block their mean, spread and percentiles, and how much they change
+the loss against uniform weights), also printed to stderr; written to
+``<leaderboard_dir>/figures/<suite>/eventsam-importance.png`` by default, where the suite's
+leaderboard page embeds it (:data:`benchbase.leaderboard.FIGURES_DIR`).
 Shapes: B images, C_f frame / C_e event channels, S image size, h×w token grid.
 """
 
@@ -51,6 +54,48 @@ def importance_maps(loss: EventSAMLoss, teacher: SamTeacher, images: Tensor) -> 
     return {block: w.reshape(w.shape[0], *loss.grid) for block, w in weights.items()}
 
 
+def loss_total(loss: EventSAMLoss, student: SamStudent, teacher: SamTeacher, images: Tensor) -> float:
+    """The loss (sum of its block terms) of stacked ``images`` [B, C_f + C_e, S, S], no gradients."""
+    inputs = loss.make_inputs(images, torch.zeros(images.shape[0], dtype=torch.long))
+    with torch.no_grad():
+        terms = loss(student.run(inputs.student, loss.student_taps), teacher.run(inputs.teacher, loss.teacher_taps),
+                     inputs)
+    return float(sum(terms.values()))
+
+
+def importance_spread(params: dict, student: SamStudent, teacher: SamTeacher, images: Tensor,
+                      importances: Sequence[str] = IMPORTANCES) -> list[dict]:
+    """How far each importance function's weights are from uniform, on ``images``: per importance
+    and non-final distilled block, the mean, standard deviation, 5th and 95th percentiles of w over
+    every image and token, and once per importance the relative change of the whole loss against
+    uniform weights (|L_w - L_1| / L_1), for ``student`` as ``params`` initialise it (with
+    ``init_from_teacher``, the released start: the teacher's copy reading the events)."""
+    uniform = EventSAMLoss(**{**params, "importance": "uniform"})
+    uniform.setup(student, teacher)  # initialises the student once, as training would
+    base = loss_total(uniform, student, teacher, images)
+    rows = []
+    for importance in importances:
+        loss = EventSAMLoss(**{**params, "importance": importance, "init_from_teacher": False})
+        loss.setup(student, teacher)
+        change = abs(loss_total(loss, student, teacher, images) - base) / max(base, 1e-12)
+        for block, values in importance_maps(loss, teacher, images).items():
+            if block == loss.depth - 1:  # 1 everywhere by definition
+                continue
+            w = values.flatten().float()
+            rows.append({"importance": importance, "block": block, "mean": float(w.mean()), "std": float(w.std()),
+                         "p5": float(w.quantile(0.05)), "p95": float(w.quantile(0.95)),
+                         "loss_change_vs_uniform": change})
+    return rows
+
+
+def spread_table(rows: Sequence[dict]) -> str:
+    """``rows`` of :func:`importance_spread` as a plain-text table."""
+    lines = ["importance     block   mean    std     p5     p95   loss vs uniform"]
+    lines += [f"{r['importance']:<14} {r['block']:>5} {r['mean']:6.3f} {r['std']:6.3f} {r['p5']:6.3f} {r['p95']:6.3f}"
+              f"   {100 * r['loss_change_vs_uniform']:+.1f}%" for r in rows]
+    return "\n".join(lines)
+
+
 def _gray(images: Tensor) -> Tensor:
     """[B, C, H, W] -> [B, H, W] channel mean rescaled to [0, 1] per image, for display."""
     gray = images.float().mean(1)
@@ -58,10 +103,11 @@ def _gray(images: Tensor) -> Tensor:
     return (gray - low) / (high - low).clamp_min(1e-8)
 
 
-def save_importance_figure(frames: Tensor, events: Tensor, maps: dict[str, Tensor], path: Path, title: str) -> Path:
+def save_importance_figure(frames: Tensor, events: Tensor, maps: dict[str, Tensor], path: Path, title: str,
+                           caption: str = "") -> Path:
     """Draw a row per image: ``frames`` [B, C_f, H, W], ``events`` [B, C_e, H, W] (summed absolute
     values), then each map of ``maps`` {column title: [B, h, w]} upsampled (nearest) over the frame,
-    with one colour scale per column. Writes and returns ``path``."""
+    with one colour scale per column; ``caption`` (monospaced) below. Writes and returns ``path``."""
     count = frames.shape[0]
     columns = 2 + len(maps)
     fig, axes = plt.subplots(count, columns, figsize=(2.2 * columns, 2.2 * count + 1.0), squeeze=False,
@@ -84,6 +130,8 @@ def save_importance_figure(frames: Tensor, events: Tensor, maps: dict[str, Tenso
         axis.set_xticks([])
         axis.set_yticks([])
     fig.suptitle(title, fontsize=9)
+    if caption:
+        fig.supxlabel(caption, fontsize=7, family="monospace", ha="center")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -118,10 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 maps[f"{importance} w, block {block}"] = values
     frames = images[:, : loss.frame_channels]
     events = images[:, loss.frame_channels:]
+    spread = spread_table(importance_spread(params, student, teacher, images))
     out = args.out or Path(cfg.leaderboard_dir) / FIGURES_DIR / cfg.suite.name / "eventsam-importance.png"
     title = (f"EventSAM token importance (teacher attention, beta={loss.beta:g}) on {data.name} "
              f"{args.split} images; teacher {teacher.source}")
-    print(save_importance_figure(frames, events, maps, out, title))
+    caption = f"spread of w over these images (loss vs uniform: the student as initialised)\n{spread}"
+    print(spread, file=sys.stderr)
+    print(save_importance_figure(frames, events, maps, out, title, caption))
     return 0
 
 

@@ -7,7 +7,9 @@ from PIL import Image
 
 from benchbase.sam import SamStudent, SamTeacher, build_sam_encoder
 from benchbase_plugins.eventsam import EventSAMLoss
-from benchbase_plugins.eventsam_maps import importance_maps, main, save_importance_figure
+from benchbase_plugins.eventsam_maps import (
+    importance_maps, importance_spread, main, save_importance_figure, spread_table,
+)
 
 ARCH = {"depth": 4, "global_attn_indexes": (1, 3), "window_size": 3}
 
@@ -25,6 +27,32 @@ def test_maps_are_the_losses_token_weights_on_the_token_grid():
         for block, values in maps.items():
             assert values.shape == (3, 4, 4)
             torch.testing.assert_close(values.reshape(3, 16), weights[block])
+
+
+def test_spread_measures_how_far_the_weights_and_the_loss_are_from_uniform():
+    """beta = 0 makes every weight 1 (the uniform loss exactly); a teacher whose attention singles
+    out one key column gives weights far from 1 and a loss that differs from the uniform one."""
+    torch.manual_seed(0)
+    images = torch.randn(2, 5, 64, 64)
+    params = {"event_channels": 2, "distilled_blocks": [0, 1, 3], "layer_weights": [1.0, 1.0, 0.1]}
+    teacher = SamTeacher(build_sam_encoder("tiny", **ARCH))
+
+    def student():
+        return SamStudent(build_sam_encoder("tiny", in_chans=2, **ARCH))
+
+    flat = importance_spread({**params, "beta": 0.0}, student(), teacher, images)
+    assert [(r["importance"], r["block"]) for r in flat] == [("released_code", 0), ("released_code", 1),
+                                                              ("paper", 0), ("paper", 1)]
+    assert all(r["std"] == 0 and r["mean"] == 1 and r["loss_change_vs_uniform"] == 0 for r in flat)
+    with torch.no_grad():  # sharpened queries and keys: each query attends to a few tokens
+        for block in teacher.model.blocks:
+            block.attn.qkv.weight.mul_(20.0)
+    peaked = importance_spread({**params, "beta": 0.5}, student(), teacher, images, ["released_code"])
+    assert [r["block"] for r in peaked] == [0, 1]
+    assert all(r["std"] > 0.1 and r["p95"] - r["p5"] > 0.2 for r in peaked)  # far from uniform
+    assert peaked[0]["loss_change_vs_uniform"] > 0.01  # and the loss changes with them
+    table = spread_table(peaked)
+    assert table.splitlines()[0].startswith("importance") and len(table.splitlines()) == 1 + len(peaked)
 
 
 def test_the_figure_is_a_png_with_a_row_per_image(tmp_path):
