@@ -268,13 +268,22 @@ def metric_frame(rows: Mapping[Hashable, Sequence[RunRecord]], lead_columns: Seq
         table.append(row)
     metric_columns = [c for label in columns.values() for c in (label, label + CI_SUFFIX)]
     df = pd.DataFrame(table, columns=[*lead_columns, *metric_columns, "seeds", "status"])
-    df.attrs["protocols"] = {label: protocol for (_, protocol), label in columns.items()}
+    df.attrs["protocols"] = _Shared({label: protocol for (_, protocol), label in columns.items()})
     names = [_row_name(lead(key), lead_columns) for key in rows]
     roles = [group[0].role if group else "" for group in rows.values()]
-    df.attrs["roles"] = roles
+    df.attrs["roles"] = tuple(roles)
     _add_significance(df, list(rows), names, outcomes)
     _add_floor_marks(df, names, roles, list(columns.values()))
     return df
+
+
+class _Shared(dict):
+    """A ``df.attrs`` value that derived frames share instead of copying: pandas deep-copies
+    ``attrs`` into every frame an operation returns, which for a table's comparisons cost more than
+    the tests themselves. Written while the table is built, read-only after."""
+
+    def __deepcopy__(self, memo: dict) -> _Shared:
+        return self
 
 
 def _row_name(cells: Mapping[str, object], lead_columns: Sequence[str]) -> str:
@@ -287,7 +296,7 @@ def _row_name(cells: Mapping[str, object], lead_columns: Sequence[str]) -> str:
 def _add_significance(df: pd.DataFrame, keys: list[Hashable], names: list[str],
                       outcomes: Mapping[str, Mapping[Hashable, Mapping[int, Outcomes]]]) -> None:
     """``<col>_rank`` columns and ``df.attrs["comparisons"]`` for the columns with outcomes."""
-    df.attrs["comparisons"] = {}
+    df.attrs["comparisons"] = _Shared()
     name_of = dict(zip(keys, names))
     for label, by_row in outcomes.items():
         comparisons = compare_rows(by_row)
@@ -302,7 +311,7 @@ def _add_significance(df: pd.DataFrame, keys: list[Hashable], names: list[str],
 
 def _add_floor_marks(df: pd.DataFrame, names: list[str], roles: list[str], labels: list[str]) -> None:
     """``<col>_below_floor`` columns and ``df.attrs["floors"]`` for the columns a floor row measured."""
-    df.attrs["floors"] = {}
+    df.attrs["floors"] = _Shared()
     floor_rows = [i for i, role in enumerate(roles) if role == "floor"]
     for label in labels:
         values = [(float(df.at[i, label]), names[i]) for i in floor_rows if math.isfinite(float(df.at[i, label]))]

@@ -75,18 +75,20 @@ def _paired_seeds(a: RowOutcomes, b: RowOutcomes) -> list[int]:
     return [s for s in sorted(set(a) & set(b)) if a[s].kind == b[s].kind and a[s].n == b[s].n]
 
 
-def paired_test(a: RowOutcomes, b: RowOutcomes, rng: np.random.Generator | None = None) -> tuple[float, float] | None:
+def paired_test(a: RowOutcomes, b: RowOutcomes, rng: np.random.Generator | None = None,
+                memo: dict | None = None) -> tuple[float, float] | None:
     """(delta = a - b in metric units, two-sided p) over the seeds both rows ran, or None without any.
 
     See the module docstring for the tests; ``rng`` drives the bootstrap (default: seeded with
-    :data:`BOOTSTRAP_SEED`).
+    :data:`BOOTSTRAP_SEED`). ``memo`` (default-seeded bootstrap only) keeps each run's resampled
+    values for the caller's next tests, while the caller holds the outcomes.
     """
     seeds = _paired_seeds(a, b)
     if not seeds:
         return None
     if a[seeds[0]].kind == "mean":
         return _t_test([a[s] for s in seeds], [b[s] for s in seeds])
-    return _bootstrap([a[s] for s in seeds], [b[s] for s in seeds], rng)
+    return _bootstrap([a[s] for s in seeds], [b[s] for s in seeds], rng, memo)
 
 
 def _t_test(a: list[Outcomes], b: list[Outcomes]) -> tuple[float, float]:
@@ -130,12 +132,22 @@ def _draws(sizes: tuple[int, ...]) -> tuple[np.ndarray, ...]:
 _cached_draws = functools.lru_cache(maxsize=4)(_draws)
 
 
-def _bootstrap(a: list[Outcomes], b: list[Outcomes], rng: np.random.Generator | None) -> tuple[float, float]:
+def _bootstrap(a: list[Outcomes], b: list[Outcomes], rng: np.random.Generator | None,
+               memo: dict | None = None) -> tuple[float, float]:
     delta = float(np.mean([x.value() - y.value() for x, y in zip(a, b)]))
     resampled = np.zeros(BOOTSTRAP)
-    draws = _seeded_weights(tuple(x.n for x in a)) if rng is None else [_resample_weights(rng, x.n) for x in a]
-    for x, y, weights in zip(a, b, draws):  # weights [R, n]
-        resampled += (x.value(weights) - y.value(weights)) / len(a)
+    sizes = tuple(x.n for x in a)
+    draws = _seeded_weights(sizes) if rng is None else [_resample_weights(rng, x.n) for x in a]
+    memo = memo if rng is None and memo is not None else {}
+
+    def values(run: Outcomes, i: int) -> np.ndarray:  # a run's [R] resampled values under draw i
+        key = (id(run), sizes, i)  # the seeded draws depend only on the sizes and the position
+        if key not in memo:
+            memo[key] = run.value(draws[i])
+        return memo[key]
+
+    for i, (x, y) in enumerate(zip(a, b)):  # draws[i]: [R, n] counts
+        resampled += (values(x, i) - values(y, i)) / len(a)
     resampled = resampled[np.isfinite(resampled)]
     se = float(resampled.std(ddof=1)) if resampled.size > 1 else 0.0
     if se == 0:
@@ -167,10 +179,10 @@ def compare_rows(rows: Mapping[Hashable, RowOutcomes]) -> list[Comparison]:
     """Every pair of rows with paired outcomes, Holm-corrected together; ``a`` is the row with the
     higher value of each pair."""
     keys = [k for k, outcomes in rows.items() if outcomes]
-    tested = []
+    tested, memo = [], {}  # memo: each run's bootstrap values, computed once for all its pairs
     for i, first in enumerate(keys):
         for second in keys[i + 1 :]:
-            result = paired_test(rows[first], rows[second])
+            result = paired_test(rows[first], rows[second], memo=memo)
             if result is not None:
                 delta, p = result
                 a, b = (first, second) if delta >= 0 else (second, first)

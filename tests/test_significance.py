@@ -252,3 +252,29 @@ def test_shared_segment_outcomes_are_ranked_and_give_single_seed_intervals():
     ranked = dict(zip(df["method"], df["seg/seg_aIoU" + RANK_SUFFIX]))
     assert ranked == {"good": 1, "bad": 2}
     assert (df["seg/seg_aIoU_ci95"] > 0).all()  # a bootstrap interval from the arrays stored with seg_mIoU
+
+
+def test_compare_rows_reuses_each_runs_bootstrap_values_and_changes_no_result(monkeypatch):
+    """compare_rows computes each run's resampled values once for all its pairs (a memo); every
+    pair's delta and p equal the same test run alone, which resamples afresh."""
+    rng = np.random.default_rng(3)
+
+    def run(hit_rate: float) -> Outcomes:
+        inter = rng.binomial(20, hit_rate, size=(40, 4)).astype(float)
+        return Outcomes("iou", {"intersection": inter, "union": np.full((40, 4), 20.0)})
+
+    rows = {name: {0: run(p), 1: run(p)} for name, p in (("a", 0.5), ("b", 0.55), ("c", 0.7), ("d", 0.5))}
+    calls = []
+    original = Outcomes.value
+
+    def counted(self, weights=None):
+        calls.append(weights is not None)
+        return original(self, weights)
+
+    monkeypatch.setattr(Outcomes, "value", counted)
+    compared = compare_rows(rows)
+    monkeypatch.undo()
+    assert sum(calls) == 8  # 4 rows x 2 seeds resampled once each, not once per pair (24)
+    for c in compared:
+        delta, p = paired_test(rows[c.a], rows[c.b])
+        assert (c.delta, c.p) == (delta, p)
