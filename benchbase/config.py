@@ -71,6 +71,15 @@ def trainer_identity(trainer: dict[str, Any], leave_out: Sequence[str] = ()) -> 
             if k not in (*RUN_ONLY_TRAINER_KEYS, *leave_out) and not at_former_default(k, v)}
 
 
+def without_later_recipe_keys(teacher: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A teacher config (a plain dict) as hashes and table settings name it: its recipe's
+    ``finetune_params`` (added after runs were stored) left out when empty, so those keep their names."""
+    recipe = (teacher or {}).get("recipe")
+    if isinstance(recipe, dict) and "finetune_params" in recipe and not recipe["finetune_params"]:
+        teacher = {**teacher, "recipe": {k: v for k, v in recipe.items() if k != "finetune_params"}}
+    return teacher
+
+
 def suite_setting(config: dict, group: str) -> dict:
     """The suite's ``trainer`` or ``student`` settings in a resolved run ``config`` (a plain dict):
     the run's own, with the values its method's protocol replaced put back (``method.suite_values``,
@@ -106,6 +115,8 @@ class RecipeConfig:
     pretrain_epochs: int = 40
     finetune_method: str = "supervised"  # supervised (class labels) or supervised_segmentation (label maps)
     finetune_epochs: int = 30
+    # the fine-tuning method's params (e.g. supervised's label_smoothing, shift); left out of hashes when empty
+    finetune_params: dict[str, Any] = field(default_factory=dict)
     lr: float = 1e-3
     batch_size: int = 64
 

@@ -21,6 +21,7 @@ import math
 from functools import partial
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -46,15 +47,34 @@ from benchbase.models import build_vit, input_channels
 from benchbase.sam import SamStudent, build_sam_encoder
 
 
+def random_shifts(images: Tensor, pixels: int) -> Tensor:
+    """Each image translated by its own random whole-pixel offset in [-pixels, pixels] on each axis
+    (torch's global generator), the edge pixels repeated into the uncovered border."""
+    if pixels <= 0:
+        return images
+    b, _, h, w = images.shape
+    padded = F.pad(images, (pixels,) * 4, mode="replicate")
+    dy, dx = torch.randint(0, 2 * pixels + 1, (2, b)).tolist()
+    return torch.stack([padded[i, :, y:y + h, x:x + w] for i, (y, x) in enumerate(zip(dy, dx))])
+
+
 class Supervised(Method):
-    """Cross-entropy of the student's logits with the labels; no teacher."""
+    """Cross-entropy of the student's logits with the labels; no teacher.
+
+    ``label_smoothing`` as ``F.cross_entropy``'s; ``shift`` > 0 translates each training image by a
+    random whole number of pixels up to ``shift`` on each axis (the Omniglot suite's augmentation)."""
 
     uses_teacher = False
     student_taps = (Tap("logits"),)
 
-    def __init__(self, label_smoothing: float = 0.0):
+    def __init__(self, label_smoothing: float = 0.0, shift: int = 0):
         super().__init__()
-        self.label_smoothing = label_smoothing
+        if shift < 0:
+            raise BenchbaseError(f"supervised: shift={shift}; use 0 (none) or a number of pixels")
+        self.label_smoothing, self.shift = label_smoothing, int(shift)
+
+    def make_inputs(self, images: Tensor, labels: Tensor) -> StepInputs:
+        return super().make_inputs(random_shifts(images, self.shift), labels)
 
     def forward(self, student: Captures, teacher: None, inputs: StepInputs) -> dict[str, Tensor]:
         logits = student[Tap("logits")]

@@ -32,7 +32,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchbase.components import Metric, mean_ci95
-from benchbase.config import suite_setting, trainer_identity
+from benchbase.config import suite_setting, trainer_identity, without_later_recipe_keys
 from benchbase.errors import BenchbaseError
 from benchbase.eval_rows import ROLE as EVAL_ROLE
 from benchbase.eval_rows import shown_eval_rows
@@ -142,7 +142,7 @@ def setting_key(record: RunRecord) -> str:
     cfg = record.config
     trainer, student = suite_setting(cfg, "trainer"), suite_setting(cfg, "student")
     suite = {k: v for k, v in (cfg.get("suite") or {}).items() if k in ("distill", "tasks")}
-    blob = json.dumps([suite, cfg.get("data"), student, cfg.get("teacher"), trainer_identity(trainer)],
+    blob = json.dumps([suite, cfg.get("data"), student, without_later_recipe_keys(cfg.get("teacher")), trainer_identity(trainer)],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from benchbase.components import DataBundle, Method
-from benchbase.config import compose_config, config_hash, suite_setting, trainer_identity
+from benchbase.config import compose_config, config_hash, suite_setting, trainer_identity, without_later_recipe_keys
 from benchbase.errors import BenchbaseError
 from benchbase.provenance import code_versions
 
@@ -133,7 +133,7 @@ class Methods:
             stages.append(("pretrain", name, self.recipe_params(name), recipe.pretrain_epochs,
                            self.recipe_trainer(name)))
         if recipe.finetune_method == "supervised":
-            finetune: dict = {}
+            finetune: dict = dict(recipe.get("finetune_params") or {})
         elif recipe.finetune_method == "supervised_segmentation":
             ignore = -100 if data.ignore_index is None else data.ignore_index
             finetune = {"num_classes": data.num_classes, "ignore_index": ignore}
@@ -174,8 +174,9 @@ def with_protocol(cfg: DictConfig) -> DictConfig:
     name = cfg.method.name
     deviation = cfg.suite.deviations.get(name)
     if deviation:
-        try:
-            cfg.method = OmegaConf.merge(cfg.method, deviation)
+        try:  # params the method's file leaves at the constructor's default may be set too (checked as any)
+            with open_dict(cfg.method.params):
+                cfg.method = OmegaConf.merge(cfg.method, deviation)
         except Exception as exc:
             raise BenchbaseError(f"suite.deviations.{name}: {str(exc).splitlines()[0]}; its keys are those of a "
                                  "method config (params, trainer, student, teacher_stage)") from None
@@ -278,7 +279,7 @@ def teacher_identity(cfg: DictConfig, teacher: dict[str, Any]) -> Any:
     identity and, when set, ``distill_drop_path`` and a teacher stage other than ``finetune`` (left
     out at their defaults, so those runs keep their hashes)."""
     if cfg.teacher.source != "recipe":
-        return teacher
+        return without_later_recipe_keys(teacher)
     rate = teacher.get("distill_drop_path")
     named = {"recipe": recipe_identity(cfg), "distill_drop_path": rate} if rate else recipe_identity(cfg)
     stage = teacher_stage(cfg)
@@ -293,7 +294,7 @@ def recipe_identity(cfg: Any) -> str:
 
     ``teacher.distill_drop_path`` is left out: it changes how the trained teacher teaches, not
     the teacher itself."""
-    teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
+    teacher = without_later_recipe_keys(OmegaConf.to_container(cfg.teacher, resolve=True))
     teacher.pop("distill_drop_path", None)
     trainer = suite_trainer(cfg)  # a DictConfig, as always: its lists keep hashing as they did
     return config_hash({

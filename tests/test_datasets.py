@@ -130,6 +130,32 @@ def test_omniglot_split_options():
 
 
 @needs_data
+def test_omniglot_rotations_make_each_quarter_turn_of_a_base_character_its_own_class():
+    """``rotations: 4`` (Vinyals et al.'s / Snell et al.'s practice): every base image and its three
+    turns, exact ``rot90``s, as four classes; the per-character split as without turns; novel unturned."""
+    root = DATA / "omniglot"
+    plain, turned = build_omniglot(cfg(root)), build_omniglot(cfg(root, rotations=4))
+    for split in ("base", "base_train", "base_test"):
+        before, after = plain.splits[split], turned.splits[split]
+        assert len(after) == 4 * len(before) and len(after.classes) == 4 * len(before.classes)
+        assert after.targets == [4 * t + r for t in before.targets for r in range(4)]
+        assert after.class_groups == [g for g in before.class_groups for _ in range(4)]
+        for index in (0, len(before) - 1):
+            image, label = before[index]
+            for r in range(4):
+                rotated, rotated_label = after[4 * index + r]
+                assert rotated_label == 4 * label + r and after.classes[rotated_label].startswith(before.classes[label])
+                assert torch.equal(rotated, torch.rot90(image, r, dims=(-2, -1)))
+    assert turned.splits["base"].classes[:4] == [f"{plain.splits['base'].classes[0]}{s}" for s in ("", "/rot90", "/rot180", "/rot270")]
+    assert turned.num_classes == 4 * plain.num_classes == 4 * 152
+    novel, plain_novel = turned.splits["novel"], plain.splits["novel"]
+    assert novel.classes == plain_novel.classes and novel.targets == plain_novel.targets
+    assert torch.equal(novel[0][0], plain_novel[0][0])
+    with pytest.raises(BenchbaseError, match="rotations=3"):
+        build_omniglot(cfg(root, rotations=3))
+
+
+@needs_data
 def test_omniglot_folder_and_zip_mixed(tmp_path):
     """An extracted source and a zipped one give the same deduplicated 242 characters."""
     with zipfile.ZipFile(DATA / "omniglot" / "images_background_small1.zip") as archive:

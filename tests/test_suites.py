@@ -6,6 +6,7 @@ import pytest
 
 from benchbase.cli import main
 from benchbase.config import compose_config
+from benchbase.methods import Methods
 from benchbase.plugin_manager import load
 from benchbase.results import ResultsDB
 
@@ -15,6 +16,7 @@ from conftest import DATA
 @pytest.mark.parametrize("suite, student, distill", [
     ("default", "vit_tiny_patch16_224", "digits"),
     ("glyphs", "vit_tiny_patch16_224", "glyphs"),
+    ("omniglot", "vit_tiny_patch16_224", "omniglot"),
     ("cpu-real", "vit_tiny_patch16_224", "cifar10"),
     ("imagenet", "vit_small_patch16_224", "imagenet"),
     ("ade20k", "vit_small_patch16_224", "imagenet"),
@@ -39,6 +41,29 @@ def test_cpu_real_sizes_its_data_as_its_description_says():
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared test data folder {DATA} is absent")
+def test_omniglot_suite_is_smkds_experiment_in_miniature():
+    """Distil on the base alphabets' characters x 4 quarter turns; 5- and 20-way, 1- and 5-shot on the
+    novel alphabets; the teacher trained by the issue's supervised ViT recipe; three seeds."""
+    cfg = compose_config(["suite=omniglot"], load().config_dirs())
+    data = cfg.data.omniglot
+    assert data.image_size == 28 and data.params.rotations == 4
+    assert set(data.params.base_alphabets).isdisjoint(data.params.novel_alphabets)
+    assert (cfg.suite.distill.dataset, cfg.suite.distill.split) == ("omniglot", "base")
+    episodes = {(t.params.ways, tuple(t.params.shots)) for t in cfg.suite.tasks.values() if t.evaluator == "fewshot"}
+    assert episodes == {(5, (1, 5)), (20, (1, 5))}
+    assert all(t.params.split == "novel" and t.params.queries == 15 for t in cfg.suite.tasks.values())
+    assert list(cfg.suite.seeds) == [0, 1, 2]
+    recipe = cfg.teacher.recipe
+    assert (recipe.pretrain_method, recipe.finetune_epochs, recipe.batch_size) == ("none", 30, 128)
+    assert recipe.finetune_params == {"label_smoothing": 0.1, "shift": 2}
+    assert (cfg.teacher.embed_dim, cfg.teacher.depth, cfg.teacher.patch_size) == (96, 6, 4)
+    assert cfg.student.embed_dim <= cfg.teacher.embed_dim and cfg.student.depth <= cfg.teacher.depth
+    # the reference row trains with the teacher's recipe: a deviation may set a param its method file leaves out
+    methods = Methods(load(), ["suite=omniglot"])
+    assert methods.params(methods.config("supervised", "reference")) == {"label_smoothing": 0.1, "shift": 2}
+    assert methods.params(methods.config("smkd"))["momentum_teacher"] == 0.996
+
+
 def test_cpu_real_suite_runs_on_real_data(tmp_path, cifar_root, camvid_root):
     tiny = [
         "suite=cpu-real", "suite.seeds=[0]", "suite.references=[]", "trainer.epochs=1", "trainer.num_workers=0",

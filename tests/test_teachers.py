@@ -201,3 +201,36 @@ def test_a_run_taught_with_teacher_drop_path_is_another_run(tmp_path):
 
     # it was left out of recipe teachers' run hashes, so such a run reused the one taught without it
     assert run_hash("teacher.distill_drop_path=0.1") != run_hash() == run_hash("teacher.distill_drop_path=0.0")
+
+
+def test_recipe_finetune_params_reach_its_fine_tuning_and_name_the_teacher_only_when_set():
+    """``teacher.recipe.finetune_params`` (the Omniglot suite's label smoothing and shifts) build the
+    recipe's fine-tuning method; left empty, the teacher is named as before the key existed."""
+    default = compose_config([])
+    assert default.teacher.recipe.finetune_params == {}
+    without = OmegaConf.create(OmegaConf.to_container(default))  # a config from before the key existed
+    del without.teacher.recipe["finetune_params"]
+    assert recipe_identity(without) == recipe_identity(default)  # stored runs keep their hashes
+    smoothed = compose_config(["+teacher.recipe.finetune_params.label_smoothing=0.1", "+teacher.recipe.finetune_params.shift=2"])
+    assert recipe_identity(smoothed) != recipe_identity(default)
+    data = load_digits_bundle()
+    plan = Methods(load(), []).recipe_plan(smoothed.teacher.recipe, data)
+    assert plan[-1][:3] == ("finetune", "supervised", {"label_smoothing": 0.1, "shift": 2})
+    assert Methods(load(), []).recipe_plan(default.teacher.recipe, data)[-1][2] == {}
+
+
+def test_supervised_shift_translates_each_training_image_by_whole_pixels():
+    from benchbase.core import Supervised, random_shifts
+    torch.manual_seed(0)
+    images = torch.randn(16, 1, 8, 8)
+    assert torch.equal(random_shifts(images, 0), images)
+    shifted = random_shifts(images, 2)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2), mode="replicate")
+    offsets = [[(y, x) for y in range(5) for x in range(5) if torch.equal(shifted[i], padded[i, :, y:y + 8, x:x + 8])]
+               for i in range(16)]
+    assert all(offsets) and len({o[0] for o in offsets}) > 1  # each a translation, not all the same
+    labels = torch.arange(16)
+    inputs = Supervised(label_smoothing=0.1, shift=2).make_inputs(images, labels)
+    assert inputs.student.images.shape == images.shape and torch.equal(inputs.labels, labels)
+    with pytest.raises(BenchbaseError, match="shift=-1"):
+        Supervised(shift=-1)

@@ -21,6 +21,14 @@ alphabet each side) are drawn with ``split_seed`` (default 0). Splits:
   (default 0.75) / the rest (top-1),
 - ``novel``: every image of the novel characters (few-shot episodes).
 
+``params.rotations`` (1, the default: none; or 4) makes every base character four classes, one per
+quarter turn: ``rotations: 4`` adds each image turned by 90, 180 and 270 degrees as a new class
+(``<Alphabet>/<characterNN>/rot90`` ...), the augmentation of Vinyals et al. (2016, matching
+networks) and Snell et al. (2017, prototypical networks) on Omniglot's background set. It applies to
+``base``, ``base_train`` and ``base_test`` (split per character first, so a drawer's image and its
+turns fall on the same side); ``novel`` is never turned (its few-shot classes are the characters as
+drawn). Each turn is an exact ``torch.rot90`` of the resized image (counter-clockwise as displayed).
+
 Labels index each split's own ``classes``; each split's ``class_groups`` names every character's
 alphabet (few-shot episodes within one alphabet: ``within_group``). The 105x105 binary images are read as grayscale,
 resized bilinearly to ``image_size``² (default 28) and normalised with mean 0.5 and std 0.5;
@@ -36,7 +44,7 @@ from typing import Any
 
 import torch
 
-from benchbase.components import DataBundle, DatasetInfo
+from benchbase.components import DataBundle, DatasetInfo, LabeledImages
 from benchbase.data.folders import (
     IMAGE_SUFFIXES, ImageSource, LazyImages, ZipMember, check_root, dataset_params,
 )
@@ -46,10 +54,10 @@ SOURCE_PREFIX = "images_"
 LAYOUT = "images_background[_smallN]/ or images_evaluation/ (folders or .zip files) of <Alphabet>/<characterNN>/*.png"
 DEFAULTS = {
     "in_chans": 1, "sources": None, "base_fraction": 0.6, "base_alphabets": None, "novel_alphabets": None,
-    "train_fraction": 0.75, "split_seed": 0,
+    "train_fraction": 0.75, "split_seed": 0, "rotations": 1,
 }
 INFO = DatasetInfo(layout=LAYOUT, splits={
-    "base": "every image of the base alphabets' characters (distillation)",
+    "base": "every image of the base alphabets' characters (distillation); params.rotations: each quarter turn a class",
     "base_train": "params.train_fraction of each base character's images (probe training)",
     "base_test": "the rest of them (top-1)",
     "novel": "every image of the novel alphabets' characters (few-shot episodes)",
@@ -131,6 +139,27 @@ def omniglot_characters(root: Path, names: Sequence[str] | None = None) -> dict[
     return dict(sorted(grouped.items()))
 
 
+class RotatedImages(LabeledImages):
+    """Every image of ``images`` at each of ``rotations`` quarter turns, each turn of a class its own
+    class: item ``i * rotations + r`` is item ``i`` turned ``r`` times by ``torch.rot90`` (label
+    ``label * rotations + r``, class ``<class>/rot<90 r>``; turn 0 keeps its name)."""
+
+    def __init__(self, images: LabeledImages, rotations: int):
+        self.images, self.rotations = images, rotations
+        self.classes = [name if r == 0 else f"{name}/rot{90 * r}" for name in images.classes for r in range(rotations)]
+        groups = images.class_groups
+        self.class_groups = None if groups is None else [group for group in groups for _ in range(rotations)]
+        self.targets = [label * rotations + r for label in images.targets for r in range(rotations)]
+
+    def __len__(self) -> int:
+        return len(self.images) * self.rotations
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.images[index // self.rotations]
+        turn = index % self.rotations
+        return torch.rot90(image, turn, dims=(-2, -1)), label * self.rotations + turn
+
+
 def split_alphabets(alphabets: Sequence[str], params: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """(base, novel) alphabets: the named ones (either list defaults to the other's complement), or a
     seeded draw of ``base_fraction`` of them as base and the rest as novel."""
@@ -169,11 +198,18 @@ def build_omniglot(cfg: Mapping[str, Any]) -> DataBundle:
     splits["base_train"], splits["base_test"] = splits["base"].split_per_class(
         float(params["train_fraction"]), int(params["split_seed"])
     )
+    rotations = int(params["rotations"])
+    if rotations not in (1, 4):
+        raise BenchbaseError(f"data.omniglot.params.rotations={rotations}; use 1 (none) or 4 (every quarter turn)")
+    if rotations > 1:
+        for split in ("base", "base_train", "base_test"):
+            splits[split] = RotatedImages(splits[split], rotations)
     return DataBundle(
         name="omniglot", splits=splits, image_size=image_size, in_chans=in_chans,
         num_classes=len(splits["base"].classes),
         description=f"Omniglot at {root}: {len(characters)} characters of {len(alphabets)} alphabets; base "
-        f"{', '.join(base_alphabets)} ({len(splits['base'].classes)} characters, split "
+        f"{', '.join(base_alphabets)} ({len(splits['base'].classes)} classes"
+        f"{f' = characters x {rotations} quarter turns' if rotations > 1 else ''}, split "
         f"{params['train_fraction']:.0%} per character for top-1), novel {', '.join(novel_alphabets)} "
         f"({len(splits['novel'].classes)} characters); {image_size}x{image_size}",
     )
