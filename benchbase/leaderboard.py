@@ -142,7 +142,8 @@ def setting_key(record: RunRecord) -> str:
     cfg = record.config
     trainer, student = suite_setting(cfg, "trainer"), suite_setting(cfg, "student")
     suite = {k: v for k, v in (cfg.get("suite") or {}).items() if k in ("distill", "tasks")}
-    blob = json.dumps([suite, cfg.get("data"), student, without_later_recipe_keys(cfg.get("teacher")), trainer_identity(trainer)],
+    teacher = without_later_recipe_keys(cfg.get("teacher"))
+    blob = json.dumps([suite, cfg.get("data"), student, teacher, trainer_identity(trainer)],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -146,7 +146,8 @@ def test_omniglot_rotations_make_each_quarter_turn_of_a_base_character_its_own_c
                 rotated, rotated_label = after[4 * index + r]
                 assert rotated_label == 4 * label + r and after.classes[rotated_label].startswith(before.classes[label])
                 assert torch.equal(rotated, torch.rot90(image, r, dims=(-2, -1)))
-    assert turned.splits["base"].classes[:4] == [f"{plain.splits['base'].classes[0]}{s}" for s in ("", "/rot90", "/rot180", "/rot270")]
+    first = plain.splits["base"].classes[0]
+    assert turned.splits["base"].classes[:4] == [first + s for s in ("", "/rot90", "/rot180", "/rot270")]
     assert turned.num_classes == 4 * plain.num_classes == 4 * 152
     novel, plain_novel = turned.splits["novel"], plain.splits["novel"]
     assert novel.classes == plain_novel.classes and novel.targets == plain_novel.targets

@@ -211,7 +211,8 @@ def test_recipe_finetune_params_reach_its_fine_tuning_and_name_the_teacher_only_
     without = OmegaConf.create(OmegaConf.to_container(default))  # a config from before the key existed
     del without.teacher.recipe["finetune_params"]
     assert recipe_identity(without) == recipe_identity(default)  # stored runs keep their hashes
-    smoothed = compose_config(["+teacher.recipe.finetune_params.label_smoothing=0.1", "+teacher.recipe.finetune_params.shift=2"])
+    smoothed = compose_config(["+teacher.recipe.finetune_params.label_smoothing=0.1",
+                               "+teacher.recipe.finetune_params.shift=2"])
     assert recipe_identity(smoothed) != recipe_identity(default)
     data = load_digits_bundle()
     plan = Methods(load(), []).recipe_plan(smoothed.teacher.recipe, data)
