@@ -256,19 +256,32 @@ def compiled(models: list[tuple[Student | Teacher | None, Sequence[Tap]]], cfg: 
             if model is not None and hasattr(model.model, "blocks"):
                 tapped = {tap.resolve(model.depth).block for tap in taps}
                 blocks += [block for index, block in enumerate(model.model.blocks) if index not in tapped]
+    if not blocks:
+        yield
+        return
+    import torch._dynamo  # only where something compiles (a submodule torch does not import itself)
+
     mode = None if cfg.compile_mode == "default" else cfg.compile_mode
     for block in blocks:
         block.compile(mode=mode, backend=cfg.compile_backend)
     # Blocks differing in a Python float (stochastic depth's drop_prob rises with depth) each compile
     # their own graph; under TorchDynamo's default limit of 8 the blocks past it would run eager.
-    limit = torch._dynamo.config.cache_size_limit
-    torch._dynamo.config.cache_size_limit = max(limit, 2 * len(blocks) + 8)
+    config = torch._dynamo.config
+    key = recompile_limit_key()
     try:
-        yield
+        with config.patch(**{key: max(getattr(config, key), 2 * len(blocks) + 8)}):
+            yield
     finally:
-        torch._dynamo.config.cache_size_limit = limit
         for block in blocks:  # back to eager for evaluation and for the next run's taps
             block._compiled_call_impl = None
+
+
+def recompile_limit_key() -> str:
+    """The name of TorchDynamo's per-function recompile limit in this torch (``recompile_limit``;
+    ``cache_size_limit`` before torch 2.6, an alias after)."""
+    import torch._dynamo
+
+    return "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
 
 
 def _seed_everything(seed: int, epoch: int, rank: int = 0) -> None:

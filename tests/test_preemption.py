@@ -25,7 +25,7 @@ from benchbase.core import Supervised
 from benchbase.capture import Tap
 from benchbase.components import Student
 from benchbase.data.digits import load_digits_bundle
-from benchbase.engine import CHECKPOINT, compiled, train
+from benchbase.engine import CHECKPOINT, compiled, recompile_limit_key, train
 from benchbase.loggers import STEPS_LOG
 
 BATCHES = len(load_digits_bundle().split("base_train")) // 64  # per epoch, in trainer()'s batches of 64
@@ -178,22 +178,22 @@ def test_compile_compiles_the_untapped_blocks_and_trains_the_same_weights(tmp_pa
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_compile_reaches_every_block_when_their_drop_path_rates_differ(monkeypatch):
+def test_compile_reaches_every_block_when_their_drop_path_rates_differ():
     """Stochastic depth gives each block its own drop_prob (a float TorchDynamo specialises on), so
     each block is a graph of its own: past Dynamo's default limit of 8 the rest would run eager."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    monkeypatch.setattr(torch._dynamo.config, "cache_size_limit", 8)  # Dynamo's default (other tests may change it)
-    limit = 8
+    key = recompile_limit_key()
     model = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=1, embed_dim=16,
                               depth=12, num_heads=2, num_classes=5, drop_path_rate=0.1)
     cfg = OmegaConf.create({"compile": True, "compile_mode": "default", "compile_backend": "aot_eager"})
-    with compiled([(Student(model), ())], cfg):
-        model(torch.randn(2, 1, 16, 16)).sum().backward()
+    with torch._dynamo.config.patch(**{key: 8}):  # Dynamo's default (other tests may change it)
+        with compiled([(Student(model), ())], cfg):
+            model(torch.randn(2, 1, 16, 16)).sum().backward()
+        assert getattr(torch._dynamo.config, key) == 8  # the limit is back where it was
     assert counters["stats"]["unique_graphs"] == 12  # one per drop_prob, none left to eager
-    assert torch._dynamo.config.cache_size_limit == limit  # the limit is back where it was
 
 
 class SignalAfterStep(Noisy):
