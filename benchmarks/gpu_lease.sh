@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One lease of a GPU machine, one command (run from the repository's root). It needs, beside the
 # checkout: .whl/ with the wheels the machine lacks (hydra-core, omegaconf, antlr4-python3-runtime,
-# segment-anything) and, optionally, BEFORE=<folder holding an older checkout> to measure the
+# segment-anything; e.g. `pip download --no-deps -d .whl hydra-core==1.3.8 omegaconf==2.3.1
+# segment-anything==1.0` and `pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3`, an sdist
+# only) and, optionally, BEFORE=<folder holding an older checkout> to measure the
 # harness as it was against the same device in the same lease. Results go to $OUT (default /tmp/out):
 #   gpu.jsonl / gpu.log   benchmarks/gpu.py: every method eager and compiled, MFU, memory, profile
 #   before.jsonl          the older checkout's benchmarks/method_throughput.py at the same setting
