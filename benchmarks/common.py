@@ -48,6 +48,18 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, devi
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def step_arguments(parser: argparse.ArgumentParser, steps: int, warmup: int) -> None:
+    """The options of a benchmark that times training steps of a teacher/student pair: the timm
+    models, image size, batch, timed and warm-up steps, and the dense bf16 peak MFU is taken against."""
+    parser.add_argument("--teacher", default="vit_tiny_patch16_224")
+    parser.add_argument("--student", default="vit_tiny_patch16_224")
+    parser.add_argument("--img", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+
+
 def vit_methods(bb: Benchbase, chosen: str = "") -> list[str]:
     """The chosen (comma-separated) or all installed methods that distil timm ViT students."""
     names = chosen.split(",") if chosen else bb.select_methods(None)

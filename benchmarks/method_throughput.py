@@ -18,7 +18,7 @@ import json
 import time
 
 import torch
-from common import device_name, method_step, sync, vit_methods
+from common import device_name, method_step, step_arguments, sync, vit_methods
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchbase.plugin_manager import load
@@ -26,14 +26,8 @@ from benchbase.plugin_manager import load
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default="vit_tiny_patch16_224")
-    parser.add_argument("--student", default="vit_tiny_patch16_224")
-    parser.add_argument("--img", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    step_arguments(parser, steps=5, warmup=2)
     parser.add_argument("--classes", type=int, default=1000)
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
     parser.add_argument("--methods", default="", help="comma-separated method names (default: all vit methods)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -24,7 +24,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from benchbase_plugins.tinymim import TinyMIMLoss
-from common import device_name, interleaved_medians
+from common import device_name, interleaved_medians, step_arguments
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchbase.components import Student, Teacher
@@ -103,13 +103,7 @@ def compare(args: argparse.Namespace, device: torch.device) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default="vit_tiny_patch16_224")
-    parser.add_argument("--student", default="vit_tiny_patch16_224")
-    parser.add_argument("--img", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    step_arguments(parser, steps=10, warmup=3)
     args = parser.parse_args()
     print(json.dumps(compare(args, torch.device("cuda" if torch.cuda.is_available() else "cpu"))))
 
