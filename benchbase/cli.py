@@ -40,7 +40,7 @@ EVAL_EPILOG = """\
 MODEL is a stored run (its folder, its student.pt, or its config hash), a checkpoint file with its
 architecture in the student config, timm:NAME or sam:PRESET with --weights FILE (never downloaded),
 or pixels (the image itself as the features: the floor a learned model must beat):
-  benchbase eval .benchbase/runs/default/feature-seed0-1a2b3c4d5e6f7a8b     every task of the run's suite
+  benchbase eval .benchbase/runs/glyphs/feature-seed0-1a2b3c4d5e6f7a8b     every task of the run's suite
   benchbase eval 1a2b3c4d fewshot suite.tasks.fewshot.params.episodes=10000  a stored run by config hash
   benchbase eval ckpt.pth fewshot student=vit_tiny suite=cpu-real data.omniglot.root=DIR
   benchbase eval --weights vit_s16.pth timm:vit_small_patch16_224 fewshot suite=cpu-real data.omniglot.root=DIR
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="benchbase",
         description="Benchmark knowledge-distillation methods for vision transformers under one protocol.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Start with `benchbase run` (embedded digits, no download), then `benchbase plugins`.",
+        epilog="Start with `benchbase run` (embedded glyphs, no download), then `benchbase plugins`.",
     )
     parser.add_argument("--version", action="version", version=f"benchbase {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")

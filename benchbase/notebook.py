@@ -7,7 +7,7 @@
     board = bb.run("trainer.epochs=3", methods="feature")   # the default suite, one method
     board                     # the table as `benchbase run` prints it (HTML in Jupyter)
     board.frame               # numeric: <column>, <column>_ci95, _rank, _below_floor, seeds, status
-    df = bb.results("default")                               # tidy: one row per run x metric
+    df = bb.results("glyphs")                                # tidy: one row per run x metric
     df[df.shown].pivot_table(index="method", columns="key", values="value")
 
 :func:`run` goes through :func:`benchbase.suite.run_suite` exactly as ``benchbase run`` does: the same

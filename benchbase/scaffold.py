@@ -1,7 +1,7 @@
 """``benchbase new-plugin NAME [--kind KIND]``: a complete, installable, tested plugin to start from.
 
 One kind of plugin per :data:`KINDS` entry: a distillation ``method`` (the default), an ``evaluator``
-(with a suite that extends the built-in default suite), a ``dataset`` (an on-disk layout with
+(with a suite that extends the built-in digits suite), a ``dataset`` (an on-disk layout with
 its splits, and a suite on it), or a student/teacher ``model`` architecture (with the configs that
 select it). The generated project is a working plugin, not a template with blanks: its worked
 example (:mod:`benchbase.plugin_templates`) runs as generated, its configs ship as package data

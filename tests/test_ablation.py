@@ -102,11 +102,11 @@ def test_a_suite_table_keeps_rows_reused_from_an_ablation(tmp_path):
     plugins = plugins_with_spec(tmp_path, spec)
     assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path)]) == 0
     assert main(["--plugins-dir", str(plugins), "run", "--methods", "feature", *tiny(tmp_path)]) == 0
-    rows = [line.split("|")[2].strip() for line in (tmp_path / "leaderboards" / "default.md").read_text().splitlines()
+    rows = [line.split("|")[2].strip() for line in (tmp_path / "leaderboards" / "digits.md").read_text().splitlines()
             if line.startswith("| ") and "method" not in line.split("|")[2]]
     assert rows == ["teacher", "supervised", "feature"]
-    records = read_jsonl(tmp_path / "leaderboards" / "results" / "default.jsonl")
-    assert {r.suite for r in records} == {"default"} and len(records) == 3
+    records = read_jsonl(tmp_path / "leaderboards" / "results" / "digits.jsonl")
+    assert {r.suite for r in records} == {"digits"} and len(records) == 3
 
 
 def test_a_curve_follows_the_rows_that_differ_only_in_its_column():

@@ -76,14 +76,14 @@ def test_run_help_lists_the_installed_suites_with_plugin_ones(tmp_path, monkeypa
     site = make_distribution(tmp_path / "site", name="bb_kd_suite")  # a module no other test imported
     (site / "kd_logits_conf" / "suite").mkdir()
     (site / "kd_logits_conf" / "suite" / "kd-suite.yaml").write_text(
-        "# @package _global_\ndefaults: [default, _self_]\nsuite:\n  name: kd-suite\n  description: digits, KD's own\n")
+        "# @package _global_\ndefaults: [digits, _self_]\nsuite:\n  name: kd-suite\n  description: digits, KD's own\n")
     monkeypatch.syspath_prepend(str(site))
     with pytest.raises(SystemExit) as exit_:
         main(["run", "--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0
     assert "suites installed (suite=NAME" in out
-    assert "\n  default         scikit-learn digits (8x8 upscaled to 16x16)" in out
+    assert "\n  digits          scikit-learn digits (8x8 upscaled to 16x16)" in out
     assert "\n  kd-suite        digits, KD's own\n" in out
     assert "\n  cpu-real        CIFAR-10 top-1, Omniglot few-shot, CamVid mIoU on a CPU\n" in out
     sys.modules.pop("bb_kd_suite", None)

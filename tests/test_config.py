@@ -16,7 +16,7 @@ def dirs():
 
 def test_defaults_and_plugin_method_configs(dirs):
     cfg = compose_config([], dirs)
-    assert cfg.suite.name == "default" and cfg.method is None
+    assert cfg.suite.name == "glyphs" and cfg.method is None
     cfg = compose_config(["method=feature", "trainer.epochs=3", "seed=1", "student=vit_tiny"], dirs)
     assert cfg.method.name == "feature" and cfg.method.params.beta == 2.0
     assert cfg.trainer.epochs == 3 and cfg.seed == 1 and cfg.student.model == "vit_tiny_patch16_224"

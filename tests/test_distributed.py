@@ -160,8 +160,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert multi_m.keys() == one_m.keys() and ("feature", "top1", "top1") in multi_m
     for key, value in one_m.items():
         assert multi_m[key] == pytest.approx(value, abs=2.0), key
-    run_dir = next((tmp_path / "multi" / "runs" / "default").glob("feature-seed0-*"))
+    run_dir = next((tmp_path / "multi" / "runs" / "digits").glob("feature-seed0-*"))
     steps = (run_dir / STEPS_LOG).read_text().splitlines()
-    assert len(steps) == len((next((tmp_path / "one" / "runs" / "default").glob("feature-seed0-*")) / STEPS_LOG)
+    assert len(steps) == len((next((tmp_path / "one" / "runs" / "digits").glob("feature-seed0-*")) / STEPS_LOG)
                              .read_text().splitlines())  # the same global steps, logged once
-    assert (run_dir / "student.pt").exists() and (tmp_path / "multi" / "leaderboards" / "default.md").exists()
+    assert (run_dir / "student.pt").exists() and (tmp_path / "multi" / "leaderboards" / "digits.md").exists()

@@ -30,19 +30,19 @@ def test_job_arguments_turn_method_into_the_method_to_run():
 
 
 def sweep(tmp_path: Path, launcher: str, *extra: str, seeds: str = "0,1") -> list[str]:
-    """A sweep (feature, one job per seed in ``seeds``) of a tiny default suite through ``launcher``."""
+    """A sweep (feature, one job per seed in ``seeds``) of a tiny digits suite through ``launcher``."""
     # A teacher from a checkpoint: jobs that run at once must not each train the recipe teacher.
     bb, home = load(), tmp_path / "home"
-    cfg = compose_config([], bb.config_dirs())
+    cfg = compose_config(["suite=digits"], bb.config_dirs())
     save_weights(bb.registry.get("teachers", cfg.teacher.arch)(cfg.teacher, load_digits_bundle()).model, tmp_path / "t.pt")
-    return [sys.executable, "-m", "benchbase.launch", "-m", launcher, "method=feature", f"seed={seeds}",
+    return [sys.executable, "-m", "benchbase.launch", "-m", launcher, "method=feature", "suite=digits", f"seed={seeds}",
             "trainer.progress=false", "suite.references=[]", "~suite.tasks.fewshot", "~suite.tasks.segmentation",
             "teacher.source=checkpoint", f"teacher.checkpoint={tmp_path}/t.pt", f"home={home}",
             f"leaderboard_dir={home}/lb", f"hydra.sweep.dir={tmp_path}/sweep", *extra]
 
 
 def stored(home: Path) -> list[tuple[int, str]]:
-    return sorted((r.seed, r.status) for r in ResultsDB(home / "results.db").records("default") if r.method == "feature")
+    return sorted((r.seed, r.status) for r in ResultsDB(home / "results.db").records("digits") if r.method == "feature")
 
 
 @pytest.mark.timeout(900)
@@ -53,7 +53,7 @@ def test_a_submitit_job_of_two_tasks_trains_data_parallel(tmp_path):
                  seeds="0")
     done = subprocess.run(args, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout + done.stderr
-    records = [r for r in ResultsDB(tmp_path / "home" / "results.db").records("default") if r.method == "feature"]
+    records = [r for r in ResultsDB(tmp_path / "home" / "results.db").records("digits") if r.method == "feature"]
     assert [(r.status, r.device.endswith("x 2 processes")) for r in records] == [("done", True)]
 
 

@@ -49,14 +49,14 @@ def test_a_method_protocol_sets_its_runs_trainer_and_student_over_the_suites(bb)
 
 
 def test_the_teacher_recipe_pretrains_with_its_methods_trainer_settings(bb):
-    methods = Methods(bb, [])
+    methods = Methods(bb, ["suite=digits"])  # the digits recipe pre-trains with MAE
     assert methods.recipe_trainer("mae") == {"betas": [0.9, 0.95], "clip_grad": None}  # not its lr or batch
     cfg = methods.config("supervised", "reference")
     data = load_digits_bundle()
     plan = methods.recipe_plan(cfg.teacher.recipe, data)
     assert [(stage, trainer) for stage, _, _, _, trainer in plan] == [
         ("pretrain", {"betas": [0.9, 0.95], "clip_grad": None}), ("finetune", {})]
-    deviating = Methods(bb, ["+suite.deviations.mae.trainer.clip_grad=2.0"])
+    deviating = Methods(bb, ["suite=digits", "+suite.deviations.mae.trainer.clip_grad=2.0"])
     assert deviating.recipe_trainer("mae")["clip_grad"] == 2.0
     assert deviating.recipe_key(deviating.config("supervised", "reference"), data) != methods.recipe_key(cfg, data)
 
@@ -66,7 +66,7 @@ def test_suite_deviations_change_one_methods_protocol_and_are_named_on_the_page(
     assert Methods(bb, overrides).config("feature").trainer.clip_grad == 1.5
     assert Methods(bb, overrides).config("mae").trainer.clip_grad is None  # the other methods keep theirs
     assert main(["run", "--methods", "feature,mae", *overrides]) == 0
-    page = next((tmp_path / "leaderboards").glob("default.md")).read_text()
+    page = next((tmp_path / "leaderboards").glob("digits.md")).read_text()
     assert "- `feature`: trainer.clip_grad=1.5" in page  # under "Suite deviations"
     assert "Suite deviations from the methods' protocols" in page
     assert "- `mae`: trainer.betas=[0.9, 0.95], trainer.clip_grad=None, student.drop_path=0.0" in page
@@ -89,7 +89,7 @@ def test_linear_lr_scaling_is_maes_rule_and_leaves_stored_hashes_alone(tmp_path)
     assert main(["run", "--methods", "feature", *instant(tmp_path, "trainer.epochs=1", "trainer.warmup_epochs=0",
                                                            "trainer.lr=0.0512", "trainer.lr_scaling=linear",
                                                            "trainer.min_lr=0.0128")]) == 0
-    steps = (next((tmp_path / "runs" / "default").glob("feature-seed0-*")) / "steps.jsonl").read_text().splitlines()
+    steps = (next((tmp_path / "runs" / "digits").glob("feature-seed0-*")) / "steps.jsonl").read_text().splitlines()
     assert all(math.isclose(json.loads(line)["lr"], 0.0128) for line in steps)
 
 

@@ -120,7 +120,7 @@ def test_a_stored_run_is_reused_visibly_and_run_again_when_its_code_changed(tmp_
     assert "tokmse seed 0: running again, the stored run of" in out
     assert "is stale: the code of losses/tokmse changed (sha256:" in out
     # its folder (named by the unchanged config hash) holds the old code's finished checkpoint: set aside, not resumed
-    (folder,) = [f for f in (tmp_path / "runs" / "default").glob("tokmse-seed0-*") if ".set-aside-" not in f.name]
+    (folder,) = [f for f in (tmp_path / "runs" / "digits").glob("tokmse-seed0-*") if ".set-aside-" not in f.name]
     assert "training afresh, not resuming the checkpoint in its folder: the code of losses/tokmse changed" in out
     assert "from its checkpoint" not in err and (folder.parent / f"{folder.name}.set-aside-1" / "checkpoint.pt").is_file()
     made = json.loads((folder / "made.json").read_text())
@@ -139,7 +139,7 @@ def test_a_stored_run_is_reused_visibly_and_run_again_when_its_code_changed(tmp_
 
 def _stage_caches(tmp_path, stages: str, recipe_params: dict | None = None) -> list[tuple[str, str]]:
     """(key, cache) of each stage of feature with ``stages``, planned as a run of the suite plans them."""
-    ctx = suite_context(load(tmp_path / "plugins"), [f"home={tmp_path}", f"method.stages={stages}"])
+    ctx = suite_context(load(tmp_path / "plugins"), ["suite=digits", f"home={tmp_path}", f"method.stages={stages}"])
     if recipe_params is not None:
         ctx.methods.recipe_params = lambda name: recipe_params
     return [(s.key, s.cache) for s in _plan(ctx, ctx.methods.config("feature"), 0)]
@@ -153,7 +153,7 @@ def test_stage_cache_keys_cover_params_teacher_and_code_while_run_hashes_stay(tm
     (_, b_beta) = _stage_caches(tmp_path, chain.replace("beta:1.0", "beta:3.0"))
     assert b_beta[0] != b[0] and b_beta[1] != b[1]  # a stage param: another stage, another run
 
-    ctx = suite_context(load(tmp_path / "plugins"), [f"home={tmp_path}"])
+    ctx = suite_context(load(tmp_path / "plugins"), ["suite=digits", f"home={tmp_path}"])
     mae = ctx.methods.recipe_params("mae")
     (a_teacher, b_teacher) = _stage_caches(tmp_path, chain, {**mae, "mask_ratio": 0.5})
     assert a_teacher[0] == a[0] and b_teacher[0] == b[0]  # same run hashes: the teacher is checked on reuse

@@ -26,10 +26,10 @@ def tree(folder: Path) -> dict[str, bytes]:
 def test_a_fresh_clone_runs_and_publishes_without_losing_a_committed_record(tmp_path, capsys):
     lb = tmp_path / "clone" / "leaderboards"
     (lb / "results").mkdir(parents=True)  # the committed default table (the others alike, slower to check)
-    for name in ("results/default.jsonl", "default.md", "default.csv", "default.png", "default-params.png"):
+    for name in ("results/digits.jsonl", "digits.md", "digits.csv", "digits.png", "digits-params.png"):
         shutil.copy(LEADERBOARDS / name, lb / name)
     committed = tree(lb)
-    original = read_jsonl(lb / "results" / "default.jsonl")
+    original = read_jsonl(lb / "results" / "digits.jsonl")
     home_a, home_b = tmp_path / "clone" / ".benchbase", tmp_path / "elsewhere"
 
     # a run writes its local table in the home; the committed folder is left byte for byte
@@ -37,42 +37,42 @@ def test_a_fresh_clone_runs_and_publishes_without_losing_a_committed_record(tmp_
     assert tree(lb) == committed
     out = capsys.readouterr().out
     assert f"{lb}/ is unchanged; --publish merges these runs" in out
-    local = (home_a / "leaderboards" / "default.md").read_text()
+    local = (home_a / "leaderboards" / "digits.md").read_text()
     assert "Local table" in local and "| local " in local
     assert f"{len(original)} more records are not shown (another setting" in local  # the committed 30-epoch runs
 
     # --publish adds the runs to the committed records: every one of those stays
     assert main(["leaderboard", "--publish", "--db", str(home_a / "results.db"), "--out", str(lb)]) == 0
-    assert f"published default: 2 records added, 0 replaced" in capsys.readouterr().out
-    after_a = read_jsonl(lb / "results" / "default.jsonl")
+    assert "published digits: 2 records added, 0 replaced" in capsys.readouterr().out
+    after_a = read_jsonl(lb / "results" / "digits.jsonl")
     assert after_a[:len(original)] == original and len(after_a) == len(original) + 2
     assert main(["leaderboard", "--check", "--out", str(lb)]) == 0
 
     # another machine with the same setting: its local table merges the committed rows, marked
     assert main(["run", "--methods", "mae", *instant(home_b, f"leaderboard_dir={lb}")]) == 0
     rows = {line.split("|")[2].strip(): line.split("|")[-2].strip()
-            for line in (home_b / "leaderboards" / "default.md").read_text().splitlines() if line.startswith("| ")}
+            for line in (home_b / "leaderboards" / "digits.md").read_text().splitlines() if line.startswith("| ")}
     assert rows == {"method": "origin", "teacher": "local", "feature": "committed", "mae": "local"}
     before_publish = tree(lb)
     assert main(["run", "--publish", "--methods", "mae", *instant(home_b, f"leaderboard_dir={lb}")]) == 0
-    assert "published default: 1 records added, 1 replaced by newer runs" in capsys.readouterr().out
+    assert "published digits: 1 records added, 1 replaced by newer runs" in capsys.readouterr().out
     published = tree(lb)
     assert published != before_publish
-    after_b = read_jsonl(lb / "results" / "default.jsonl")
+    after_b = read_jsonl(lb / "results" / "digits.jsonl")
     assert after_b[:len(original)] == original and len(after_b) == len(original) + 3  # the teacher row replaced
     # publishing again changes no byte
     assert main(["leaderboard", "--publish", "--db", str(home_b / "results.db"), "--out", str(lb)]) == 0
-    assert "published default: 0 records added, 0 replaced" in capsys.readouterr().out
+    assert "published digits: 0 records added, 0 replaced" in capsys.readouterr().out
     assert tree(lb) == published
     assert main(["leaderboard", "--check", "--out", str(lb)]) == 0
 
     # only --prune removes committed records, and it names each
-    assert main(["leaderboard", "--prune", "default", "hidden", "--out", str(lb)]) == 0
+    assert main(["leaderboard", "--prune", "digits", "hidden", "--out", str(lb)]) == 0
     out = capsys.readouterr().out
     assert out.count("removed ") == len(original)
     assert all(f"removed {r.config_hash} {r.method} seed {r.seed}" in out for r in original)
-    assert {r.method for r in read_jsonl(lb / "results" / "default.jsonl")} == {"teacher", "feature", "mae"}
-    assert main(["leaderboard", "--prune", "default", "0000000000000000", "--out", str(lb)]) == 2
+    assert {r.method for r in read_jsonl(lb / "results" / "digits.jsonl")} == {"teacher", "feature", "mae"}
+    assert main(["leaderboard", "--prune", "digits", "0000000000000000", "--out", str(lb)]) == 2
     assert "no record of config hash '0000000000000000'" in capsys.readouterr().err
     assert main(["leaderboard", "--check", "--out", str(lb)]) == 0
 

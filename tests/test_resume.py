@@ -110,7 +110,7 @@ def test_sigkill_then_same_command_resumes_to_the_same_metrics(tmp_path):
     args = [sys.executable, "-m", "benchbase", "run", "--methods", "feature",
             *tiny(tmp_path / "killed", "suite.references=[]", "trainer.epochs=8")]
     proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    runs = tmp_path / "killed" / "runs" / "default"
+    runs = tmp_path / "killed" / "runs" / "digits"
     deadline = time.time() + 120
     while time.time() < deadline:
         ckpt = list(runs.glob("feature-*/" + CHECKPOINT))

@@ -13,12 +13,13 @@ from thirdparty import make_distribution
 
 
 def tiny(home, *extra, fewshot: bool = True, floors: bool = False):
-    """Overrides for a seconds-long run of the default suite (or another suite with fewshot=False);
+    """Overrides for a seconds-long run of the digits suite (the fastest embedded suite; another with
+    fewshot=False, named after these overrides);
     the floor rows only with ``floors`` (they are tested where a test asks for them). The default
     suite's tasks are cut to test size: 50 few-shot episodes and one segmentation-probe epoch (its 40
     epochs were half of a tiny run's time; the probe itself is tested in test_segmentation.py)."""
     return [
-        "trainer.epochs=1", "teacher.recipe.pretrain_epochs=1", "teacher.recipe.finetune_epochs=1",
+        "suite=digits", "trainer.epochs=1", "teacher.recipe.pretrain_epochs=1", "teacher.recipe.finetune_epochs=1",
         *(["suite.tasks.fewshot.params.episodes=50", "suite.tasks.segmentation.params.epochs=1"] if fewshot else []),
         "trainer.progress=false",
         *([] if floors else ["suite.floors=[]"]),
@@ -31,9 +32,9 @@ def names_of(record) -> set[tuple[str, str]]:
 
 
 def instant(home, *extra):
-    """Overrides for a default-suite run that trains nothing (zero-epoch teacher recipe and student),
+    """Overrides for a digits-suite run that trains nothing (zero-epoch teacher recipe and student),
     scored by the linear probe alone, without reference or floor rows: a few seconds end to end."""
-    return ["trainer.epochs=0", "teacher.recipe.pretrain_method=none", "teacher.recipe.finetune_epochs=0",
+    return ["suite=digits", "trainer.epochs=0", "teacher.recipe.pretrain_method=none", "teacher.recipe.finetune_epochs=0",
             "~suite.tasks.fewshot", "~suite.tasks.segmentation", "suite.references=[]", "suite.floors=[]",
             "trainer.progress=false",
             f"home={home}", f"leaderboard_dir={home}/lb", *extra]
@@ -42,7 +43,7 @@ def instant(home, *extra):
 def test_tiny_run_writes_records_and_table_and_reuses_them(tmp_path, capsys):
     assert main(["run", "--methods", "feature,mae", *tiny(tmp_path, floors=True)]) == 0
     out = capsys.readouterr().out
-    records = ResultsDB(tmp_path / "results.db").records("default")
+    records = ResultsDB(tmp_path / "results.db").records("digits")
     by_method = {r.method: r for r in records}
     assert set(by_method) == {"teacher", "pixels", "random_init", "supervised", "feature", "mae"}
     assert by_method["teacher"].role == "teacher" and by_method["supervised"].role == "reference"
@@ -58,18 +59,18 @@ def test_tiny_run_writes_records_and_table_and_reuses_them(tmp_path, capsys):
     fewshot = next(m for m in feature.metrics if m.name == "5way-1shot")
     assert fewshot.n == 50 and fewshot.ci95 > 0 and "prototype" in fewshot.protocol
     assert feature.versions["plugin:feature"] and feature.git_rev is not None
-    table = (tmp_path / "leaderboards" / "default.md").read_text()
+    table = (tmp_path / "leaderboards" / "digits.md").read_text()
     assert "| feature" in table and "| teacher" in table and "5way-1shot" in table
-    assert (tmp_path / "leaderboards" / "default.csv").exists()
+    assert (tmp_path / "leaderboards" / "digits.csv").exists()
     assert "feature" in out and "top1" in out
-    run_dir = tmp_path / "runs" / "default"
+    run_dir = tmp_path / "runs" / "digits"
     feature_dir = next(run_dir.glob("feature-seed0-*"))
     assert (feature_dir / "config.yaml").exists() and (feature_dir / "steps.jsonl").read_text().count("\n") > 0
     # the same command reuses stored runs, and says so: nothing is trained again
     before = feature_dir.joinpath("steps.jsonl").stat().st_mtime_ns
     assert main(["run", "--methods", "feature", *tiny(tmp_path, floors=True)]) == 0
     assert feature_dir.joinpath("steps.jsonl").stat().st_mtime_ns == before
-    assert len(ResultsDB(tmp_path / "results.db").records("default")) == 6
+    assert len(ResultsDB(tmp_path / "results.db").records("digits")) == 6
     when = feature.created_at[:16].replace("T", " ")
     out = capsys.readouterr().out
     assert f"feature seed 0: reusing the run stored {when} UTC (made by benchbase " in out
@@ -78,8 +79,8 @@ def test_tiny_run_writes_records_and_table_and_reuses_them(tmp_path, capsys):
     assert main(["run", "--force", "--methods", "feature", *tiny(tmp_path)]) == 0
     assert "reusing" not in capsys.readouterr().out
     db = ResultsDB(tmp_path / "results.db")
-    assert len(db.records("default")) == 6  # teacher row, reference and feature ran again:
-    assert len(db.records("default", superseded=True)) == 9  # their older records are kept
+    assert len(db.records("digits")) == 6  # teacher row, reference and feature ran again:
+    assert len(db.records("digits", superseded=True)) == 9  # their older records are kept
 
 
 NAN_PLUGIN = '''
@@ -118,7 +119,7 @@ def test_raising_method_is_stored_with_its_error_and_step(tmp_path):
     assert records["raising"].status == "failed" and records["raising"].failed_step == 0
     assert "RuntimeError" in records["raising"].error and "kaboom in the loss" in records["raising"].error
     assert records["feature"].status == "done"
-    assert "failed (1/1): RuntimeError" in (tmp_path / "leaderboards" / "default.md").read_text()
+    assert "failed (1/1): RuntimeError" in (tmp_path / "leaderboards" / "digits.md").read_text()
 
 
 def test_failing_method_is_stored_and_others_finish(tmp_path, capsys):
@@ -133,7 +134,7 @@ def test_failing_method_is_stored_and_others_finish(tmp_path, capsys):
     assert records["exploding"].status == "failed"
     assert "non-finite loss" in records["exploding"].error and records["exploding"].failed_step == 0
     assert records["feature"].status == "done"
-    assert "failed" in (tmp_path / "leaderboards" / "default.md").read_text()
+    assert "failed" in (tmp_path / "leaderboards" / "digits.md").read_text()
 
 
 def test_third_party_plugin_runs_for_real(tmp_path, monkeypatch):
@@ -142,7 +143,7 @@ def test_third_party_plugin_runs_for_real(tmp_path, monkeypatch):
     record = next(r for r in ResultsDB(tmp_path / "results.db").records() if r.method == "kd_logits")
     assert record.status == "done" and record.config["method"]["params"]["tau"] == 4.0
     assert record.versions["plugin:kd_logits"] == "0.3.1"
-    steps = (tmp_path / "runs" / "default").glob("kd_logits-seed0-*/steps.jsonl")
+    steps = (tmp_path / "runs" / "digits").glob("kd_logits-seed0-*/steps.jsonl")
     assert "kl_logits" in next(steps).read_text()
 
 
@@ -158,28 +159,28 @@ def test_leaderboard_publishes_regenerates_checks_and_imports(tmp_path, capsys):
     assert main(["run", "--methods", "feature", *instant(tmp_path)]) == 0
     assert not lb.exists()  # a run writes its local table only
     assert main(["leaderboard", "--publish", "--db", db, "--out", str(lb)]) == 0
-    written = (lb / "default.md").read_text()
+    written = (lb / "digits.md").read_text()
     assert "| feature" in written and "origin" not in written
-    (lb / "default.md").unlink()
+    (lb / "digits.md").unlink()
     assert main(["leaderboard", "--out", str(lb)]) == 0  # from the committed records alone
-    assert (lb / "default.md").read_text() == written
+    assert (lb / "digits.md").read_text() == written
     assert main(["leaderboard", "--check", "--out", str(lb)]) == 0
-    (lb / "default.md").write_text(written.replace("feature", "featur3"))
+    (lb / "digits.md").write_text(written.replace("feature", "featur3"))
     assert main(["leaderboard", "--check", "--out", str(lb)]) == 1
     # records exported elsewhere merge into the database and its local table; --publish commits them
     other = tmp_path / "other"
     assert main(["run", "--methods", "mae", *instant(other)]) == 0
-    exported = str(other / "leaderboards" / "results" / "default.jsonl")  # that machine's teacher and mae
+    exported = str(other / "leaderboards" / "results" / "digits.jsonl")  # that machine's teacher and mae
     capsys.readouterr()
     assert main(["leaderboard", "--db", db, "--import", exported, "--out", str(lb)]) == 0
     assert "imported 2 records, skipped 0 already stored" in capsys.readouterr().out
-    assert "| mae" in (tmp_path / "leaderboards" / "default.md").read_text()
+    assert "| mae" in (tmp_path / "leaderboards" / "digits.md").read_text()
     assert main(["leaderboard", "--check", "--out", str(lb)]) == 1  # still the edited table: nothing published
     assert main(["leaderboard", "--db", db, "--import", exported, "--publish", "--out", str(lb)]) == 0
     out = capsys.readouterr().out
     assert "imported 0 records, skipped 2 already stored" in out
-    assert "published default: 1 records added, 1 replaced by newer runs" in out  # mae; the newer teacher row
-    assert "| mae" in (lb / "default.md").read_text() and "| feature" in (lb / "default.md").read_text()
+    assert "published digits: 1 records added, 1 replaced by newer runs" in out  # mae; the newer teacher row
+    assert "| mae" in (lb / "digits.md").read_text() and "| feature" in (lb / "digits.md").read_text()
     assert main(["leaderboard", "--check", "--out", str(lb)]) == 0
     with sqlite3.connect(tmp_path / "results.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -198,7 +199,7 @@ def test_same_seed_repeats_exactly_and_other_seeds_differ(tmp_path):
     first, second = metrics(tmp_path / "a", 0), metrics(tmp_path / "a", 1)
     assert first != second
     assert "(seed 1)" in second[("fewshot", "5way-1shot")][2] and "(seed 0)" in first[("fewshot", "5way-1shot")][2]
-    runs = tmp_path / "a" / "runs" / "default"
+    runs = tmp_path / "a" / "runs" / "digits"
     students = [next(runs.glob(f"feature-seed{seed}-*")) / "student.pt" for seed in (0, 1)]
     assert students[0].read_bytes() != students[1].read_bytes()  # other initial weights and batches
 

@@ -45,7 +45,7 @@ def site(tmp_path_factory) -> Path:
     lb = tmp_path / "lb"
     write_jsonl(lb / "results" / "demo.jsonl", [record(*row, seed) for row in ROWS for seed in (0, 1)])
     (lb / "figures" / "demo").mkdir(parents=True)
-    shutil.copyfile(Path(__file__).resolve().parents[1] / "leaderboards" / "default.png",
+    shutil.copyfile(Path(__file__).resolve().parents[1] / "leaderboards" / "digits.png",
                     lb / "figures" / "demo" / "heat-map.png")
     assert main(["leaderboard", "--out", str(lb), "--html", str(tmp_path / "site")]) == 0
     assert main(["leaderboard", "--out", str(lb), "--check"]) == 0  # the Markdown tables are as before

@@ -14,7 +14,7 @@ from conftest import DATA
 
 
 @pytest.mark.parametrize("suite, student, distill", [
-    ("default", "vit_tiny_patch16_224", "digits"),
+    ("digits", "vit_tiny_patch16_224", "digits"),
     ("glyphs", "vit_tiny_patch16_224", "glyphs"),
     ("omniglot", "vit_tiny_patch16_224", "omniglot"),
     ("cpu-real", "vit_tiny_patch16_224", "cifar10"),

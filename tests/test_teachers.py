@@ -44,7 +44,7 @@ def test_recipe_teacher_is_trained_once_and_cached(tmp_path):
 
 
 def _ctx(home, *overrides: str):
-    return suite_context(load(), [f"home={home}", *overrides])
+    return suite_context(load(), ["suite=digits", f"home={home}", *overrides])
 
 
 def _key(ctx, **changed_params) -> str:
@@ -78,7 +78,7 @@ def test_recipe_key_covers_every_param_of_the_recipe_losses_and_run_hashes_stay(
     assert _key(_ctx(tmp_path, "trainer.precision=bf16")) != base  # every trainer setting the recipe trains with
     assert _key(_ctx(tmp_path, "trainer.progress=false", "trainer.num_workers=2")) == base  # not the run-only ones
     # the teacher as run hashes name it is what it was: stored runs keep their config hashes
-    assert recipe_identity(compose_config(["trainer.precision=bf16"])) == recipe_identity(ctx.cfg)
+    assert recipe_identity(compose_config(["suite=digits", "trainer.precision=bf16"])) == recipe_identity(ctx.cfg)
     assert ctx.teacher_source() == f"recipe:{base}"
 
 
@@ -157,7 +157,7 @@ def test_sweep_runs_one_suite_per_value(tmp_path, capsys):
 def test_a_distilled_tinymim_student_teaches_the_next_run(tmp_path):
     first = [*tiny(tmp_path, "suite.references=[]"), "student.num_heads=2"]
     assert main(["run", "--methods", "tinymim", *first]) == 0
-    checkpoint = next((tmp_path / "runs" / "default").glob("tinymim-seed0-*/student.pt"))
+    checkpoint = next((tmp_path / "runs" / "digits").glob("tinymim-seed0-*/student.pt"))
     second = [*tiny(tmp_path, "suite.references=[]"), "teacher.source=checkpoint", f"teacher.checkpoint={checkpoint}",
               "teacher.embed_dim=64", "teacher.depth=4", "teacher.num_heads=2", "student.embed_dim=32",
               "student.depth=2", "student.num_heads=2"]
@@ -206,12 +206,12 @@ def test_a_run_taught_with_teacher_drop_path_is_another_run(tmp_path):
 def test_recipe_finetune_params_reach_its_fine_tuning_and_name_the_teacher_only_when_set():
     """``teacher.recipe.finetune_params`` (the Omniglot suite's label smoothing and shifts) build the
     recipe's fine-tuning method; left empty, the teacher is named as before the key existed."""
-    default = compose_config([])
+    default = compose_config(["suite=digits"])
     assert default.teacher.recipe.finetune_params == {}
     without = OmegaConf.create(OmegaConf.to_container(default))  # a config from before the key existed
     del without.teacher.recipe["finetune_params"]
     assert recipe_identity(without) == recipe_identity(default)  # stored runs keep their hashes
-    smoothed = compose_config(["+teacher.recipe.finetune_params.label_smoothing=0.1",
+    smoothed = compose_config(["suite=digits", "+teacher.recipe.finetune_params.label_smoothing=0.1",
                                "+teacher.recipe.finetune_params.shift=2"])
     assert recipe_identity(smoothed) != recipe_identity(default)
     data = load_digits_bundle()

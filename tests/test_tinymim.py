@@ -279,7 +279,7 @@ def test_yaml_params_match_constructor_and_entry_point():
 
 def test_cli_run_stores_a_done_record(tmp_path):
     assert main([
-        "run", "--methods", "tinymim", "trainer.epochs=1", "teacher.recipe.pretrain_epochs=1",
+        "run", "--methods", "tinymim", "suite=digits", "trainer.epochs=1", "teacher.recipe.pretrain_epochs=1",
         "teacher.recipe.finetune_epochs=1", "suite.tasks.fewshot.params.episodes=50", "suite.references=[]",
         "trainer.progress=false", "student.num_heads=2",  # 64 channels: 2 heads, aligned to the teacher's 4
         f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb",
@@ -290,10 +290,10 @@ def test_cli_run_stores_a_done_record(tmp_path):
     top1 = next(m for m in record.metrics if m.name == "top1")
     assert top1.extras["read_point"].startswith("frozen features read after block 3 of 4")
     assert "frozen features" not in top1.protocol  # the column's protocol stays the one every row shares
-    run_dir = next((tmp_path / "runs" / "default").glob("tinymim-seed0-*"))
+    run_dir = next((tmp_path / "runs" / "digits").glob("tinymim-seed0-*"))
     assert json.loads((run_dir / "untrained.json").read_text()) == top1.extras["untrained"]
     assert "norm.weight" in top1.extras["untrained"]
-    page = (tmp_path / "leaderboards" / "default.md").read_text()
+    page = (tmp_path / "leaderboards" / "digits.md").read_text()
     assert "Read points (frozen-feature columns):\n- `tinymim`: frozen features read after block 3 of 4" in page
     assert page.count("| top1/top1") == 1  # one column for every row
     # benchbase eval of the stored run reads it where the run did, and reproduces its metric

@@ -1,5 +1,5 @@
 """``benchbase new-plugin NAME --kind evaluator``: weighted k-NN top-1 on frozen features (DINO's
-protocol), and a suite file that extends the built-in default suite with a task using it."""
+protocol), and a suite file that extends the built-in digits suite with a task using it."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from benchbase.api import (
 )
 
 CONF_DIR = Path(__file__).parent / "conf"
-"""Hydra configs shipped with the package: ``suite/$name.yaml`` (the default suite plus a $name task)."""
+"""Hydra configs shipped with the package: ``suite/$name.yaml`` (the digits suite plus a $name task)."""
 
 
 def knn_votes(train: Tensor, train_labels: Tensor, test: Tensor, k: int, temperature: float,
@@ -120,15 +120,15 @@ def benchbase_config_dirs() -> list[str]:
 
 SUITE = Template('''\
 # @package _global_
-# The built-in default suite (embedded digits) plus a task scored by the $name evaluator: weighted
+# The built-in digits suite (embedded, the fastest) plus a task scored by the $name evaluator: weighted
 # k-NN top-1 on held-out digits 0-4. Its table gets the column $name/top1 (task/metric).
 #   benchbase run suite=$name
 defaults:
-  - default  # suite/default.yaml, the built-in suite this one extends
+  - digits  # suite/digits.yaml, the built-in suite this one extends
   - _self_   # this file's keys last: they override and add to it
 suite:
   name: $name
-  description: "the default suite plus weighted k-NN top-1 on digits 0-4 ($name)"
+  description: "the digits suite plus weighted k-NN top-1 on digits 0-4 ($name)"
   tasks:
     $name:  # the task's name: the first half of its columns' names
       evaluator: $name
@@ -173,7 +173,7 @@ def test_its_suite_scores_every_row(tmp_path):
 
 TEMPLATE = PluginTemplate(
     summary="Weighted k-NN top-1 on frozen features (DINO's k-NN protocol), a benchbase evaluator plugin, "
-            "with a suite that adds it to the built-in default suite.",
+            "with a suite that adds it to the built-in digits suite.",
     module=MODULE,
     configs={"suite/$name.yaml": SUITE},
     tests=TESTS,
@@ -181,12 +181,12 @@ TEMPLATE = PluginTemplate(
               "~suite.tasks.segmentation", "suite.references=[]", "trainer.progress=false"),
     use=Template("""\
 benchbase plugins  # lists `$name` and the evaluator it registers
-benchbase run suite=$name  # the default suite plus the $name task: column $name/top1
+benchbase run suite=$name  # the digits suite plus the $name task: column $name/top1
 benchbase run suite=$name suite.tasks.$name.params.k=10"""),
     layout={
         "src/$package/__init__.py": "the evaluator (`WeightedKnn`, its votes in `knn_votes`) and the hook "
                                     "implementations `benchbase_register_evaluators` and `benchbase_config_dirs`",
-        "src/$package/conf/suite/$name.yaml": "a suite extending the built-in `default` suite with a `$name` task, "
+        "src/$package/conf/suite/$name.yaml": "a suite extending the built-in `digits` suite with a `$name` task, "
                                               "shipped as package data",
         "tests/test_$name.py": "the votes against a hand computation and a tiny run of the suite",
     },

@@ -142,7 +142,7 @@ def test_runs_end_to_end(tmp_path):
     assert record.config["method"]["name"] == "$name"
     assert record.config["method"]["params"] == {"tau": 4.0, "alpha": 0.1}
     assert record.versions["plugin:$name"] == "0.1.0"
-    assert "$name" in (tmp_path / "leaderboards" / "default.md").read_text()
+    assert "$name" in (tmp_path / "leaderboards" / "digits.md").read_text()
 ''')
 
 TEMPLATE = PluginTemplate(
@@ -151,7 +151,7 @@ TEMPLATE = PluginTemplate(
     module=MODULE,
     configs={"method/$name.yaml": CONFIG},
     tests=TESTS,
-    tiny_run=("trainer.epochs=1", "teacher.recipe.pretrain_method=none", "teacher.recipe.finetune_epochs=1",
+    tiny_run=("suite=digits", "trainer.epochs=1", "teacher.recipe.pretrain_method=none", "teacher.recipe.finetune_epochs=1",
               "suite.tasks.fewshot.params.episodes=50", "~suite.tasks.segmentation", "suite.references=[]",
               "suite.floors=[]", "trainer.progress=false"),
     use=Template("""\

@@ -92,7 +92,7 @@ def benchbase_config_dirs() -> list[str]:
 ''')
 
 STUDENT = Template('''\
-# The default suite's student (the built-in student/vit_digits.yaml: sized for the 16x16 digits)
+# The embedded suites' student (the built-in student/vit_digits.yaml: sized for 16x16 images)
 # with the convolutional stem.   benchbase run student=$name
 defaults:
   - vit_digits  # student/vit_digits.yaml, the config this one extends
@@ -101,7 +101,7 @@ arch: $name  # the registered architecture
 ''')
 
 TEACHER = Template('''\
-# The default suite's teacher (the built-in teacher/vit_digits.yaml, trained by the suite's recipe)
+# The digits suite's teacher (the built-in teacher/vit_digits.yaml, trained by the suite's recipe)
 # with the convolutional stem.   benchbase run teacher=$name
 defaults:
   - vit_digits  # teacher/vit_digits.yaml, the config this one extends
@@ -153,8 +153,8 @@ TEMPLATE = PluginTemplate(
     module=MODULE,
     configs={"student/$name.yaml": STUDENT, "teacher/$name.yaml": TEACHER},
     tests=TESTS,
-    tiny_run=("teacher.recipe.pretrain_method=none", "teacher.recipe.finetune_epochs=1", "trainer.epochs=1",
-              "~suite.tasks.fewshot", "~suite.tasks.segmentation", "trainer.progress=false"),
+    tiny_run=("suite=digits", "teacher.recipe.pretrain_method=none", "teacher.recipe.finetune_epochs=1",
+              "trainer.epochs=1", "~suite.tasks.fewshot", "~suite.tasks.segmentation", "trainer.progress=false"),
     use=Template("""\
 benchbase plugins --hooks  # `$name` registers a student and a teacher architecture
 benchbase run student=$name --methods feature  # distil into it
