@@ -311,6 +311,10 @@ class DataBundle:
 
     Classification splits are :class:`LabeledImages`; segmentation splits are
     :class:`SegmentationImages` (``ignore_index`` is then the unlabelled value, e.g. CamVid's 11).
+    ``image_mean`` and ``image_std`` are the per-channel statistics the images were normalised with
+    (one value per channel: ``image · std + mean`` are the pixels in [0, 1]), so that a method can
+    act on pixel values (colour jitter, solarisation); None where the loader does not declare them
+    (e.g. stacked frame + event channels).
     """
 
     name: str
@@ -321,6 +325,8 @@ class DataBundle:
     description: str = ""
     ignore_index: int | None = None
     input_channels: dict[str, int] | None = None  # stacked modalities in channel order, e.g. {"frame": 1, "events": 3}
+    image_mean: tuple[float, ...] | None = None
+    image_std: tuple[float, ...] | None = None
 
     def channels(self, group: str | None) -> tuple[int, int] | None:
         """The [start, stop) channel range of modality ``group`` in the stacked images (None: all)."""
