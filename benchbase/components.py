@@ -195,13 +195,21 @@ class Method(nn.Module, ABC):
     (the total is their sum; every term is logged), may own parameters (projection heads,
     decoders: build them in ``setup``), may change or drop its gradients before each update
     (``before_update``) and may act after each optimiser step (``after_step``).
-    Constructor keyword arguments are the method's config keys (``method.params``).
+    Constructor keyword arguments are the method's config keys (``method.params``); those named
+    ``num_classes``, ``ignore_index``, ``image_mean`` or ``image_std``, when the config leaves them
+    unset, come from the distillation data (:data:`benchbase.methods.DATA_ARGS`). A param added
+    after runs of the method were stored goes in ``later_params`` with the value that computes
+    what those runs did, so that they keep their config hashes.
     """
 
     uses_teacher: ClassVar[bool] = True
     student_arch: ClassVar[str | None] = None  # the student.arch it needs (None: any)
     student_taps: Sequence[Tap] = ()
     teacher_taps: Sequence[Tap] = ()
+    later_params: ClassVar[Mapping[str, Any]] = {}
+    """Params added after runs of the method were stored, each with the value that computes what
+    those runs did: a param at that value is left out of run hashes, so the stored runs keep their
+    names (see :func:`benchbase.methods.identity_params`)."""
 
     def setup(self, student: Student, teacher: Teacher | None) -> None:
         """Called once before training, before the optimiser is built: size heads to the models."""
