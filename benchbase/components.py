@@ -195,13 +195,21 @@ class Method(nn.Module, ABC):
     (the total is their sum; every term is logged), may own parameters (projection heads,
     decoders: build them in ``setup``), may change or drop its gradients before each update
     (``before_update``) and may act after each optimiser step (``after_step``).
-    Constructor keyword arguments are the method's config keys (``method.params``).
+    Constructor keyword arguments are the method's config keys (``method.params``); those named
+    ``num_classes``, ``ignore_index``, ``image_mean`` or ``image_std``, when the config leaves them
+    unset, come from the distillation data (:data:`benchbase.methods.DATA_ARGS`). A param added
+    after runs of the method were stored goes in ``later_params`` with the value that computes
+    what those runs did, so that they keep their config hashes.
     """
 
     uses_teacher: ClassVar[bool] = True
     student_arch: ClassVar[str | None] = None  # the student.arch it needs (None: any)
     student_taps: Sequence[Tap] = ()
     teacher_taps: Sequence[Tap] = ()
+    later_params: ClassVar[Mapping[str, Any]] = {}
+    """Params added after runs of the method were stored, each with the value that computes what
+    those runs did: a param at that value is left out of run hashes, so the stored runs keep their
+    names (see :func:`benchbase.methods.identity_params`)."""
 
     def setup(self, student: Student, teacher: Teacher | None) -> None:
         """Called once before training, before the optimiser is built: size heads to the models."""
@@ -311,6 +319,10 @@ class DataBundle:
 
     Classification splits are :class:`LabeledImages`; segmentation splits are
     :class:`SegmentationImages` (``ignore_index`` is then the unlabelled value, e.g. CamVid's 11).
+    ``image_mean`` and ``image_std`` are the per-channel statistics the images were normalised with
+    (one value per channel: ``image · std + mean`` are the pixels in [0, 1]), so that a method can
+    act on pixel values (colour jitter, solarisation); None where the loader does not declare them
+    (e.g. stacked frame + event channels).
     """
 
     name: str
@@ -321,6 +333,8 @@ class DataBundle:
     description: str = ""
     ignore_index: int | None = None
     input_channels: dict[str, int] | None = None  # stacked modalities in channel order, e.g. {"frame": 1, "events": 3}
+    image_mean: tuple[float, ...] | None = None
+    image_std: tuple[float, ...] | None = None
 
     def channels(self, group: str | None) -> tuple[int, int] | None:
         """The [start, stop) channel range of modality ``group`` in the stacked images (None: all)."""

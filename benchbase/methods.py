@@ -32,8 +32,9 @@ KIND = "methods"
 """The registry kind of methods (stored fingerprints name it ``code:losses/<name>``: see
 :data:`benchbase.provenance.RECORDED_KINDS`)."""
 
-DATA_ARGS = ("num_classes", "ignore_index")
-"""Method constructor arguments that, left unset by the config, come from the distillation data."""
+DATA_ARGS = ("num_classes", "ignore_index", "image_mean", "image_std")
+"""Method constructor arguments that, left unset by the config, come from the distillation data
+(the :class:`~benchbase.components.DataBundle` fields of the same names)."""
 
 RECIPE_TRAINER_KEYS = ("lr", "batch_size", "epochs")
 """Trainer keys the recipe sets itself (``teacher.recipe.*``); the others come from ``trainer``."""
@@ -99,6 +100,10 @@ class Methods:
     def build(self, name: str, params: dict[str, Any], data: DataBundle) -> Method:
         """Method ``name`` built with ``params`` (see :func:`build_method`)."""
         return build_method(self.method_class(name), params, data)
+
+    def identity_params(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` of method ``name`` as run hashes name them (see :func:`identity_params`)."""
+        return identity_params(self.method_class(name), params)
 
     def compatible(self, names: Sequence[str], arch: str, explicit: bool) -> tuple[list[str], list[tuple[str, str]]]:
         """Methods of ``names`` that work with ``student.arch`` ``arch``, and the others with the
@@ -244,19 +249,30 @@ def checked_params(cfg: DictConfig, cls: type) -> dict[str, Any]:
 
 def build_method(cls: type[Method], params: dict[str, Any], data: DataBundle) -> Method:
     """``cls(**params)``, with :data:`DATA_ARGS` the constructor takes and the config leaves
-    unset (or null) filled from ``data``: its class count and unlabelled value (-100 if none)."""
+    unset (or null) filled from ``data``: its class count, unlabelled value (-100 if none) and the
+    per-channel mean and std its images were normalised with (None where it declares none)."""
     accepted = inspect.signature(cls.__init__).parameters
     from_data = {"num_classes": data.num_classes,
-                 "ignore_index": -100 if data.ignore_index is None else data.ignore_index}
+                 "ignore_index": -100 if data.ignore_index is None else data.ignore_index,
+                 "image_mean": data.image_mean, "image_std": data.image_std}
     filled = {k: from_data[k] for k in DATA_ARGS if k in accepted and params.get(k) is None}
     return cls(**{**params, **filled})
 
 
+def identity_params(cls: type[Method], params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of method ``cls`` as run hashes name them: without the params of
+    :attr:`~benchbase.components.Method.later_params` that are at the value listed there, so that
+    runs stored before those params existed keep their names."""
+    later = cls.later_params
+    return {k: v for k, v in params.items() if not (k in later and v == later[k])}
+
+
 def run_identity(cfg: DictConfig, role: str, name: str, params: dict, seed: int,
                  stage_keys: Sequence[str] = ()) -> dict[str, Any]:
-    """What names one run of ``cfg`` (its config hash is the hash of this): role, method, params,
-    seed, student, teacher (:func:`teacher_identity`), trainer (less the run-only keys), the
-    suite's distillation and tasks, their datasets' configs, and the keys of its stages."""
+    """What names one run of ``cfg`` (its config hash is the hash of this): role, method, params
+    (as :func:`identity_params` names them), seed, student, teacher (:func:`teacher_identity`),
+    trainer (less the run-only keys), the suite's distillation and tasks, their datasets' configs,
+    and the keys of its stages."""
     container = OmegaConf.to_container(cfg, resolve=True)
     datasets = {cfg.suite.distill.dataset} | {t.dataset for t in cfg.suite.tasks.values()}
     chain = {"stages": list(stage_keys)} if stage_keys else {}  # runs without stages keep their hashes

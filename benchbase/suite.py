@@ -291,7 +291,8 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int) -> RunRecord:
     params = ctx.methods.params(cfg, name)
     stages = _plan(ctx, cfg, seed)
     teacher = ctx.teacher(teacher_stage(cfg))
-    h = config_hash(run_identity(cfg, role, name, params, seed, [s.key for s in stages]))
+    h = config_hash(run_identity(cfg, role, name, ctx.methods.identity_params(name, params), seed,
+                                 [s.key for s in stages]))
     made = _made(ctx, cfg, teacher, [name, *(s.method for s in stages)])
     if found := _stored(ctx, h, made, f"{name} seed {seed}"):
         return found

@@ -50,8 +50,22 @@ released ``main_smkd.py`` does: a finished state (progress 1) counts as progress
 
 Local crops are smaller than the model's image size: :func:`.smkd_parts.enable_dynamic_img_size`
 switches a fixed-size timm ViT to position-embedding interpolation (a no-op for models built with
-``dynamic_img_size=True``; same outputs at the original size). Crops and flips only: DINO's colour
-jitter, blur and solarisation are not applied (the embedded images are normalised grey digits).
+``dynamic_img_size=True``; same outputs at the original size).
+
+Photometric augmentation (``photometric``): after its crop and flip, every view gets DINO's colour
+jitter (p 0.8), grayscale (p 0.2), Gaussian blur (p 1.0 on the first global view, 0.1 on the
+second, 0.5 on local views) and solarisation (p 0.2, second global view only), per crop and
+batched (:mod:`.photometric`, which states where it differs from DINO's PIL pipeline). The
+operations act on pixels in [0, 1], so they need the mean and std the images were normalised
+with: ``image_mean`` and ``image_std``, which the harness fills from the distillation data's
+:class:`~benchbase.components.DataBundle`. ``"auto"`` (default) augments colour (3-channel) data
+and leaves 1-channel data to crops and flips, as SMKD ran here before the option existed (the
+embedded suites' normalised gray digits and glyphs). ``auto`` is left out of run hashes
+(:attr:`SMKDLoss.later_params`), so those runs keep their names; colour runs under ``auto``
+changed with the code, which their code fingerprint records. ``"dino"`` augments 1-channel data
+too (brightness, contrast, blur, solarisation: the colour operations need 3 channels);
+``"none"``: crops and flips only. Phase 1 augments as phase 2 (iBOT uses the same pipeline).
+
 The constructor defaults are the paper's ViT-S/16 head; ``conf/method/smkd.yaml`` scales it down.
 """
 
@@ -79,6 +93,7 @@ from benchbase.api import (
 )
 
 from . import benchbase_config_dirs  # noqa: F401  (the package's config folder)
+from .photometric import DINO_GLOBAL, DINO_LOCAL, ViewAugmentation, augment, draw
 from .smkd_parts import (
     EmaTeacher,
     IBOTHead,
@@ -88,6 +103,7 @@ from .smkd_parts import (
     enable_dynamic_img_size,
     ibot_masks,
     local_crop_size,
+    photometric_stats,
     student_log_probs,
     teacher_probs,
     teacher_temperature,
@@ -95,7 +111,7 @@ from .smkd_parts import (
 from .views import random_resized_crops
 
 TOKENS, LAST_ATTN = Tap("tokens"), Tap("attn", -1)
-GLOBAL_VIEWS = 2
+GLOBAL_VIEWS = len(DINO_GLOBAL)  # 2: DINO's first and second global view
 PHASES = ("ssl", "supervised")
 PATCH_MATCHINGS = ("paper", "released_code")
 PATCH_WEIGHTS = ("uniform", "attention")
@@ -127,12 +143,17 @@ class SMKDLoss(Method):
         center_momentum: momentum of the teacher-output centres.
         evaluate: the model scored and exported after training, ``"teacher"`` (the EMA teacher's
             backbone, as the released evaluation) or ``"student"``.
+        photometric: DINO's colour augmentation of the views, ``"auto"`` (on 3-channel data),
+            ``"dino"`` (on 1- or 3-channel data) or ``"none"`` (see the module docstring).
+        image_mean, image_std: the per-channel normalisation of the images (pixels in [0, 1] =
+            image · std + mean); left unset, the harness fills them from the data.
     """
 
     name = "smkd"
     student_arch = "vit"  # written against timm VisionTransformer students
     uses_teacher = False
     student_taps = (TOKENS,)
+    later_params = {"photometric": "auto"}  # added after SMKD runs were stored (see the module docstring)
 
     def __init__(
         self, phase: str = "supervised", patch_matching: str = "paper", patch_weight: str = "uniform",
@@ -143,7 +164,8 @@ class SMKDLoss(Method):
         mask_ratio: Sequence[float] = (0.1, 0.5), student_temp: float = 0.1, teacher_temp: float = 0.07,
         warmup_teacher_temp: float = 0.04, warmup_teacher_temp_fraction: float = 30 / 400,
         momentum_teacher: float = 0.996, center_momentum: float = 0.9, evaluate: str = "teacher",
-        freeze_last_layer: int = 1,
+        freeze_last_layer: int = 1, photometric: str = "auto", image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
     ):
         super().__init__()
         check_choice("phase", phase, PHASES)
@@ -165,6 +187,10 @@ class SMKDLoss(Method):
         self.warmup_teacher_temp_fraction = warmup_teacher_temp_fraction
         self.momentum_teacher, self.center_momentum = momentum_teacher, center_momentum
         self.freeze_last_layer = freeze_last_layer
+        stats = photometric_stats(photometric, image_mean, image_std)
+        self.photometric = "none" if stats is None else "dino"  # what ``photometric`` comes to on this data
+        self.register_buffer("pixel_mean", None if stats is None else stats[0], persistent=False)
+        self.register_buffer("pixel_std", None if stats is None else stats[1], persistent=False)
         self.ema_taps = (TOKENS, LAST_ATTN) if self.lambda2 and patch_weight == "attention" else (TOKENS,)
         self.register_buffer("center", torch.zeros(1, head_out))  # class-token centre
         self.register_buffer("center2", torch.zeros(1, 1, head_out))  # patch centre
@@ -192,20 +218,32 @@ class SMKDLoss(Method):
         ``student[0]``: the 2 global crops, view-major [2·B, C, H, W], with their masks [2·B, N]
         (True = replaced by the mask token); the teacher sees the same crops unmasked inside
         :meth:`forward`. ``student[1]`` (only when ``local_crops`` > 0): the local crops, view-major
-        [L·B, C, h, w]. Crops and masks are drawn view by view: global crop, its masks, next view.
+        [L·B, C, h, w]. Crops and masks are drawn view by view: global crop, its photometric choices
+        (when ``photometric`` applies), its masks, next view.
         """
         size = tuple(images.shape[-2:])
         grid = (size[0] // self.patch_size, size[1] // self.patch_size)
         local = tuple(local_crop_size(s, self.patch_size) for s in size)
         crops, masks = [], []
-        for _ in range(GLOBAL_VIEWS):
-            crops.append(random_resized_crops(images, size, self.global_crop_scale))
+        for view in DINO_GLOBAL:
+            crops.append(self.augmented(random_resized_crops(images, size, self.global_crop_scale), view))
             masks.append(ibot_masks(images.shape[0], grid, self.mask_prob, self.mask_ratio))
         views = [ModelInput(torch.cat(crops), mask=torch.cat(masks), mask_token=self.mask_token)]
         if self.local_crops:
-            views.append(ModelInput(torch.cat([random_resized_crops(images, local, self.local_crop_scale)
-                                               for _ in range(self.local_crops)])))
+            views.append(ModelInput(torch.cat([
+                self.augmented(random_resized_crops(images, local, self.local_crop_scale), DINO_LOCAL)
+                for _ in range(self.local_crops)])))
         return StepInputs(student=views, teacher=None, labels=labels)
+
+    def augmented(self, crops: Tensor, view: ViewAugmentation) -> Tensor:
+        """``crops`` [B, C, h, w] after DINO's photometric augmentation of ``view`` when
+        ``photometric`` applies to this data, else as they are."""
+        if self.pixel_mean is None:
+            return crops
+        if crops.shape[1] != self.pixel_mean.shape[1]:
+            raise BenchbaseError(f"smkd: the images have {crops.shape[1]} channels but image_mean and image_std have "
+                                 f"{self.pixel_mean.shape[1]} values; give one per channel")
+        return augment(crops, draw(crops.shape[0], view, crops.device), view, self.pixel_mean, self.pixel_std)
 
     def forward(self, student: list[Captures], teacher: None, inputs: StepInputs) -> dict[str, Tensor]:
         """Terms ``cls``, ``patch`` (phase 2 only) and ``mim``, each weighted by its λ."""

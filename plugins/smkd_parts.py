@@ -1,5 +1,6 @@
 """Building blocks of :mod:`.smkd`: the iBOT projection head, the EMA teacher, the schedules,
-local-crop sizes and iBOT block masking (the crops themselves: :mod:`.views`).
+local-crop sizes, the ``photometric`` choice and iBOT block masking (the crops themselves:
+:mod:`.views`; their colour augmentation: :mod:`.photometric`).
 
 All randomness comes from torch's global (CPU) generator, which the engine re-seeds every epoch,
 so views and masks are reproducible and identical on any device.
@@ -157,6 +158,31 @@ def enable_dynamic_img_size(model: nn.Module) -> None:
 def local_crop_size(image_size: int, patch_size: int) -> int:
     """3/7 of ``image_size`` (96 of 224) rounded to a multiple of ``patch_size``, at least one patch."""
     return max(patch_size, round(image_size * 3 / 7 / patch_size) * patch_size)
+
+
+PHOTOMETRIC = ("auto", "dino", "none")
+"""Values of ``photometric``: DINO's colour augmentation of the views (:mod:`.photometric`) on
+colour data only (``auto``), on any 1- or 3-channel data (``dino``) or never (``none``)."""
+
+
+def photometric_stats(choice: str, mean: Sequence[float] | None, std: Sequence[float] | None
+                      ) -> tuple[Tensor, Tensor] | None:
+    """The data's normalisation as [1, C, 1, 1] ``mean`` and ``std`` tensors when ``photometric=choice``
+    augments the views, else None: ``dino`` on data of 1 or 3 channels that declares its ``mean`` and
+    ``std``, ``auto`` on such data of 3 channels (RGB), ``none`` never. A value out of
+    :data:`PHOTOMETRIC`, or ``dino`` on data it cannot act on, is a one-line error."""
+    check_choice("photometric", choice, PHOTOMETRIC)
+    if (mean is None) != (std is None) or (mean is not None and len(mean) != len(std)):
+        raise BenchbaseError(f"smkd: image_mean {mean} and image_std {std} must both be given, one value per channel")
+    if choice == "none" or (choice == "auto" and (mean is None or len(mean) != 3)):
+        return None
+    if mean is None:
+        raise BenchbaseError("smkd: photometric=dino needs the mean and std the images were normalised with, and "
+                             "the data declares none (DataBundle image_mean, image_std); use photometric=auto or none")
+    if len(mean) not in (1, 3):
+        raise BenchbaseError(f"smkd: photometric=dino acts on 1- or 3-channel images, not {len(mean)} channels; "
+                             "use photometric=auto or none")
+    return torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
 
 
 # ----------------------------------------------------------------------------------- masking

@@ -42,5 +42,6 @@ def test_committed_records_keep_their_config_hashes():
             else:
                 keys = [s.key for s in plan(methods, cfg, record.seed)]
                 params = OmegaConf.to_container(cfg.method.params, resolve=True) or {}
-                identity = run_identity(cfg, record.role, record.method, params, record.seed, keys)
+                named = methods.identity_params(record.method, params)  # as suite.run_method names them
+                identity = run_identity(cfg, record.role, record.method, named, record.seed, keys)
             assert config_hash(identity) == record.config_hash, (path.name, record.method, record.seed)

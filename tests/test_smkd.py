@@ -42,6 +42,7 @@ from benchbase.cli import main
 from benchbase.components import Student
 from benchbase.engine import param_groups, weight_decay_at
 from benchbase.errors import BenchbaseError
+from benchbase.methods import DATA_ARGS
 from benchbase.results import ResultsDB
 
 TOKENS = Tap("tokens")
@@ -573,10 +574,12 @@ def test_a_finished_phase_state_restarts_the_temperature_warmup():
 
 
 def test_yaml_keys_are_the_constructor_arguments():
+    """Every constructor argument but those the harness fills from the data (DATA_ARGS)."""
     cfg = OmegaConf.load(CONF_DIR / "method" / "smkd.yaml")
     assert cfg.name == SMKDLoss.name == "smkd"
     keys = [p for p in inspect.signature(SMKDLoss.__init__).parameters if p != "self"]
-    assert sorted(cfg.params) == sorted(keys)
+    assert sorted(cfg.params) == sorted(k for k in keys if k not in DATA_ARGS)
+    assert {"image_mean", "image_std"} <= set(keys) & set(DATA_ARGS)
     SMKDLoss(**OmegaConf.to_container(cfg.params))
 
 

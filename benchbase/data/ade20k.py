@@ -25,7 +25,7 @@ from torch import Tensor
 
 from benchbase.components import DataBundle, DatasetInfo
 from benchbase.data.camvid import LazySegmentation, pair_by_stem, segmentation_settings
-from benchbase.data.folders import check_root
+from benchbase.data.folders import IMAGENET_MEAN, IMAGENET_STD, check_root
 from benchbase.errors import BenchbaseError
 
 IGNORE = 255
@@ -75,7 +75,7 @@ def build_ade20k(cfg: Mapping[str, Any]) -> DataBundle:
     sizes = ", ".join(f"{name} {len(data)}" for name, data in splits.items())
     return DataBundle(
         name="ade20k", splits=splits, image_size=image_size, in_chans=3, num_classes=len(CLASSES),
-        ignore_index=IGNORE,
+        ignore_index=IGNORE, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
         description=f"ADE20K at {ade}: {sizes} images, 150 classes (ids = ADE ids - 1, unlabelled = 255), "
         f"images {image_size}x{image_size}, labels {label_size}x{label_size}",
     )

@@ -33,6 +33,8 @@ from torchvision.transforms import functional as TF
 from benchbase.components import DataBundle, DatasetInfo, SegmentationImages
 from benchbase.data.folders import (
     IMAGE_SUFFIXES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     check_root,
     dataset_params,
     drop_unreadable,
@@ -183,7 +185,7 @@ def build_camvid(cfg: Mapping[str, Any]) -> DataBundle:
     sizes = ", ".join(f"{name} {len(data)}" for name, data in splits.items())
     return DataBundle(
         name="camvid", splits=splits, image_size=image_size, in_chans=3, num_classes=len(CLASSES),
-        ignore_index=VOID,
+        ignore_index=VOID, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
         description=f"CamVid (SegNet) at {camvid}: {sizes} frames, 11 classes + void (11), "
         f"images {image_size}x{image_size}, labels {label_size}x{label_size}",
     )

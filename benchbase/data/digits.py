@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from benchbase.components import DataBundle, DatasetInfo
-from benchbase.data.tensors import TensorImages, normalise, stratified_split
+from benchbase.data.tensors import TensorImages, normalisation, normalise, stratified_split
 
 BASE_CLASSES = (0, 1, 2, 3, 4)
 
@@ -38,6 +38,7 @@ def load_digits_bundle(image_size: int = 16, train_fraction: float = 0.7, split_
     novel_index = (~base).nonzero().flatten()
     train_pos, test_pos = stratified_split(labels[base_index], train_fraction, split_seed)
     train_index, test_index = base_index[train_pos], base_index[test_pos]
+    mean, std = normalisation(images[train_index])
     images = normalise(images, images[train_index])
     names = [str(d) for d in range(10)]
     base_names = names[: len(BASE_CLASSES)]
@@ -52,6 +53,8 @@ def load_digits_bundle(image_size: int = 16, train_fraction: float = 0.7, split_
         image_size=image_size,
         in_chans=1,
         num_classes=len(BASE_CLASSES),
+        image_mean=mean,
+        image_std=std,
         description="scikit-learn digits (UCI optdigits test set), 8x8 upscaled to "
         f"{image_size}x{image_size}; base 0-4 split {train_fraction:.0%}/{1 - train_fraction:.0%}, novel 5-9",
     )

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchbase.components import DataBundle, DatasetInfo
-from benchbase.data.folders import LazyImages, check_root, dataset_params, scan_class_folders
+from benchbase.data.folders import LazyImages, check_root, dataset_params, folder_normalisation, scan_class_folders
 from benchbase.errors import BenchbaseError
 
 SPLIT_NAMES = {"base": "train", "val": "val", "novel": "test"}  # split -> folder / csv stem
@@ -114,8 +114,10 @@ def load_fewshot(cfg: Mapping[str, Any], dataset: FewShotDataset) -> DataBundle:
         float(params["train_fraction"]), int(params["split_seed"])
     )
     sizes = ", ".join(f"{name} {len(data.classes)} classes/{len(data)} images" for name, data in splits.items())
+    mean, std = folder_normalisation(in_chans)
     return DataBundle(
         name=dataset.name, splits=splits, image_size=image_size, in_chans=in_chans, num_classes=found[0],
+        image_mean=mean, image_std=std,
         description=f"{dataset.source} at {root} ({'csv' if use_csv else 'class-split folders'}): {sizes}; "
         f"{image_size}x{image_size}",
     )

@@ -112,6 +112,12 @@ def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
+def folder_normalisation(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel that :func:`image_tensor` normalises ``in_chans``-channel images with:
+    ImageNet's for RGB (3), 0.5 and 0.5 for grayscale (1; the pixels then span [-1, 1])."""
+    return (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ((0.5,), (0.5,))
+
+
 def image_tensor(img: Image.Image, image_size: int, keep_ratio: bool = False) -> Tensor:
     """[C, H, W] float: ``img`` (L or RGB) resized bilinearly to ``image_size``² (with
     ``keep_ratio``: its short side to ``image_size``, :func:`short_side_size`) and normalised with
@@ -121,7 +127,7 @@ def image_tensor(img: Image.Image, image_size: int, keep_ratio: bool = False) ->
         img = img.resize((width, height), Image.BILINEAR)
     else:
         img = img.resize((image_size, image_size), Image.BILINEAR)
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if img.mode == "RGB" else ((0.5,), (0.5,))
+    mean, std = folder_normalisation(3 if img.mode == "RGB" else 1)
     return TF.normalize(TF.pil_to_tensor(img).float() / 255.0, mean, std)
 
 
@@ -249,5 +255,7 @@ def load_image_folder(cfg: Mapping[str, Any], name: str = "imagefolder", default
         rest, held = splits["train"].split_per_class(1.0 - float(params["holdout_fraction"]), seed)
         splits["train"], splits["val"] = rest, held
     sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+    mean, std = folder_normalisation(in_chans)
     return DataBundle(name=name, splits=splits, image_size=image_size, in_chans=in_chans,
-                      num_classes=len(classes), description=f"ImageFolder at {root} ({sizes} images)")
+                      num_classes=len(classes), description=f"ImageFolder at {root} ({sizes} images)",
+                      image_mean=mean, image_std=std)

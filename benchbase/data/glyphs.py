@@ -40,7 +40,7 @@ from torch import Tensor
 
 from benchbase.components import DataBundle, DatasetInfo
 from benchbase.data.scenes import TensorSegmentationImages
-from benchbase.data.tensors import TensorImages, normalise
+from benchbase.data.tensors import TensorImages, normalisation, normalise
 from benchbase.errors import BenchbaseError
 
 MAX_STROKES = 4
@@ -220,12 +220,15 @@ def load_glyphs(
     reference = raw["base_train"][0]
     names = [f"glyph{c}" for c in range(total)]
     splits = {name: TensorImages(normalise(images, reference), labels, names) for name, (images, labels) in raw.items()}
+    mean, std = normalisation(reference)
     return DataBundle(
         name="glyphs",
         splits=splits,
         image_size=image_size,
         in_chans=1,
         num_classes=base,
+        image_mean=mean,
+        image_std=std,
         description=(
             f"procedural glyphs ({image_size}x{image_size}, 2-{MAX_STROKES} random Bezier strokes per class, per-instance "
             f"jitter, affine and stroke width); {base} base classes x {per_class_train} train / {per_class_test} val / "
@@ -265,12 +268,15 @@ def load_glyph_scenes(
     reference = raw["train"][0]
     names = ["background"] + [f"glyph{c}" for c in range(classes)]
     splits = {name: TensorSegmentationImages(normalise(ink, reference), maps, names) for name, (ink, maps) in raw.items()}
+    mean, std = normalisation(reference)
     return DataBundle(
         name="glyph_scenes",
         splits=splits,
         image_size=image_size,
         in_chans=1,
         num_classes=classes + 1,
+        image_mean=mean,
+        image_std=std,
         description=(
             f"single procedural glyphs ({image_size}x{image_size}) of the first {classes} base classes, label = class + 1 "
             f"where the ink within {halo} px > {INK_THRESHOLD}, background 0; train {n_train} / val {n_val} / test {n_test} images, "

@@ -46,7 +46,7 @@ import torch
 
 from benchbase.components import DataBundle, DatasetInfo, LabeledImages
 from benchbase.data.folders import (
-    IMAGE_SUFFIXES, ImageSource, LazyImages, ZipMember, check_root, dataset_params,
+    IMAGE_SUFFIXES, ImageSource, LazyImages, ZipMember, check_root, dataset_params, folder_normalisation,
 )
 from benchbase.errors import BenchbaseError
 
@@ -204,9 +204,10 @@ def build_omniglot(cfg: Mapping[str, Any]) -> DataBundle:
     if rotations > 1:
         for split in ("base", "base_train", "base_test"):
             splits[split] = RotatedImages(splits[split], rotations)
+    mean, std = folder_normalisation(in_chans)
     return DataBundle(
         name="omniglot", splits=splits, image_size=image_size, in_chans=in_chans,
-        num_classes=len(splits["base"].classes),
+        num_classes=len(splits["base"].classes), image_mean=mean, image_std=std,
         description=f"Omniglot at {root}: {len(characters)} characters of {len(alphabets)} alphabets; base "
         f"{', '.join(base_alphabets)} ({len(splits['base'].classes)} classes"
         f"{f' = characters x {rotations} quarter turns' if rotations > 1 else ''}, split "

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchbase.components import DataBundle, DatasetInfo, SegmentationImages
-from benchbase.data.tensors import normalise, stratified_split
+from benchbase.data.tensors import normalisation, normalise, stratified_split
 from benchbase.errors import BenchbaseError
 
 INK_THRESHOLD = 0.25
@@ -130,12 +130,15 @@ def load_digit_scenes(
         name: TensorSegmentationImages(normalise(canvases, reference), labels, CLASSES)
         for name, (canvases, labels) in scenes.items()
     }
+    mean, std = normalisation(reference)
     return DataBundle(
         name="digit_scenes",
         splits=splits,
         image_size=image_size,
         in_chans=1,
         num_classes=len(CLASSES),
+        image_mean=mean,
+        image_std=std,
         description=(
             f"{image_size}x{image_size} scenes of {least}-{most} scikit-learn digits ({digit_size}x{digit_size}, "
             f"random positions, later on top), label = digit + 1 where its ink > {INK_THRESHOLD}, background 0; "

@@ -32,11 +32,23 @@ class TensorImages(LabeledImages):
         return TensorImages(self.images[index], self.labels[index], self.classes)
 
 
+def channel_stats(reference: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std [1, C, 1, 1] of ``reference`` [m, C, H, W] (the std at least 1e-6)."""
+    mean = reference.mean(dim=(0, 2, 3), keepdim=True)
+    return mean, reference.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+
+
 def normalise(images: Tensor, reference: Tensor) -> Tensor:
     """Standardise ``images`` [n, C, H, W] with per-channel mean/std of ``reference`` [m, C, H, W]."""
-    mean = reference.mean(dim=(0, 2, 3), keepdim=True)
-    std = reference.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    mean, std = channel_stats(reference)
     return (images - mean) / std
+
+
+def normalisation(reference: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel that :func:`normalise` standardises with, for a bundle's ``image_mean``
+    and ``image_std``."""
+    mean, std = channel_stats(reference)
+    return tuple(mean.flatten().tolist()), tuple(std.flatten().tolist())
 
 
 def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:

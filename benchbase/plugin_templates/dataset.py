@@ -108,7 +108,8 @@ def build(cfg: Mapping[str, Any]) -> DataBundle:
                                   [classes.index(row["label"]) for row in mine], classes, image_size, in_chans)
     sizes = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
     return DataBundle(name="$name", splits=splits, image_size=image_size, in_chans=in_chans,
-                      num_classes=len(classes), description=f"$name at {root}: {sizes} images, {len(classes)} classes")
+                      num_classes=len(classes), description=f"$name at {root}: {sizes} images, {len(classes)} classes",
+                      image_mean=(0.5,) * in_chans, image_std=(0.5,) * in_chans)  # [-1, 1] = (pixels - 0.5) / 0.5
 
 
 @hookimpl
