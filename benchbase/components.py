@@ -204,6 +204,10 @@ class Method(nn.Module, ABC):
 
     uses_teacher: ClassVar[bool] = True
     student_arch: ClassVar[str | None] = None  # the student.arch it needs (None: any)
+    reads_sources: ClassVar[bool] = False
+    """Whether the method trains on the data's source images (:meth:`DataBundle.source_split`) and
+    cuts its model-sized crops from them itself, as SMKD's multi-crop cuts 224- and 96-px crops from
+    480-px images; a method that does not trains on the splits at the models' ``image_size``."""
     student_taps: Sequence[Tap] = ()
     teacher_taps: Sequence[Tap] = ()
     later_params: ClassVar[Mapping[str, Any]] = {}
@@ -322,7 +326,10 @@ class DataBundle:
     ``image_mean`` and ``image_std`` are the per-channel statistics the images were normalised with
     (one value per channel: ``image · std + mean`` are the pixels in [0, 1]), so that a method can
     act on pixel values (colour jitter, solarisation); None where the loader does not declare them
-    (e.g. stacked frame + event channels).
+    (e.g. stacked frame + event channels). ``sources``, where the loader has them, are the splits'
+    images at their source size (e.g. SMKD's 480-px miniImageNet copies, against the models'
+    ``image_size`` of 224), from which a method that cuts its own crops trains
+    (:attr:`Method.reads_sources`); None: the splits are the sources.
     """
 
     name: str
@@ -335,6 +342,7 @@ class DataBundle:
     input_channels: dict[str, int] | None = None  # stacked modalities in channel order, e.g. {"frame": 1, "events": 3}
     image_mean: tuple[float, ...] | None = None
     image_std: tuple[float, ...] | None = None
+    sources: Mapping[str, LabeledImages] | None = None
 
     def channels(self, group: str | None) -> tuple[int, int] | None:
         """The [start, stop) channel range of modality ``group`` in the stacked images (None: all)."""
@@ -361,6 +369,10 @@ class DataBundle:
                 f"dataset {self.name!r} has no split {name!r}; available: {', '.join(self.splits)}"
             )
         return self.splits[name]
+
+    def source_split(self, name: str) -> LabeledImages | SegmentationImages:
+        """The split called ``name`` at its source size (``sources``), or :meth:`split` without sources."""
+        return self.split(name) if self.sources is None else self.sources[name]
 
 
 DATASET_KINDS = {"classification": LabeledImages, "segmentation": SegmentationImages}

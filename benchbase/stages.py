@@ -33,7 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from benchbase import distributed
-from benchbase.components import DataBundle, Student, Teacher
+from benchbase.components import DataBundle, LabeledImages, Method, Student, Teacher
 from benchbase.config import config_hash
 from benchbase.engine import train
 from benchbase.errors import BenchbaseError
@@ -161,6 +161,13 @@ def loss_state(handover: Handover) -> dict | None:
     return torch.load(handover.loss_state, map_location="cpu", weights_only=True)
 
 
+def training_split(data: DataBundle, name: str, loss: Method) -> LabeledImages:
+    """The split ``name`` that ``loss`` trains on: at its source size for a method that cuts its own
+    crops from the sources (:attr:`~benchbase.components.Method.reads_sources`), else at the models'
+    input size."""
+    return data.source_split(name) if loss.reads_sources else data.split(name)
+
+
 def _train_stage(stage: Stage, methods: Methods, folder: Path, data: DataBundle, handover: Handover,
                  seed: int) -> None:
     if distributed.is_main():
@@ -170,7 +177,7 @@ def _train_stage(stage: Stage, methods: Methods, folder: Path, data: DataBundle,
     student = build_student(methods.bb, stage.cfg, data)
     start_student(student, handover)
     loss = methods.build(stage.method, stage.params, data)
-    split = data.split(stage.cfg.suite.distill.split)
+    split = training_split(data, stage.cfg.suite.distill.split, loss)
     train(student, handover.teacher if loss.uses_teacher else None, loss, split, stage.cfg.trainer, folder, seed,
           desc=f"{stage.method} {stage.name} seed {seed}", loss_state=loss_state(handover))
     if distributed.is_main():

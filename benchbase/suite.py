@@ -52,7 +52,16 @@ from benchbase.models import save_weights
 from benchbase.plugin_manager import Benchbase
 from benchbase.provenance import TEACHER, changed, code_summary, code_versions, suite_components
 from benchbase.results import ResultsDB, RunRecord
-from benchbase.stages import Stage, build_student, describe, loss_state, plan, run_stages, start_student
+from benchbase.stages import (
+    Stage,
+    build_student,
+    describe,
+    loss_state,
+    plan,
+    run_stages,
+    start_student,
+    training_split,
+)
 from benchbase.tasks import TasksFailed, check_task, evaluation_state, evaluator_params, run_isolated
 from benchbase.teachers import load_teacher, teacher_source
 from benchbase.untrained import UNTRAINED_FILE, frozen_view
@@ -317,7 +326,8 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int) -> RunRecord:
         start_student(student, handover)
         loss = ctx.methods.build(name, params, data)
         result = train(student, handover.teacher if loss.uses_teacher else None, loss,
-                       data.split(cfg.suite.distill.split), cfg.trainer, run_dir, seed, desc=f"{name} seed {seed}",
+                       training_split(data, cfg.suite.distill.split, loss), cfg.trainer, run_dir, seed,
+                       desc=f"{name} seed {seed}",
                        loss_state=loss_state(handover), loggers=loggers)
         scored = loss.evaluation_model(student)
         if distributed.is_main():

@@ -20,7 +20,7 @@ from benchbase.data.camvid import build_camvid
 from benchbase.data.fewshot_folders import (
     build_cifarfs, build_fc100, build_miniimagenet, build_tieredimagenet,
 )
-from benchbase.data.folders import load_image_folder
+from benchbase.data.folders import IMAGENET_MEAN, IMAGENET_STD, ResizeCrop, load_image_folder
 from benchbase.data.omniglot import build_omniglot
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.fewshot import sample_episodes
@@ -242,6 +242,64 @@ def test_fewshot_unusual_counts_warn(tmp_path):
     with pytest.warns(UserWarning, match="3/0/2 base/val/novel classes; the standard split has 60/20/20"):
         bundle = build_fc100(cfg(tmp_path, in_chans=1))
     assert "val" not in bundle.splits and bundle.splits["base"][0][0].shape == (1, 32, 32)
+
+
+def noise_image(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    """A hand-made RGB image of random pixels, ``size`` = (width, height)."""
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
+def test_resize_crop_is_torchvisions_resize_then_centre_crop():
+    from torchvision import transforms
+
+    view = ResizeCrop(resize=20, crop=14)
+    for size in ((31, 23), (23, 31), (20, 20)):  # wider, taller, square: the short side goes to 20
+        image = noise_image(size)
+        reference = transforms.Compose([transforms.Resize(20, interpolation=transforms.InterpolationMode.BICUBIC),
+                                        transforms.CenterCrop(14)])
+        viewed = view(image)
+        assert viewed.size == (14, 14) and viewed.tobytes() == reference(image).tobytes()
+
+
+def test_fewshot_sources_and_smkds_evaluation_view(tmp_path):
+    """source_size: every split again at the source size (the bundle's ``sources``); eval_resize and
+    eval_crop: every split but base read through the view, from the square source image."""
+    from torchvision.transforms import functional as TF
+
+    for split, count in (("train", 3), ("test", 2)):
+        for c in range(count):
+            for i in range(4):
+                save(noise_image((40, 30), seed=100 * c + i), tmp_path / split / f"{split}{c}" / f"{i}.png")
+    params = {"source_size": 48, "eval_resize": 40, "eval_crop": 32}
+    with pytest.warns(UserWarning, match="base/val/novel classes"):
+        bundle = build_fc100({**cfg(tmp_path, **params), "image_size": 16})
+    assert bundle.image_size == 16 and bundle.splits["base"][0][0].shape == (3, 16, 16)  # what models read
+    assert bundle.source_split("base")[0][0].shape == (3, 48, 48)
+    assert bundle.sources["base"].targets == bundle.splits["base"].targets  # the same images, at their source size
+    for split in ("novel", "base_train", "base_test"):
+        assert bundle.splits[split][0][0].shape == (3, 32, 32)
+    image = Image.open(tmp_path / "test" / "test0" / "0.png").convert("RGB").resize((48, 48), Image.BILINEAR)
+    expected = TF.center_crop(TF.resize(image, 40, TF.InterpolationMode.BICUBIC), 32)
+    expected = TF.normalize(TF.pil_to_tensor(expected).float() / 255, IMAGENET_MEAN, IMAGENET_STD)
+    torch.testing.assert_close(bundle.splits["novel"][0][0], expected)
+    assert bundle.description.endswith("16x16; sources 48x48; splits but base resized to 40 and centre-cropped to 32")
+    with pytest.warns(UserWarning):
+        plain = build_fc100({**cfg(tmp_path), "image_size": 16})  # unset: every split as before, no sources
+    assert plain.sources is None and plain.source_split("base") is plain.splits["base"]
+    assert plain.splits["novel"][0][0].shape == (3, 16, 16) and plain.description.endswith("16x16")
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"eval_resize": 40}, "data.fc100.params sets only one of eval_resize and eval_crop; set both"),
+    ({"eval_resize": 20, "eval_crop": 32}, "data.fc100.params.eval_crop=32 with eval_resize=20; the centre crop must"),
+    ({"source_size": 0}, "data.fc100.params.source_size=0; give the side of the square source images"),
+])
+def test_fewshot_source_and_view_errors_are_one_line(tmp_path, params, message):
+    class_folders(tmp_path, (2, 2), folders=("train", "test"))
+    with pytest.raises(BenchbaseError, match=f"^{re.escape(message)}"):
+        build_fc100(cfg(tmp_path, **params))
 
 
 def test_miniimagenet_csv_layout(tmp_path):

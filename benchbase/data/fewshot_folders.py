@@ -18,7 +18,16 @@ The classes of the three splits are disjoint. Splits returned:
 Labels index each split's own ``classes`` (sorted class names). Expected class counts
 (base/val/novel): miniImageNet 64/16/20, tieredImageNet 351/97/160, CIFAR-FS 64/16/20, FC100
 60/20/20; other counts are a warning, not an error. Params: ``in_chans`` (3, or 1 for grayscale),
-``train_fraction``, ``split_seed`` (default 0).
+``train_fraction``, ``split_seed`` (default 0), and for SMKD's setting (all unset by default: every
+split is then read as ``image_size``² squares):
+
+- ``source_size``: the side of the square source images (SMKD's 480-px miniImageNet copies). The
+  bundle's ``sources`` hold every split at that size, for methods that cut their own crops from
+  them (:attr:`~benchbase.components.Method.reads_sources`); the other methods read the splits at
+  ``image_size``, the models' input size.
+- ``eval_resize`` and ``eval_crop`` (both or neither): every split but ``base`` (the one
+  distillation reads) is read as SMKD's evaluation reads images: the square source resized to
+  ``eval_resize`` and centre-cropped to ``eval_crop`` (:class:`~benchbase.data.folders.ResizeCrop`).
 """
 
 from __future__ import annotations
@@ -31,7 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from benchbase.components import DataBundle, DatasetInfo
-from benchbase.data.folders import LazyImages, check_root, dataset_params, folder_normalisation, scan_class_folders
+from benchbase.data.folders import (
+    LazyImages,
+    ResizeCrop,
+    check_root,
+    dataset_params,
+    folder_normalisation,
+    scan_class_folders,
+)
 from benchbase.errors import BenchbaseError
 
 SPLIT_NAMES = {"base": "train", "val": "val", "novel": "test"}  # split -> folder / csv stem
@@ -85,11 +101,46 @@ def csv_samples(root: Path, listing: Path) -> tuple[list[str], list[tuple[Path, 
     return classes, [(images / name, index[label]) for name, label in sorted(rows)]
 
 
+PARAMS = {"in_chans": 3, "train_fraction": 0.75, "split_seed": 0, "source_size": None, "eval_resize": None,
+          "eval_crop": None}
+"""``data.<name>.params`` of the few-shot folders and their defaults (see the module docstring)."""
+
+DISTILLED = "base"
+"""The split distillation reads: the one an evaluation view leaves as it is."""
+
+
+def evaluation_view(params: Mapping[str, Any], name: str) -> ResizeCrop | None:
+    """SMKD's evaluation view from ``params.eval_resize`` and ``params.eval_crop``: None when neither is
+    set; one of them alone, or a crop larger than the resized side, is a one-line error."""
+    resize, crop = params["eval_resize"], params["eval_crop"]
+    if resize is None and crop is None:
+        return None
+    if resize is None or crop is None:
+        raise BenchbaseError(f"data.{name}.params sets only one of eval_resize and eval_crop; set both (SMKD: 360 "
+                             "and 320 on miniImageNet) or neither")
+    if not 0 < int(crop) <= int(resize):
+        raise BenchbaseError(f"data.{name}.params.eval_crop={crop} with eval_resize={resize}; the centre crop must be "
+                             "positive and no larger than the resized short side")
+    return ResizeCrop(int(resize), int(crop))
+
+
+def source_side(params: Mapping[str, Any], name: str, image_size: int) -> int:
+    """The side of the square source images: ``params.source_size``, or ``image_size`` when unset; a
+    size below 1 is a one-line error."""
+    if params["source_size"] is None:
+        return image_size
+    if int(params["source_size"]) < 1:
+        raise BenchbaseError(f"data.{name}.params.source_size={params['source_size']}; give the side of the square "
+                             "source images in pixels (SMKD: 480 on miniImageNet) or leave it unset")
+    return int(params["source_size"])
+
+
 def load_fewshot(cfg: Mapping[str, Any], dataset: FewShotDataset) -> DataBundle:
     """``dataset`` from ``cfg.root`` in either layout, with the splits of the module docstring."""
     root = check_root(cfg.get("root"), dataset.name, LAYOUT)
-    params = dataset_params(cfg, dataset.name, {"in_chans": 3, "train_fraction": 0.75, "split_seed": 0})
+    params = dataset_params(cfg, dataset.name, PARAMS)
     image_size = cfg.get("image_size") or dataset.image_size
+    source_size, view = source_side(params, dataset.name, image_size), evaluation_view(params, dataset.name)
     in_chans, on_corrupt = int(params["in_chans"]), cfg.get("on_corrupt", "error")
     use_csv = (root / "train.csv").is_file()
     splits = {}
@@ -114,13 +165,25 @@ def load_fewshot(cfg: Mapping[str, Any], dataset: FewShotDataset) -> DataBundle:
         float(params["train_fraction"]), int(params["split_seed"])
     )
     sizes = ", ".join(f"{name} {len(data.classes)} classes/{len(data)} images" for name, data in splits.items())
+    sources = {name: split.prepared(source_size) for name, split in splits.items()} if params["source_size"] else None
+    if view is not None:
+        splits = {name: split if name == DISTILLED else split.prepared(source_size, view)
+                  for name, split in splits.items()}
     mean, std = folder_normalisation(in_chans)
     return DataBundle(
         name=dataset.name, splits=splits, image_size=image_size, in_chans=in_chans, num_classes=found[0],
-        image_mean=mean, image_std=std,
+        image_mean=mean, image_std=std, sources=sources,
         description=f"{dataset.source} at {root} ({'csv' if use_csv else 'class-split folders'}): {sizes}; "
-        f"{image_size}x{image_size}",
+        f"{image_size}x{image_size}{preparation(params['source_size'], view)}",
     )
+
+
+def preparation(source_size: int | None, view: ResizeCrop | None) -> str:
+    """What the description adds for SMKD's sources and evaluation view (nothing without them)."""
+    text = f"; sources {source_size}x{source_size}" if source_size else ""
+    if view is not None:
+        text += f"; splits but {DISTILLED} resized to {view.resize} and centre-cropped to {view.crop}"
+    return text
 
 
 def build_miniimagenet(cfg: Mapping[str, Any]) -> DataBundle:

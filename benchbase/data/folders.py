@@ -3,8 +3,9 @@
 :class:`LazyImages` serves every on-disk classification loader (ImageFolder, Omniglot, the few-shot
 layouts): it holds (file, label) pairs and decodes an image only when it is read, converts it to
 RGB (or grayscale for ``in_chans=1``), resizes it to ``image_size`` and normalises it with
-ImageNet statistics (0.5/0.5 for one channel). A file is a path or a :class:`ZipMember` (an image
-inside a zip archive, read without extracting it).
+ImageNet statistics (0.5/0.5 for one channel); an evaluation view (:class:`ResizeCrop`) then
+resizes and centre-crops the square image as SMKD's evaluation does. A file is a path or a
+:class:`ZipMember` (an image inside a zip archive, read without extracting it).
 
 The ImageFolder layout is ``root/<split>/<class>/<image>`` with splits such as ``train`` and
 ``val``. A missing path, a path that is a file, an empty class folder and an undecodable image are
@@ -14,6 +15,7 @@ once, and lists them in the dataset's ``skipped``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 import os
@@ -26,6 +28,7 @@ from typing import Any, TypeVar, Union
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from benchbase.components import DataBundle, DatasetInfo, LabeledImages
@@ -118,15 +121,33 @@ def folder_normalisation(in_chans: int) -> tuple[tuple[float, ...], tuple[float,
     return (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ((0.5,), (0.5,))
 
 
-def image_tensor(img: Image.Image, image_size: int, keep_ratio: bool = False) -> Tensor:
+@dataclass(frozen=True)
+class ResizeCrop:
+    """An evaluation view: the image's short side resized to ``resize`` (bicubic, aspect ratio
+    kept) and its centre ``crop`` x ``crop`` cut out, as torchvision's ``Resize(resize,
+    interpolation=BICUBIC)`` then ``CenterCrop(crop)`` (SMKD's ``eval_smkd.py``)."""
+
+    resize: int
+    crop: int
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        """``img`` (any size) -> a ``crop`` x ``crop`` image."""
+        return TF.center_crop(TF.resize(img, self.resize, InterpolationMode.BICUBIC), self.crop)
+
+
+def image_tensor(img: Image.Image, image_size: int, keep_ratio: bool = False, view: ResizeCrop | None = None
+                 ) -> Tensor:
     """[C, H, W] float: ``img`` (L or RGB) resized bilinearly to ``image_size``² (with
-    ``keep_ratio``: its short side to ``image_size``, :func:`short_side_size`) and normalised with
-    ImageNet statistics (mean 0.5, std 0.5 for one channel)."""
+    ``keep_ratio``: its short side to ``image_size``, :func:`short_side_size`), then through
+    ``view`` if given ([C, crop, crop]), and normalised with ImageNet statistics (mean 0.5, std 0.5
+    for one channel)."""
     if keep_ratio:
         height, width = short_side_size(img.height, img.width, image_size)
         img = img.resize((width, height), Image.BILINEAR)
     else:
         img = img.resize((image_size, image_size), Image.BILINEAR)
+    if view is not None:
+        img = view(img)
     mean, std = folder_normalisation(3 if img.mode == "RGB" else 1)
     return TF.normalize(TF.pil_to_tensor(img).float() / 255.0, mean, std)
 
@@ -158,19 +179,21 @@ class LazyImages(LabeledImages):
     Args:
         samples: (file, label) pairs; labels index ``classes``.
         classes: class names.
-        image_size: side of the square images returned.
+        image_size: side of the square images returned (without ``view``), or that ``view`` starts from.
         in_chans: 1 (grayscale) or 3 (RGB; grayscale files repeat their channel).
         on_corrupt: ``error`` or ``skip`` (unreadable files are dropped now and listed in ``skipped``).
         class_groups: the group of each class, if the classes come in groups.
+        view: an evaluation view of the square images (their size is then ``view.crop``).
     """
 
     def __init__(self, samples: Sequence[tuple[ImageSource, int]], classes: Sequence[str], image_size: int,
-                 in_chans: int = 3, on_corrupt: str = "error", class_groups: Sequence[str] | None = None):
+                 in_chans: int = 3, on_corrupt: str = "error", class_groups: Sequence[str] | None = None,
+                 view: ResizeCrop | None = None):
         if in_chans not in (1, 3):
             raise BenchbaseError(f"in_chans={in_chans}; images are read as 1 (grayscale) or 3 (RGB) channels")
         self.classes = list(classes)
         self.class_groups = None if class_groups is None else list(class_groups)
-        self.image_size, self.in_chans = image_size, in_chans
+        self.image_size, self.in_chans, self.view = image_size, in_chans, view
         self.samples, skipped = drop_unreadable(samples, lambda sample: read_image(sample[0], in_chans), on_corrupt)
         self.skipped: list[ImageSource] = [source for source, _ in skipped]
         self.targets = [label for _, label in self.samples]
@@ -180,12 +203,23 @@ class LazyImages(LabeledImages):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         source, label = self.samples[index]
-        return image_tensor(read_image(source, self.in_chans), self.image_size), label
+        return image_tensor(read_image(source, self.in_chans), self.image_size, view=self.view), label
 
     def subset(self, indices: Sequence[int] | Tensor) -> LazyImages:
         """The samples at ``indices`` with the same classes (nothing is re-checked; ``skipped`` is empty)."""
-        return LazyImages([self.samples[int(i)] for i in indices], self.classes, self.image_size, self.in_chans,
-                          class_groups=self.class_groups)
+        return self.reading([self.samples[int(i)] for i in indices], self.classes, self.class_groups)
+
+    def reading(self, samples: Sequence[tuple[ImageSource, int]], classes: Sequence[str],
+                class_groups: Sequence[str] | None = None) -> LazyImages:
+        """``samples`` prepared as this split prepares its images (size, channels, view); nothing is checked."""
+        return LazyImages(samples, classes, self.image_size, self.in_chans, class_groups=class_groups, view=self.view)
+
+    def prepared(self, image_size: int, view: ResizeCrop | None = None) -> LazyImages:
+        """This split with its images as ``image_size``² squares, through ``view`` if given (a copy:
+        the same samples, classes and ``skipped``; nothing is re-checked)."""
+        prepared = copy.copy(self)
+        prepared.image_size, prepared.view = image_size, view
+        return prepared
 
     def split_per_class(self, fraction: float, seed: int) -> tuple[LazyImages, LazyImages]:
         """A seeded per-class split: ``fraction`` of every class's images, and the rest."""

@@ -508,13 +508,16 @@ class FewShot(Evaluator):
         return episodes
 
     def _listed(self, data: DataBundle) -> tuple[LabeledImages, EpisodeList]:
-        """The images an episode list indexes (its files, or the split) and the list itself."""
+        """The images an episode list indexes (its files, prepared as the split's images are when the
+        split is read from files too, e.g. through SMKD's evaluation view; or the split) and the list itself."""
         listed = read_episode_list(self.episodes_file, self.image_root)
         if listed.images is None:
             dataset = data.split(self.split)
             listed.check_indices(len(dataset), f"split {self.split!r} of dataset {data.name!r}")
             return dataset, listed
-        files = [(file, 0) for file in listed.images]
+        files, split = [(file, 0) for file in listed.images], data.splits.get(self.split)
+        if isinstance(split, LazyImages):
+            return split.reading(files, ["episode image"]), listed
         return LazyImages(files, ["episode image"], data.image_size, data.in_chans), listed
 
     def evaluate(self, student: VitModel, data: DataBundle, device: torch.device) -> list[Metric]:
