@@ -48,6 +48,12 @@ final run (``then: continue``); both phases build the same modules, so the state
 schedules (teacher temperature, EMA momentum) start over in the next phase, as a new run of the
 released ``main_smkd.py`` does: a finished state (progress 1) counts as progress 0.
 
+Crop sizes: global crops at ``global_crop_size`` (default: the student's input size, the images'
+size in every suite without sources) and local crops at ``local_crop_size`` (default: 3/7 of the
+global size, a multiple of the patch: 96 of 224). SMKD cuts them from its sources
+(:attr:`SMKDLoss.reads_sources`): where the data has larger source images (SMKD's 480-px
+miniImageNet copies, ``data.<name>.params.source_size``) the crops are cut from those, as the
+released code cuts 224- and 96-px crops from 480-px images; elsewhere from the images themselves.
 Local crops are smaller than the model's image size: :func:`.smkd_parts.enable_dynamic_img_size`
 switches a fixed-size timm ViT to position-embedding interpolation (a no-op for models built with
 ``dynamic_img_size=True``; same outputs at the original size).
@@ -99,10 +105,10 @@ from .smkd_parts import (
     IBOTHead,
     check_choice,
     cosine_momentum,
+    crop_sizes,
     ema_center,
     enable_dynamic_img_size,
     ibot_masks,
-    local_crop_size,
     photometric_stats,
     student_log_probs,
     teacher_probs,
@@ -129,8 +135,10 @@ class SMKDLoss(Method):
             ``lambda3=None``: 1 in phase 1, 0 in phase 2, the paper's).
         head_hidden, head_bottleneck, head_out: iBOT head widths (ViT-S: 2048, 256, 8192).
         shared_head: one last layer for class and patch tokens.
-        local_crops: number of local views (size 3/7 of the image, a multiple of the patch).
+        local_crops: number of local views.
         global_crop_scale, local_crop_scale: area fraction ranges of the crops.
+        global_crop_size: side of the global crops in pixels (None: the student's input size).
+        local_crop_size: side of the local crops (None: 3/7 of the global size, a multiple of the patch).
         mask_prob: probability that a global student view is masked at all.
         mask_ratio: range of the masked fraction of a masked view.
         student_temp: student softmax temperature.
@@ -153,7 +161,9 @@ class SMKDLoss(Method):
     student_arch = "vit"  # written against timm VisionTransformer students
     uses_teacher = False
     student_taps = (TOKENS,)
-    later_params = {"photometric": "auto"}  # added after SMKD runs were stored (see the module docstring)
+    reads_sources = True  # the crops are cut from the data's sources (see the module docstring)
+    # added after SMKD runs were stored, at the values that compute what those runs did
+    later_params = {"photometric": "auto", "global_crop_size": None, "local_crop_size": None}
 
     def __init__(
         self, phase: str = "supervised", patch_matching: str = "paper", patch_weight: str = "uniform",
@@ -165,7 +175,8 @@ class SMKDLoss(Method):
         warmup_teacher_temp: float = 0.04, warmup_teacher_temp_fraction: float = 30 / 400,
         momentum_teacher: float = 0.996, center_momentum: float = 0.9, evaluate: str = "teacher",
         freeze_last_layer: int = 1, photometric: str = "auto", image_mean: Sequence[float] | None = None,
-        image_std: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None, global_crop_size: int | None = None,
+        local_crop_size: int | None = None,
     ):
         super().__init__()
         check_choice("phase", phase, PHASES)
@@ -181,6 +192,7 @@ class SMKDLoss(Method):
             raise BenchbaseError(f"smkd(phase={phase}): every loss weight is 0; set lambda1, lambda2 or lambda3")
         self.head_hidden, self.head_bottleneck, self.head_out = head_hidden, head_bottleneck, head_out
         self.shared_head, self.local_crops = shared_head, local_crops
+        self.global_crop_size, self.local_crop_size = global_crop_size, local_crop_size
         self.global_crop_scale, self.local_crop_scale = tuple(global_crop_scale), tuple(local_crop_scale)
         self.mask_prob, self.mask_ratio = mask_prob, tuple(mask_ratio)
         self.student_temp, self.teacher_temp, self.warmup_teacher_temp = student_temp, teacher_temp, warmup_teacher_temp
@@ -207,6 +219,8 @@ class SMKDLoss(Method):
             enable_dynamic_img_size(model)
         device = model.patch_embed.proj.weight.device
         self.patch_size, self.num_prefix = student.patch_size, student.num_prefix_tokens
+        self.global_size, self.local_size = crop_sizes(self.global_crop_size, self.local_crop_size,
+                                                       tuple(model.patch_embed.img_size), self.patch_size)
         self.head = IBOTHead(student.embed_dim, self.head_hidden, self.head_bottleneck, self.head_out,
                              self.shared_head).to(device)
         self.mask_token = nn.Parameter(torch.zeros(student.embed_dim, device=device))  # iBOT's masked_embed
@@ -215,15 +229,15 @@ class SMKDLoss(Method):
     def make_inputs(self, images: Tensor, labels: Tensor) -> StepInputs:
         """Student views in two stacked inputs, so each group is one forward pass.
 
-        ``student[0]``: the 2 global crops, view-major [2·B, C, H, W], with their masks [2·B, N]
-        (True = replaced by the mask token); the teacher sees the same crops unmasked inside
+        ``images`` [B, C, S, S] are the sources (any size S). ``student[0]``: the 2 global crops,
+        view-major [2·B, C, H, W] ((H, W) the global crop size), with their masks [2·B, N] (True =
+        replaced by the mask token); the teacher sees the same crops unmasked inside
         :meth:`forward`. ``student[1]`` (only when ``local_crops`` > 0): the local crops, view-major
         [L·B, C, h, w]. Crops and masks are drawn view by view: global crop, its photometric choices
         (when ``photometric`` applies), its masks, next view.
         """
-        size = tuple(images.shape[-2:])
+        size, local = self.global_size, self.local_size
         grid = (size[0] // self.patch_size, size[1] // self.patch_size)
-        local = tuple(local_crop_size(s, self.patch_size) for s in size)
         crops, masks = [], []
         for view in DINO_GLOBAL:
             crops.append(self.augmented(random_resized_crops(images, size, self.global_crop_scale), view))

@@ -1,5 +1,5 @@
 """Building blocks of :mod:`.smkd`: the iBOT projection head, the EMA teacher, the schedules,
-local-crop sizes, the ``photometric`` choice and iBOT block masking (the crops themselves:
+crop sizes, the ``photometric`` choice and iBOT block masking (the crops themselves:
 :mod:`.views`; their colour augmentation: :mod:`.photometric`).
 
 All randomness comes from torch's global (CPU) generator, which the engine re-seeds every epoch,
@@ -158,6 +158,20 @@ def enable_dynamic_img_size(model: nn.Module) -> None:
 def local_crop_size(image_size: int, patch_size: int) -> int:
     """3/7 of ``image_size`` (96 of 224) rounded to a multiple of ``patch_size``, at least one patch."""
     return max(patch_size, round(image_size * 3 / 7 / patch_size) * patch_size)
+
+
+def crop_sizes(global_size: int | None, local_size: int | None, image_size: tuple[int, int], patch_size: int
+               ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(height, width) of the global and of the local crops: ``global_size`` square, or the student's
+    input ``image_size``; ``local_size`` square, or :func:`local_crop_size` of each global side. A
+    given size that is not a positive multiple of ``patch_size`` is a one-line error."""
+    for name, size in (("global_crop_size", global_size), ("local_crop_size", local_size)):
+        if size is not None and (size < patch_size or size % patch_size):
+            raise BenchbaseError(f"smkd: {name}={size} is not a positive multiple of the student's {patch_size}-px "
+                                 f"patches; use a multiple of {patch_size} (the paper: 224 and 96 with 16)")
+    crops = image_size if global_size is None else (global_size, global_size)
+    local = tuple(local_crop_size(side, patch_size) for side in crops) if local_size is None else (local_size,) * 2
+    return tuple(crops), local
 
 
 PHOTOMETRIC = ("auto", "dino", "none")

@@ -3,6 +3,7 @@ hand computations on small tensors; forward/backward on tiny ViTs; checkpoints; 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -39,7 +40,8 @@ from test_run import tiny
 
 from benchbase.capture import ModelInput, Tap, embed
 from benchbase.cli import main
-from benchbase.components import Student
+from benchbase.components import Method, Student
+from benchbase.core import Supervised
 from benchbase.engine import param_groups, weight_decay_at
 from benchbase.errors import BenchbaseError
 from benchbase.methods import DATA_ARGS
@@ -289,6 +291,57 @@ def test_make_inputs_views_and_masks():
     assert torch.equal(global_views.mask, torch.cat(expected_masks))
     torch.testing.assert_close(local_views.images, torch.cat(expected_local))
     assert len(built_loss(student, local_crops=0).make_inputs(images, torch.arange(5)).student) == 1
+
+
+def test_crops_have_the_configured_sizes_cut_from_larger_sources():
+    """SMKD's 224 / 96 px crops of 480-px sources in small: a student reading 24 px (6x6 patches of 4),
+    48-px sources, global crops 24 and local 12 (explicit, or the defaults: the student's input size
+    and 3/7 of it); the crops and masks are the draws of the crop and mask functions at those sizes."""
+    torch.manual_seed(0)
+    student = Student(timm.create_model("vit_tiny_patch16_224", img_size=24, patch_size=4, in_chans=1, embed_dim=32,
+                                        depth=2, num_heads=2, num_classes=5))
+    sources = torch.randn(3, 1, 48, 48)
+    explicit = built_loss(student, global_crop_size=24, local_crop_size=12)
+    made = []
+    for loss in (explicit, built_loss(student)):
+        torch.manual_seed(7)
+        made.append(loss.make_inputs(sources, torch.arange(3)))
+    inputs, defaults = made
+    global_views, local_views = inputs.student
+    assert global_views.images.shape == (2 * 3, 1, 24, 24) and local_views.images.shape == (2 * 3, 1, 12, 12)
+    assert global_views.mask.shape == (2 * 3, 36)  # the global crops' 6x6 patches
+    assert all(torch.equal(a.images, b.images) for a, b in zip(inputs.student, defaults.student))
+    torch.manual_seed(7)
+    first = random_resized_crops(sources, (24, 24), explicit.global_crop_scale)  # the first global view's draw
+    torch.testing.assert_close(global_views.images[:3], first)
+    captures = [student.run(view, explicit.student_taps) for view in inputs.student]
+    assert captures[1][TOKENS].shape == (2 * 3, 1 + 9, 32)  # local crops: 3x3 patches
+    assert set(explicit(captures, None, inputs)) == {"cls", "patch"}
+    wide = built_loss(student, global_crop_size=32)
+    assert (wide.global_size, wide.local_size) == ((32, 32), (12, 12))  # 3/7 of 32: 13.7, to the nearest multiple of 4
+    with pytest.raises(BenchbaseError, match=r"^smkd: local_crop_size=10 is not a positive multiple of the student's "
+                                             r"4-px patches; use a multiple of 4"):
+        built_loss(student, local_crop_size=10)
+
+
+def test_smkd_trains_on_the_sources_and_its_crop_sizes_keep_run_hashes():
+    from benchbase.components import DataBundle
+    from benchbase.data.tensors import TensorImages
+    from benchbase.methods import identity_params
+    from benchbase.stages import training_split
+
+    assert SMKDLoss.reads_sources and not Method.reads_sources
+    split = TensorImages(torch.zeros(2, 1, 16, 16), torch.arange(2), ["a", "b"])
+    source = TensorImages(torch.zeros(2, 1, 48, 48), torch.arange(2), ["a", "b"])
+    data = DataBundle("d", {"base": split}, 16, 1, 2, sources={"base": source})
+    assert training_split(data, "base", SMKDLoss(**SMALL_HEAD)) is source
+    assert training_split(data, "base", Supervised()) is split
+    assert training_split(dataclasses.replace(data, sources=None), "base", SMKDLoss(**SMALL_HEAD)) is split
+    # left unset (null), the crop sizes name runs as they were named before the params existed
+    assert identity_params(SMKDLoss, {"global_crop_size": None, "local_crop_size": None, "lambda1": 1.0}) == {
+        "lambda1": 1.0}
+    assert identity_params(SMKDLoss, {"global_crop_size": 224, "local_crop_size": 96}) == {
+        "global_crop_size": 224, "local_crop_size": 96}
 
 
 # ------------------------------------------------------------------------------- loss terms
