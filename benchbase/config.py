@@ -192,6 +192,10 @@ class SuiteConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     references: list[str] = field(default_factory=lambda: ["supervised"])  # reference rows (from scratch)
     floors: list[str] = field(default_factory=lambda: ["pixels", "random_init"])  # benchbase.floors.FLOORS
+    # per method name, the method's own protocol at this suite's scale where its method file holds
+    # values scaled to the small suites (SMKD's paper head and trainer on its few-shot suites; keys
+    # as deviations, merged over method/<name>.yaml before them), printed on the table
+    protocols: dict[str, Any] = field(default_factory=dict)
     # per method name, what this suite changes of the method's own protocol to fit its machine
     # ({params, trainer, student, teacher_stage}, merged over method/<name>.yaml), printed on the table
     deviations: dict[str, Any] = field(default_factory=dict)

@@ -459,27 +459,36 @@ def read_points(records: Sequence[RunRecord]) -> list[str]:
             *(f"- `{method}`: {'; '.join(points)}" for method, points in found.items()), ""]
 
 
+SUITE_CHANGE_HEADINGS = {
+    "protocols": "The methods' protocols at this suite's scale (`suite.protocols`, over their method files):",
+    "deviations": "Suite deviations from the methods' protocols (`suite.deviations`, to fit the machine):",
+}
+"""The page heading of each suite key that changes a method's config (:data:`benchbase.methods.SUITE_CHANGES`)."""
+
+
 def method_protocols(records: Sequence[RunRecord]) -> list[str]:
     """Page lines naming what each method's protocol sets over the suite's trainer and student
-    (``method.trainer`` / ``method.student``) and what the suite changed of that protocol
-    (``suite.deviations``); none when no row has either."""
+    (``method.trainer`` / ``method.student``), what the suite sets of that protocol at its scale
+    (``suite.protocols``) and what it changed of it (``suite.deviations``); none when no row has any."""
     settings: dict[str, str] = {}
-    deviations: dict[str, str] = {}
+    changes: dict[str, dict[str, str]] = {key: {} for key in SUITE_CHANGE_HEADINGS}
     for record in records:
         method = record.config.get("method") or {}
         changed = [f"{group}.{k}={v}" for group in ("trainer", "student") for k, v in (method.get(group) or {}).items()]
         if changed:
             settings[record.method] = ", ".join(changed)
-        deviation = ((record.config.get("suite") or {}).get("deviations") or {}).get(record.method)
-        if deviation:
-            deviations[record.method] = ", ".join(f"{k}={v}" for k, v in _flat(deviation))
+        for key, found in changes.items():
+            change = ((record.config.get("suite") or {}).get(key) or {}).get(record.method)
+            if change:
+                found[record.method] = ", ".join(f"{k}={v}" for k, v in _flat(change))
     lines = []
     if settings:
         lines += ["Method protocols (each method's own settings over the suite's trainer and student):",
                   *(f"- `{method}`: {text}" for method, text in sorted(settings.items())), ""]
-    if deviations:
-        lines += ["Suite deviations from the methods' protocols (`suite.deviations`, to fit the machine):",
-                  *(f"- `{method}`: {text}" for method, text in sorted(deviations.items())), ""]
+    for key, found in changes.items():
+        if found:
+            lines += [SUITE_CHANGE_HEADINGS[key], *(f"- `{method}`: {text}" for method, text in sorted(found.items())),
+                      ""]
     return lines
 
 

@@ -170,20 +170,28 @@ class Methods:
         })
 
 
+SUITE_CHANGES = ("protocols", "deviations")
+"""The suite keys that change a method's config for its runs, in the order they are merged:
+``suite.protocols.<name>`` (the method's own protocol at the suite's scale), then
+``suite.deviations.<name>`` (what the suite changes of it to fit its machine)."""
+
+
 def with_protocol(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with its method's protocol applied: the suite's deviations for the method
-    (``suite.deviations.<name>``) merged over ``method``, then ``method.trainer`` and
-    ``method.student`` over the suite's ``trainer`` and ``student``; the suite's values they replace
-    are kept in ``method.suite_values`` (tables group runs by the suite's setting). Unknown keys
-    are one-line errors."""
+    """``cfg`` with its method's protocol applied: the suite's protocol and deviations for the method
+    (``suite.protocols.<name>``, then ``suite.deviations.<name>``) merged over ``method``, then
+    ``method.trainer`` and ``method.student`` over the suite's ``trainer`` and ``student``; the
+    suite's values they replace are kept in ``method.suite_values`` (tables group runs by the
+    suite's setting). Unknown keys are one-line errors."""
     name = cfg.method.name
-    deviation = cfg.suite.deviations.get(name)
-    if deviation:
-        try:  # params the method's file leaves at the constructor's default may be set too (checked as any)
-            with open_dict(cfg.method.params):
-                cfg.method = OmegaConf.merge(cfg.method, deviation)
+    for key in SUITE_CHANGES:
+        change = (cfg.suite.get(key) or {}).get(name)
+        if not change:
+            continue
+        try:  # keys the method's file leaves out of params, trainer and student may be set too (checked as any)
+            with open_dict(cfg.method.params), open_dict(cfg.method.trainer), open_dict(cfg.method.student):
+                cfg.method = OmegaConf.merge(cfg.method, change)
         except Exception as exc:
-            raise BenchbaseError(f"suite.deviations.{name}: {str(exc).splitlines()[0]}; its keys are those of a "
+            raise BenchbaseError(f"suite.{key}.{name}: {str(exc).splitlines()[0]}; its keys are those of a "
                                  "method config (params, trainer, student, teacher_stage)") from None
     replaced: dict[str, Any] = {}
     for group in PROTOCOL_GROUPS:

@@ -14,10 +14,10 @@ from benchbase.config import suite_setting, trainer_identity
 from benchbase.data.digits import load_digits_bundle
 from benchbase.engine import lr_at, peak_lr
 from benchbase.errors import BenchbaseError
-from benchbase.leaderboard import setting_key
+from benchbase.leaderboard import method_protocols, setting_key
 from benchbase.methods import Methods, run_identity
 from benchbase.plugin_manager import load
-from benchbase.results import ResultsDB
+from benchbase.results import ResultsDB, RunRecord
 
 from test_run import instant
 
@@ -76,6 +76,25 @@ def test_suite_deviations_change_one_methods_protocol_and_are_named_on_the_page(
         Methods(bb, ["+method.trainer.betaz=1"]).config("mae")
     with pytest.raises(BenchbaseError, match=r"^suite.deviations.mae: .*its keys are those of a method config"):
         Methods(bb, ["+suite.deviations.mae.speed=1"]).config("mae")
+
+
+def test_suite_protocols_set_a_methods_own_values_at_the_suites_scale_before_the_deviations(bb):
+    overrides = ["suite=digits", "+suite.protocols.smkd.params.head_out=64", "+suite.protocols.smkd.trainer.lr=5e-4",
+                 "+suite.protocols.smkd.trainer.warmup_epochs=10", "+suite.deviations.smkd.trainer.warmup_epochs=3"]
+    methods = Methods(bb, overrides)
+    cfg = methods.config("smkd")
+    assert methods.params(cfg)["head_out"] == 64 and cfg.trainer.lr == 5e-4  # keys its method file leaves out
+    assert cfg.trainer.warmup_epochs == 3  # the deviation is merged last
+    assert cfg.method.suite_values.trainer.lr == 1e-3  # the suite's own, which tables group rows by
+    assert methods.config("mae").trainer.lr == 1e-3  # the other methods keep theirs
+    record = RunRecord("h", "digits", "smkd", "none", "s", "digits", 0, "done", [],
+                       OmegaConf.to_container(cfg, resolve=True))
+    lines = method_protocols([record])
+    heading = lines.index("The methods' protocols at this suite's scale (`suite.protocols`, over their method files):")
+    assert lines[heading + 1] == "- `smkd`: params.head_out=64, trainer.lr=0.0005, trainer.warmup_epochs=10"
+    assert "- `smkd`: trainer.warmup_epochs=3" in lines[heading + 2:]  # under the deviations
+    with pytest.raises(BenchbaseError, match=r"^suite.protocols.smkd: .*its keys are those of a method config"):
+        Methods(bb, ["+suite.protocols.smkd.speed=1"]).config("smkd")
 
 
 def test_linear_lr_scaling_is_maes_rule_and_leaves_stored_hashes_alone(tmp_path):
