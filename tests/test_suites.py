@@ -9,6 +9,7 @@ from benchbase.config import compose_config
 from benchbase.methods import Methods
 from benchbase.plugin_manager import load
 from benchbase.results import ResultsDB
+from benchbase.stages import plan
 
 from conftest import DATA
 
@@ -62,6 +63,55 @@ def test_omniglot_suite_is_smkds_experiment_in_miniature():
     methods = Methods(load(), ["suite=omniglot"])
     assert methods.params(methods.config("supervised", "reference")) == {"label_smoothing": 0.1, "shift": 2}
     assert methods.params(methods.config("smkd"))["momentum_teacher"] == 0.996
+
+
+FEWSHOT_SUITES = {  # suite: (source size, evaluation resize, evaluation crop), SMKD's released setting
+    "miniimagenet": (480, 360, 320),
+    "tieredimagenet": (480, 360, 320),
+    "cifarfs": (84, 256, 224),
+    "fc100": (84, 256, 224),
+}
+
+
+@pytest.mark.parametrize("suite", FEWSHOT_SUITES)
+def test_fewshot_suites_run_smkd_in_its_setting_and_the_others_in_theirs(suite):
+    """SMKD's full-scale suites: its sources, crops, evaluation view, head, EMA and trainer (both
+    phases); the models read 224 px; the other methods keep their protocols over the suite's trainer."""
+    source, resize, crop = FEWSHOT_SUITES[suite]
+    methods = Methods(load(), [f"suite={suite}"])
+    smkd = methods.config("smkd")
+    data = smkd.data[suite]
+    assert data.image_size == 224 and dict(data.params) == {"source_size": source, "eval_resize": resize,
+                                                             "eval_crop": crop}
+    params = methods.params(smkd)
+    assert (params["global_crop_size"], params["local_crop_size"], params["local_crops"]) == (224, 96, 10)
+    assert (params["head_hidden"], params["head_bottleneck"], params["head_out"]) == (2048, 256, 8192)
+    assert params["momentum_teacher"] == 0.996
+    trainer = smkd.trainer
+    assert (trainer.lr, trainer.lr_scaling, trainer.min_lr, trainer.warmup_epochs) == (5e-4, "none", 1e-5, 10)
+    assert (trainer.batch_size, list(trainer.betas)) == (512, [0.9, 0.999])  # 8 GPUs x 64, AdamW's own betas
+    assert (trainer.weight_decay, trainer.weight_decay_end, trainer.clip_grad_mode) == (0.04, 0.4, "per_parameter")
+    assert smkd.method.suite_values.trainer.lr == 1.5e-4  # the suite's (fullscale), which tables group rows by
+    (phase1,) = plan(methods, smkd, 0)
+    assert phase1.params["phase"] == "ssl" and phase1.params["head_out"] == 8192
+    assert (phase1.cfg.trainer.lr, phase1.cfg.trainer.batch_size, phase1.cfg.trainer.warmup_epochs) == (5e-4, 512, 10)
+    tinymim = methods.config("tinymim")  # its own protocol over the suite's trainer=fullscale
+    assert (tinymim.trainer.lr, tinymim.trainer.lr_scaling, tinymim.trainer.batch_size) == (1.5e-4, "linear", 4096)
+    assert list(tinymim.trainer.betas) == [0.9, 0.95] and "protocols" not in tinymim.method.suite_values
+    assert methods.params(methods.config("smkd", "reference"))["head_out"] == 8192
+    assert not smkd.suite.deviations  # nothing deviates from SMKD's setting to fit the machine
+    # tieredImageNet's 206,209 test images as 320-px pixel features would not fit: its pixels floor is left out
+    assert list(smkd.suite.floors) == (["random_init"] if suite == "tieredimagenet" else ["pixels", "random_init"])
+
+
+def test_smkds_setting_stays_in_its_few_shot_suites():
+    """The other suites keep SMKD's method file (scaled head and EMA, the suite's trainer) and their data."""
+    for suite in ("digits", "glyphs", "omniglot", "cpu-real", "imagenet", "ade20k", "imagefolder"):
+        methods = Methods(load(), [f"suite={suite}"])
+        smkd = methods.config("smkd")
+        assert not smkd.suite.protocols and methods.params(smkd)["head_out"] == 512, suite
+        assert not {"lr", "batch_size", "warmup_epochs"} & set(smkd.method.suite_values.get("trainer", {})), suite
+        assert not any({"source_size", "eval_resize", "eval_crop"} & set(d.params) for d in smkd.data.values()), suite
 
 
 def test_cpu_real_suite_runs_on_real_data(tmp_path, cifar_root, camvid_root):
