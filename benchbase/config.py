@@ -199,6 +199,10 @@ class SuiteConfig:
     # per method name, what this suite changes of the method's own protocol to fit its machine
     # ({params, trainer, student, teacher_stage}, merged over method/<name>.yaml), printed on the table
     deviations: dict[str, Any] = field(default_factory=dict)
+    # per task name, why this suite's teacher cannot serve it: its score is not 10 points above both
+    # floors (a model that learned nothing), so the task cannot tell methods apart here (issue 22's
+    # quality target; tests/test_quality_targets.py holds every committed suite to it)
+    unserved: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,0 +1,72 @@
+"""Issue 22's quality targets, held on the committed records of every suite page (not on new runs):
+a table can rank methods only where its teacher scores well above what a model that learned nothing
+scores, and where its intervals are narrow enough.
+
+Asserted here for every committed suite: the teacher clears both floors by at least 10 points on
+each task's measure, unless the suite file names the task in ``suite.unserved`` with why (and then
+the margin must really be short: a declaration that no longer holds fails too); few-shot intervals
+of at most ±0.5 points per seed; three seeds in every row but the teacher's.
+Not yet asserted, because the committed records do not meet them (issue 22 stays open for them):
+the omniglot teacher at or above the plain supervised ViT's 90 / 97 (5-way 1 / 5-shot; it scores
+81.1 / 91.8), and every distilled student of the few-shot suite above both floors.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from benchbase.config import compose_config
+from benchbase.leaderboard import current_records
+from benchbase.notebook import table
+from benchbase.plugin_manager import load
+from benchbase.results import read_jsonl
+
+LEADERBOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
+SUITES = sorted(p.stem for p in (LEADERBOARDS / "results").glob("*.jsonl") if not p.stem.startswith("ablation-"))
+MARGIN = 10.0  # points above the best floor
+FEWSHOT_CI = 0.5  # points, the 95% interval of one seed's episodes
+MEASURES = {"linear_probe": r"top1", "finetune": r"top1", "segmentation": r"mIoU", "fewshot": r"\d+way-\d+shot"}
+"""The metric(s) that are a task's measure, by evaluator (the other columns are secondary)."""
+
+
+@pytest.fixture(scope="module")
+def dirs() -> list[str]:
+    return load().config_dirs()
+
+
+def measure_columns(frame, task: str, evaluator: str) -> list[str]:
+    pattern = re.compile(rf"{re.escape(task)}/{MEASURES[evaluator]}")
+    return [c for c in frame.columns if pattern.fullmatch(c)]
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_the_teacher_clears_both_floors_by_ten_points_on_every_task_it_serves(name, dirs):
+    suite = compose_config([f"suite={name}"], dirs).suite
+    frame = table(name, leaderboard_dir=LEADERBOARDS).frame
+    teacher = frame[frame.role == "teacher"].iloc[0]
+    floors = frame[frame.role == "floor"]
+    assert set(floors.method) == {"pixels", "random_init"}, name
+    assert set(suite.unserved) <= set(suite.tasks), f"{name}: unserved names no task of the suite"
+    for task_name, task in suite.tasks.items():
+        columns = measure_columns(frame, task_name, task.evaluator)
+        assert columns, f"{name}: no {task_name} column in the committed table"
+        margins = {c: teacher[c] - floors[c].max() for c in columns}
+        assert not any(math.isnan(m) for m in margins.values()), (name, margins)
+        if task_name in suite.unserved:
+            assert min(margins.values()) < MARGIN, f"{name}: {task_name} is served now; drop it from suite.unserved"
+        else:
+            assert min(margins.values()) >= MARGIN, (name, task_name, margins)
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_few_shot_intervals_are_narrow_and_every_row_has_three_seeds(name):
+    frame = table(name, leaderboard_dir=LEADERBOARDS).frame
+    assert (frame[frame.role != "teacher"].seeds == 3).all(), frame[["method", "seeds"]].to_string()
+    for record in current_records(read_jsonl(LEADERBOARDS / "results" / f"{name}.jsonl")):  # the table's
+        for metric in record.metrics:
+            if re.fullmatch(MEASURES["fewshot"], metric.name):
+                assert metric.ci95 <= FEWSHOT_CI, (name, record.method, record.seed, metric.name, metric.ci95)
