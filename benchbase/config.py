@@ -61,6 +61,10 @@ decides how often the host waits for the device to read the loss terms (every st
 checked and logged)."""
 
 
+LATER_RECIPE_KEYS = ("finetune_params", "finetune_trainer")
+"""``teacher.recipe`` keys added after runs were stored: left out of hashes while empty."""
+
+
 def trainer_identity(trainer: dict[str, Any], leave_out: Sequence[str] = ()) -> dict[str, Any]:
     """The trainer settings as run hashes and cache keys name them: without the run-only keys,
     ``leave_out``, and the :data:`LATER_TRAINER_DEFAULTS` at their defaults."""
@@ -73,10 +77,11 @@ def trainer_identity(trainer: dict[str, Any], leave_out: Sequence[str] = ()) -> 
 
 def without_later_recipe_keys(teacher: dict[str, Any] | None) -> dict[str, Any] | None:
     """A teacher config (a plain dict) as hashes and table settings name it: its recipe's
-    ``finetune_params`` (added after runs were stored) left out when empty, so those keep their names."""
+    :data:`LATER_RECIPE_KEYS` (added after runs were stored) left out when empty, so those keep
+    their names."""
     recipe = (teacher or {}).get("recipe")
-    if isinstance(recipe, dict) and "finetune_params" in recipe and not recipe["finetune_params"]:
-        teacher = {**teacher, "recipe": {k: v for k, v in recipe.items() if k != "finetune_params"}}
+    if isinstance(recipe, dict) and any(k in recipe and not recipe[k] for k in LATER_RECIPE_KEYS):
+        teacher = {**teacher, "recipe": {k: v for k, v in recipe.items() if k not in LATER_RECIPE_KEYS or v}}
     return teacher
 
 
@@ -117,6 +122,9 @@ class RecipeConfig:
     finetune_epochs: int = 30
     # the fine-tuning method's params (e.g. supervised's label_smoothing, shift); left out of hashes when empty
     finetune_params: dict[str, Any] = field(default_factory=dict)
+    # trainer settings of the fine-tuning stage over the suite trainer's (e.g. its own warmup_epochs),
+    # beside lr, batch_size and epochs above; left out of hashes when empty
+    finetune_trainer: dict[str, Any] = field(default_factory=dict)
     lr: float = 1e-3
     batch_size: int = 64
 

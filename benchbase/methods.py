@@ -131,7 +131,8 @@ class Methods:
 
     def recipe_plan(self, recipe: Any, data: DataBundle) -> list[tuple[str, str, dict, int, dict]]:
         """(stage, method name, params, epochs, trainer settings) of the teacher recipe: the
-        pre-training method (unless ``none``) with its protocol's trainer settings, then fine-tuning."""
+        pre-training method (unless ``none``) with its protocol's trainer settings, then fine-tuning
+        with ``teacher.recipe.finetune_trainer``."""
         stages = []
         if has_pretraining(recipe):
             name = recipe.pretrain_method
@@ -146,7 +147,8 @@ class Methods:
             raise BenchbaseError(
                 f"teacher.recipe.finetune_method={recipe.finetune_method!r}; use supervised or supervised_segmentation"
             )
-        stages.append(("finetune", recipe.finetune_method, finetune, recipe.finetune_epochs, {}))
+        stages.append(("finetune", recipe.finetune_method, finetune, recipe.finetune_epochs,
+                       dict(recipe.get("finetune_trainer") or {})))
         return stages
 
     def recipe_key(self, cfg: Any, data: DataBundle) -> str:
@@ -260,10 +262,10 @@ def build_method(cls: type[Method], params: dict[str, Any], data: DataBundle) ->
     unset (or null) filled from ``data``: its class count, unlabelled value (-100 if none) and the
     per-channel mean and std its images were normalised with (None where it declares none)."""
     accepted = inspect.signature(cls.__init__).parameters
-    from_data = {"num_classes": data.num_classes,
-                 "ignore_index": -100 if data.ignore_index is None else data.ignore_index,
-                 "image_mean": data.image_mean, "image_std": data.image_std}
-    filled = {k: from_data[k] for k in DATA_ARGS if k in accepted and params.get(k) is None}
+    wanted = [k for k in DATA_ARGS if k in accepted and params.get(k) is None]  # only these are read
+    filled = {k: getattr(data, k) for k in wanted}
+    if filled.get("ignore_index", 0) is None:
+        filled["ignore_index"] = -100
     return cls(**{**params, **filled})
 
 

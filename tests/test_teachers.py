@@ -220,6 +220,22 @@ def test_recipe_finetune_params_reach_its_fine_tuning_and_name_the_teacher_only_
     assert Methods(load(), []).recipe_plan(default.teacher.recipe, data)[-1][2] == {}
 
 
+def test_recipe_finetune_trainer_sets_the_fine_tuning_stages_trainer_and_names_the_teacher_only_when_set(tmp_path):
+    """``teacher.recipe.finetune_trainer`` (the Omniglot suite's warm-up) is the fine-tuning stage's
+    trainer over the suite's, in its plan and cache key; left empty, the teacher keeps its names."""
+    default = compose_config(["suite=digits"])
+    without = OmegaConf.create(OmegaConf.to_container(default))  # a config from before the key existed
+    del without.teacher.recipe["finetune_trainer"]
+    assert recipe_identity(without) == recipe_identity(default)
+    warm = ["+teacher.recipe.finetune_trainer.warmup_epochs=9"]
+    assert recipe_identity(compose_config(["suite=digits", *warm])) != recipe_identity(default)
+    methods = Methods(load(), [])
+    plan = methods.recipe_plan(compose_config(["suite=digits", *warm]).teacher.recipe, load_digits_bundle())
+    assert plan[-1][0] == "finetune" and plan[-1][4] == {"warmup_epochs": 9}
+    assert plan[0][4] == methods.recipe_trainer("mae")  # pre-training keeps its own protocol
+    assert _key(_ctx(tmp_path, *warm)) != _key(_ctx(tmp_path))
+
+
 def test_supervised_shift_translates_each_training_image_by_whole_pixels():
     from benchbase.core import Supervised, random_shifts
     torch.manual_seed(0)
