@@ -1,4 +1,5 @@
-"""A lock file that lets one process at a time build a cached artefact (recipe teacher, stage)."""
+"""A lock file that lets one process at a time build a cached artefact (recipe teacher, stage) or
+make one run (a method and seed of a suite)."""
 
 from __future__ import annotations
 

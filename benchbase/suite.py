@@ -46,6 +46,7 @@ from benchbase.leaderboard import (
     publish,
     write_local,
 )
+from benchbase.locks import building
 from benchbase.loggers import RunInfo, RunLoggers
 from benchbase.methods import KIND, Methods, asked_teacher_stage, run_identity, teacher_stage, without_method_overrides
 from benchbase.models import save_weights
@@ -303,9 +304,19 @@ def run_method(ctx: SuiteContext, role: str, name: str, seed: int) -> RunRecord:
     h = config_hash(run_identity(cfg, role, name, ctx.methods.identity_params(name, params), seed,
                                  [s.key for s in stages]))
     made = _made(ctx, cfg, teacher, [name, *(s.method for s in stages)])
-    if found := _stored(ctx, h, made, f"{name} seed {seed}"):
-        return found
     run_dir = ctx.home / "runs" / cfg.suite.name / f"{name}-seed{seed}-{h}"
+    # another process making this same run: wait for it, then reuse its record (the lock file is
+    # hidden, .<run folder>.lock, so that listings of the run folders do not show it)
+    with building(run_dir.with_name(f".{run_dir.name}")):
+        if found := _stored(ctx, h, made, f"{name} seed {seed}"):
+            return found
+        return _train_and_store(ctx, cfg, role, name, seed, params, stages, teacher, h, made, run_dir)
+
+
+def _train_and_store(ctx: SuiteContext, cfg: DictConfig, role: str, name: str, seed: int, params: dict,
+                     stages: list[Stage], teacher: Teacher, h: str, made: dict[str, str], run_dir: Path) -> RunRecord:
+    """The body of :func:`run_method` once no stored record can be reused: train (resuming a
+    checkpoint in ``run_dir``), evaluate, store and return the record."""
     if distributed.is_main():
         if ctx.force and run_dir.exists():
             shutil.rmtree(run_dir)
