@@ -65,6 +65,21 @@ def test_omniglot_suite_is_smkds_experiment_in_miniature():
     assert methods.params(methods.config("smkd"))["momentum_teacher"] == 0.996
 
 
+def test_the_omniglot_validation_split_holds_out_a_base_alphabet_and_never_a_test_one():
+    """Recipes are chosen on suite=omniglot-val: its novel classes are one of the test suite's base
+    alphabets, it distils on the other base alphabets, and no test alphabet is in either; everything
+    else (tasks, teacher recipe, student, trainer) is the test suite's."""
+    dirs = load().config_dirs()
+    test, val = (compose_config([f"suite={name}"], dirs) for name in ("omniglot", "omniglot-val"))
+    base, novel = set(test.data.omniglot.params.base_alphabets), set(test.data.omniglot.params.novel_alphabets)
+    val_base, val_novel = set(val.data.omniglot.params.base_alphabets), set(val.data.omniglot.params.novel_alphabets)
+    assert val_novel and val_base and val_novel < base and val_base | val_novel == base
+    assert not (val_base | val_novel) & novel
+    assert val.suite.name == "omniglot-val" and val.suite.tasks == test.suite.tasks
+    assert (val.teacher, val.student, val.trainer) == (test.teacher, test.student, test.trainer)
+    assert test.teacher.recipe.finetune_trainer == {"warmup_epochs": 9}  # the recipe chosen on it
+
+
 FEWSHOT_SUITES = {  # suite: (source size, evaluation resize, evaluation crop), SMKD's released setting
     "miniimagenet": (480, 360, 320),
     "tieredimagenet": (480, 360, 320),
