@@ -262,9 +262,8 @@ def build_method(cls: type[Method], params: dict[str, Any], data: DataBundle) ->
     unset (or null) filled from ``data``: its class count, unlabelled value (-100 if none) and the
     per-channel mean and std its images were normalised with (None where it declares none)."""
     accepted = inspect.signature(cls.__init__).parameters
-    wanted = [k for k in DATA_ARGS if k in accepted and params.get(k) is None]  # only these are read
-    filled = {k: getattr(data, k) for k in wanted}
-    if filled.get("ignore_index", 0) is None:
+    filled = {k: getattr(data, k) for k in DATA_ARGS if k in accepted and params.get(k) is None}  # only these
+    if "ignore_index" in filled and filled["ignore_index"] is None:
         filled["ignore_index"] = -100
     return cls(**{**params, **filled})
 
