@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import timm
+import torch
 
 from benchbase.cli import main
 from benchbase.config import compose_config
@@ -32,6 +34,25 @@ def test_suites_compose_with_their_models(suite, student, distill):
     cfg = compose_config([f"suite={suite}"], load().config_dirs())
     assert cfg.suite.name == suite and cfg.student.model == student and cfg.suite.distill.dataset == distill
     assert compose_config([f"suite={suite}", "student=vit_tiny"]).student.drop_path == 0.1  # the command line wins
+
+
+def vit_width_and_heads(model_cfg) -> tuple[int, int]:
+    """A ViT config's width and head count: its own fields, else its timm model's (built on the meta device)."""
+    if model_cfg.get("embed_dim") and model_cfg.get("num_heads"):
+        return model_cfg.embed_dim, model_cfg.num_heads
+    with torch.device("meta"):
+        model = timm.create_model(model_cfg.model, pretrained=False)
+    return model.embed_dim, model.blocks[-1].attn.num_heads
+
+
+@pytest.mark.parametrize("suite", ["digits", "glyphs", "omniglot", "omniglot-val", "cpu-real", "imagefolder",
+                                   "imagenet", "ade20k", "miniimagenet", "tieredimagenet", "cifarfs", "fc100"])
+def test_tinymim_can_align_every_vit_suites_student_to_its_teacher_heads(suite):
+    # TinyMIM splits the student's last block into the teacher's heads: the suite's student width
+    # must divide by the teacher's head count, or its TinyMIM rows fail at setup
+    cfg = compose_config([f"suite={suite}"], load().config_dirs())
+    (width, _), (_, heads) = vit_width_and_heads(cfg.student), vit_width_and_heads(cfg.teacher)
+    assert width % heads == 0, f"{suite}: student width {width}, teacher heads {heads}"
 
 
 def test_cpu_real_sizes_its_data_as_its_description_says():
