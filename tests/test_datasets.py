@@ -197,6 +197,20 @@ def test_cifar10_image_folder(cifar_root):
     assert image.shape == (3, 32, 32) and label == 9
 
 
+def test_a_minival_split_comes_from_train_and_never_from_the_held_out_images(cifar_root):
+    base = {**cfg(cifar_root, holdout_fraction=0.2), "image_size": 32}
+    held = load_image_folder(base).splits["val"]
+    bundle = load_image_folder({**base, "params": {"holdout_fraction": 0.2, "minival_fraction": 0.25}})
+    train, val, minival = (bundle.splits[k] for k in ("train", "val", "minival"))
+    assert (len(train), len(val), len(minival)) == (1200, 400, 400)
+    assert Counter(minival.targets) == Counter({label: 40 for label in range(10)})  # a share of every class
+    files = {name: {path for path, _ in split.samples} for name, split in bundle.splits.items()}
+    assert files["val"] == {path for path, _ in held.samples}  # the scored images do not move
+    assert not files["minival"] & (files["train"] | files["val"]) and not files["train"] & files["val"]
+    with pytest.raises(BenchbaseError, match="minival_fraction=1.5; use a fraction between 0 and 1"):
+        load_image_folder({**base, "params": {"minival_fraction": 1.5}})
+
+
 # ---------------------------------------------------------------- tiny fixtures: ADE20K, few-shot layouts
 
 def ade_fixture(root: Path, label_value: int = 3) -> Path:

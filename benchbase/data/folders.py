@@ -253,12 +253,14 @@ class ImageFolderSplit(LazyImages):
         super().__init__(samples, classes, image_size, in_chans, on_corrupt)
 
 
-IMAGE_FOLDER_DEFAULTS = {"in_chans": 3, "holdout_fraction": None, "max_per_class": None, "split_seed": 0}
+IMAGE_FOLDER_DEFAULTS = {"in_chans": 3, "holdout_fraction": None, "max_per_class": None, "minival_fraction": None,
+                         "split_seed": 0}
 IMAGE_FOLDER_LAYOUT = "train/<class>/<image> (ImageFolder layout)"
 IMAGE_FOLDER_INFO = DatasetInfo(layout=f"{IMAGE_FOLDER_LAYOUT}, optionally val/ and test/ alike", splits={
     "train": "train/ (params.max_per_class keeps that many images of each class)",
     "val": "val/, or params.holdout_fraction of each class of train/ when there is no val/",
     "test": "test/, when present",
+    "minival": "params.minival_fraction of each class of train/ (after the val holdout), for choosing recipes",
 })
 
 
@@ -267,7 +269,10 @@ def load_image_folder(cfg: Mapping[str, Any], name: str = "imagefolder", default
 
     Params: ``in_chans``; ``max_per_class`` keeps the first N images of each class of ``train``
     (after a seeded shuffle); ``holdout_fraction`` makes a ``val`` split from that share of each
-    class of ``train`` when the data set ships no ``val/`` (e.g. CIFAR-10's training set alone).
+    class of ``train`` when the data set ships no ``val/`` (e.g. CIFAR-10's training set alone);
+    ``minival_fraction`` then moves that share of each class of what remains of ``train`` into a
+    ``minival`` split: a validation split for choosing recipes that never touches ``val`` (the
+    images a suite is scored on), as ImageNet papers hold out a "minival" part of the training set.
     """
     root = check_root(cfg.get("root"), name, IMAGE_FOLDER_LAYOUT)
     params = dataset_params(cfg, name, IMAGE_FOLDER_DEFAULTS)
@@ -288,6 +293,11 @@ def load_image_folder(cfg: Mapping[str, Any], name: str = "imagefolder", default
     if params["holdout_fraction"] and "val" not in splits and "train" in splits:
         rest, held = splits["train"].split_per_class(1.0 - float(params["holdout_fraction"]), seed)
         splits["train"], splits["val"] = rest, held
+    if params["minival_fraction"] and "train" in splits:
+        fraction = float(params["minival_fraction"])
+        if not 0 < fraction < 1:
+            raise BenchbaseError(f"{name}: params.minival_fraction={fraction:g}; use a fraction between 0 and 1")
+        splits["train"], splits["minival"] = splits["train"].split_per_class(1.0 - fraction, seed)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     mean, std = folder_normalisation(in_chans)
     return DataBundle(name=name, splits=splits, image_size=image_size, in_chans=in_chans,
