@@ -70,3 +70,20 @@ def test_few_shot_intervals_are_narrow_and_every_row_has_three_seeds(name):
         for metric in record.metrics:
             if re.fullmatch(MEASURES["fewshot"], metric.name):
                 assert metric.ci95 <= FEWSHOT_CI, (name, record.method, record.seed, metric.name, metric.ci95)
+
+
+FEWSHOT_SUITES = [name for name in SUITES if name.startswith("omniglot")]
+"""The few-shot suites of issue 22 (SMKD's experiment in miniature) among the committed pages."""
+
+
+@pytest.mark.parametrize("name", FEWSHOT_SUITES)
+def test_the_few_shot_suite_separates_at_least_one_pair_of_methods_on_every_task(name, dirs):
+    # ranks come from the paired tests (Holm-corrected): two method rows of different rank are
+    # separated by a significant difference, rows no test separates share a rank
+    suite = compose_config([f"suite={name}"], dirs).suite
+    frame = table(name, leaderboard_dir=LEADERBOARDS).frame
+    methods = frame[frame.role == "method"]
+    assert len(methods) >= 2, name
+    for task_name, task in suite.tasks.items():
+        for column in measure_columns(frame, task_name, task.evaluator):
+            assert methods[f"{column}_rank"].nunique() > 1, (name, column, methods[["method", f"{column}_rank"]])
