@@ -92,13 +92,14 @@ def load_teacher(methods: Methods, cfg: Any, data: DataBundle, home: Path, stage
     raise BenchbaseError(f"teacher.source={tcfg.source!r}; use recipe, checkpoint or timm")
 
 
-def load_into(model: VitModel, path: str | Path) -> None:
-    """Fill ``model``'s network from the file ``path``: by the architecture's own checkpoint format
-    (``checkpoint_loader``, e.g. a full SAM checkpoint), else as a state dict of the network."""
+def load_into(model: VitModel, path: str | Path, what: str = "teacher") -> None:
+    """Fill ``model``'s network (a ``what``) from the file ``path``: by the architecture's own
+    checkpoint format (``checkpoint_loader``, e.g. a full SAM checkpoint), else as a state dict of
+    the network."""
     if model.checkpoint_loader is not None:
         model.checkpoint_loader(model.model, str(path))
     else:
-        load_weights(model.model, path, what="teacher")
+        load_weights(model.model, path, what=what)
 
 
 def teacher_checkpoint(methods: Methods, cfg: Any, data: DataBundle, home: Path) -> Path | None:

@@ -21,6 +21,7 @@ from benchbase.evaluation.sam_masks import decoder_sizes, sam_prompt_and_decoder
 from benchbase.methods import Methods
 from benchbase.plugin_manager import load
 from benchbase.sam import SamStudent, build_sam_encoder
+from benchbase.stages import build_student
 from benchbase.suite import evaluate_task, suite_context
 from benchbase.teachers import TEACHER_FILE
 from benchbase_plugins import sam_training
@@ -302,6 +303,12 @@ def test_the_recipe_caches_a_full_sam_that_the_teacher_and_sam_everything_read(t
     metrics = {m.name: m for m in evaluate_task(ctx, "everything", task, teacher, seed=0)}
     assert set(metrics) == {"mIoU", "aIoU", "precision", "recall"}
     assert "from the suite teacher's checkpoint (teacher.pt)" in metrics["mIoU"].protocol
+    # a SAM student starts from it too (its image encoder), as from a real SAM checkpoint
+    same = [f"student.{key}={value}" for key, value in (("embed_dim", 32), ("depth", 2), ("num_heads", 2))]
+    cfg = compose_config([*SUITE, *same, "student.input=frame", f"student.checkpoint={path}",
+                          "student.params={window_size:4,global_attn_indexes:[1],out_chans:32}"])
+    student = build_student(load(), cfg, ctx.dataset("digit_scene_events"))
+    torch.testing.assert_close(student.model.state_dict(), teacher.model.state_dict())
     # a second load reads the cache: the same weights, nothing trained
     stamp = path.stat().st_mtime_ns
     again = suite_context(load(), [*SUITE, f"home={tmp_path}"]).teacher()
