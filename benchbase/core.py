@@ -8,8 +8,7 @@ same hooks as any plugin.
   ``miniimagenet``, ``tieredimagenet``, ``cifarfs``, ``fc100``; paired frame + event data:
   ``digit_scene_events`` and ``camvid_events`` (SIMULATED events), ``event_recordings`` (.npz),
 - evaluators: ``fewshot``, ``linear_probe``, ``finetune``, ``segmentation``, ``sam_everything``
-  (SAM's mask decoder on a SAM student's embedding, EventSAM's evaluation; needs a full SAM
-  checkpoint: the task's, or the suite teacher's file),
+  (SAM's mask decoder on a SAM student's embedding, EventSAM's evaluation; needs a SAM checkpoint),
 - loggers: ``jsonl`` (the run folder's ``steps.jsonl``, always on) and ``tensorboard``,
 - methods: ``supervised`` (cross-entropy on labels: the teacher recipe's fine-tuning and the
   from-scratch reference row) and ``supervised_segmentation`` (per-pixel cross-entropy: the recipe

@@ -189,17 +189,12 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Pat
 
 def save_weights(model: nn.Module, path: str | Path) -> None:
     """Write ``{"model": state dict, "block_heads": [...]}`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
     payload: dict = {"model": model.state_dict()}
     heads = block_heads(model)
     if heads is not None:
         payload[HEADS_KEY] = heads
-    save_state(payload, path)
-
-
-def save_state(payload: dict, path: str | Path) -> None:
-    """``torch.save`` ``payload`` to ``path`` atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)

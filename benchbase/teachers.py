@@ -31,7 +31,7 @@ from benchbase.engine import train
 from benchbase.errors import BenchbaseError
 from benchbase.locks import building
 from benchbase.methods import Methods
-from benchbase.models import load_weights, save_state, save_weights, set_drop_path
+from benchbase.models import load_weights, save_weights, set_drop_path
 
 TEACHER_FILE = "teacher.pt"
 PRETRAINED_FILE = "teacher-pretrain.pt"
@@ -153,7 +153,15 @@ def _recipe_teacher(methods: Methods, cfg: Any, data: DataBundle, home: Path, st
                 if checkpoint is None:
                     save_weights(model.model, files[done])
                 else:
-                    save_state(checkpoint, files[done])
+                    _save_atomically(checkpoint, files[done])
             if done == stage:
                 break
     return frozen(model, cfg.teacher, source)
+
+
+def _save_atomically(payload: dict, path: Path) -> None:
+    """``torch.save`` ``payload`` to ``path`` through a temporary file and a rename, as
+    :func:`~benchbase.models.save_weights` writes (a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
