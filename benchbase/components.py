@@ -214,6 +214,9 @@ class Method(nn.Module, ABC):
     """Params added after runs of the method were stored, each with the value that computes what
     those runs did: a param at that value is left out of run hashes, so the stored runs keep their
     names (see :func:`benchbase.methods.identity_params`)."""
+    recipe_only: ClassVar[bool] = False
+    """Whether the method only trains teachers (a ``teacher.recipe`` stage, e.g. SAM's promptable
+    training): it is no distillation method, so a plugin of such methods alone is not run as one."""
 
     def setup(self, student: Student, teacher: Teacher | None) -> None:
         """Called once before training, before the optimiser is built: size heads to the models."""
@@ -237,6 +240,13 @@ class Method(nn.Module, ABC):
 
     def after_step(self, student: Student, progress: float) -> None:
         """Called after every optimiser step; ``progress`` runs from 0 to 1 over training."""
+
+    def recipe_checkpoint(self, student: Student) -> dict[str, Tensor] | None:
+        """What a recipe teacher this method trained is cached as: None (the default) caches the
+        trained network alone; a method whose own modules belong with it returns the whole
+        checkpoint (SAM's training: ``image_encoder.*``, ``prompt_encoder.*`` and ``mask_decoder.*``),
+        which the architecture's ``checkpoint_loader`` must read back into the network."""
+        return None
 
     def evaluation_model(self, student: Student) -> Student:
         """The model that is scored and exported after training: ``student`` itself by default.

@@ -132,23 +132,30 @@ class Methods:
     def recipe_plan(self, recipe: Any, data: DataBundle) -> list[tuple[str, str, dict, int, dict]]:
         """(stage, method name, params, epochs, trainer settings) of the teacher recipe: the
         pre-training method (unless ``none``) with its protocol's trainer settings, then fine-tuning
-        with ``teacher.recipe.finetune_trainer``."""
+        with ``teacher.recipe.finetune_trainer``. Fine-tuning ``sam`` (SAM's promptable training)
+        is built with ``method/sam.yaml``'s params under ``teacher.recipe.finetune_params``, the
+        data's unlabelled value and, unless set, the data's classes named ``background`` as its
+        background; its trainer is its protocol's under ``finetune_trainer``."""
         stages = []
         if has_pretraining(recipe):
             name = recipe.pretrain_method
             stages.append(("pretrain", name, self.recipe_params(name), recipe.pretrain_epochs,
                            self.recipe_trainer(name)))
+        ignore = -100 if data.ignore_index is None else data.ignore_index
+        trainer = dict(recipe.get("finetune_trainer") or {})
         if recipe.finetune_method == "supervised":
             finetune: dict = dict(recipe.get("finetune_params") or {})
         elif recipe.finetune_method == "supervised_segmentation":
-            ignore = -100 if data.ignore_index is None else data.ignore_index
             finetune = {"num_classes": data.num_classes, "ignore_index": ignore}
+        elif recipe.finetune_method == "sam":
+            finetune = {**self.recipe_params("sam"), **(recipe.get("finetune_params") or {}), "ignore_index": ignore}
+            if finetune.get("background") is None:
+                finetune["background"] = background_labels(data)
+            trainer = {**self.recipe_trainer("sam"), **trainer}
         else:
-            raise BenchbaseError(
-                f"teacher.recipe.finetune_method={recipe.finetune_method!r}; use supervised or supervised_segmentation"
-            )
-        stages.append(("finetune", recipe.finetune_method, finetune, recipe.finetune_epochs,
-                       dict(recipe.get("finetune_trainer") or {})))
+            raise BenchbaseError(f"teacher.recipe.finetune_method={recipe.finetune_method!r}; use supervised, "
+                                 "supervised_segmentation or sam")
+        stages.append(("finetune", recipe.finetune_method, finetune, recipe.finetune_epochs, trainer))
         return stages
 
     def recipe_key(self, cfg: Any, data: DataBundle) -> str:
@@ -215,6 +222,13 @@ def suite_trainer(cfg: Any) -> DictConfig:
     """The suite's trainer of run config ``cfg`` (what a recipe teacher trains with): ``cfg.trainer``
     with the values its method's protocol replaced put back (``method.suite_values.trainer``)."""
     return OmegaConf.create(suite_setting(OmegaConf.to_container(cfg, resolve=True), "trainer"))
+
+
+def background_labels(data: DataBundle) -> list[int]:
+    """The labels of ``data``'s classes named ``background`` (any case): the digit and glyph scenes'
+    0, none of CamVid's, whose unlabelled pixels carry ``ignore_index`` instead."""
+    classes = next(iter(data.splits.values())).classes
+    return [index for index, name in enumerate(classes) if name.lower() == "background"]
 
 
 def has_pretraining(recipe: Any) -> bool:

@@ -147,10 +147,12 @@ class Benchbase:
         return list(dict.fromkeys(d for dirs in self.pm.hook.benchbase_config_dirs() for d in dirs))
 
     def method_plugins(self) -> list[str]:
-        """Plugins that register at least one method, excluding the harness's own core plugin."""
+        """Plugins that register at least one distillation method (not only teacher-recipe methods,
+        :attr:`~benchbase.components.Method.recipe_only`), excluding the harness's own core plugin."""
         return sorted(
             name for name, info in self.infos.items()
-            if name != CORE_PLUGIN and not info.error and info.components.get("methods")
+            if name != CORE_PLUGIN and not info.error
+            and any(not self.registry.get("methods", method).recipe_only for method in info.components.get("methods", ()))
         )
 
     def select_methods(self, plugins: Iterable[str] | None) -> list[str]:
@@ -163,6 +165,10 @@ class Benchbase:
                 info = self.infos.get(name)
                 if info is not None and info.error:
                     raise BenchbaseError(f"plugin {name!r} failed to load: {info.error}")
+                recipe = info.components.get("methods", []) if info is not None and name != CORE_PLUGIN else []
+                if recipe:  # a plugin of teacher-recipe methods only (method_plugins lists the others)
+                    raise BenchbaseError(f"plugin {name!r} registers only teacher-recipe methods ({', '.join(recipe)}); "
+                                         f"name them in teacher.recipe.finetune_method, not in --methods")
                 if info is not None and info.components:
                     provides = "; ".join(f"{kind} {', '.join(names)} (name them in {USED_AS[kind]})"
                                          for kind, names in info.components.items())

@@ -41,7 +41,7 @@ from benchbase.locks import building
 from benchbase.methods import KIND, Methods, run_identity
 from benchbase.models import load_weights, save_weights
 from benchbase.provenance import TEACHER, code_versions
-from benchbase.teachers import frozen
+from benchbase.teachers import frozen, load_into
 
 if TYPE_CHECKING:
     from benchbase.plugin_manager import Benchbase
@@ -141,10 +141,11 @@ def run_stages(stages: list[Stage], methods: Methods, home: Path, data: DataBund
 
 def build_student(bb: Benchbase, cfg: DictConfig, data: DataBundle) -> Student:
     """The student of ``cfg`` as ``student.arch``'s builder makes it, its ``student.checkpoint``
-    loaded (if any)."""
+    loaded (if any) in the architecture's checkpoint format (a SAM student reads a full SAM
+    checkpoint's image encoder, e.g. a SAM recipe teacher's ``teacher.pt``)."""
     student = bb.registry.get("students", cfg.student.arch)(cfg.student, data)
     if cfg.student.checkpoint:
-        load_weights(student.model, cfg.student.checkpoint, what="student")
+        load_into(student, cfg.student.checkpoint, what="student")
     return student
 
 

@@ -64,7 +64,7 @@ from benchbase.stages import (
     training_split,
 )
 from benchbase.tasks import TasksFailed, check_task, evaluation_state, evaluator_params, run_isolated
-from benchbase.teachers import load_teacher, teacher_source
+from benchbase.teachers import load_teacher, teacher_checkpoint, teacher_source
 from benchbase.untrained import UNTRAINED_FILE, frozen_view
 
 
@@ -101,6 +101,11 @@ class SuiteContext:
         """Where the suite's teacher weights come from (for a recipe teacher, its cache key and
         ``stage``, see :func:`benchbase.methods.teacher_stage`)."""
         return teacher_source(self.methods, self.cfg, self.dataset(self.cfg.suite.distill.dataset), stage)
+
+    def teacher_checkpoint(self) -> str | None:
+        """The file of the suite's whole teacher (:func:`~benchbase.teachers.teacher_checkpoint`), as a string."""
+        path = teacher_checkpoint(self.methods, self.cfg, self.dataset(self.cfg.suite.distill.dataset), self.home)
+        return None if path is None else str(path)
 
     def teacher(self, stage: str | None = "finetune") -> Teacher:
         """The suite's frozen teacher (a recipe teacher's weights after ``stage``), loaded once."""
@@ -147,13 +152,15 @@ def evaluate_task(ctx: SuiteContext, task_name: str, task: DictConfig, model: Vi
 
     An evaluator that takes a ``seed`` (episodes, probe initialisation) gets the run's seed unless
     the task sets one: every method of a seed is scored on the same episodes, and other seeds
-    draw other episodes. The model is in the state :func:`~benchbase.tasks.evaluation_state` sets.
+    draw other episodes. One that takes a ``teacher_checkpoint`` gets the suite teacher's file
+    (``sam_everything``: the teacher's prompt encoder and mask decoder) unless the task sets one.
+    The model is in the state :func:`~benchbase.tasks.evaluation_state` sets.
     An evaluator that reads frozen features gets the model cut before its first block with an
     ``untrained`` parameter; its metrics say where they read in ``extras["read_point"]`` (the page
     lists it under the protocols) and list the names in ``extras["untrained"]``.
     """
     ev_cls = ctx.bb.registry.get("evaluators", task.evaluator)
-    evaluator = ev_cls(**evaluator_params(ev_cls, task, ctx.cfg.eval.batch_size, seed))
+    evaluator = ev_cls(**evaluator_params(ev_cls, task, ctx.cfg.eval.batch_size, seed, ctx.teacher_checkpoint))
     scored, cut = frozen_view(model, untrained) if evaluator.reads_frozen_features else (model, "")
     try:
         with evaluation_state(scored, ctx.device):

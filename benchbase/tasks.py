@@ -2,8 +2,10 @@
 while an evaluator scores it, and a failing task kept from taking its row down.
 
 - **Params.** A task's ``params`` are its evaluator's constructor keyword arguments. The harness
-  adds ``batch_size`` (the config's ``eval.batch_size``) and ``seed`` (the row's seed) when the
-  constructor takes them and the task leaves them unset (:func:`evaluator_params`). Before
+  adds ``batch_size`` (the config's ``eval.batch_size``), ``seed`` (the row's seed) and, when
+  scoring, ``teacher_checkpoint`` (the path of the suite teacher's file, see
+  :func:`benchbase.teachers.teacher_checkpoint`) when the constructor takes them and the task
+  leaves them unset (:func:`evaluator_params`). Before
   anything trains, :func:`check_task` checks every task: a known evaluator and dataset, no unknown
   key, no required key left out, and a constructor that accepts the values (it is called once, so
   it should only check and store its arguments).
@@ -31,18 +33,20 @@ from benchbase.components import Evaluator, Metric
 from benchbase.errors import BenchbaseError
 from benchbase.plugin_manager import Registry
 
-INJECTED = ("batch_size", "seed")
+INJECTED = ("batch_size", "seed", "teacher_checkpoint")
 """Constructor arguments the harness fills in when a task leaves them unset."""
 
 
-def evaluator_params(ev_cls: type[Evaluator], task: DictConfig, batch_size: int, seed: int) -> dict[str, Any]:
-    """The keyword arguments of ``task``'s evaluator: its ``params``, plus ``batch_size`` and ``seed``
-    where the constructor takes them and the task does not set them."""
+def evaluator_params(ev_cls: type[Evaluator], task: DictConfig, batch_size: int, seed: int,
+                     teacher_checkpoint: Callable[[], str | None] = lambda: None) -> dict[str, Any]:
+    """The keyword arguments of ``task``'s evaluator: its ``params``, plus ``batch_size``, ``seed``
+    and ``teacher_checkpoint()`` (called only then) where the constructor takes them and the task
+    does not set them."""
     params = OmegaConf.to_container(task.params, resolve=True) or {}
     accepted = inspect.signature(ev_cls).parameters
-    for key, value in zip(INJECTED, (batch_size, seed)):
-        if key in accepted:
-            params.setdefault(key, value)
+    for key, value in zip(INJECTED, (lambda: batch_size, lambda: seed, teacher_checkpoint)):
+        if key in accepted and key not in params:
+            params[key] = value()
     return params
 
 

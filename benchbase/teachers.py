@@ -5,10 +5,13 @@ teacher is (its architecture, how its checkpoints load) is the registered teache
 business, and what names it is :mod:`benchbase.methods`' (:meth:`~benchbase.methods.Methods.recipe_key`).
 
 The recipe trains the teacher on the suite's distillation data (MAE pre-training, then supervised
-fine-tuning, as the methods expect a MIM-pretrained teacher) and caches it under
-``<home>/teachers/<key>/`` by its recipe key, the hash of everything that determines it (the
-recipe's methods with their params and code included); every method of the suite then distils
-from that same teacher. Both recipe stages resume from their checkpoints.
+fine-tuning, as the methods expect a MIM-pretrained teacher; or SAM's promptable training) and
+caches it under ``<home>/teachers/<key>/`` by its recipe key, the hash of everything that
+determines it (the recipe's methods with their params and code included); every method of the
+suite then distils from that same teacher. Both recipe stages resume from their checkpoints. A
+stage's weights are the network's state dict, or the checkpoint its method makes of them
+(:meth:`~benchbase.components.Method.recipe_checkpoint`: SAM's training stores a full SAM), read
+back by the architecture's ``checkpoint_loader``.
 Under torchrun both stages train data-parallel; every rank ends with the same weights and rank 0
 writes the cache.
 """
@@ -71,10 +74,7 @@ def load_teacher(methods: Methods, cfg: Any, data: DataBundle, home: Path, stage
         if not tcfg.checkpoint:
             raise BenchbaseError("teacher.source=checkpoint needs teacher.checkpoint=PATH")
         model = build_teacher(methods, tcfg, data)
-        if model.checkpoint_loader is not None:  # the architecture's own checkpoint format
-            model.checkpoint_loader(model.model, tcfg.checkpoint)
-        else:
-            load_weights(model.model, tcfg.checkpoint, what="teacher")
+        load_into(model, tcfg.checkpoint)
         return frozen(model, tcfg, teacher_source(methods, cfg, data))
     if tcfg.source == "timm":
         try:
@@ -90,6 +90,28 @@ def load_teacher(methods: Methods, cfg: Any, data: DataBundle, home: Path, stage
     if tcfg.source == "recipe":
         return _recipe_teacher(methods, cfg, data, home, stage or "finetune")
     raise BenchbaseError(f"teacher.source={tcfg.source!r}; use recipe, checkpoint or timm")
+
+
+def load_into(model: VitModel, path: str | Path, what: str = "teacher") -> None:
+    """Fill ``model``'s network (a ``what``) from the file ``path``: by the architecture's own
+    checkpoint format (``checkpoint_loader``, e.g. a full SAM checkpoint), else as a state dict of
+    the network."""
+    if model.checkpoint_loader is not None:
+        model.checkpoint_loader(model.model, str(path))
+    else:
+        load_weights(model.model, path, what=what)
+
+
+def teacher_checkpoint(methods: Methods, cfg: Any, data: DataBundle, home: Path) -> Path | None:
+    """The file that holds the suite's teacher as a whole: ``teacher.checkpoint``, or a recipe
+    teacher's cached ``teacher.pt`` (trained or not yet); None for a timm teacher. A full SAM
+    checkpoint there (a real one, or a recipe trained by ``sam``) also holds the prompt encoder and
+    mask decoder that the ``sam_everything`` evaluator reads."""
+    if cfg.teacher.source == "checkpoint":
+        return Path(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else None
+    if cfg.teacher.source == "recipe":
+        return home / "teachers" / methods.recipe_key(cfg, data) / TEACHER_FILE
+    return None
 
 
 def frozen(model: VitModel, tcfg: Any, source: str) -> Teacher:
@@ -118,7 +140,7 @@ def _recipe_teacher(methods: Methods, cfg: Any, data: DataBundle, home: Path, st
     model = build_teacher(methods, cfg.teacher, data)
     with building(folder):  # a job training this teacher now: wait for it, then load its result
         if distributed.broadcast_from_main(files[stage].exists()):  # every rank takes rank 0's branch
-            load_weights(model.model, files[stage], what="teacher")
+            load_into(model, files[stage])
             return frozen(model, cfg.teacher, source)
         trainer = OmegaConf.merge(cfg.trainer, {"lr": recipe.lr, "batch_size": recipe.batch_size})
         split = data.split(cfg.suite.distill.split)
@@ -127,7 +149,19 @@ def _recipe_teacher(methods: Methods, cfg: Any, data: DataBundle, home: Path, st
             train(model, None, method, split, OmegaConf.merge(trainer, protocol, {"epochs": epochs}), folder / done,
                   seed=0, desc=f"teacher: {done}")
             if distributed.is_main():  # DDP kept every rank's copy identical: no rank needs to reload it
-                save_weights(model.model, files[done])
+                checkpoint = method.recipe_checkpoint(model)
+                if checkpoint is None:
+                    save_weights(model.model, files[done])
+                else:
+                    _save_atomically(checkpoint, files[done])
             if done == stage:
                 break
     return frozen(model, cfg.teacher, source)
+
+
+def _save_atomically(payload: dict, path: Path) -> None:
+    """``torch.save`` ``payload`` to ``path`` through a temporary file and a rename, as
+    :func:`~benchbase.models.save_weights` writes (a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)

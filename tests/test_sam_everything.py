@@ -19,6 +19,7 @@ from benchbase.evaluation.sam_masks import (
     drop_repeated_masks,
     paint_segments,
     clean_small_regions,
+    decoder_sizes,
     remove_small_regions,
     sam_prompt_and_decoder,
 )
@@ -94,11 +95,21 @@ def test_the_evaluator_scores_every_ground_truth_segment(checkpoint):
     assert "sam_tiny_random.pth" in metrics["mIoU"].protocol and "4x4 point grid" in metrics["mIoU"].protocol
 
 
+def test_the_decoder_sizes_are_read_from_the_checkpoint_but_its_heads(checkpoint):
+    sizes = {k: v for k, v in DECODER.items() if k != "decoder_heads"}
+    assert decoder_sizes(torch.load(checkpoint, weights_only=True)) == sizes
+    prompt, decoder = sam_prompt_and_decoder(checkpoint, 32, (4, 4), 64, decoder_heads=2)
+    assert decoder.transformer.depth == 1 and decoder.transformer.layers[0].mlp.lin1.out_features == 64
+    assert len(decoder.iou_prediction_head.layers) == 2 and prompt.mask_downscaling[3].out_channels == 8
+    assert decoder_sizes({}) == {}  # no decoder in the file: SAM's sizes, then the shape check fails
+
+
 def test_evaluator_errors(checkpoint):
-    with pytest.raises(BenchbaseError, match="params.checkpoint=PATH"):
-        SamEverything()
-    with pytest.raises(BenchbaseError, match="fit a 32-channel SAM"):
-        SamEverything(checkpoint=str(checkpoint)).evaluate(student(), scenes(), torch.device("cpu"))  # SAM's sizes
+    with pytest.raises(BenchbaseError, match=r"set params.checkpoint=PATH or use a teacher with one "
+                                             r"\(teacher.source=checkpoint, or a recipe with teacher.recipe.finetune_method=sam\)$"):
+        SamEverything().evaluate(student(), scenes(), torch.device("cpu"))
+    with pytest.raises(BenchbaseError, match="fit a 32-channel SAM"):  # sizes other than the checkpoint's
+        SamEverything(checkpoint=str(checkpoint), decoder_mlp_dim=2048).evaluate(student(), scenes(), torch.device("cpu"))
     from benchbase.components import Student
     from timm.models.vision_transformer import VisionTransformer
 

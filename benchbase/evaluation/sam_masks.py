@@ -7,10 +7,13 @@ with its best predicted segment (research notes 3.2-3.3). :class:`SamEverything`
 segment-anything's own ``SamAutomaticMaskGenerator``, ``PromptEncoder`` and ``MaskDecoder``; only
 the image embedding comes from the student (:class:`EmbeddingPredictor`).
 
-The prompt encoder and mask decoder weights come from a real SAM checkpoint (``prompt_encoder.*``
-and ``mask_decoder.*``; SAM's sizes are the defaults). Numbers are only meaningful with real SAM
-weights and a student whose neck matches SAM's (256 channels); the tests run the plumbing with a
-small random SAM and report nothing from it.
+The prompt encoder and mask decoder weights come from a full SAM checkpoint (``prompt_encoder.*``
+and ``mask_decoder.*``, their sizes read from it): the task's ``checkpoint``, or else the suite
+teacher's own file (``teacher.checkpoint``, or the cached ``teacher.pt`` of a recipe teacher trained
+by SAM's promptable training, ``teacher.recipe.finetune_method: sam``), which the harness hands
+over as ``teacher_checkpoint``. Numbers are only meaningful with trained SAM weights and a student
+whose neck matches the checkpoint's width; the tests run the plumbing with a small random SAM and
+report nothing from it.
 
 Shapes: C = stacked image channels, H×W = image and label size, h×w = the student's token grid,
 E = the student's neck channels (SAM's prompt embedding width), M = masks of one image.
@@ -39,25 +42,51 @@ from benchbase.models import read_state_dict
 from benchbase.sam import pad_to_size, token_grid
 
 _PARTS = ("prompt_encoder.", "mask_decoder.")
+SAM_DECODER_SIZES = {"decoder_depth": 2, "decoder_mlp_dim": 2048, "iou_head_depth": 3, "iou_head_hidden_dim": 256,
+                     "mask_in_chans": 16}
+"""The prompt encoder's and mask decoder's sizes in segment-anything's ``build_sam._build_sam``."""
+_SIZE_TENSORS = {  # each decoder size of _build_sam and the tensor (and axis) that shows it
+    "decoder_mlp_dim": ("mask_decoder.transformer.layers.0.mlp.lin1.weight", 0),
+    "iou_head_hidden_dim": ("mask_decoder.iou_prediction_head.layers.0.weight", 0),
+    "mask_in_chans": ("prompt_encoder.mask_downscaling.3.weight", 0),
+}
+
+
+def decoder_sizes(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The sizes of the prompt encoder and mask decoder a SAM checkpoint's tensors hold (all but the
+    head count, which no tensor shows): ``decoder_depth``, ``decoder_mlp_dim``, ``iou_head_depth``,
+    ``iou_head_hidden_dim`` and ``mask_in_chans``; those it lacks are left out."""
+    sizes = {name: int(state[key].shape[axis]) for name, (key, axis) in _SIZE_TENSORS.items() if key in state}
+    for name, prefix, suffix in (("decoder_depth", "mask_decoder.transformer.layers.", ""),
+                                 ("iou_head_depth", "mask_decoder.iou_prediction_head.layers.", ".weight")):
+        found = {key[len(prefix):].split(".")[0] for key in state if key.startswith(prefix) and key.endswith(suffix)}
+        if found:
+            sizes[name] = len(found)
+    return sizes
 
 
 def sam_prompt_and_decoder(
-    checkpoint: str | Path, embed_dim: int, grid: tuple[int, int], img_size: int, decoder_depth: int = 2,
-    decoder_mlp_dim: int = 2048, decoder_heads: int = 8, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256,
-    mask_in_chans: int = 16,
+    checkpoint: str | Path, embed_dim: int, grid: tuple[int, int], img_size: int, decoder_depth: int | None = None,
+    decoder_mlp_dim: int | None = None, decoder_heads: int = 8, iou_head_depth: int | None = None,
+    iou_head_hidden_dim: int | None = None, mask_in_chans: int | None = None,
 ) -> tuple[PromptEncoder, MaskDecoder]:
-    """SAM's prompt encoder and mask decoder (``build_sam._build_sam``'s sizes by default) for an
-    encoder of ``img_size`` pixels, an h×w ``grid`` and ``embed_dim`` = E output channels, filled
-    from ``checkpoint``'s ``prompt_encoder.*`` and ``mask_decoder.*`` tensors."""
-    prompt = PromptEncoder(embed_dim=embed_dim, image_embedding_size=grid, input_image_size=(img_size, img_size),
-                           mask_in_chans=mask_in_chans)
-    decoder = MaskDecoder(
-        num_multimask_outputs=3, transformer_dim=embed_dim, iou_head_depth=iou_head_depth,
-        iou_head_hidden_dim=iou_head_hidden_dim,
-        transformer=TwoWayTransformer(depth=decoder_depth, embedding_dim=embed_dim, mlp_dim=decoder_mlp_dim,
-                                      num_heads=decoder_heads),
-    )
+    """SAM's prompt encoder and mask decoder for an encoder of ``img_size`` pixels, an h×w ``grid``
+    and ``embed_dim`` = E output channels, filled from ``checkpoint``'s ``prompt_encoder.*`` and
+    ``mask_decoder.*`` tensors. Sizes left None are the checkpoint's (:func:`decoder_sizes`; SAM's
+    ``build_sam._build_sam`` sizes where it holds none); ``decoder_heads`` (SAM's 8) shows in no
+    tensor and must be given when the checkpoint's decoder has other heads."""
     state = read_state_dict(checkpoint)
+    given = {"decoder_depth": decoder_depth, "decoder_mlp_dim": decoder_mlp_dim, "iou_head_depth": iou_head_depth,
+             "iou_head_hidden_dim": iou_head_hidden_dim, "mask_in_chans": mask_in_chans}
+    size = {**SAM_DECODER_SIZES, **decoder_sizes(state), **{k: v for k, v in given.items() if v is not None}}
+    prompt = PromptEncoder(embed_dim=embed_dim, image_embedding_size=grid, input_image_size=(img_size, img_size),
+                           mask_in_chans=size["mask_in_chans"])
+    decoder = MaskDecoder(
+        num_multimask_outputs=3, transformer_dim=embed_dim, iou_head_depth=size["iou_head_depth"],
+        iou_head_hidden_dim=size["iou_head_hidden_dim"],
+        transformer=TwoWayTransformer(depth=size["decoder_depth"], embedding_dim=embed_dim,
+                                      mlp_dim=size["decoder_mlp_dim"], num_heads=decoder_heads),
+    )
     for prefix, module in zip(_PARTS, (prompt, decoder)):
         part = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
         own = module.state_dict()
@@ -178,7 +207,9 @@ class SamEverything(Evaluator):
 
     For each image of ``test_split`` (at most ``max_images``): segment-anything's
     ``SamAutomaticMaskGenerator`` prompts SAM's prompt encoder and mask decoder (from
-    ``checkpoint``) with a ``points_per_side``² grid of points on the student's embedding
+    ``checkpoint``; left unset, from ``teacher_checkpoint``, the suite teacher's file, which the
+    harness fills: ``teacher.checkpoint`` or a recipe teacher's ``teacher.pt``, a full SAM
+    checkpoint when the recipe is ``sam``) with a ``points_per_side``² grid of points on the student's embedding
     (:class:`EmbeddingPredictor`), keeping masks with predicted IoU above ``pred_iou_thresh`` and
     stability above ``stability_score_thresh``, box NMS at ``box_nms_thresh``, one crop layer.
     Each mask then loses holes and islands under ``min_mask_region_area`` pixels, followed by SAM's
@@ -187,8 +218,8 @@ class SamEverything(Evaluator):
     one segment map, scored against the connected regions of the label map.
 
     Defaults are EventSAM's ``predict_mask.py`` settings (64 points per side, thresholds 0.75,
-    region area 900, mask area 144, repeat box IoU 0.1) and SAM's decoder sizes; pixel areas refer
-    to the image size. Metrics (percent): ``mIoU``, ``aIoU``, ``precision``, ``recall`` (EventSAM's
+    region area 900, mask area 144, repeat box IoU 0.1); the decoder sizes are the checkpoint's
+    (``decoder_heads``, which no tensor shows, SAM's 8); pixel areas refer to the image size. Metrics (percent): ``mIoU``, ``aIoU``, ``precision``, ``recall`` (EventSAM's
     mIoU, aIoU, mP, mR) over every ground-truth segment of the split.
     """
 
@@ -198,18 +229,15 @@ class SamEverything(Evaluator):
         self, checkpoint: str | None = None, test_split: str = "test", max_images: int | None = None,
         points_per_side: int = 64, points_per_batch: int = 64, pred_iou_thresh: float = 0.75,
         stability_score_thresh: float = 0.75, box_nms_thresh: float = 0.7, min_mask_region_area: int = 900,
-        min_mask_area: int = 144, repeat_box_iou: float = 0.1, decoder_depth: int = 2, decoder_mlp_dim: int = 2048,
-        decoder_heads: int = 8, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256, mask_in_chans: int = 16,
+        min_mask_area: int = 144, repeat_box_iou: float = 0.1, decoder_depth: int | None = None,
+        decoder_mlp_dim: int | None = None, decoder_heads: int = 8, iou_head_depth: int | None = None,
+        iou_head_hidden_dim: int | None = None, mask_in_chans: int | None = None, teacher_checkpoint: str | None = None,
     ):
-        if not checkpoint:
-            raise BenchbaseError(
-                "the sam_everything task needs params.checkpoint=PATH, a SAM checkpoint whose prompt encoder and "
-                "mask decoder read the student's embedding (e.g. sam_vit_b_01ec64.pth)"
-            )
         if points_per_side < 1 or (max_images is not None and max_images < 1):
             raise BenchbaseError(f"sam_everything needs points_per_side >= 1 and max_images >= 1; got "
                                  f"{points_per_side} and {max_images}")
-        self.checkpoint, self.test_split, self.max_images = checkpoint, test_split, max_images
+        self.checkpoint, self.teacher_checkpoint = checkpoint, teacher_checkpoint
+        self.test_split, self.max_images = test_split, max_images
         self.generator_args = {
             "points_per_side": points_per_side, "points_per_batch": points_per_batch,
             "pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh,
@@ -235,8 +263,15 @@ class SamEverything(Evaluator):
                 f"sam_everything runs SAM's mask decoder on a SAM image encoder; this model is "
                 f"{type(encoder).__name__} (use a student with arch sam)"
             )
+        checkpoint = self.checkpoint or self.teacher_checkpoint
+        if not checkpoint:
+            raise BenchbaseError(
+                "the sam_everything task needs a SAM checkpoint whose prompt encoder and mask decoder read the "
+                "student's embedding: set params.checkpoint=PATH or use a teacher with one (teacher.source=checkpoint, "
+                "or a recipe with teacher.recipe.finetune_method=sam)"
+            )
         grid = token_grid(encoder)
-        prompt, decoder = sam_prompt_and_decoder(self.checkpoint, student.token_width, grid, encoder.img_size,
+        prompt, decoder = sam_prompt_and_decoder(checkpoint, student.token_width, grid, encoder.img_size,
                                                  **self.decoder_args)
         sam = Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder).to(device)
         generator = SamAutomaticMaskGenerator(sam, **self.generator_args)
@@ -260,9 +295,11 @@ class SamEverything(Evaluator):
                  ) -> list[Metric]:
         result = accumulator.compute()
         args = self.generator_args
+        source = (Path(self.checkpoint).name if self.checkpoint
+                  else f"the suite teacher's checkpoint ({Path(self.teacher_checkpoint).name})")
         protocol = (
             f"SAM segment everything (EventSAM's evaluation): SAM prompt encoder + mask decoder from "
-            f"{Path(self.checkpoint).name} on the student's image embedding, {args['points_per_side']}x"
+            f"{source} on the student's image embedding, {args['points_per_side']}x"
             f"{args['points_per_side']} point grid, predicted IoU > {args['pred_iou_thresh']:g}, stability > "
             f"{args['stability_score_thresh']:g}, box NMS {args['box_nms_thresh']:g}, holes/islands under "
             f"{self.min_mask_region_area} px removed, masks under {self.min_mask_area} px dropped, repeats "
