@@ -27,6 +27,7 @@ from benchbase.data.tensors import TensorImages
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.classification import accuracy_metrics
 from benchbase.evaluation.features import check_pooling, extract_features
+from benchbase.evaluation.segments import GT_MIN_AREA, connected_segments
 from benchbase.hookspecs import Register
 from benchbase.leaderboard import FIGURES_DIR
 from benchbase.loggers import Logger, RunInfo, StepLog
@@ -48,6 +49,7 @@ __all__ = [
     "sincos_pos_embed",
     # evaluators and datasets
     "Evaluator", "Metric", "accuracy_metrics", "check_pooling", "extract_features",
+    "connected_segments", "GT_MIN_AREA",
     "DataBundle", "DatasetInfo", "LabeledImages", "TensorImages",
     # loggers
     "Logger", "RunInfo", "StepLog",

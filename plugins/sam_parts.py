@@ -14,13 +14,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 from segment_anything.modeling import MaskDecoder
 from segment_anything.utils.amg import batched_mask_to_box
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
-MIN_AREA = 12
+from benchbase.api import GT_MIN_AREA, connected_segments
+
+MIN_AREA = GT_MIN_AREA
 """Instances of fewer pixels are dropped: EventSAM's metric counts no ground-truth segment under 12
 pixels either, so the teacher learns the masks it is scored on."""
 
@@ -33,18 +34,15 @@ FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
 
 def instance_masks(labels: np.ndarray, background: Sequence[int] = (), ignore_index: int | None = None,
                    min_area: int = MIN_AREA) -> np.ndarray:
-    """The instances of a semantic [H, W] label map: the 8-connected components (``scipy.ndimage.label``)
-    of each label other than ``background`` and ``ignore_index``, at least ``min_area`` pixels each.
+    """The instances of a semantic [H, W] label map: the 8-connected components of each label other
+    than ``background`` and ``ignore_index``, at least ``min_area`` pixels each (the segments of
+    EventSAM's metric, :func:`~benchbase.evaluation.segments.connected_segments`).
 
     Returns [M, H, W] bool, by label and then in scipy's raster order within a label."""
-    structure = np.ones((3, 3), dtype=bool)
-    found = []
-    for value in np.unique(labels):
-        if value in background or value == ignore_index:
-            continue
-        regions, count = ndimage.label(labels == value, structure=structure)
-        sizes = np.bincount(regions.reshape(-1), minlength=count + 1)
-        found += [regions == index for index in range(1, count + 1) if sizes[index] >= min_area]
+    labels = labels.astype(np.int64)  # room for a value no label has, whatever the map's dtype
+    unlabelled = int(labels.min()) - 1 if ignore_index is None else ignore_index
+    kept = np.where(np.isin(labels, list(background)), unlabelled, labels)  # background: in no instance
+    found = connected_segments(kept, unlabelled, connectivity=8, min_area=min_area)
     return np.stack(found) if found else np.zeros((0, *labels.shape), dtype=bool)
 
 

@@ -17,6 +17,7 @@ DECLARED = {
     "VitModel", "Student", "Teacher", "SamStudent", "SamTeacher", "pad_to_size", "sam_attention",
     "window_attention_to_dense", "read_channels", "set_block_heads", "sincos_pos_embed",
     "Evaluator", "Metric", "accuracy_metrics", "check_pooling", "extract_features",
+    "connected_segments", "GT_MIN_AREA",
     "DataBundle", "DatasetInfo", "LabeledImages", "TensorImages",
     "Logger", "RunInfo", "StepLog",
     "BenchbaseError", "distributed",
