@@ -118,7 +118,7 @@ class RecipeConfig:
 
     pretrain_method: str = "mae"  # "none" skips pre-training
     pretrain_epochs: int = 40
-    finetune_method: str = "supervised"  # supervised (class labels) or supervised_segmentation (label maps)
+    finetune_method: str = "supervised"  # supervised (class labels), supervised_segmentation (label maps), sam, or none (pre-training only)
     finetune_epochs: int = 30
     # the fine-tuning method's params (e.g. supervised's label_smoothing, shift); left out of hashes when empty
     finetune_params: dict[str, Any] = field(default_factory=dict)

@@ -137,10 +137,15 @@ class Methods:
         data's unlabelled value and, unless set, the data's classes named ``background`` as its
         background; its trainer is its protocol's under ``finetune_trainer``."""
         stages = []
+        if not has_finetuning(recipe) and not has_pretraining(recipe):
+            raise BenchbaseError("teacher.recipe trains nothing (finetune_method=none and no pre-training); set "
+                                 "teacher.recipe.pretrain_method and pretrain_epochs, or a finetune_method")
         if has_pretraining(recipe):
             name = recipe.pretrain_method
             stages.append(("pretrain", name, self.recipe_params(name), recipe.pretrain_epochs,
                            self.recipe_trainer(name)))
+        if not has_finetuning(recipe):
+            return stages
         ignore = -100 if data.ignore_index is None else data.ignore_index
         trainer = dict(recipe.get("finetune_trainer") or {})
         if recipe.finetune_method == "supervised":
@@ -154,7 +159,7 @@ class Methods:
             trainer = {**self.recipe_trainer("sam"), **trainer}
         else:
             raise BenchbaseError(f"teacher.recipe.finetune_method={recipe.finetune_method!r}; use supervised, "
-                                 "supervised_segmentation or sam")
+                                 "supervised_segmentation, sam or none")
         stages.append(("finetune", recipe.finetune_method, finetune, recipe.finetune_epochs, trainer))
         return stages
 
@@ -236,6 +241,18 @@ def has_pretraining(recipe: Any) -> bool:
     return recipe.pretrain_method != "none" and recipe.pretrain_epochs > 0
 
 
+def has_finetuning(recipe: Any) -> bool:
+    """Whether teacher recipe ``recipe`` has a fine-tuning stage (``finetune_method: none`` is a
+    recipe of pre-training only, e.g. TinyMIM's MAE-pretrained teacher)."""
+    return recipe.finetune_method != "none"
+
+
+def recipe_stage(recipe: Any, stage: str) -> str:
+    """The stage of ``recipe`` whose weights ``stage`` names: ``finetune`` (the whole recipe) is
+    ``pretrain`` in a recipe without fine-tuning."""
+    return "pretrain" if stage == "finetune" and not has_finetuning(recipe) else stage
+
+
 def asked_teacher_stage(cfg: Any) -> str:
     """``method.teacher_stage`` of run config ``cfg`` (``finetune`` without a method); an unknown
     value is a one-line error."""
@@ -248,12 +265,13 @@ def asked_teacher_stage(cfg: Any) -> str:
 
 def teacher_stage(cfg: Any) -> str | None:
     """The recipe stage whose weights teach a run of ``cfg``: ``method.teacher_stage`` when the
-    suite's recipe has that stage, else ``finetune`` (the whole recipe); None for a teacher no
-    recipe trains (a checkpoint or timm teacher teaches as it is given)."""
+    suite's recipe has that stage, else the whole recipe's last (``finetune``, or ``pretrain`` for a
+    recipe without fine-tuning); None for a teacher no recipe trains (a checkpoint or timm teacher teaches as it is given)."""
     asked = asked_teacher_stage(cfg)
     if cfg.teacher.source != "recipe":
         return None
-    return "pretrain" if asked == "pretrain" and has_pretraining(cfg.teacher.recipe) else "finetune"
+    recipe = cfg.teacher.recipe
+    return recipe_stage(recipe, "pretrain" if asked == "pretrain" and has_pretraining(recipe) else "finetune")
 
 
 def checked_params(cfg: DictConfig, cls: type) -> dict[str, Any]:

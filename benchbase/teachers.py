@@ -30,7 +30,7 @@ from benchbase.components import DataBundle, Student, Teacher, VitModel
 from benchbase.engine import train
 from benchbase.errors import BenchbaseError
 from benchbase.locks import building
-from benchbase.methods import Methods
+from benchbase.methods import Methods, recipe_stage
 from benchbase.models import load_weights, save_weights, set_drop_path
 
 TEACHER_FILE = "teacher.pt"
@@ -47,6 +47,7 @@ def teacher_source(methods: Methods, cfg: Any, data: DataBundle, stage: str | No
         return str(tcfg.checkpoint)
     if tcfg.source == "timm":
         return f"timm:{tcfg.model}"
+    stage = recipe_stage(tcfg.recipe, stage or "finetune")
     return f"recipe:{methods.recipe_key(cfg, data)}" + ("/pretrain" if stage == "pretrain" else "")
 
 
@@ -104,13 +105,15 @@ def load_into(model: VitModel, path: str | Path, what: str = "teacher") -> None:
 
 def teacher_checkpoint(methods: Methods, cfg: Any, data: DataBundle, home: Path) -> Path | None:
     """The file that holds the suite's teacher as a whole: ``teacher.checkpoint``, or a recipe
-    teacher's cached ``teacher.pt`` (trained or not yet); None for a timm teacher. A full SAM
+    teacher's cached ``teacher.pt`` (``teacher-pretrain.pt`` of a recipe without fine-tuning; trained
+    or not yet); None for a timm teacher. A full SAM
     checkpoint there (a real one, or a recipe trained by ``sam``) also holds the prompt encoder and
     mask decoder that the ``sam_everything`` evaluator reads."""
     if cfg.teacher.source == "checkpoint":
         return Path(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else None
     if cfg.teacher.source == "recipe":
-        return home / "teachers" / methods.recipe_key(cfg, data) / TEACHER_FILE
+        last = recipe_stage(cfg.teacher.recipe, "finetune")
+        return home / "teachers" / methods.recipe_key(cfg, data) / (TEACHER_FILE if last == "finetune" else PRETRAINED_FILE)
     return None
 
 
@@ -130,6 +133,7 @@ def _recipe_teacher(methods: Methods, cfg: Any, data: DataBundle, home: Path, st
     """The recipe teacher after recipe stage ``stage``, trained (up to that stage) unless cached."""
     folder = home / "teachers" / methods.recipe_key(cfg, data)
     recipe = cfg.teacher.recipe
+    stage = recipe_stage(recipe, stage)
     plan = methods.recipe_plan(recipe, data)
     if stage not in [name for name, *_ in plan]:
         raise BenchbaseError(f"the teacher recipe has no {stage} stage (teacher.recipe.{stage}_method="
