@@ -251,3 +251,25 @@ def test_supervised_shift_translates_each_training_image_by_whole_pixels():
     assert inputs.student.images.shape == images.shape and torch.equal(inputs.labels, labels)
     with pytest.raises(BenchbaseError, match="shift=-1"):
         Supervised(shift=-1)
+
+
+def test_a_recipe_of_pretraining_only_is_the_pretrained_encoder_for_every_row(tmp_path):
+    """``teacher.recipe.finetune_method=none`` (TinyMIM's MAE-pretrained teacher, suite=cifar): the
+    recipe trains its pre-training stage only; that encoder is the teacher row's and every method's,
+    whatever stage the method asks for, and the tables name it; nothing to train is a one-line error."""
+    only = ("teacher.recipe.finetune_method=none", "suite.references=[]", "~suite.tasks.fewshot",
+            "~suite.tasks.segmentation")
+    assert main(["run", "--methods", "cls_token", *tiny(tmp_path, *only)]) == 0
+    assert [p.name for p in (tmp_path / "teachers").glob("*/teacher*.pt")] == [PRETRAINED_FILE]
+    assert not list((tmp_path / "teachers").glob("*/finetune"))  # no fine-tuning stage ran
+    records = {r.role: r for r in ResultsDB(tmp_path / "results.db").records()}
+    source = records["teacher"].versions["teacher"]
+    assert source.endswith("/pretrain") and records["method"].versions["teacher"] == source
+    assert records["method"].teacher.endswith("[recipe after mae pre-training only]")
+    ctx = _ctx(tmp_path, *tiny(tmp_path, *only))
+    torch.testing.assert_close(ctx.teacher("finetune").model.state_dict()["blocks.0.attn.qkv.weight"],
+                               ctx.teacher("pretrain").model.state_dict()["blocks.0.attn.qkv.weight"])
+    cfg = Methods(ctx.bb, [*tiny(tmp_path, *only), "method.teacher_stage=finetune"]).config("cls_token")
+    assert teacher_stage(cfg) == "pretrain" and teacher_name(cfg).endswith("[recipe after mae pre-training only]")
+    with pytest.raises(BenchbaseError, match="^teacher.recipe trains nothing"):
+        _ctx(tmp_path, *tiny(tmp_path, *only), "teacher.recipe.pretrain_method=none").teacher()
