@@ -161,11 +161,11 @@ def test_mixup_targets_are_the_mixed_smoothed_labels():
 def test_finetune_with_maes_recipe_learns_and_names_its_recipe():
     data = shade_data(classes=4, train=24, test=10)
     finetune = FineTune(train_split="base_train", test_split="base_test", epochs=10, batch_size=16, lr=5e-2,
-                        recipe="mae", warmup_epochs=1, erasing=0.25)
+                        recipe="mae", warmup_epochs=1, erasing=0.25, augment=None)  # grey shades: no RGB pixels
     [top1] = finetune.evaluate(Teacher(tiny_model()), data, CPU)
     assert top1.value > 80  # chance is 25%
     assert top1.protocol.startswith("fine-tuning, MAE's recipe from timm's parts (all weights, global average pooling")
-    assert "layer decay 0.75" in top1.protocol and "no RandAugment" in top1.protocol
+    assert "layer decay 0.75" in top1.protocol and "no crop, flip or RandAugment" in top1.protocol
     random.seed(5)  # timm's augmentations draw from Python's and NumPy's streams: seeded by the evaluator's seed
     np.random.seed(5)
     states = random.getstate(), np.random.get_state()[1].copy()
@@ -174,10 +174,41 @@ def test_finetune_with_maes_recipe_learns_and_names_its_recipe():
     assert warmup_cosine(0, 10, 2, 1.0, 0.0) == 0.0 and warmup_cosine(1, 10, 2, 1.0, 0.0) == 0.5
     assert warmup_cosine(2, 10, 2, 1.0, 0.0) == 1.0 and warmup_cosine(10, 10, 2, 1.0, 0.1) == pytest.approx(0.1)
     with pytest.raises(BenchbaseError, match=r"^finetune recipe=mae: Mixup/CutMix .* must be even; got 15"):
-        FineTune(train_split="base_train", test_split="base_test", batch_size=15, recipe="mae").evaluate(
+        FineTune(train_split="base_train", test_split="base_test", batch_size=15, recipe="mae", augment=None).evaluate(
             Teacher(tiny_model()), data, CPU)
     # a train split smaller than the batch is one full batch of the whole split, not none
     loader = FineTune(batch_size=512, recipe="mae")._loader(data.split("base_train"), drop_last=True)
     assert len(loader) == 1 and loader.batch_size == 96
     with pytest.raises(BenchbaseError, match=r"^finetune: recipe='timm'; use plain or mae$"):
         FineTune(recipe="timm")
+    with pytest.raises(BenchbaseError, match=r"^finetune recipe=mae: augment='rand-m9-mstd0.5-inc1' needs RGB images"
+                                             r".* shades has 1 channel\(s\) without image_mean/image_std; set "
+                                             r"params.augment=null$"):
+        FineTune(train_split="base_train", test_split="base_test", recipe="mae").evaluate(
+            Teacher(tiny_model()), data, CPU)
+
+
+def test_maes_fine_tuning_augments_the_pixels_of_each_image_with_timms_training_transform():
+    """MAE's fine-tuning transform (timm's create_transform: RandomResizedCrop, flip, RandAugment)
+    acts on each image's pixels, the split's normalisation undone and redone around it: the images
+    keep their shape and statistics' scale, differ from the originals, are drawn from Python's seeded
+    and torch's streams (the same images for the same seeds) and, with the identity crop and no RandAugment,
+    come back as they went in (up to the 8-bit pixels)."""
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    pixels = torch.rand(6, 3, 16, 16)
+    images = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    data = DataBundle("rgb", {"train": tensor_images(images, torch.arange(6) % 2)}, image_size=16, in_chans=3,
+                      num_classes=2, image_mean=mean, image_std=std)
+    augmented = FineTune(recipe="mae")._augmentation(data)
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    first = augmented(images)
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    assert torch.equal(augmented(images), first)
+    assert first.shape == images.shape and not torch.allclose(first, images, atol=0.1)
+    assert FineTune(recipe="mae", augment=None)._augmentation(data) is None
+    identity = FineTune(recipe="mae", augment="rand-m0-n0", crop_scale=(1.0, 1.0))._augmentation(data)
+    same = identity(images)  # flipped or not, each image is itself: compare with both
+    flipped = images.flip(-1)
+    for out, image, mirror in zip(same, images, flipped):
+        error = min((out - image).abs().max(), (out - mirror).abs().max())
+        assert error < 0.5 / 255 / min(std) + 1e-4

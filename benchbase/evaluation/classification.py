@@ -10,11 +10,12 @@ import contextlib
 import copy
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from timm.layers import DropPath
@@ -187,8 +188,13 @@ class FineTune(Evaluator):
     decay ``layer_decay`` (``timm.optim.param_groups_layer_decay``), lr = ``lr`` x batch / 256 (``lr``
     is MAE's base lr), ``warmup_epochs`` of linear warm-up then cosine to ``min_lr`` per step,
     ``timm.data.Mixup`` (``mixup``, ``cutmix``, label smoothing ``smoothing``) with soft-target
-    cross-entropy, and timm's ``RandomErasing`` (``erasing``, per-pixel normal noise). MAE's
-    RandAugment is not applied: it needs the raw pixels, and the splits hold normalised images.
+    cross-entropy, and timm's ``RandomErasing`` (``erasing``, per-pixel normal noise). Each training
+    image first goes through timm's ``create_transform`` training pipeline, as MAE's fine-tuning
+    builds it: ``RandomResizedCrop`` (``crop_scale``, bicubic) + horizontal flip and RandAugment
+    (``augment``, timm's string, MAE's ``rand-m9-mstd0.5-inc1``), applied on the fly to the image's
+    pixels (the split's normalisation undone with the dataset's ``image_mean`` / ``image_std``, then
+    redone); ``augment=None`` trains on the images as they are (data without RGB pixel statistics,
+    e.g. stacked event channels, need it).
     """
 
     name = "finetune"
@@ -212,6 +218,8 @@ class FineTune(Evaluator):
         erasing: float = 0.25,
         warmup_epochs: float = 5.0,
         min_lr: float = 1e-6,
+        augment: str | None = "rand-m9-mstd0.5-inc1",
+        crop_scale: tuple[float, float] = (0.08, 1.0),
     ):
         if recipe not in FINETUNE_RECIPES:
             raise BenchbaseError(f"finetune: recipe={recipe!r}; use {' or '.join(FINETUNE_RECIPES)}")
@@ -225,6 +233,7 @@ class FineTune(Evaluator):
         self.recipe = recipe
         self.layer_decay, self.drop_path, self.mixup, self.cutmix = layer_decay, drop_path, mixup, cutmix
         self.smoothing, self.erasing, self.warmup_epochs, self.min_lr = smoothing, erasing, warmup_epochs, min_lr
+        self.augment, self.crop_scale = augment, tuple(crop_scale)
 
     def evaluate(self, student: VitModel, data: DataBundle, device: torch.device) -> list[Metric]:
         train_set, test_set = data.split(self.train_split), data.split(self.test_split)
@@ -235,8 +244,10 @@ class FineTune(Evaluator):
             torch.manual_seed(self.seed)
             model = copy.deepcopy(student.export())
             model.requires_grad_(True)  # a teacher's exported weights come frozen
-            train = self._train_mae if self.recipe == "mae" else self._train_plain
-            train(model, train_set, data.num_classes, device)
+            if self.recipe == "mae":
+                self._train_mae(model, train_set, data.num_classes, device, self._augmentation(data))
+            else:
+                self._train_plain(model, train_set, data.num_classes, device)
             model.eval()
             scores, labels = [], []
             with torch.inference_mode():
@@ -265,7 +276,31 @@ class FineTune(Evaluator):
                 optimizer.step()
                 schedule.step()
 
-    def _train_mae(self, model: nn.Module, train_set, num_classes: int, device: torch.device) -> None:
+    def _augmentation(self, data: DataBundle) -> Callable[[Tensor], Tensor] | None:
+        """[B, 3, S, S] normalised images -> the same through timm's fine-tuning transform, one image
+        at a time (None without ``augment``); data without RGB pixel statistics is a one-line error."""
+        if self.augment is None:
+            return None
+        if data.in_chans != 3 or data.image_mean is None or data.image_std is None:
+            raise BenchbaseError(f"finetune recipe=mae: augment={self.augment!r} needs RGB images with their pixel "
+                                 f"statistics, and {data.name} has {data.in_chans} channel(s)"
+                                 f"{'' if data.image_mean else ' without image_mean/image_std'}; set "
+                                 "params.augment=null")
+        from timm.data import create_transform
+
+        transform = create_transform(data.image_size, is_training=True, scale=self.crop_scale,
+                                     auto_augment=self.augment, interpolation="bicubic", mean=data.image_mean,
+                                     std=data.image_std, re_prob=0.0)  # erasing: after, on the batch
+        mean = torch.tensor(data.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(data.image_std).view(1, 3, 1, 1)
+
+        def augmented(images: Tensor) -> Tensor:
+            pixels = (images.float() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+            return torch.stack([transform(Image.fromarray(p.permute(1, 2, 0).numpy())) for p in pixels])
+        return augmented
+
+    def _train_mae(self, model: nn.Module, train_set, num_classes: int, device: torch.device,
+                   augmented: Callable[[Tensor], Tensor] | None = None) -> None:
         from timm.data import Mixup
         from timm.data.random_erasing import RandomErasing
         from timm.loss import SoftTargetCrossEntropy
@@ -291,6 +326,8 @@ class FineTune(Evaluator):
             for images, targets in loader:
                 for group in optimizer.param_groups:
                     group["lr"] = warmup_cosine(step, total, warmup, peak, self.min_lr) * group.get("lr_scale", 1.0)
+                if augmented is not None:
+                    images = augmented(images)
                 images, targets = images.to(device), targets.to(device)
                 if erase is not None:
                     images = erase(images.clone())
@@ -312,6 +349,12 @@ class FineTune(Evaluator):
         return (f"fine-tuning, MAE's recipe from timm's parts (all weights, global average pooling with a new "
                 f"fc_norm, new {num_classes}-class head; AdamW base lr {self.lr:g} x batch / 256, layer decay "
                 f"{self.layer_decay:g}, weight decay {self.weight_decay:g}, {self.warmup_epochs:g} warm-up epochs then "
-                f"cosine to {self.min_lr:g}, drop path {self.drop_path:g}, mixup {self.mixup:g} / cutmix "
-                f"{self.cutmix:g}, label smoothing {self.smoothing:g}, random erasing {self.erasing:g}, no "
-                f"RandAugment; batch {self.batch_size}, {self.epochs} epochs, seed {self.seed})")
+                f"cosine to {self.min_lr:g}, drop path {self.drop_path:g}, {self._describe_augment()}, mixup "
+                f"{self.mixup:g} / cutmix {self.cutmix:g}, label smoothing {self.smoothing:g}, random erasing "
+                f"{self.erasing:g}; batch {self.batch_size}, {self.epochs} epochs, seed {self.seed})")
+
+    def _describe_augment(self) -> str:
+        if self.augment is None:
+            return "no crop, flip or RandAugment"
+        low, high = self.crop_scale
+        return f"RandomResizedCrop {low:g}-{high:g} + flip and RandAugment {self.augment} on the pixels"
