@@ -326,6 +326,11 @@ class SegmentationImages(Dataset):
         """(h, w) of :meth:`evaluation_item`'s image (datasets read from files answer from the header)."""
         return tuple(self.evaluation_item(index)[0].shape[-2:])
 
+    def sequence(self, index: int) -> str | None:
+        """The recording (video sequence) image ``index`` comes from, e.g. CamVid's ``0001TP``, for
+        metrics averaged per sequence (EventSAM's segment metric); None: the image stands alone."""
+        return None
+
 
 @dataclass
 class DataBundle:

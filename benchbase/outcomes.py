@@ -16,8 +16,11 @@ sample contributed in ``Metric.extras["outcomes"]``, in one of these kinds:
   test image: ``segments`` [n] ground-truth segments per image, then per segment (G = Σ segments,
   in image order) the pixels it ``shared`` with its matched prediction, its ``gt_area`` and the
   matched prediction's ``pred_area``. Per segment, IoU = shared / (gt_area + pred_area - shared),
-  precision = shared / pred_area (0 without a match), recall = shared / gt_area; the value is their
-  mean over all segments of the split (``segment_aiou``: IoU weighted by ``gt_area``), so a
+  precision = shared / pred_area (0 without a match), recall = shared / gt_area. With the optional
+  [n] ``sequences`` (each image's sequence id) the value is EventSAM's released average: each
+  image's mean over its segments (``segment_aiou``: IoU weighted by ``gt_area``), then the mean over
+  the images of each sequence, then over the sequences (images without a ground-truth segment left
+  out); outcomes stored without it (before it was kept) pool every segment of the split. A
   bootstrap over images resamples each image's segments together.
 
 The statistics of the segment metric share one set of arrays: the first stores them, the others
@@ -45,6 +48,12 @@ KEY = "outcomes"
 SEGMENT_ARRAYS = ("segments", "shared", "gt_area", "pred_area")
 """The arrays of the segment-metric kinds: [n] segments per image, then [G] counts per segment."""
 
+SEQUENCES = "sequences"
+"""The optional array of the segment-metric kinds: [n] sequence id of each test image."""
+
+OPTIONAL: dict[str, tuple[str, ...]] = {}
+"""Each kind's optional arrays (stored where the evaluator has them), filled below."""
+
 SEGMENT_KINDS = ("segment_iou", "segment_aiou", "segment_precision", "segment_recall")
 """The segment-metric kinds, one per statistic of EventSAM's metric (mIoU, aIoU, mP, mR)."""
 
@@ -56,6 +65,8 @@ KINDS: dict[str, tuple[str, ...]] = {
 }
 """Each kind and the arrays it stores (see the module docstring); the first array has the samples
 (episodes or test images) on its first axis."""
+
+OPTIONAL.update({kind: (SEQUENCES,) for kind in SEGMENT_KINDS})
 
 
 def _array(values: Tensor | np.ndarray | int) -> np.ndarray:
@@ -99,6 +110,8 @@ class Outcomes:
         """The metric in percent; with ``weights`` [R, n] (bootstrap counts per sample), [R] values."""
         if self.kind in SEGMENT_KINDS:
             num, den = self._segment_sums()  # [n] each
+            if SEQUENCES in self.arrays:
+                return 100 * self._sequence_mean(num, den, weights)
             with np.errstate(invalid="ignore", divide="ignore"):  # nan where no ground-truth segment was drawn
                 return 100 * num.sum() / den.sum() if weights is None else 100 * (weights @ num) / (weights @ den)
         a, b = (self.arrays[name].astype(np.float64) for name in KINDS[self.kind])
@@ -130,15 +143,34 @@ class Outcomes:
         return (np.bincount(image, weights=score, minlength=per_image.size),
                 np.bincount(image, weights=weight, minlength=per_image.size))
 
+    def _sequence_mean(self, num: np.ndarray, den: np.ndarray, weights: np.ndarray | None) -> float | np.ndarray:
+        """EventSAM's average of per-image statistics ``num / den`` ([n] each): the mean over each
+        sequence's images (weighted by ``weights`` [R, n] under a bootstrap), then over the sequences
+        that kept an image with a ground-truth segment; a float, or [R] values."""
+        from scipy import sparse
+
+        has = den > 0
+        per_image = np.divide(num, den, out=np.zeros_like(num), where=has)  # [n]
+        ids = np.unique(self.arrays[SEQUENCES], return_inverse=True)[1].reshape(-1)
+        member = sparse.csr_matrix((has.astype(np.float64), (np.arange(ids.size), ids)))  # [n, S]
+        drawn = np.ones((1, num.size)) if weights is None else np.asarray(weights, dtype=np.float64)
+        total = np.asarray((drawn * per_image) @ member)  # [R, S]
+        count = np.asarray(drawn @ member)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = np.nanmean(np.where(count > 0, total / count, np.nan), axis=-1)  # [R]; nan: no segment drawn
+        return float(value[0]) if weights is None else value
+
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, **{name: encode_array(self.arrays[name]) for name in KINDS[self.kind]}}
+        names = [*KINDS[self.kind], *(n for n in OPTIONAL.get(self.kind, ()) if n in self.arrays)]
+        return {"kind": self.kind, **{name: encode_array(self.arrays[name]) for name in names}}
 
     @classmethod
     def from_json(cls, stored: Mapping[str, Any]) -> Outcomes:
         kind = stored.get("kind")
         if kind not in KINDS:
             raise BenchbaseError(f"stored outcomes of unknown kind {kind!r}; known: {', '.join(KINDS)}")
-        return cls(kind, {name: decode_array(stored[name]) for name in KINDS[kind]})
+        names = [*KINDS[kind], *(n for n in OPTIONAL.get(kind, ()) if n in stored)]
+        return cls(kind, {name: decode_array(stored[name]) for name in names})
 
 
 def _make(kind: str, first: Tensor | np.ndarray, second: Tensor | np.ndarray | int) -> dict[str, Any]:
@@ -163,13 +195,16 @@ def iou_outcomes(intersection: Tensor | np.ndarray, union: Tensor | np.ndarray) 
 
 
 def segment_outcomes(kind: str, segments: np.ndarray, shared: np.ndarray, gt_area: np.ndarray,
-                     pred_area: np.ndarray) -> dict[str, Any]:
+                     pred_area: np.ndarray, sequences: np.ndarray | None = None) -> dict[str, Any]:
     """Stored outcomes of one statistic of EventSAM's segment metric (``kind``, one of
     :data:`SEGMENT_KINDS`): [n] ground-truth segments per test image, then [G] per-segment pixels
-    shared with the matched prediction, ground-truth areas and matched predicted areas."""
+    shared with the matched prediction, ground-truth areas and matched predicted areas, and the
+    [n] sequence ids (non-negative integers) of the images for EventSAM's per-sequence average."""
     if kind not in SEGMENT_KINDS:
         raise ValueError(f"unknown segment outcome kind {kind!r}; known: {', '.join(SEGMENT_KINDS)}")
     arrays = dict(zip(SEGMENT_ARRAYS, (_array(segments), _array(shared), _array(gt_area), _array(pred_area))))
+    if sequences is not None:
+        arrays[SEQUENCES] = _array(sequences)
     return Outcomes(kind, arrays).to_json()
 
 
@@ -194,7 +229,8 @@ def outcomes_of(extras: Mapping[str, Any], task_metrics: Mapping[str, Mapping[st
         if not source or "arrays_of" in source:
             return None
         arrays = Outcomes.from_json(source).arrays
-        if set(arrays) != set(KINDS.get(stored["kind"], ())):
+        if not set(KINDS.get(stored["kind"], ())) <= set(arrays) <= {*KINDS.get(stored["kind"], ()),
+                                                                   *OPTIONAL.get(stored["kind"], ())}:
             raise BenchbaseError(f"stored outcomes of kind {stored['kind']!r} cannot use the arrays of "
                                  f"{stored['arrays_of']!r} (kind {source.get('kind')!r})")
         return Outcomes(stored["kind"], arrays)

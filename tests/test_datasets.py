@@ -185,6 +185,10 @@ def test_camvid(camvid_root):
     small = build_camvid({**cfg(camvid_root / "CamVid", label_size=45), "image_size": 64})
     image, label = small.splits["val"][0]
     assert image.shape == (3, 64, 64) and label.shape == (45, 45)
+    # each frame's recording, for metrics averaged per sequence (EventSAM's): the file name's prefix
+    test = bundle.splits["test"]
+    assert {test.sequence(i) for i in range(len(test))} == {"0001TP", "Seq05VD"}
+    assert test.sequence(0) == test.pairs[0][0].stem.rsplit("_", 1)[0]
 
 
 def test_cifar10_image_folder(cifar_root):

@@ -467,6 +467,7 @@ def test_camvid_events_pair_rgb_frames_with_simulated_events(camvid_root):
         source_image, source_label = train.frames[index]
         assert torch.equal(label, warp(source_label, sample.motion, mode="nearest"))
         assert torch.allclose(x[:3], warp(source_image, sample.motion))
+        assert train.sequence(index) == train.frames.sequence(index) is not None  # CamVid's recordings
     with pytest.raises(BenchbaseError, match="camvid_events"):
         build_camvid_events({})
 

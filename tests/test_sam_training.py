@@ -260,7 +260,7 @@ def test_the_recipe_plan_builds_sam_with_its_config_the_datas_background_and_its
     assert changed.recipe_key(compose_config(["suite=eventsam"]), data) != key
     recipe.finetune_method = "segment_anything"
     with pytest.raises(BenchbaseError, match=r"^teacher.recipe.finetune_method='segment_anything'; use supervised, "
-                                             r"supervised_segmentation or sam$"):
+                                             r"supervised_segmentation, sam or none$"):
         methods.recipe_plan(recipe, data)
 
 

@@ -89,36 +89,52 @@ def gt_map() -> np.ndarray:
     return label
 
 
-def test_accumulator_pools_all_ground_truth_segments_of_the_split():
-    accumulator = SegmentMetricAccumulator(gt_min_area=1)
+def test_accumulator_averages_each_image_then_each_sequence_as_released():
+    """EventSAM's calculate_metric.py: each image's mean over its ground-truth segments (aIoU weighted
+    by their areas), then the mean over a sequence's images, then over sequences."""
     flat = np.zeros((4, 8), dtype=np.int64)
-    accumulator.update(flat, flat)  # one segment, predicted exactly
     under = np.where(A | B, 1, 0)  # A and B merged into one predicted region
-    accumulator.update(torch.as_tensor(under), gt_map())
+    accumulator = SegmentMetricAccumulator(gt_min_area=1, pred_min_area=1)
+    accumulator.update(flat, flat)  # one segment, predicted exactly: every statistic 1
+    accumulator.update(torch.as_tensor(under), gt_map())  # corner (exact, 1), A (16/24), B (8/24)
     result = accumulator.compute()
-    # segments: flat (IoU 1), background corner (exact, 1), A (16/24), B (8/24)
-    assert result["count"] == 4
-    assert result["mIoU"] == pytest.approx((1 + 1 + 2 / 3 + 1 / 3) / 4)  # not the mean of image means, 5/6
-    assert result["aIoU"] == pytest.approx((32 * 1 + 8 * 1 + 16 * 2 / 3 + 8 / 3) / 64)
-    assert result["precision"] == pytest.approx((1 + 1 + 2 / 3 + 1 / 3) / 4)
+    assert result["count"] == 4 and result["sequences"] == 2  # an image without a sequence is its own
+    assert result["mIoU"] == pytest.approx((1 + (1 + 2 / 3 + 1 / 3) / 3) / 2)  # 5/6, not the pooled 3/4
+    assert result["aIoU"] == pytest.approx((1 + (8 * 1 + 16 * 2 / 3 + 8 / 3) / 32) / 2)
+    assert result["precision"] == pytest.approx((1 + (1 + 2 / 3 + 1 / 3) / 3) / 2)
     assert result["recall"] == pytest.approx(1.0)
+    grouped = SegmentMetricAccumulator(gt_min_area=1, pred_min_area=1)
+    grouped.update(flat, flat, sequence="a")
+    grouped.update(under, gt_map(), sequence="a")
+    grouped.update(flat, flat, sequence="b")
+    assert grouped.compute()["mIoU"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2)  # sequence a 5/6, b 1
+    assert grouped.compute()["sequences"] == 2
+    # a predicted segment under pred_min_area (the 8-pixel corner here; EventSAM's 12 by default) is
+    # dropped: the corner's ground truth is left without a match
+    small = SegmentMetricAccumulator(gt_min_area=1, pred_min_area=9)
+    small.update(under, gt_map())
+    assert small.compute()["mIoU"] == pytest.approx((0 + 2 / 3 + 1 / 3) / 3)
+    painted = SegmentMetricAccumulator(gt_min_area=1, pred_min_area=9)
+    painted.update_segments(under, gt_map())  # the same as given segment ids: 0 the corner, 1 A and B
+    assert painted.compute()["mIoU"] == pytest.approx((0 + 2 / 3 + 1 / 3) / 3)
 
 
 def test_accumulator_matches_the_mask_function_on_one_image():
     pred = gt_map()
     pred[0:4, 1] = 2  # a wrong column that splits A and joins B's class
-    accumulator = SegmentMetricAccumulator(gt_min_area=1)
+    accumulator = SegmentMetricAccumulator(gt_min_area=1, pred_min_area=1)
     accumulator.update(pred, gt_map())
     expected = segment_metric(connected_segments(pred), connected_segments(gt_map()))
-    assert accumulator.compute() == pytest.approx(expected)
+    assert accumulator.compute() == pytest.approx({**expected, "sequences": 1})
 
 
 def test_accumulator_leaves_out_ignored_pixels_and_small_ground_truth():
     gt = np.array([[1, 1, 255, 2], [1, 1, 255, 2]])
     pred = np.array([[1, 1, 1, 2], [1, 1, 1, 2]])  # class 1 spills onto unlabelled pixels only
-    accumulator = SegmentMetricAccumulator(ignore_index=255, gt_min_area=1)
+    accumulator = SegmentMetricAccumulator(ignore_index=255, gt_min_area=1, pred_min_area=1)
     accumulator.update(pred, gt)
-    assert accumulator.compute() == {"mIoU": 1.0, "aIoU": 1.0, "precision": 1.0, "recall": 1.0, "count": 2}
+    assert accumulator.compute() == {"mIoU": 1.0, "aIoU": 1.0, "precision": 1.0, "recall": 1.0, "count": 2,
+                                     "sequences": 1}
     default = SegmentMetricAccumulator(ignore_index=255)  # EventSAM's 12-pixel minimum drops both
     default.update(pred, gt)
     assert default.compute()["count"] == 0
@@ -127,7 +143,7 @@ def test_accumulator_leaves_out_ignored_pixels_and_small_ground_truth():
 
 
 def test_stored_segment_outcomes_reproduce_every_statistic_and_keep_split_order():
-    accumulator = SegmentMetricAccumulator(gt_min_area=1)
+    accumulator = SegmentMetricAccumulator(gt_min_area=1, pred_min_area=1)
     flat = np.zeros((4, 8), dtype=np.int64)
     pred = gt_map()
     pred[0:4, 1] = 2
@@ -142,3 +158,16 @@ def test_stored_segment_outcomes_reproduce_every_statistic_and_keep_split_order(
     # the unmatched ground-truth segment of image 2 shares nothing with a match of area 0
     recall = Outcomes.from_json(accumulator.outcomes("recall"))
     assert recall.arrays["shared"][-1] == 0 and recall.arrays["pred_area"][-1] == 0
+
+
+def test_segment_outcomes_average_per_sequence_under_bootstrap_weights_and_old_records_stay_pooled():
+    accumulator = SegmentMetricAccumulator(gt_min_area=1, pred_min_area=1)
+    flat = np.zeros((4, 8), dtype=np.int64)
+    accumulator.update(flat, flat)  # image 0: mIoU 1
+    accumulator.update(np.where(A | B, 1, 0), gt_map())  # image 1: mIoU 2/3 (corner 1, A 2/3, B 1/3)
+    stored = accumulator.outcomes("mIoU")
+    resampled = Outcomes.from_json(stored).value(np.array([[1, 1], [2, 0], [0, 3]]))  # [R, n] draws of images
+    np.testing.assert_allclose(resampled, [100 * 5 / 6, 100.0, 100 * 2 / 3])
+    before = {k: v for k, v in stored.items() if k != "sequences"}  # a record stored before sequences were kept
+    assert Outcomes.from_json(before).value() == pytest.approx(100 * (1 + 1 + 2 / 3 + 1 / 3) / 4)  # pooled
+    assert Outcomes.from_json(stored).to_json() == stored

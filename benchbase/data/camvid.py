@@ -69,12 +69,16 @@ class LazySegmentation(SegmentationImages):
             listed in ``skipped``).
         relabel: maps a label map's raw values to class ids (e.g. :func:`benchbase.data.ade20k.
             reduce_zero_label`); a module-level function so that DataLoader workers can pickle it.
+        sequence_of: an image path's recording (e.g. :func:`camvid_sequence`); None: each image
+            stands alone.
     """
 
     def __init__(self, pairs: Sequence[Pair], classes: Sequence[str], image_size: int, label_size: int,
-                 on_corrupt: str = "error", relabel: Callable[[Tensor], Tensor] | None = None):
+                 on_corrupt: str = "error", relabel: Callable[[Tensor], Tensor] | None = None,
+                 sequence_of: Callable[[Path], str | None] | None = None):
         self.classes = list(classes)
         self.image_size, self.label_size, self.relabel = image_size, label_size, relabel
+        self.sequence_of = sequence_of
         self.pairs, self.skipped = drop_unreadable(pairs, self._read, on_corrupt)
 
     @staticmethod
@@ -111,6 +115,16 @@ class LazySegmentation(SegmentationImages):
     def resized_shape(self, index: int) -> tuple[int, int]:
         with Image.open(self.pairs[index][0]) as image:  # reads the header only
             return short_side_size(image.height, image.width, self.image_size)
+
+    def sequence(self, index: int) -> str | None:
+        return None if self.sequence_of is None else self.sequence_of(Path(self.pairs[index][0]))
+
+
+def camvid_sequence(path: Path) -> str | None:
+    """The CamVid recording of a frame file: its name before the last ``_`` (``0001TP_006690.png``
+    -> ``0001TP``, ``Seq05VD_f00000.png`` -> ``Seq05VD``); None for a name without one."""
+    stem = path.stem
+    return stem.rsplit("_", 1)[0] if "_" in stem else None
 
 
 def pair_by_stem(image_dir: Path, label_dir: Path) -> list[Pair]:
@@ -179,7 +193,7 @@ def build_camvid(cfg: Mapping[str, Any]) -> DataBundle:
             pairs = pair_by_stem(camvid / split, camvid / f"{split}annot")
         else:
             continue
-        splits[split] = LazySegmentation(pairs, CLASSES, image_size, label_size, on_corrupt)
+        splits[split] = LazySegmentation(pairs, CLASSES, image_size, label_size, on_corrupt, sequence_of=camvid_sequence)
     if not splits:
         raise BenchbaseError(f"{root} has no CamVid split (train/, val/, test/ or their .txt lists); expected {LAYOUT}")
     sizes = ", ".join(f"{name} {len(data)}" for name, data in splits.items())

@@ -297,6 +297,9 @@ class SimulatedEvents(PairedEvents):
     def resized_shape(self, index: int) -> tuple[int, int]:
         return self.frames.resized_shape(index)
 
+    def sequence(self, index: int) -> str | None:
+        return self.frames.sequence(index)
+
 
 def rescaled_intensity(image: Tensor, low: float, high: float) -> Tensor:
     """[H, W] intensity in [0, 1] of a one-channel [1, H, W] image whose values span [low, high]."""

@@ -36,7 +36,7 @@ from torchvision.ops import batched_nms
 from benchbase.capture import Tap
 from benchbase.components import DataBundle, Evaluator, Metric, VitModel
 from benchbase.errors import BenchbaseError
-from benchbase.evaluation.segments import GT_MIN_AREA, SegmentMetricAccumulator
+from benchbase.evaluation.segments import GT_MIN_AREA, SegmentMetricAccumulator, averaged
 from benchbase.outcomes import KEY as OUTCOMES
 from benchbase.models import read_state_dict
 from benchbase.sam import pad_to_size, token_grid
@@ -286,7 +286,7 @@ class SamEverything(Evaluator):
                 image, label = test_set[index]
                 masks = self.masks(generator, image)
                 masks_found += len(masks)
-                accumulator.update_segments(paint_segments(masks, tuple(label.shape)), label)
+                accumulator.update_segments(paint_segments(masks, tuple(label.shape)), label, test_set.sequence(index))
         finally:
             student.train(was_training)
         return self._metrics(accumulator, count, masks_found, data)
@@ -304,8 +304,8 @@ class SamEverything(Evaluator):
             f"{args['stability_score_thresh']:g}, box NMS {args['box_nms_thresh']:g}, holes/islands under "
             f"{self.min_mask_region_area} px removed, masks under {self.min_mask_area} px dropped, repeats "
             f"(box IoU > {self.repeat_box_iou:g}) dropped, painted largest first; test split {self.test_split} "
-            f"(n={images} images, {masks} masks); EventSAM segment metric against 8-connected regions of equal label "
-            f"(at least {GT_MIN_AREA} px), mean over all n={result['count']} ground-truth segments"
+            f"(n={images} images, {masks} masks); EventSAM segment metric as released against 8-connected regions "
+            f"of equal label (at least {GT_MIN_AREA} px; predicted segments too), {averaged(result)}"
         )
         return [
             Metric(name=key, value=100 * result[key], n=result["count"], protocol=f"{protocol}; {what}",

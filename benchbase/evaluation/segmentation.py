@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from benchbase.components import DataBundle, Evaluator, Metric, SegmentationImages, VitModel
 from benchbase.errors import BenchbaseError
-from benchbase.evaluation.segments import GT_MIN_AREA, SegmentMetricAccumulator
+from benchbase.evaluation.segments import GT_MIN_AREA, SegmentMetricAccumulator, averaged
 from benchbase.outcomes import KEY as OUTCOMES
 from benchbase.outcomes import iou_outcomes, ratio_outcomes
 
@@ -463,6 +463,7 @@ class SegmentationProbe(Evaluator):
             for index, images, labels in _evaluation_batches(dataset, self.batch_size):
                 order.append(index)
                 logits = self.predict_logits(lambda x: head(backbone.patch_grid(x)), images.to(device), crop)
+                sequences = iter([dataset.sequence(i) for i in index.tolist()])  # the groups keep the batch's order
                 for upsampled, target in upsampled_groups(logits, [label.to(device) for label in labels]):
                     pred = upsampled.argmax(dim=1)  # [b, H, W]
                     image_cms = confusion_matrices(pred, target, data.num_classes, data.ignore_index)
@@ -470,7 +471,7 @@ class SegmentationProbe(Evaluator):
                     per_image.append(image_iou_counts(image_cms).cpu())
                     if segments is not None:
                         for pred_map, gt_map in zip(pred.cpu(), target.cpu()):
-                            segments.update(pred_map, gt_map)
+                            segments.update(pred_map, gt_map, next(sequences))
         order = torch.cat(order)
         return cm, torch.cat(per_image)[order.argsort()], None if segments is None else (segments, order)
 
@@ -515,10 +516,9 @@ class SegmentationProbe(Evaluator):
             accumulator, order = segments
             result = accumulator.compute()
             segment_text = (
-                f"EventSAM segment metric: segments are 8-connected regions of equal label (ground-truth regions "
-                f"of at least {GT_MIN_AREA} pixels, predictions over labelled pixels), each ground-truth segment "
-                f"matched with the predicted segment of highest IoU; mean over all n={result['count']} "
-                f"ground-truth segments of the split"
+                f"EventSAM segment metric as released: segments are 8-connected regions of equal label (of at "
+                f"least {GT_MIN_AREA} pixels, ground truth and prediction; predictions over labelled pixels), each "
+                f"ground-truth segment matched with the predicted segment of highest IoU; {averaged(result)}"
             )
             for key, what in (
                 ("mIoU", "mean matched IoU"),

@@ -26,10 +26,14 @@ import numpy as np
 from scipy import ndimage
 from torch import Tensor
 
-from benchbase.outcomes import segment_outcomes, shared_outcomes
+from benchbase.outcomes import Outcomes, segment_outcomes, shared_outcomes
 
 GT_MIN_AREA = 12
 """EventSAM counts a ground-truth segment only if it has at least this many pixels."""
+
+PRED_MIN_AREA = 12
+"""EventSAM's released metric counts a predicted segment only if it has at least this many pixels
+(``get_unique_colors(min_size=12)`` reads both maps)."""
 
 _NO_MATCHES = (np.zeros(0),) * 4  # (IoU, precision, recall, area) of zero ground-truth segments
 
@@ -198,48 +202,65 @@ def segment_metric(
     return summarise_matches(iou, precision, recall, gt_area)
 
 
+def averaged(result: dict[str, Any]) -> str:
+    """How :meth:`SegmentMetricAccumulator.compute` averaged ``result``, for protocol lines."""
+    return (f"mean over each image's ground-truth segments, then over the images of each sequence, then over "
+            f"the {result['sequences']} sequences (n={result['count']} ground-truth segments)")
+
+
 class SegmentMetricAccumulator:
-    """EventSAM's segment metric over a whole split of semantic label maps.
+    """EventSAM's segment metric over a whole split of semantic label maps, averaged as released.
 
     ``update`` splits both maps of an image into connected regions of equal label (``connectivity``),
-    ground-truth regions below ``gt_min_area`` pixels are dropped (EventSAM's rule), pixels whose
-    ground truth is ``ignore_index`` belong to neither side, and every ground-truth segment is
-    matched with its best predicted segment. ``compute`` pools the matches of all images: the
-    values are means over all ground-truth segments of the split (EventSAM itself averages per
-    frame, then per sequence). ``outcomes`` stores the matches as whole counts per image, for
-    paired tests between models scored on the same images (:mod:`benchbase.outcomes`).
+    ground-truth regions below ``gt_min_area`` pixels and predicted segments below ``pred_min_area``
+    are dropped (EventSAM's 12-pixel rule, applied to both maps), pixels whose ground truth is
+    ``ignore_index`` belong to neither side, and every ground-truth segment is matched with its best
+    predicted segment. ``compute`` averages as EventSAM's ``calculate_metric.py``: each image's mean
+    over its ground-truth segments (aIoU: weighted by their areas), then the mean over the images of
+    each sequence (the ``sequence`` an image was added with; None: its own), then over sequences.
+    ``outcomes`` stores the matches as whole counts per image with each image's sequence, for paired
+    tests between models scored on the same images (:mod:`benchbase.outcomes`).
     """
 
-    def __init__(self, ignore_index: int | None = None, connectivity: int = 8, gt_min_area: int = GT_MIN_AREA):
+    def __init__(self, ignore_index: int | None = None, connectivity: int = 8, gt_min_area: int = GT_MIN_AREA,
+                 pred_min_area: int = PRED_MIN_AREA):
         if connectivity not in CONNECTIVITIES:
             raise ValueError(f"connectivity must be 4 or 8, not {connectivity!r}")
         self.ignore_index = ignore_index
         self.connectivity = connectivity
-        self.gt_min_area = gt_min_area
+        self.gt_min_area, self.pred_min_area = gt_min_area, pred_min_area
         self._matches: list[tuple[np.ndarray, ...]] = []  # per image: [G] shared, gt area, matched area
+        self._sequences: list[str] = []  # per image: its sequence ("\0<index>": its own)
 
-    def update(self, pred_map: np.ndarray | Tensor, gt_map: np.ndarray | Tensor) -> None:
-        """Add one image: ``pred_map`` and ``gt_map`` are [H, W] integer label maps."""
+    def update(self, pred_map: np.ndarray | Tensor, gt_map: np.ndarray | Tensor, sequence: str | None = None) -> None:
+        """Add one image of ``sequence``: ``pred_map`` and ``gt_map`` are [H, W] integer label maps."""
         pred, gt = _as_array(pred_map), _as_array(gt_map)
         if pred.shape != gt.shape:
             raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
         if self.ignore_index is not None:
             pred = np.where(gt == self.ignore_index, self.ignore_index, pred)
-        self._add(*segment_ids(pred, self.ignore_index, self.connectivity), gt)
+        self._add(*segment_ids(pred, self.ignore_index, self.connectivity, self.pred_min_area), gt, sequence)
 
-    def update_segments(self, pred_ids: np.ndarray | Tensor, gt_map: np.ndarray | Tensor) -> None:
-        """Add one image whose predicted segments are given: ``pred_ids`` [H, W] int segment index
-        of every pixel (-1: none; a segment need not be connected, e.g. SAM's painted masks), and
-        ``gt_map`` [H, W] the true label map. Pixels whose ground truth is ``ignore_index`` belong
-        to no predicted segment."""
+    def update_segments(self, pred_ids: np.ndarray | Tensor, gt_map: np.ndarray | Tensor,
+                        sequence: str | None = None) -> None:
+        """Add one image of ``sequence`` whose predicted segments are given: ``pred_ids`` [H, W] int
+        segment index of every pixel (-1: none; a segment need not be connected, e.g. SAM's painted
+        masks), and ``gt_map`` [H, W] the true label map. Pixels whose ground truth is
+        ``ignore_index`` belong to no predicted segment; segments left with fewer than
+        ``pred_min_area`` pixels are dropped."""
         pred_ids, gt = _as_array(pred_ids).astype(np.int64), _as_array(gt_map)
         if pred_ids.shape != gt.shape:
             raise ValueError(f"prediction {pred_ids.shape} and ground truth {gt.shape} differ in shape")
         if self.ignore_index is not None:
             pred_ids = np.where(gt == self.ignore_index, -1, pred_ids)
-        self._add(pred_ids, int(pred_ids.max(initial=-1)) + 1, gt)
+        count = int(pred_ids.max(initial=-1)) + 1
+        area = np.bincount(pred_ids[pred_ids >= 0], minlength=count)
+        kept = area >= self.pred_min_area
+        renumber = np.where(kept, np.cumsum(kept) - 1, -1)  # [count] new id of each segment, -1 dropped
+        pred_ids = np.where(pred_ids >= 0, renumber[np.maximum(pred_ids, 0)] if count else -1, -1)
+        self._add(pred_ids, int(kept.sum()), gt, sequence)
 
-    def _add(self, pred_ids: np.ndarray, pred_count: int, gt: np.ndarray) -> None:
+    def _add(self, pred_ids: np.ndarray, pred_count: int, gt: np.ndarray, sequence: str | None) -> None:
         """Match the ground-truth segments of label map ``gt`` with predicted segments ``pred_ids``."""
         gt_ids, gt_count = segment_ids(gt, self.ignore_index, self.connectivity, self.gt_min_area)
         both = (gt_ids >= 0) & (pred_ids >= 0)
@@ -249,6 +270,7 @@ class SegmentMetricAccumulator:
         pred_area = np.bincount(pred_ids[pred_ids >= 0], minlength=pred_count)
         shared, matched_area = best_matches(intersection, gt_area, pred_area)
         self._matches.append((shared, gt_area, matched_area))
+        self._sequences.append(f"\0{len(self._sequences)}" if sequence is None else str(sequence))
 
     def _pooled(self, matches: Sequence[tuple[np.ndarray, ...]] | None = None) -> tuple[np.ndarray, ...]:
         """[G] shared pixels, ground-truth areas and matched areas of every segment of ``matches``
@@ -259,9 +281,16 @@ class SegmentMetricAccumulator:
         return tuple(np.concatenate(column) for column in zip(*matches))
 
     def compute(self) -> dict[str, float]:
-        """{"mIoU", "aIoU", "precision", "recall", "count"} over every ground-truth segment added so far."""
-        shared, gt_area, matched_area = self._pooled()
-        return summarise_matches(*match_scores(shared, gt_area, matched_area), gt_area)
+        """{"mIoU", "aIoU", "precision", "recall": fractions averaged per image, then per sequence
+        (nan without a ground-truth segment), "count": ground-truth segments, "sequences": the
+        sequences with one}, from the images added so far."""
+        per_image = [len(shared) for shared, _, _ in self._matches]
+        if not sum(per_image):
+            return {**{key: float("nan") for key in STATISTIC_KINDS}, "count": 0, "sequences": 0}
+        result: dict[str, Any] = {key: Outcomes.from_json(self.outcomes(key)).value() / 100 for key in STATISTIC_KINDS}
+        result["count"] = int(sum(per_image))
+        result["sequences"] = len({seq for seq, n in zip(self._sequences, per_image) if n})
+        return result
 
     def outcomes(self, statistic: str, order: Sequence[int] | None = None, arrays_of: str | None = None
                  ) -> dict[str, Any]:
@@ -272,6 +301,9 @@ class SegmentMetricAccumulator:
         kind = STATISTIC_KINDS[statistic]
         if arrays_of is not None:
             return shared_outcomes(kind, arrays_of)
-        matches = self._matches if order is None else [self._matches[i] for i in np.argsort(order, kind="stable")]
+        index = range(len(self._matches)) if order is None else np.argsort(order, kind="stable")
+        matches = [self._matches[i] for i in index]
         per_image = np.array([len(shared) for shared, _, _ in matches], dtype=np.int64)
-        return segment_outcomes(kind, per_image, *self._pooled(matches))
+        sequences = np.unique(np.array([self._sequences[i] for i in index], dtype=object),
+                              return_inverse=True)[1] if matches else np.zeros(0, dtype=np.int64)
+        return segment_outcomes(kind, per_image, *self._pooled(matches), sequences=sequences.reshape(-1))
