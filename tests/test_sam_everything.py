@@ -194,3 +194,32 @@ def test_given_segments_need_not_be_connected_and_ignored_pixels_belong_to_none(
     assert result["count"] == 2
     assert result["mIoU"] == pytest.approx((15 / 17 + 18 / 20) / 2)
     assert result["precision"] == pytest.approx((1 + 18 / 20) / 2)
+
+
+def test_masks_are_made_at_each_label_maps_resolution_with_areas_scaled_to_it(checkpoint):
+    """Images scored as read for scoring (here 48 px), masks made by SAM at the label map's own size
+    (96 px: SAM upsamples to the original size), EventSAM's areas scaled from its 346x260 frames."""
+    small = scenes()
+    labels = torch.stack([label for _, label in small.split("test")])
+    big = labels.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)  # [3, 96, 96]
+    images = torch.stack([image for image, _ in small.split("test")])
+    data = DataBundle("toy", {"test": TensorSegmentationImages(images, big, ["bg", "a", "b"])}, 48, 3, 3,
+                      input_channels={"frame": 1, "events": 2})
+    evaluator = SamEverything(checkpoint=str(checkpoint), points_per_side=4, pred_iou_thresh=0.0,
+                              stability_score_thresh=0.0, reference_area=89960, **DECODER)
+    assert evaluator.areas(89960) == (900, 144) and evaluator.areas(96 * 96) == (92, 15)
+    assert SamEverything().areas(96 * 96) == (900, 144)  # without a reference: EventSAM's absolute areas
+    from segment_anything import SamAutomaticMaskGenerator
+
+    model = student()
+    prompt, decoder = sam_prompt_and_decoder(checkpoint, 32, (4, 4), 64, **DECODER)
+    generator = SamAutomaticMaskGenerator(Sam(image_encoder=model.model, prompt_encoder=prompt, mask_decoder=decoder),
+                                          points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    generator.predictor = EmbeddingPredictor(generator.predictor.model, model)
+    masks = evaluator.masks(generator, images[0], (96, 96))
+    assert masks and all(mask.shape == (96, 96) for mask in masks)
+    metrics = {m.name: m for m in evaluator.evaluate(model, data, torch.device("cpu"))}
+    assert metrics["mIoU"].n == sum(segment_ids(label, min_area=12)[1] for label in big)
+    assert "scaled to each label map's pixels" in metrics["mIoU"].protocol
+    with pytest.raises(BenchbaseError, match="^sam_everything: reference_area=0; give the pixels"):
+        SamEverything(reference_area=0)

@@ -109,12 +109,15 @@ class EmbeddingPredictor(SamPredictor):
     its longer side to the encoder's ``img_size`` (bilinear, as SAM's ``ResizeLongestSide``), pads
     it bottom/right and stores the ``tokens`` tap as ``features`` [1, E, h, w]. SAM's pixel
     normalisation is not applied: the data are normalised already (EventSAM normalises its voxel
-    images with the same ImageNet statistics).
+    images with the same ImageNet statistics). With ``output_size`` set (a label map's size), SAM
+    upsamples its masks to that size instead of the image's, as it returns masks at a downsized
+    image's original resolution.
     """
 
     def __init__(self, sam: Sam, student: VitModel):
         super().__init__(sam)
         self.student = student
+        self.output_size: tuple[int, int] | None = None  # masks at this size (a label map's), else the image's
 
     @torch.no_grad()
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
@@ -125,7 +128,7 @@ class EmbeddingPredictor(SamPredictor):
         if size != (height, width):
             tensor = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
         self.reset_image()
-        self.original_size, self.input_size = (height, width), size
+        self.original_size, self.input_size = self.output_size or (height, width), size
         encoder: ImageEncoderViT = self.model.image_encoder
         tokens = self.student.run(pad_to_size(tensor, encoder.img_size), [Tap("tokens")])[Tap("tokens")]
         self.features = tokens.transpose(1, 2).reshape(1, tokens.shape[-1], *token_grid(encoder))
@@ -219,7 +222,11 @@ class SamEverything(Evaluator):
 
     Defaults are EventSAM's ``predict_mask.py`` settings (64 points per side, thresholds 0.75,
     region area 900, mask area 144, repeat box IoU 0.1); the decoder sizes are the checkpoint's
-    (``decoder_heads``, which no tensor shows, SAM's 8); pixel areas refer to the image size. Metrics (percent): ``mIoU``, ``aIoU``, ``precision``, ``recall`` (EventSAM's
+    (``decoder_heads``, which no tensor shows, SAM's 8). Each image is read as scored
+    (``evaluation_item``: short side at the image size, label map at its own resolution) and its
+    masks are made at the label map's size. Pixel areas are absolute, or with ``reference_area``
+    given for frames of that many pixels (EventSAM's DAVIS346 frames: 346 x 260 = 89,960) and
+    scaled to each label map's pixel count, so that smaller images keep the same share. Metrics (percent): ``mIoU``, ``aIoU``, ``precision``, ``recall`` (EventSAM's
     mIoU, aIoU, mP, mR) over every ground-truth segment of the split.
     """
 
@@ -232,10 +239,15 @@ class SamEverything(Evaluator):
         min_mask_area: int = 144, repeat_box_iou: float = 0.1, decoder_depth: int | None = None,
         decoder_mlp_dim: int | None = None, decoder_heads: int = 8, iou_head_depth: int | None = None,
         iou_head_hidden_dim: int | None = None, mask_in_chans: int | None = None, teacher_checkpoint: str | None = None,
+        reference_area: int | None = None,
     ):
         if points_per_side < 1 or (max_images is not None and max_images < 1):
             raise BenchbaseError(f"sam_everything needs points_per_side >= 1 and max_images >= 1; got "
                                  f"{points_per_side} and {max_images}")
+        if reference_area is not None and reference_area < 1:
+            raise BenchbaseError(f"sam_everything: reference_area={reference_area}; give the pixels of the frames the "
+                                 "areas are for (EventSAM's 89960), or null for absolute areas")
+        self.reference_area = reference_area
         self.checkpoint, self.teacher_checkpoint = checkpoint, teacher_checkpoint
         self.test_split, self.max_images = test_split, max_images
         self.generator_args = {
@@ -249,12 +261,20 @@ class SamEverything(Evaluator):
                              "decoder_heads": decoder_heads, "iou_head_depth": iou_head_depth,
                              "iou_head_hidden_dim": iou_head_hidden_dim, "mask_in_chans": mask_in_chans}
 
-    def masks(self, generator: SamAutomaticMaskGenerator, image: torch.Tensor) -> list[np.ndarray]:
-        """The cleaned-up, de-duplicated [H, W] bool masks of one [C, H, W] image, largest first."""
+    def areas(self, pixels: int) -> tuple[int, int]:
+        """(region area, mask area) thresholds for a label map of ``pixels`` pixels."""
+        scale = 1.0 if self.reference_area is None else pixels / self.reference_area
+        return round(self.min_mask_region_area * scale), round(self.min_mask_area * scale)
+
+    def masks(self, generator: SamAutomaticMaskGenerator, image: torch.Tensor,
+              size: tuple[int, int] | None = None) -> list[np.ndarray]:
+        """The cleaned-up, de-duplicated bool masks of one [C, H', W'] image, at ``size`` (a label
+        map's [H, W]; None: the image's), largest first."""
+        generator.predictor.output_size = size
         found = [record["segmentation"] for record in generator.generate(image.permute(1, 2, 0).cpu().numpy())]
-        masks = clean_small_regions(found, self.min_mask_region_area,
-                                    max(generator.box_nms_thresh, generator.crop_nms_thresh))
-        return drop_repeated_masks([m for m in masks if m.sum() >= max(self.min_mask_area, 1)], self.repeat_box_iou)
+        region_area, mask_area = self.areas(int(np.prod(size or image.shape[-2:])))
+        masks = clean_small_regions(found, region_area, max(generator.box_nms_thresh, generator.crop_nms_thresh))
+        return drop_repeated_masks([m for m in masks if m.sum() >= max(mask_area, 1)], self.repeat_box_iou)
 
     def evaluate(self, student: VitModel, data: DataBundle, device: torch.device) -> list[Metric]:
         encoder = student.model
@@ -283,8 +303,8 @@ class SamEverything(Evaluator):
         student.eval()
         try:
             for index in range(count):
-                image, label = test_set[index]
-                masks = self.masks(generator, image)
+                image, label = test_set.evaluation_item(index)
+                masks = self.masks(generator, image, tuple(label.shape))
                 masks_found += len(masks)
                 accumulator.update_segments(paint_segments(masks, tuple(label.shape)), label, test_set.sequence(index))
         finally:
@@ -295,6 +315,8 @@ class SamEverything(Evaluator):
                  ) -> list[Metric]:
         result = accumulator.compute()
         args = self.generator_args
+        scaled = "" if self.reference_area is None else (
+            f" (areas for {self.reference_area}-pixel frames, scaled to each label map's pixels)")
         source = (Path(self.checkpoint).name if self.checkpoint
                   else f"the suite teacher's checkpoint ({Path(self.teacher_checkpoint).name})")
         protocol = (
@@ -302,8 +324,9 @@ class SamEverything(Evaluator):
             f"{source} on the student's image embedding, {args['points_per_side']}x"
             f"{args['points_per_side']} point grid, predicted IoU > {args['pred_iou_thresh']:g}, stability > "
             f"{args['stability_score_thresh']:g}, box NMS {args['box_nms_thresh']:g}, holes/islands under "
-            f"{self.min_mask_region_area} px removed, masks under {self.min_mask_area} px dropped, repeats "
-            f"(box IoU > {self.repeat_box_iou:g}) dropped, painted largest first; test split {self.test_split} "
+            f"{self.min_mask_region_area} px removed, masks under {self.min_mask_area} px dropped{scaled}, repeats "
+            f"(box IoU > {self.repeat_box_iou:g}) dropped, painted largest first, masks made at each label map's "
+            f"resolution; test split {self.test_split} "
             f"(n={images} images, {masks} masks); EventSAM segment metric as released against 8-connected regions "
             f"of equal label (at least {GT_MIN_AREA} px; predicted segments too), {averaged(result)}"
         )
