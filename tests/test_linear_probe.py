@@ -212,3 +212,22 @@ def test_maes_fine_tuning_augments_the_pixels_of_each_image_with_timms_training_
     for out, image, mirror in zip(same, images, flipped):
         error = min((out - image).abs().max(), (out - mirror).abs().max())
         assert error < 0.5 / 255 / min(std) + 1e-4
+
+
+def test_randaugments_strongest_posterize_gives_the_black_image_instead_of_an_error():
+    """timm's posterize at magnitude 10 keeps 0 bits; Pillow >= 10 raises there, older Pillow and
+    TensorFlow's RandAugment gave a black image: so does the fine-tuning transform's."""
+    from PIL import Image
+
+    from benchbase.evaluation.classification import posterize
+
+    image = Image.fromarray(np.full((4, 4, 3), 200, dtype=np.uint8))
+    assert np.array_equal(np.asarray(posterize(image, 0)), np.zeros((4, 4, 3), dtype=np.uint8))
+    assert np.asarray(posterize(image, 1)).max() == 128 and posterize(image, 8) is image
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    data = DataBundle("rgb", {"train": tensor_images(torch.zeros(2, 3, 8, 8), torch.arange(2))}, image_size=8,
+                      in_chans=3, num_classes=2, image_mean=mean, image_std=std)
+    strongest = FineTune(recipe="mae", augment="rand-n1-m10-mstd0-inc1", crop_scale=(1.0, 1.0))._augmentation(data)
+    for seed in range(40):  # every operation at magnitude 10, posterize among them
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        assert strongest(torch.zeros(2, 3, 8, 8)).shape == (2, 3, 8, 8)

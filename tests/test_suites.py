@@ -21,6 +21,8 @@ from conftest import DATA
     ("glyphs", "vit_tiny_patch16_224", "glyphs"),
     ("omniglot", "vit_tiny_patch16_224", "omniglot"),
     ("cpu-real", "vit_tiny_patch16_224", "cifar10"),
+    ("cifar", "vit_tiny_patch16_224", "cifar10"),
+    ("cifar-val", "vit_tiny_patch16_224", "cifar10"),
     ("imagenet", "vit_small_patch16_224", "imagenet"),
     ("ade20k", "vit_small_patch16_224", "imagenet"),
     ("miniimagenet", "vit_small_patch16_224", "miniimagenet"),
@@ -45,7 +47,7 @@ def vit_width_and_heads(model_cfg) -> tuple[int, int]:
     return model.embed_dim, model.blocks[-1].attn.num_heads
 
 
-@pytest.mark.parametrize("suite", ["digits", "glyphs", "omniglot", "omniglot-val", "cpu-real", "imagefolder",
+@pytest.mark.parametrize("suite", ["digits", "glyphs", "omniglot", "omniglot-val", "cpu-real", "cifar", "imagefolder",
                                    "imagenet", "ade20k", "miniimagenet", "tieredimagenet", "cifarfs", "fc100"])
 def test_tinymim_can_align_every_vit_suites_student_to_its_teacher_heads(suite):
     # TinyMIM splits the student's last block into the teacher's heads: the suite's student width
@@ -171,6 +173,41 @@ def test_cpu_real_suite_runs_on_real_data(tmp_path, cifar_root, camvid_root):
     assert metrics[("fewshot", "5way-5shot")].n == 100
     assert metrics[("segmentation", "mIoU")].n > 0 and "ignore label 11" in metrics[("segmentation", "mIoU")].protocol
     assert "| feature" in (tmp_path / "leaderboards" / "cpu-real.md").read_text()
+
+
+def test_cifar_suite_is_tinymims_experiment_and_runs_on_real_data(tmp_path, cifar_root, camvid_root):
+    """TinyMIM's experiment in miniature: an MAE-pretrained teacher (no fine-tuning stage) distilled on
+    CIFAR-10's training images, every row scored by fine-tuned top-1 on the held-out images and
+    fine-tuned CamVid mIoU, frozen probes as extra columns; cifar-val scores minival instead."""
+    cfg = compose_config(["suite=cifar"], load().config_dirs())
+    assert cfg.teacher.recipe.pretrain_method == "mae" and cfg.teacher.recipe.finetune_method == "none"
+    assert {name: task.evaluator for name, task in cfg.suite.tasks.items()} == {
+        "top1": "finetune", "segmentation": "segmentation", "top1_frozen": "linear_probe",
+        "segmentation_frozen": "segmentation"}
+    assert cfg.suite.tasks.top1.params.recipe == "mae" and cfg.suite.tasks.segmentation.params.head == "decoder"
+    validation = compose_config(["suite=cifar-val"], load().config_dirs())
+    assert validation.suite.tasks.top1.params.test_split == validation.suite.tasks.top1_frozen.params.test_split \
+        == "minival" and validation.data.cifar10.params.minival_fraction == 0.125
+    tiny = [
+        "suite=cifar", "suite.seeds=[0]", "trainer.epochs=1", "trainer.num_workers=0", "trainer.progress=false",
+        "teacher.recipe.pretrain_epochs=1", "teacher.embed_dim=32", "teacher.depth=2", "teacher.num_heads=2",
+        "student.embed_dim=32", "student.depth=2", "student.num_heads=2",
+        f"data.cifar10.root={cifar_root}", "+data.cifar10.params.max_per_class=40",
+        f"data.camvid.root={camvid_root}", "data.camvid.image_size=32",
+        "suite.tasks.top1.params.epochs=1", "suite.tasks.segmentation.params.epochs=1",
+        "suite.tasks.segmentation_frozen.params.epochs=1",
+        f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb",
+    ]
+    assert main(["run", "--methods", "tinymim", *tiny]) == 0
+    records = {r.role: r for r in ResultsDB(tmp_path / "results.db").records("cifar")}
+    assert records["method"].status == "done", records["method"].error
+    assert records["teacher"].teacher.endswith("[recipe after mae pre-training only]")
+    metrics = {(m.extras["task"], m.name): m for m in records["method"].metrics}
+    assert metrics[("top1", "top1")].n == metrics[("top1_frozen", "top1")].n == 80  # 10 classes x 8 held out
+    assert "RandAugment rand-m9-mstd0.5-inc1" in metrics[("top1", "top1")].protocol
+    assert "fine-tuned decoder" in metrics[("segmentation", "mIoU")].protocol
+    assert "linear probe" in metrics[("segmentation_frozen", "mIoU")].protocol
+    assert "| tinymim" in (tmp_path / "leaderboards" / "cifar.md").read_text()
 
 
 def test_eventsam_suite_runs_sam_on_frames_to_sam_on_events(tmp_path):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from timm.layers import DropPath
@@ -164,6 +164,15 @@ def seeded_host_rngs(seed: int) -> Iterator[None]:
         np.random.set_state(numpy_state)
 
 
+def posterize(image: Image.Image, bits_to_keep: int, **_: object) -> Image.Image:
+    """timm's RandAugment posterize, with its strongest level too: at magnitude 10 it keeps 0 bits,
+    which Pillow >= 10 rejects and older Pillow (and TensorFlow's RandAugment) turned into a black
+    image; that black image is what this returns."""
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)
+    return image if bits_to_keep >= 8 else ImageOps.posterize(image, bits_to_keep)
+
+
 def warmup_cosine(step: int, total: int, warmup: int, peak: float, minimum: float) -> float:
     """MAE's per-iteration learning rate: linear warm-up over ``warmup`` steps, then half-cycle
     cosine from ``peak`` to ``minimum``."""
@@ -286,11 +295,15 @@ class FineTune(Evaluator):
                                  f"statistics, and {data.name} has {data.in_chans} channel(s)"
                                  f"{'' if data.image_mean else ' without image_mean/image_std'}; set "
                                  "params.augment=null")
-        from timm.data import create_transform
+        from timm.data import auto_augment, create_transform
 
         transform = create_transform(data.image_size, is_training=True, scale=self.crop_scale,
                                      auto_augment=self.augment, interpolation="bicubic", mean=data.image_mean,
                                      std=data.image_std, re_prob=0.0)  # erasing: after, on the batch
+        for step in transform.transforms:
+            for op in getattr(step, "ops", ()):  # RandAugment's operations
+                if op.aug_fn is auto_augment.posterize:
+                    op.aug_fn = posterize
         mean = torch.tensor(data.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(data.image_std).view(1, 3, 1, 1)
 
