@@ -166,3 +166,34 @@ def test_bad_probe_settings_are_reported(scenes):
         SegmentationProbe(epochs=0)
     with pytest.raises(BenchbaseError, match="split"):
         SegmentationProbe(test_split="val").evaluate(tiny_student(), scenes, CPU)
+
+
+def test_upernet_reads_four_blocks_as_a_pyramid_and_fine_tunes_a_copy(scenes):
+    """BEiT/MAE's UperNet on a ViT: four block outputs (by default the last block of each quarter of
+    the depth) rescaled 4x, 2x, 1x and 0.5x, logits at 4x the patch grid; every head parameter and the
+    backbone train; a tiny fine-tune learns more of the digit scenes than a map of background alone."""
+    from benchbase.evaluation.upernet import UperNetHead, quarter_blocks
+
+    assert quarter_blocks(12) == [2, 5, 8, 11] and quarter_blocks(4) == [0, 1, 2, 3] and quarter_blocks(2) == [0, 0, 0, 1]
+    student = tiny_student()
+    probe = SegmentationProbe(head="upernet", blocks=[0, 1, 1, 1], channels=16)
+    images = torch.randn(2, 1, 32, 32)
+    grids = probe.inputs(student, images)
+    blocks = student.run(images, [Tap("block", 0), Tap("block", 1)])
+    assert len(grids) == 4 and all(g.shape == (2, 32, 8, 8) for g in grids)
+    assert torch.equal(grids[0][:, :, 2, 5], blocks[Tap("block", 0)][:, 1 + 2 * 8 + 5])  # after the class token
+    assert torch.equal(grids[3], grids[1])
+    head = UperNetHead(32, 11, channels=16)
+    logits = head(grids)
+    assert logits.shape == (2, 11, 32, 32)  # 4x the 8x8 grid
+    logits.square().mean().backward()
+    assert all(p.grad is not None for p in head.parameters())
+    teacher = Teacher(tiny_student().model)
+    before = [p.clone() for p in teacher.parameters()]
+    metrics = SegmentationProbe(head="upernet", channels=16, epochs=3, batch_size=16, lr=1e-2).evaluate(
+        teacher, scenes, CPU)
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))  # a copy was fine-tuned
+    assert metrics[0].value > 10  # 11 classes: a map of background alone scores 7.5
+    assert "fine-tuned UperNet" in metrics[0].protocol and "blocks quarter-depth" in metrics[0].protocol
+    with pytest.raises(BenchbaseError, match=r"^segmentation head upernet reads 4 blocks; got blocks=\[1, 2\]$"):
+        SegmentationProbe(head="upernet", blocks=[1, 2])

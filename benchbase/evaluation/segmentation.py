@@ -28,17 +28,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchbase.capture import Tap
 from benchbase.components import DataBundle, Evaluator, Metric, SegmentationImages, VitModel
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.segments import GT_MIN_AREA, SegmentMetricAccumulator, averaged
+from benchbase.evaluation.upernet import LEVELS, UperNetHead, quarter_blocks
 from benchbase.outcomes import KEY as OUTCOMES
 from benchbase.outcomes import iou_outcomes, ratio_outcomes
+from benchbase.pooling import token_grid
 
 HEADS: dict[str, str] = {
     "linear": "linear probe (1x1 conv on the frozen final-norm patch tokens, no BatchNorm)",
     "decoder": (
         "fine-tuned decoder (3x3 conv-GELU-3x3 conv-GELU-1x1 conv of width {width} on the patch grid, "
         "trained with the whole backbone at {scale:g}x the learning rate)"
+    ),
+    "upernet": (
+        "fine-tuned UperNet (BEiT/MAE's: the outputs of blocks {blocks} rescaled 4x, 2x, 1x and 0.5x by "
+        "deconvolutions and max pooling, pyramid pooling 1/2/3/6 and an FPN of width {channels} with "
+        "BatchNorm, fused and classified at 4x the patch grid, no auxiliary head; trained with the whole "
+        "backbone at {scale:g}x the learning rate)"
     ),
 }
 """Segmentation heads by name, with what each one trains."""
@@ -303,6 +312,8 @@ class SegmentationProbe(Evaluator):
         segment_metric: bool = False,
         mode: str = "slide",
         stride: int | None = None,
+        blocks: Sequence[int] | None = None,
+        channels: int = 512,
     ):
         if head not in HEADS:
             raise BenchbaseError(f"unknown segmentation head {head!r}; available: {', '.join(HEADS)}")
@@ -323,11 +334,29 @@ class SegmentationProbe(Evaluator):
         self.batch_size = batch_size
         self.seed = seed
         self.segment_metric = segment_metric
+        if blocks is not None and len(blocks) != LEVELS:
+            raise BenchbaseError(f"segmentation head upernet reads {LEVELS} blocks; got blocks={list(blocks)}")
+        self.blocks, self.channels = None if blocks is None else [int(b) for b in blocks], channels
 
     @property
     def reads_frozen_features(self) -> bool:
         """The linear head reads frozen features; the decoder head fine-tunes a copy of the student."""
         return self.head == "linear"
+
+    def inputs(self, backbone: VitModel, images: Tensor) -> Tensor | list[Tensor]:
+        """What the head reads of [B, C, H', W'] images: the [B, D, h, w] final patch grid, or for
+        UperNet the four [B, D, h, w] outputs of its blocks (``blocks``, else :func:`quarter_blocks`)."""
+        if self.head != "upernet":
+            return backbone.patch_grid(images)
+        taps = [Tap("block", b) for b in (self.blocks or quarter_blocks(backbone.depth))]
+        captured = backbone.run(images, taps)
+        height, width = images.shape[-2] // backbone.patch_size, images.shape[-1] // backbone.patch_size
+        grids = []
+        for tap in taps:
+            out = captured[tap]
+            grids.append(out.permute(0, 3, 1, 2) if out.dim() == 4  # a SAM block's [B, h, w, D]
+                         else token_grid(out[:, backbone.num_prefix_tokens :], height, width))
+        return grids
 
     def window_stride(self, crop: int) -> int:
         """The sliding windows' stride for ``crop`` x ``crop`` windows: ``stride``, else ``2·crop // 3``."""
@@ -335,7 +364,9 @@ class SegmentationProbe(Evaluator):
 
     def protocol(self, data: DataBundle, train_size: int, windows: int) -> str:
         """How the segmentation was trained and predicted (each metric appends its own definition)."""
-        head = HEADS[self.head].format(width=DECODER_WIDTH, scale=BACKBONE_LR_SCALE)
+        blocks = "quarter-depth (for 12 blocks 2, 5, 8, 11)" if self.blocks is None else ", ".join(map(str, self.blocks))
+        head = HEADS[self.head].format(width=DECODER_WIDTH, scale=BACKBONE_LR_SCALE, blocks=blocks,
+                                       channels=self.channels)
         ignored = "none" if data.ignore_index is None else str(data.ignore_index)
         crop = data.image_size
         stride = self.window_stride(crop)
@@ -375,7 +406,8 @@ class SegmentationProbe(Evaluator):
                 else:
                     backbone = VitModel(copy.deepcopy(student.export()))
                     backbone.requires_grad_(True).to(device).train()  # a teacher's exported weights come frozen
-                    head = decoder_head(student.token_width, data.num_classes).to(device)
+                    head = (UperNetHead(student.token_width, data.num_classes, self.channels) if self.head == "upernet"
+                            else decoder_head(student.token_width, data.num_classes)).to(device)
                     features = None
                     parameters = [
                         {"params": head.parameters()},
@@ -432,7 +464,9 @@ class SegmentationProbe(Evaluator):
         for _ in range(self.epochs):
             order = torch.randperm(len(spans), generator=generator)
             for position, images, labels in _window_batches(dataset, spans, order, self.batch_size, crop):
-                inputs = backbone.patch_grid(images.to(device)) if features is None else features(position, images)
+                if self.head == "upernet" and images.shape[0] < 2:
+                    continue  # BatchNorm trains on two or more: an epoch's last window alone is left out
+                inputs = self.inputs(backbone, images.to(device)) if features is None else features(position, images)
                 target = labels.to(device)
                 logits = F.interpolate(head(inputs), size=(crop, crop), mode="bilinear", align_corners=False)
                 loss = F.cross_entropy(logits, target, ignore_index=ignore, reduction="sum")
@@ -462,7 +496,7 @@ class SegmentationProbe(Evaluator):
         with torch.inference_mode():
             for index, images, labels in _evaluation_batches(dataset, self.batch_size):
                 order.append(index)
-                logits = self.predict_logits(lambda x: head(backbone.patch_grid(x)), images.to(device), crop)
+                logits = self.predict_logits(lambda x: head(self.inputs(backbone, x)), images.to(device), crop)
                 sequences = iter([dataset.sequence(i) for i in index.tolist()])  # the groups keep the batch's order
                 for upsampled, target in upsampled_groups(logits, [label.to(device) for label in labels]):
                     pred = upsampled.argmax(dim=1)  # [b, H, W]
