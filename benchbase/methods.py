@@ -266,7 +266,8 @@ def asked_teacher_stage(cfg: Any) -> str:
 def teacher_stage(cfg: Any) -> str | None:
     """The recipe stage whose weights teach a run of ``cfg``: ``method.teacher_stage`` when the
     suite's recipe has that stage, else the whole recipe's last (``finetune``, or ``pretrain`` for a
-    recipe without fine-tuning); None for a teacher no recipe trains (a checkpoint or timm teacher teaches as it is given)."""
+    recipe without fine-tuning); None for a teacher no recipe trains (a checkpoint or timm teacher
+    teaches as it is given)."""
     asked = asked_teacher_stage(cfg)
     if cfg.teacher.source != "recipe":
         return None
