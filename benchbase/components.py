@@ -194,7 +194,8 @@ class Method(nn.Module, ABC):
     models' inputs from a batch (``make_inputs``), returns its terms by name from ``forward``
     (the total is their sum; every term is logged), may own parameters (projection heads,
     decoders: build them in ``setup``), may change or drop its gradients before each update
-    (``before_update``) and may act after each optimiser step (``after_step``).
+    (``before_update``), may act after each optimiser step (``after_step``) and may report what
+    it saw while training (``training_summary``).
     Constructor keyword arguments are the method's config keys (``method.params``); those named
     ``num_classes``, ``ignore_index``, ``image_mean`` or ``image_std``, when the config leaves them
     unset, come from the distillation data (:data:`benchbase.methods.DATA_ARGS`). A param added
@@ -247,6 +248,12 @@ class Method(nn.Module, ABC):
         checkpoint (SAM's training: ``image_encoder.*``, ``prompt_encoder.*`` and ``mask_decoder.*``),
         which the architecture's ``checkpoint_loader`` must read back into the network."""
         return None
+
+    def training_summary(self) -> list[Metric]:
+        """Statistics the method gathered over its training steps (e.g. EventSAM's spread of token
+        importance weights), stored with the run's metrics under the task ``train`` and shown in
+        its table; none by default. A run resumed after its last step has none to report."""
+        return []
 
     def evaluation_model(self, student: Student) -> Student:
         """The model that is scored and exported after training: ``student`` itself by default.

@@ -357,6 +357,7 @@ def _train_and_store(ctx: SuiteContext, cfg: DictConfig, role: str, name: str, s
         if distributed.is_main() and untrained:
             (run_dir / UNTRAINED_FILE).write_text(json.dumps(untrained, indent=1))
         metrics = evaluate(ctx, scored, seed, untrained) + cost_metrics(scored, data)
+        metrics += [dataclasses.replace(m, extras={**m.extras, "task": "train"}) for m in loss.training_summary()]
         if result.images_per_second:  # 0: resumed after its last step, nothing trained here to time
             metrics.append(Metric("images_per_second", result.images_per_second, result.steps,
                                   _throughput_protocol(ctx.device), extras={"task": "train"}))

@@ -84,6 +84,7 @@ from benchbase.api import (
     BenchbaseError,
     Captures,
     Method,
+    Metric,
     ModelInput,
     Register,
     SamStudent,
@@ -198,6 +199,8 @@ class EventSAMLoss(Method):
         self.importance, self.beta, self.distance = importance, beta, distance
         self.trainable, self.init_from_teacher = trainable, init_from_teacher
         self.exclude_padding, self.mix_ratio = exclude_padding, mix_ratio
+        self.spread: dict[int, Tensor] = {}  # per distilled block: the summed per-step spread of its weights
+        self.spread_steps = 0
 
     def setup(self, student: Student, teacher: Teacher | None) -> None:
         """Check the encoders, resolve the blocks and taps, initialise the student, set what trains."""
@@ -312,6 +315,8 @@ class EventSAMLoss(Method):
     def forward(self, student: Captures, teacher: Captures, inputs: StepInputs) -> dict[str, Tensor]:
         """``{"block{s}": λ_s · distance(w_s ⊙ F_T, w_s ⊙ F_S)}`` over block outputs [B, N, D]."""
         weights = self.token_weights(teacher)
+        if self.training:
+            self.note_spread(weights)
         keep = None
         if self.exclude_padding:
             keep = image_tokens(inputs.extras["image_size"], self.grid, self.patch_size).to(weights[self.blocks[0]].device)
@@ -320,6 +325,31 @@ class EventSAMLoss(Method):
                                                  self.distance, keep)
             for b, lam in zip(self.blocks, self.layer_weights)
         }
+
+
+    @torch.no_grad()
+    def note_spread(self, weights: dict[int, Tensor]) -> None:
+        """Add one step's spread of each block's [B, ...] token weights: the coefficient of variation
+        over an image's tokens (std / mean), averaged over the batch."""
+        for block, w in weights.items():
+            flat = w.flatten(1).float()
+            spread = (flat.std(dim=1, unbiased=False) / flat.mean(dim=1).clamp_min(1e-12)).mean()
+            self.spread[block] = self.spread.get(block, 0.0) + spread
+        self.spread_steps += 1
+
+    def training_summary(self) -> list[Metric]:
+        """``importance_cv_block{s}``: how unequal the teacher's token importance was at each distilled
+        block over training (percent; 0 for uniform weights and for the last block, weighted 1)."""
+        if not self.spread_steps:
+            return []
+        return [
+            Metric(f"importance_cv_block{block}", 100 * float(total) / self.spread_steps, self.spread_steps,
+                   f"spread of the teacher's token importance at distilled block {block} ({self.importance} "
+                   f"importance, beta {self.beta:g}): the coefficient of variation of the weights over an image's "
+                   f"tokens (std / mean, percent), averaged over the images of each of {self.spread_steps} "
+                   f"training steps")
+            for block, total in sorted(self.spread.items())
+        ]
 
 
 def released_blocks(depth: int) -> list[int]:

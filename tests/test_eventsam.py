@@ -367,3 +367,29 @@ def test_default_blocks_follow_the_released_pattern_scaled_to_the_depth():
     assert loss.layer_weights == pytest.approx([0.1, 0.4, 0.7, 1.0])  # the released weights
     assert released_blocks(12) == [2, 5, 8, 11] and released_blocks(24) == [5, 11, 17, 23]
     assert released_blocks(6) == [0, 2, 3, 5] and released_blocks(2) == [0, 1]
+
+
+@pytest.mark.parametrize("importance", ["released_code", "paper", "uniform"])
+def test_the_spread_of_the_importance_weights_is_reported_after_training(importance):
+    """``training_summary``: per distilled block, the coefficient of variation of the token weights
+    over an image's tokens, averaged over the images and steps seen in training (none outside it)."""
+    loss, student, teacher = ready(importance=importance)
+    assert loss.training_summary() == []
+    inputs = loss.make_inputs(stacked(), torch.zeros(2))
+    t_caps = teacher.run(inputs.teacher, loss.teacher_taps)
+    for _ in range(2):
+        loss(student.run(inputs.student, loss.student_taps), t_caps, inputs)
+    loss.eval()
+    loss(student.run(inputs.student, loss.student_taps), t_caps, inputs)  # not a training step: not counted
+    summary = {m.name: m for m in loss.training_summary()}
+    assert list(summary) == [f"importance_cv_block{b}" for b in BLOCKS] and all(m.n == 2 for m in summary.values())
+    weights = loss.token_weights(t_caps)
+    for block in BLOCKS:
+        flat = weights[block].flatten(1)
+        expected = 100 * (flat.std(dim=1, unbiased=False) / flat.mean(dim=1)).mean()
+        assert summary[f"importance_cv_block{block}"].value == pytest.approx(float(expected), rel=1e-5)
+    assert summary["importance_cv_block3"].value == 0.0  # the last block is weighted 1 everywhere
+    if importance == "uniform":
+        assert all(m.value == 0.0 for m in summary.values())
+    else:
+        assert summary["importance_cv_block0"].value > 1.0

@@ -224,5 +224,9 @@ def test_eventsam_suite_runs_sam_on_frames_to_sam_on_events(tmp_path):
     assert records["eventsam"].status == "done", records["eventsam"].error
     names = {m.name for m in records["eventsam"].metrics}
     assert {"mIoU", "seg_mIoU", "seg_aIoU", "seg_precision", "seg_recall"} <= names
+    # the loss's training summary: the spread of the teacher's importance weights at each distilled block
+    spread = {m.name: m for m in records["eventsam"].metrics if m.name.startswith("importance_cv_block")}
+    assert set(spread) == {f"importance_cv_block{b}" for b in range(4)}  # the 4-block encoder: every block
+    assert all(m.extras["task"] == "train" for m in spread.values()) and spread["importance_cv_block0"].value > 0
     assert records["eventsam"].config["student"]["input"] == "events"
     assert records["teacher"].config["teacher"]["input"] == "frame"
