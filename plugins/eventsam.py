@@ -199,7 +199,7 @@ class EventSAMLoss(Method):
         self.importance, self.beta, self.distance = importance, beta, distance
         self.trainable, self.init_from_teacher = trainable, init_from_teacher
         self.exclude_padding, self.mix_ratio = exclude_padding, mix_ratio
-        self.spread: dict[int, Tensor] = {}  # per distilled block: the summed per-step spread of its weights
+        self.spread: dict[int, Tensor] = {}  # per distilled block: summed per-step [weights' spread, weighted / uniform]
         self.spread_steps = 0
 
     def setup(self, student: Student, teacher: Teacher | None) -> None:
@@ -315,41 +315,52 @@ class EventSAMLoss(Method):
     def forward(self, student: Captures, teacher: Captures, inputs: StepInputs) -> dict[str, Tensor]:
         """``{"block{s}": λ_s · distance(w_s ⊙ F_T, w_s ⊙ F_S)}`` over block outputs [B, N, D]."""
         weights = self.token_weights(teacher)
-        if self.training:
-            self.note_spread(weights)
         keep = None
         if self.exclude_padding:
             keep = image_tokens(inputs.extras["image_size"], self.grid, self.patch_size).to(weights[self.blocks[0]].device)
-        return {
-            f"block{b}": lam * weighted_distance(student[Tap("block", b)], teacher[Tap("block", b)], weights[b],
-                                                 self.distance, keep)
-            for b, lam in zip(self.blocks, self.layer_weights)
-        }
+        distances = {b: weighted_distance(student[Tap("block", b)], teacher[Tap("block", b)], weights[b], self.distance,
+                                          keep) for b in self.blocks}
+        if self.training:
+            self.note_spread(weights, distances, student, teacher, keep)
+        return {f"block{b}": lam * distances[b] for b, lam in zip(self.blocks, self.layer_weights)}
 
 
     @torch.no_grad()
-    def note_spread(self, weights: dict[int, Tensor]) -> None:
-        """Add one step's spread of each block's [B, ...] token weights: the coefficient of variation
-        over an image's tokens (std / mean), averaged over the batch."""
+    def note_spread(self, weights: dict[int, Tensor], distances: dict[int, Tensor], student: Captures,
+                    teacher: Captures, keep: Tensor | None) -> None:
+        """Add one training step's statistics of each distilled block: the spread of its [B, ...]
+        token weights (coefficient of variation over an image's tokens, std / mean, averaged over the
+        batch) and the ratio of its weighted distance to the same distance with uniform weights."""
         for block, w in weights.items():
             flat = w.flatten(1).float()
             spread = (flat.std(dim=1, unbiased=False) / flat.mean(dim=1).clamp_min(1e-12)).mean()
-            self.spread[block] = self.spread.get(block, 0.0) + spread
+            uniform = weighted_distance(student[Tap("block", block)], teacher[Tap("block", block)], torch.ones_like(w),
+                                        self.distance, keep)
+            ratio = distances[block].detach() / uniform.clamp_min(1e-12)
+            self.spread[block] = self.spread.get(block, 0.0) + torch.stack([spread, ratio])
         self.spread_steps += 1
 
     def training_summary(self) -> list[Metric]:
-        """``importance_cv_block{s}``: how unequal the teacher's token importance was at each distilled
-        block over training (percent; 0 for uniform weights and for the last block, weighted 1)."""
+        """Per distilled block s, over the training steps: ``importance_cv_block{s}``, how unequal the
+        teacher's token importance was (percent; 0 for uniform weights and for the last block,
+        weighted 1), and ``weighting_effect_block{s}``, by how much the weighting changed the block's
+        distance against uniform weights (percent; 0: no effect)."""
         if not self.spread_steps:
             return []
-        return [
-            Metric(f"importance_cv_block{block}", 100 * float(total) / self.spread_steps, self.spread_steps,
-                   f"spread of the teacher's token importance at distilled block {block} ({self.importance} "
-                   f"importance, beta {self.beta:g}): the coefficient of variation of the weights over an image's "
-                   f"tokens (std / mean, percent), averaged over the images of each of {self.spread_steps} "
-                   f"training steps")
-            for block, total in sorted(self.spread.items())
-        ]
+        steps, metrics = self.spread_steps, []
+        what = f"{self.importance} importance, beta {self.beta:g}"
+        for block, total in sorted(self.spread.items()):
+            spread, ratio = (float(v) / steps for v in total)
+            metrics += [
+                Metric(f"importance_cv_block{block}", 100 * spread, steps,
+                       f"spread of the teacher's token importance at distilled block {block} ({what}): the coefficient "
+                       f"of variation of the weights over an image's tokens (std / mean, percent), averaged over the "
+                       f"images of each of {steps} training steps"),
+                Metric(f"weighting_effect_block{block}", 100 * (ratio - 1), steps,
+                       f"effect of the token weighting on distilled block {block}'s {self.distance} distance ({what}): "
+                       f"100 x (weighted / uniformly weighted distance - 1), averaged over {steps} training steps"),
+            ]
+        return metrics
 
 
 def released_blocks(depth: int) -> list[int]:

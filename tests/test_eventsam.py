@@ -372,7 +372,8 @@ def test_default_blocks_follow_the_released_pattern_scaled_to_the_depth():
 @pytest.mark.parametrize("importance", ["released_code", "paper", "uniform"])
 def test_the_spread_of_the_importance_weights_is_reported_after_training(importance):
     """``training_summary``: per distilled block, the coefficient of variation of the token weights
-    over an image's tokens, averaged over the images and steps seen in training (none outside it)."""
+    over an image's tokens and the weighted distance against the uniformly weighted one, averaged
+    over the images and steps seen in training (none outside it)."""
     loss, student, teacher = ready(importance=importance)
     assert loss.training_summary() == []
     inputs = loss.make_inputs(stacked(), torch.zeros(2))
@@ -382,14 +383,20 @@ def test_the_spread_of_the_importance_weights_is_reported_after_training(importa
     loss.eval()
     loss(student.run(inputs.student, loss.student_taps), t_caps, inputs)  # not a training step: not counted
     summary = {m.name: m for m in loss.training_summary()}
-    assert list(summary) == [f"importance_cv_block{b}" for b in BLOCKS] and all(m.n == 2 for m in summary.values())
+    assert list(summary) == [f"{kind}_block{b}" for b in BLOCKS for kind in ("importance_cv", "weighting_effect")]
+    assert all(m.n == 2 for m in summary.values())
     weights = loss.token_weights(t_caps)
+    s_caps = student.run(inputs.student, loss.student_taps)
     for block in BLOCKS:
         flat = weights[block].flatten(1)
         expected = 100 * (flat.std(dim=1, unbiased=False) / flat.mean(dim=1)).mean()
         assert summary[f"importance_cv_block{block}"].value == pytest.approx(float(expected), rel=1e-5)
+        s, t = s_caps[Tap("block", block)], t_caps[Tap("block", block)]
+        effect = 100 * ((weights[block][..., None] * (s - t)).abs().mean() / (s - t).abs().mean() - 1).detach()  # l1
+        assert summary[f"weighting_effect_block{block}"].value == pytest.approx(float(effect), rel=1e-4, abs=1e-4)
     assert summary["importance_cv_block3"].value == 0.0  # the last block is weighted 1 everywhere
+    assert summary["weighting_effect_block3"].value == pytest.approx(0.0, abs=1e-4)
     if importance == "uniform":
-        assert all(m.value == 0.0 for m in summary.values())
+        assert all(m.value == pytest.approx(0.0, abs=1e-4) for m in summary.values())
     else:
-        assert summary["importance_cv_block0"].value > 1.0
+        assert summary["importance_cv_block0"].value > 1.0 and summary["weighting_effect_block0"].value != 0.0

@@ -225,8 +225,8 @@ def test_eventsam_suite_runs_sam_on_frames_to_sam_on_events(tmp_path):
     names = {m.name for m in records["eventsam"].metrics}
     assert {"mIoU", "seg_mIoU", "seg_aIoU", "seg_precision", "seg_recall"} <= names
     # the loss's training summary: the spread of the teacher's importance weights at each distilled block
-    spread = {m.name: m for m in records["eventsam"].metrics if m.name.startswith("importance_cv_block")}
-    assert set(spread) == {f"importance_cv_block{b}" for b in range(4)}  # the 4-block encoder: every block
+    spread = {m.name: m for m in records["eventsam"].metrics if m.name.startswith(("importance_cv", "weighting_"))}
+    assert set(spread) == {f"{kind}_block{b}" for b in range(4) for kind in ("importance_cv", "weighting_effect")}
     assert all(m.extras["task"] == "train" for m in spread.values()) and spread["importance_cv_block0"].value > 0
     assert records["eventsam"].config["student"]["input"] == "events"
     assert records["teacher"].config["teacher"]["input"] == "frame"
