@@ -190,12 +190,18 @@ SUITE_CHANGES = ("protocols", "deviations")
 ``suite.deviations.<name>`` (what the suite changes of it to fit its machine)."""
 
 
+SUITE_OWN = "suite"
+"""A deviation's value that keeps the suite's own setting for the method, e.g.
+``suite.deviations.smkd.trainer: {lr: suite}``: SMKD then trains at the suite's lr, not its paper's."""
+
+
 def with_protocol(cfg: DictConfig) -> DictConfig:
     """``cfg`` with its method's protocol applied: the suite's protocol and deviations for the method
     (``suite.protocols.<name>``, then ``suite.deviations.<name>``) merged over ``method``, then
     ``method.trainer`` and ``method.student`` over the suite's ``trainer`` and ``student``; the
     suite's values they replace are kept in ``method.suite_values`` (tables group runs by the
-    suite's setting). Unknown keys are one-line errors."""
+    suite's setting). A value :data:`SUITE_OWN` (``suite``) keeps the suite's setting of that key.
+    Unknown keys are one-line errors."""
     name = cfg.method.name
     for key in SUITE_CHANGES:
         change = (cfg.suite.get(key) or {}).get(name)
@@ -210,6 +216,7 @@ def with_protocol(cfg: DictConfig) -> DictConfig:
     replaced: dict[str, Any] = {}
     for group in PROTOCOL_GROUPS:
         changes = OmegaConf.to_container(cfg.method[group], resolve=True)
+        changes = {k: v for k, v in (changes or {}).items() if v != SUITE_OWN}  # kept at the suite's value
         if not changes:
             continue
         unknown = [k for k in changes if k not in cfg[group]]

@@ -79,20 +79,22 @@ def test_suite_deviations_change_one_methods_protocol_and_are_named_on_the_page(
 
 
 def test_suite_protocols_set_a_methods_own_values_at_the_suites_scale_before_the_deviations(bb):
-    overrides = ["suite=digits", "+suite.protocols.smkd.params.head_out=64", "+suite.protocols.smkd.trainer.lr=5e-4",
-                 "+suite.protocols.smkd.trainer.warmup_epochs=10", "+suite.deviations.smkd.trainer.warmup_epochs=3"]
+    overrides = ["suite=digits", "+suite.protocols.tinymim.params.teacher_block=-2",
+                 "+suite.protocols.tinymim.trainer.lr=5e-4", "+suite.protocols.tinymim.trainer.warmup_epochs=10",
+                 "+suite.deviations.tinymim.trainer.warmup_epochs=3", "+suite.deviations.tinymim.trainer.betas=suite"]
     methods = Methods(bb, overrides)
-    cfg = methods.config("smkd")
-    assert methods.params(cfg)["head_out"] == 64 and cfg.trainer.lr == 5e-4  # keys its method file leaves out
+    cfg = methods.config("tinymim")
+    assert methods.params(cfg)["teacher_block"] == -2 and cfg.trainer.lr == 5e-4  # keys its method file leaves out
     assert cfg.trainer.warmup_epochs == 3  # the deviation is merged last
+    assert list(cfg.trainer.betas) == [0.9, 0.999]  # `suite`: the suite's own betas, not TinyMIM's 0.9 / 0.95
     assert cfg.method.suite_values.trainer.lr == 1e-3  # the suite's own, which tables group rows by
     assert methods.config("mae").trainer.lr == 1e-3  # the other methods keep theirs
-    record = RunRecord("h", "digits", "smkd", "none", "s", "digits", 0, "done", [],
+    record = RunRecord("h", "digits", "tinymim", "none", "s", "digits", 0, "done", [],
                        OmegaConf.to_container(cfg, resolve=True))
     lines = method_protocols([record])
     heading = lines.index("The methods' protocols at this suite's scale (`suite.protocols`, over their method files):")
-    assert lines[heading + 1] == "- `smkd`: params.head_out=64, trainer.lr=0.0005, trainer.warmup_epochs=10"
-    assert "- `smkd`: trainer.warmup_epochs=3" in lines[heading + 2:]  # under the deviations
+    assert lines[heading + 1] == "- `tinymim`: params.teacher_block=-2, trainer.lr=0.0005, trainer.warmup_epochs=10"
+    assert "- `tinymim`: trainer.warmup_epochs=3, trainer.betas=suite" in lines[heading + 2:]  # under the deviations
     with pytest.raises(BenchbaseError, match=r"^suite.protocols.smkd: .*its keys are those of a method config"):
         Methods(bb, ["+suite.protocols.smkd.speed=1"]).config("smkd")
 

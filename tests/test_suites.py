@@ -142,14 +142,29 @@ def test_fewshot_suites_run_smkd_in_its_setting_and_the_others_in_theirs(suite):
     assert list(smkd.suite.floors) == (["random_init"] if suite == "tieredimagenet" else ["pixels", "random_init"])
 
 
-def test_smkds_setting_stays_in_its_few_shot_suites():
-    """The other suites keep SMKD's method file (scaled head and EMA, the suite's trainer) and their data."""
-    for suite in ("digits", "glyphs", "omniglot", "cpu-real", "imagenet", "ade20k", "imagefolder"):
+def test_smkds_paper_protocol_is_its_method_file_and_small_suites_name_their_deviations():
+    """SMKD's protocol lives in one place, its method file (the paper's head, EMA and trainer), which
+    every suite uses unless it names a deviation: the small suites scale the head, set the EMA
+    momentum for their steps per epoch and keep their own trainer (`suite`); the full-scale suites
+    change nothing of SMKD's own (the few-shot ones fix its crop sizes: suite.protocols)."""
+    for suite in ("digits", "glyphs", "omniglot", "cpu-real", "cifar", "imagefolder"):
+        methods = Methods(load(), [f"suite={suite}"])
+        smkd, suite_trainer = methods.config("smkd"), compose_config([f"suite={suite}"]).trainer
+        params = methods.params(smkd)
+        assert (params["head_hidden"], params["head_bottleneck"], params["head_out"]) == (256, 64, 512), suite
+        assert set(smkd.suite.deviations.smkd.trainer.values()) == {"suite"}, suite
+        assert (smkd.trainer.lr, smkd.trainer.batch_size, smkd.trainer.warmup_epochs) == (
+            suite_trainer.lr, suite_trainer.batch_size, suite_trainer.warmup_epochs), suite  # the suite's own
+        assert smkd.trainer.weight_decay_end == 0.4 and smkd.trainer.clip_grad_mode == "per_parameter"  # SMKD's
+        assert not any({"source_size", "eval_resize", "eval_crop"} & set(d.params) for d in smkd.data.values()), suite
+    for suite in ("imagenet", "ade20k"):  # SMKD in its paper's protocol over the suite's data
         methods = Methods(load(), [f"suite={suite}"])
         smkd = methods.config("smkd")
-        assert not smkd.suite.protocols and methods.params(smkd)["head_out"] == 512, suite
-        assert not {"lr", "batch_size", "warmup_epochs"} & set(smkd.method.suite_values.get("trainer", {})), suite
-        assert not any({"source_size", "eval_resize", "eval_crop"} & set(d.params) for d in smkd.data.values()), suite
+        assert not smkd.suite.deviations and methods.params(smkd)["head_out"] == 8192
+        assert (smkd.trainer.lr, smkd.trainer.batch_size, smkd.trainer.warmup_epochs) == (5e-4, 512, 10)
+    momentum = {s: Methods(load(), [f"suite={s}"]).params(Methods(load(), [f"suite={s}"]).config("smkd"))[
+        "momentum_teacher"] for s in ("digits", "glyphs", "omniglot")}
+    assert momentum == {"digits": 0.967, "glyphs": 0.994, "omniglot": 0.996}  # ~3 epochs at each suite's steps
 
 
 def test_cpu_real_suite_runs_on_real_data(tmp_path, cifar_root, camvid_root):
