@@ -37,6 +37,9 @@ TEACHER_FILE = "teacher.pt"
 PRETRAINED_FILE = "teacher-pretrain.pt"
 """The recipe teacher's weights after its pre-training stage (``method.teacher_stage=pretrain``)."""
 
+STAGE_FILES = {"pretrain": PRETRAINED_FILE, "finetune": TEACHER_FILE}
+"""The file of a recipe teacher's weights after each recipe stage."""
+
 
 def teacher_source(methods: Methods, cfg: Any, data: DataBundle, stage: str | None = "finetune") -> str:
     """Where :func:`load_teacher` takes the weights from: the checkpoint path, ``timm:<name>`` or
@@ -112,8 +115,7 @@ def teacher_checkpoint(methods: Methods, cfg: Any, data: DataBundle, home: Path)
     if cfg.teacher.source == "checkpoint":
         return Path(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else None
     if cfg.teacher.source == "recipe":
-        last = recipe_stage(cfg.teacher.recipe, "finetune")
-        return home / "teachers" / methods.recipe_key(cfg, data) / (TEACHER_FILE if last == "finetune" else PRETRAINED_FILE)
+        return home / "teachers" / methods.recipe_key(cfg, data) / STAGE_FILES[recipe_stage(cfg.teacher.recipe, "finetune")]
     return None
 
 
@@ -138,7 +140,7 @@ def _recipe_teacher(methods: Methods, cfg: Any, data: DataBundle, home: Path, st
     if stage not in [name for name, *_ in plan]:
         raise BenchbaseError(f"the teacher recipe has no {stage} stage (teacher.recipe.{stage}_method="
                              f"{recipe.get(f'{stage}_method')}); set method.teacher_stage=finetune")
-    files = {"pretrain": folder / PRETRAINED_FILE, "finetune": folder / TEACHER_FILE}
+    files = {name: folder / file for name, file in STAGE_FILES.items()}
     source = teacher_source(methods, cfg, data, stage)
     torch.manual_seed(0)  # the recipe teacher's initial weights are part of what the key names
     model = build_teacher(methods, cfg.teacher, data)

@@ -497,7 +497,8 @@ class SegmentationProbe(Evaluator):
             for index, images, labels in _evaluation_batches(dataset, self.batch_size):
                 order.append(index)
                 logits = self.predict_logits(lambda x: head(self.inputs(backbone, x)), images.to(device), crop)
-                sequences = iter([dataset.sequence(i) for i in index.tolist()])  # the groups keep the batch's order
+                if segments is not None:  # each image's recording; the groups below keep the batch's order
+                    sequences = iter([dataset.sequence(i) for i in index.tolist()])
                 for upsampled, target in upsampled_groups(logits, [label.to(device) for label in labels]):
                     pred = upsampled.argmax(dim=1)  # [b, H, W]
                     image_cms = confusion_matrices(pred, target, data.num_classes, data.ignore_index)

@@ -287,7 +287,8 @@ class SegmentMetricAccumulator:
         per_image = [len(shared) for shared, _, _ in self._matches]
         if not sum(per_image):
             return {**{key: float("nan") for key in STATISTIC_KINDS}, "count": 0, "sequences": 0}
-        result: dict[str, Any] = {key: Outcomes.from_json(self.outcomes(key)).value() / 100 for key in STATISTIC_KINDS}
+        arrays = self._arrays()
+        result: dict[str, Any] = {key: Outcomes(kind, arrays).value() / 100 for key, kind in STATISTIC_KINDS.items()}
         result["count"] = int(sum(per_image))
         result["sequences"] = len({seq for seq, n in zip(self._sequences, per_image) if n})
         return result
@@ -301,9 +302,16 @@ class SegmentMetricAccumulator:
         kind = STATISTIC_KINDS[statistic]
         if arrays_of is not None:
             return shared_outcomes(kind, arrays_of)
+        return segment_outcomes(kind, **self._arrays(order))
+
+    def _arrays(self, order: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """The outcome arrays (:data:`benchbase.outcomes.SEGMENT_ARRAYS` and ``sequences``) of the
+        images added so far, in the order added or, with ``order``, in split order."""
         index = range(len(self._matches)) if order is None else np.argsort(order, kind="stable")
         matches = [self._matches[i] for i in index]
-        per_image = np.array([len(shared) for shared, _, _ in matches], dtype=np.int64)
+        segments = np.array([len(shared) for shared, _, _ in matches], dtype=np.int64)
+        shared, gt_area, pred_area = self._pooled(matches)
         sequences = np.unique(np.array([self._sequences[i] for i in index], dtype=object),
-                              return_inverse=True)[1] if matches else np.zeros(0, dtype=np.int64)
-        return segment_outcomes(kind, per_image, *self._pooled(matches), sequences=sequences.reshape(-1))
+                              return_inverse=True)[1].reshape(-1) if matches else np.zeros(0, dtype=np.int64)
+        return {"segments": segments, "shared": shared, "gt_area": gt_area, "pred_area": pred_area,
+                "sequences": sequences}
