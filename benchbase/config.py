@@ -211,6 +211,9 @@ class SuiteConfig:
     # floors (a model that learned nothing), so the task cannot tell methods apart here (issue 22's
     # quality target; tests/test_quality_targets.py holds every committed suite to it)
     unserved: dict[str, str] = field(default_factory=dict)
+    # what this suite scales down from the papers' protocols to fit its machine (data, sizes, epochs,
+    # heads), one line each, printed on the table; not part of a run's identity
+    scaled: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -427,6 +427,7 @@ def markdown_page(head: Sequence[str], records: Sequence[RunRecord], df: pd.Data
         lines += [f"- `{column}`: {protocol}" for column, protocol in df.attrs["protocols"].items()]
         lines.append("")
     lines += read_points(records)
+    lines += scaled_down(records)
     lines += method_protocols(records)
     lines.append(f"- Dataset: {_distinct(r.dataset for r in records)}")
     lines.append(f"- Teacher: {_teachers(records)}")
@@ -464,6 +465,17 @@ SUITE_CHANGE_HEADINGS = {
     "deviations": "Suite deviations from the methods' protocols (`suite.deviations`, to fit the machine):",
 }
 """The page heading of each suite key that changes a method's config (:data:`benchbase.methods.SUITE_CHANGES`)."""
+
+
+def scaled_down(records: Sequence[RunRecord]) -> list[str]:
+    """Page lines listing what the suite scales down from the papers' protocols (``suite.scaled``),
+    as the newest record that names any says; none when no record does."""
+    for record in sorted(records, key=lambda r: r.created_at, reverse=True):
+        scaled = (record.config.get("suite") or {}).get("scaled")
+        if scaled:
+            return ["Scaled down from the papers' protocols to fit the machine (`suite.scaled`):",
+                    *(f"- {line}" for line in scaled), ""]
+    return []
 
 
 def method_protocols(records: Sequence[RunRecord]) -> list[str]:

@@ -62,13 +62,16 @@ def test_the_teacher_recipe_pretrains_with_its_methods_trainer_settings(bb):
 
 
 def test_suite_deviations_change_one_methods_protocol_and_are_named_on_the_page(tmp_path, bb):
-    overrides = instant(tmp_path, "+suite.deviations.feature.trainer.clip_grad=1.5")
+    overrides = instant(tmp_path, "+suite.deviations.feature.trainer.clip_grad=1.5",
+                        "suite.scaled=['digits at 16 px instead of ImageNet at 224 px','4 epochs instead of 300']")
     assert Methods(bb, overrides).config("feature").trainer.clip_grad == 1.5
     assert Methods(bb, overrides).config("mae").trainer.clip_grad is None  # the other methods keep theirs
     assert main(["run", "--methods", "feature,mae", *overrides]) == 0
     page = next((tmp_path / "leaderboards").glob("digits.md")).read_text()
     assert "- `feature`: trainer.clip_grad=1.5" in page  # under "Suite deviations"
     assert "Suite deviations from the methods' protocols" in page
+    scaled = "Scaled down from the papers' protocols to fit the machine (`suite.scaled`):\n"
+    assert scaled + "- digits at 16 px instead of ImageNet at 224 px\n- 4 epochs instead of 300\n" in page
     assert "- `mae`: trainer.betas=[0.9, 0.95], trainer.clip_grad=None, student.drop_path=0.0" in page
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records()}
     assert setting_key(records["feature"]) == setting_key(records["mae"]) == setting_key(records["teacher"])
@@ -76,6 +79,13 @@ def test_suite_deviations_change_one_methods_protocol_and_are_named_on_the_page(
         Methods(bb, ["+method.trainer.betaz=1"]).config("mae")
     with pytest.raises(BenchbaseError, match=r"^suite.deviations.mae: .*its keys are those of a method config"):
         Methods(bb, ["+suite.deviations.mae.speed=1"]).config("mae")
+
+
+def test_the_suites_scaled_down_lines_are_not_part_of_a_runs_identity(bb):
+    plain = Methods(bb, ["suite=digits"]).config("feature")
+    scaled = Methods(bb, ["suite=digits", "suite.scaled=[fewer epochs]"]).config("feature")
+    assert list(scaled.suite.scaled) == ["fewer epochs"]
+    assert run_identity(plain, "method", "feature", {}, 0) == run_identity(scaled, "method", "feature", {}, 0)
 
 
 def test_suite_protocols_set_a_methods_own_values_at_the_suites_scale_before_the_deviations(bb):
