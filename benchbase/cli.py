@@ -24,7 +24,7 @@ overrides are Hydra's KEY=VALUE syntax on the composed config (see --cfg job); f
   benchbase run trainer.epochs=1 --cfg job        print the composed config and exit
 
 config groups: suite, student, teacher, method, trainer, eval, data (dataset paths: data.<name>.root=PATH).
-suites installed (suite=NAME, e.g. suite=cpu-real data.cifar10.root=DIR; `benchbase datasets` lists
+suites installed (suite=NAME, e.g. suite=omniglot data.omniglot.root=DIR; `benchbase datasets` lists
 every dataset's splits and the path it needs):
 {suites}
 Results go to the database at `db` (default .benchbase/results.db); a run with the same config is
@@ -42,12 +42,12 @@ architecture in the student config, timm:NAME or sam:PRESET with --weights FILE 
 or pixels (the image itself as the features: the floor a learned model must beat):
   benchbase eval .benchbase/runs/glyphs/feature-seed0-1a2b3c4d5e6f7a8b     every task of the run's suite
   benchbase eval 1a2b3c4d fewshot suite.tasks.fewshot.params.episodes=10000  a stored run by config hash
-  benchbase eval ckpt.pth fewshot student=vit_tiny suite=cpu-real data.omniglot.root=DIR
-  benchbase eval --weights vit_s16.pth timm:vit_small_patch16_224 fewshot suite=cpu-real data.omniglot.root=DIR
+  benchbase eval ckpt.pth fewshot student=vit_tiny suite=omniglot data.omniglot.root=DIR
+  benchbase eval --weights vit_s16.pth timm:vit_small_patch16_224 fewshot suite=omniglot data.omniglot.root=DIR
   benchbase eval --weights sam_vit_b_01ec64.pth sam:vit_b suite=eventsam
-  benchbase eval pixels fewshot suite=cpu-real data.omniglot.root=DIR
+  benchbase eval pixels fewshot suite=omniglot data.omniglot.root=DIR
   benchbase eval ckpt.pth fewshot '+suite.tasks.fewshot.params.episodes_file=test_episodes.csv'
-  benchbase eval ckpt.pth omni20 suite=cpu-real data.omniglot.root=DIR suite.tasks.omni20.evaluator=fewshot \\
+  benchbase eval ckpt.pth omni20 suite=omniglot data.omniglot.root=DIR suite.tasks.omni20.evaluator=fewshot \\
       suite.tasks.omni20.dataset=omniglot +suite.tasks.omni20.params.ways=20 +suite.tasks.omni20.params.within_group=true
 
 TASK names tasks of the suite (default: all); a task inline is suite.tasks.NAME.evaluator=E

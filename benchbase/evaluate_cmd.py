@@ -3,7 +3,7 @@
 The config is composed as for ``benchbase run``, starting from the model's defaults: a stored
 run's own suite (tasks, data), teacher, seed and architecture, a ``KIND:NAME`` model's
 architecture, or the default suite and ``student`` config for a checkpoint and for ``pixels``.
-Hydra overrides change anything (``suite=cpu-real``, ``data.omniglot.root=DIR``, ``seed=1``,
+Hydra overrides change anything (``suite=omniglot``, ``data.omniglot.root=DIR``, ``seed=1``,
 ``student=vit_tiny``). TASK names tasks of the suite (default: all of them); a task given inline
 is ``suite.tasks.NAME.evaluator=E suite.tasks.NAME.dataset=D`` plus ``+suite.tasks.NAME.params.K=V``.
 A task whose evaluator does not apply to the model (fine-tuning ``pixels``) gives no metrics.
@@ -54,7 +54,7 @@ def _parsed(overrides: Sequence[str]) -> list[Any]:
 def _model_defaults(spec: ModelSpec, overrides: Sequence[str]) -> list[str]:
     """Store the model's own ``student`` (and a stored run's ``suite``) option; the overrides that select them.
 
-    A group the command line selects itself keeps its choice (``suite=cpu-real`` on a stored run);
+    A group the command line selects itself keeps its choice (``suite=omniglot`` on a stored run);
     another architecture for a run or a ``KIND:NAME`` model is an error.
     """
     chosen = {o.key_or_group for o in _parsed(overrides) if not o.is_delete()}

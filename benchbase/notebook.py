@@ -90,7 +90,7 @@ def run(*overrides: str, plugins: str | Sequence[str] | None = None, methods: st
     """Run a suite as ``benchbase run [--methods P] [--publish] OVERRIDES`` does and return its table.
 
     Args:
-        overrides: Hydra overrides, e.g. ``"suite=cpu-real"``, ``"trainer.epochs=3"``,
+        overrides: Hydra overrides, e.g. ``"suite=cifar"``, ``"trainer.epochs=3"``,
             ``"logger=[tensorboard]"``.
         plugins: the method plugins to run (default: every installed one).
         methods: registered methods to run instead of the plugins' methods (e.g. ``"feature"``).

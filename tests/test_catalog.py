@@ -85,7 +85,7 @@ def test_run_help_lists_the_installed_suites_with_plugin_ones(tmp_path, monkeypa
     assert "suites installed (suite=NAME" in out
     assert "\n  digits          scikit-learn digits (8x8 upscaled to 16x16)" in out
     assert "\n  kd-suite        digits, KD's own\n" in out
-    assert "\n  cpu-real        CIFAR-10 top-1, Omniglot few-shot, CamVid mIoU on a CPU\n" in out
+    assert "\n  cifar           CIFAR-10 fine-tuned top-1 and CamVid fine-tuned mIoU (TinyMIM's experiment) from an MAE teacher\n" in out
     sys.modules.pop("bb_kd_suite", None)
 
 

@@ -38,7 +38,7 @@ def test_short_side_resize_keeps_the_aspect_ratio_rounding_half_up_as_mmcv():
     # each side x size / short side, int(x + 0.5) (mmcv.rescale_size): 480 * 224/360 = 298.67 -> 299
     assert short_side_size(360, 480, 224) == (224, 299)  # CamVid's frames (torchvision truncates to 298)
     assert short_side_size(480, 360, 224) == (299, 224)  # portrait: the width is the short side
-    assert short_side_size(180, 240, 64) == (64, 85)  # 85.33; the test data's 240x180 frames in cpu-real
+    assert short_side_size(180, 240, 64) == (64, 85)  # 85.33; the test data's 240x180 frames in cifar's CamVid task
     assert short_side_size(512, 683, 512) == (512, 683)  # already there
     assert short_side_size(5, 7, 3) == (3, 4)  # 4.2 -> 4
     assert short_side_size(6, 9, 4) == (4, 6)  # exactly 6
@@ -48,7 +48,7 @@ def test_short_side_resize_keeps_the_aspect_ratio_rounding_half_up_as_mmcv():
 def test_window_placement_follows_mmseg_slide_inference():
     # mmseg: grids = max(L - crop + stride - 1, 0) // stride + 1, start i*stride moved back inside
     assert window_starts(11, 4, 3) == [0, 3, 6, 7]  # (11 - 4 + 2) // 3 + 1 = 4; the last ends at 11
-    assert window_starts(85, 64, 42) == [0, 21]  # cpu-real's CamVid: two windows across
+    assert window_starts(85, 64, 42) == [0, 21]  # the cifar suite's CamVid: two windows across
     assert window_starts(683, 512, 341) == [0, 171]  # ADE20K at mmseg's 512 crop, stride 341
     assert window_starts(16, 16, 10) == [0]  # a square image of the crop size: one window
     with pytest.raises(BenchbaseError, match="stride"):
