@@ -12,7 +12,7 @@ from benchbase.capture import Tap
 from benchbase.components import DataBundle
 from benchbase.config import compose_config
 from benchbase.data.scenes import TensorSegmentationImages
-from benchbase.errors import BenchbaseError
+from benchbase.errors import BenchbaseError, NotApplicable
 from benchbase.evaluation.sam_masks import (
     EmbeddingPredictor,
     SamEverything,
@@ -24,6 +24,7 @@ from benchbase.evaluation.sam_masks import (
     sam_prompt_and_decoder,
 )
 from benchbase.evaluation.segments import segment_ids
+from benchbase.floors import PixelModel
 from benchbase.plugin_manager import load
 from benchbase.sam import SamStudent, build_sam_encoder
 
@@ -116,6 +117,10 @@ def test_evaluator_errors(checkpoint):
     vit = Student(VisionTransformer(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2))
     with pytest.raises(BenchbaseError, match="SAM image encoder"):
         SamEverything(checkpoint=str(checkpoint), **DECODER).evaluate(vit, scenes(), torch.device("cpu"))
+    # the pixels floor has no embedding: the task does not apply (an empty cell, not a failed row)
+    pixels = PixelModel.reading(scenes(), (1, 3))
+    with pytest.raises(NotApplicable, match="pixels floor"):
+        SamEverything(checkpoint=str(checkpoint), **DECODER).evaluate(pixels, scenes(), torch.device("cpu"))
 
 
 def test_a_suite_file_with_the_task_composes_and_builds_the_evaluator(checkpoint, tmp_path):

@@ -35,8 +35,9 @@ from torchvision.ops import batched_nms
 
 from benchbase.capture import Tap
 from benchbase.components import DataBundle, Evaluator, Metric, VitModel
-from benchbase.errors import BenchbaseError
+from benchbase.errors import BenchbaseError, NotApplicable
 from benchbase.evaluation.segments import GT_MIN_AREA, SegmentMetricAccumulator, averaged
+from benchbase.floors import PixelModel
 from benchbase.outcomes import KEY as OUTCOMES
 from benchbase.models import read_state_dict
 from benchbase.sam import pad_to_size, token_grid
@@ -277,6 +278,8 @@ class SamEverything(Evaluator):
         return drop_repeated_masks([m for m in masks if m.sum() >= max(mask_area, 1)], self.repeat_box_iou)
 
     def evaluate(self, student: VitModel, data: DataBundle, device: torch.device) -> list[Metric]:
+        if isinstance(student, PixelModel):
+            raise NotApplicable("the pixels floor has no image embedding for SAM's mask decoder to read")
         encoder = student.model
         if not isinstance(encoder, ImageEncoderViT):
             raise BenchbaseError(
