@@ -63,6 +63,20 @@ def camvid_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def camvid_few_root(camvid_root, tmp_path_factory) -> Path:
+    """CamVid with the first 40 images of each split: its list files cut, the image folders linked.
+    For end-to-end runs, whose subject is the pipeline rather than the full splits."""
+    root = tmp_path_factory.mktemp("camvid_few") / "CamVid"
+    root.mkdir()
+    for entry in (camvid_root / "CamVid").iterdir():
+        if entry.suffix == ".txt":
+            (root / entry.name).write_text("\n".join(entry.read_text().splitlines()[:40]) + "\n")
+        else:
+            (root / entry.name).symlink_to(entry, target_is_directory=True)
+    return root.parent
+
+
+@pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory) -> Path:
     """200 images of each CIFAR-10 class (extracting all 50,000 takes ~30 s)."""
     if not DATA.is_dir():

@@ -26,11 +26,11 @@ def test_camvid_events_suite_composes_with_sam_on_frames_and_events():
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"the shared test data folder {DATA} is absent")
-def test_camvid_events_suite_runs_on_the_real_camvid_frames(tmp_path, camvid_root):
-    tiny = ["suite=camvid-events", *TINY, f"data.camvid_events.root={camvid_root}", "data.camvid_events.image_size=32",
+def test_camvid_events_suite_runs_on_the_real_camvid_frames(tmp_path, camvid_few_root):
+    tiny = ["suite=camvid-events", *TINY, f"data.camvid_events.root={camvid_few_root}", "data.camvid_events.image_size=32",
             f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb", "suite.floors=[]",
-            "method.trainer.batch_size=64",  # a quarter of the protocol's steps: this test is about the data
-            # and SAM's training of its teacher prompts few masks, with one correction point
+            # 40 frames a split (this test is about the data); SAM's training of its teacher prompts few
+            # masks, with one correction point
             "+teacher.recipe.finetune_params.masks_per_image=4", "+teacher.recipe.finetune_params.correction_points=1"]
     assert main(["run", "--methods", "eventsam", *tiny]) == 0
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records("camvid-events")}

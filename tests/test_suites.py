@@ -184,7 +184,7 @@ def test_omniglot_suite_runs_on_real_data(tmp_path):
     assert "| feature" in (tmp_path / "leaderboards" / "omniglot.md").read_text()
 
 
-def test_cifar_suite_is_tinymims_experiment_and_runs_on_real_data(tmp_path, cifar_root, camvid_root):
+def test_cifar_suite_is_tinymims_experiment_and_runs_on_real_data(tmp_path, cifar_root, camvid_few_root):
     """TinyMIM's experiment in miniature: an MAE-pretrained teacher (no fine-tuning stage) distilled on
     CIFAR-10's training images, every row scored by fine-tuned top-1 on the held-out images and
     fine-tuned CamVid mIoU, frozen probes as extra columns; cifar-val scores minival instead."""
@@ -203,7 +203,7 @@ def test_cifar_suite_is_tinymims_experiment_and_runs_on_real_data(tmp_path, cifa
         "teacher.recipe.pretrain_epochs=1", "teacher.embed_dim=32", "teacher.depth=2", "teacher.num_heads=2",
         "student.embed_dim=32", "student.depth=2", "student.num_heads=2",
         f"data.cifar10.root={cifar_root}", "+data.cifar10.params.max_per_class=20",
-        f"data.camvid.root={camvid_root}", "data.camvid.image_size=32",
+        f"data.camvid.root={camvid_few_root}", "data.camvid.image_size=32",
         "suite.tasks.top1.params.epochs=1", "suite.tasks.segmentation.params.epochs=1",
         "suite.tasks.segmentation_frozen.params.epochs=1",
         f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb",
