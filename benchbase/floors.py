@@ -91,4 +91,4 @@ class PixelModel(VitModel):
         raise NotApplicable("the pixels floor has no tokens or attention to capture")
 
     def export(self) -> nn.Module:
-        raise NotApplicable("the pixels floor has no network to fine-tune")
+        raise NotApplicable("the pixels floor has no network to fine-tune or to give SAM's mask decoder an embedding")

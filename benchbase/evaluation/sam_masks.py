@@ -35,9 +35,8 @@ from torchvision.ops import batched_nms
 
 from benchbase.capture import Tap
 from benchbase.components import DataBundle, Evaluator, Metric, VitModel
-from benchbase.errors import BenchbaseError, NotApplicable
+from benchbase.errors import BenchbaseError
 from benchbase.evaluation.segments import GT_MIN_AREA, SegmentMetricAccumulator, averaged
-from benchbase.floors import PixelModel
 from benchbase.outcomes import KEY as OUTCOMES
 from benchbase.models import read_state_dict
 from benchbase.sam import pad_to_size, token_grid
@@ -278,9 +277,7 @@ class SamEverything(Evaluator):
         return drop_repeated_masks([m for m in masks if m.sum() >= max(mask_area, 1)], self.repeat_box_iou)
 
     def evaluate(self, student: VitModel, data: DataBundle, device: torch.device) -> list[Metric]:
-        if isinstance(student, PixelModel):
-            raise NotApplicable("the pixels floor has no image embedding for SAM's mask decoder to read")
-        encoder = student.model
+        encoder = student.export()  # the pixels floor has none: NotApplicable
         if not isinstance(encoder, ImageEncoderViT):
             raise BenchbaseError(
                 f"sam_everything runs SAM's mask decoder on a SAM image encoder; this model is "
