@@ -10,7 +10,7 @@ from benchbase import leaderboard
 from benchbase.leaderboard import sweep_points
 from benchbase.cli import main
 from benchbase.results import ResultsDB, read_jsonl
-from test_run import tiny
+from test_run import CHEAP, tiny
 
 PLUGIN = '''
 from pathlib import Path
@@ -53,7 +53,7 @@ def test_ablation_runs_variants_and_writes_a_regenerable_table(tmp_path, capsys)
     plugins = plugins_with_spec(tmp_path)
     assert main(["--plugins-dir", str(plugins), "ablate", "--list"]) == 0
     assert "tiny" in capsys.readouterr().out
-    assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path, floors=True)]) == 0
+    assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path, *CHEAP, floors=True)]) == 0
     assert not (tmp_path / "lb").exists()  # the local table only, without --publish
     board = tmp_path / "leaderboards"
     table = (board / "ablation-tiny.md").read_text()
@@ -73,7 +73,7 @@ def test_ablation_runs_variants_and_writes_a_regenerable_table(tmp_path, capsys)
     stored = len(db.records())
 
     # a second ablate reuses every run and publishes them: tables regenerated from those records alone
-    assert main(["--plugins-dir", str(plugins), "ablate", "--publish", "tiny", *tiny(tmp_path, floors=True)]) == 0
+    assert main(["--plugins-dir", str(plugins), "ablate", "--publish", "tiny", *tiny(tmp_path, *CHEAP, floors=True)]) == 0
     assert len(db.records()) == stored
     assert read_jsonl(tmp_path / "lb" / "results" / "ablation-tiny.jsonl") == records
     assert leaderboard.check(tmp_path / "lb") == []
@@ -100,8 +100,8 @@ def test_a_suite_table_keeps_rows_reused_from_an_ablation(tmp_path):
     # own run reuses it by config hash and still shows it as its reference row
     spec = SPEC.replace("overrides: [suite.tasks.fewshot.params.episodes=40]", "overrides: []")
     plugins = plugins_with_spec(tmp_path, spec)
-    assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path)]) == 0
-    assert main(["--plugins-dir", str(plugins), "run", "--methods", "feature", *tiny(tmp_path)]) == 0
+    assert main(["--plugins-dir", str(plugins), "ablate", "tiny", *tiny(tmp_path, *CHEAP)]) == 0
+    assert main(["--plugins-dir", str(plugins), "run", "--methods", "feature", *tiny(tmp_path, *CHEAP)]) == 0
     rows = [line.split("|")[2].strip() for line in (tmp_path / "leaderboards" / "digits.md").read_text().splitlines()
             if line.startswith("| ") and "method" not in line.split("|")[2]]
     assert rows == ["teacher", "supervised", "feature"]

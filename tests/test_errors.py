@@ -13,7 +13,7 @@ from benchbase.cli import main
 from benchbase.errors import BenchbaseError
 from benchbase.results import ResultsDB
 
-from test_run import tiny
+from test_run import CHEAP, tiny
 
 
 def run_cli(capsys, *args):
@@ -103,7 +103,7 @@ def test_too_small_dataset_for_protocol(capsys, tmp_path):
 
 
 def test_nothing_stored_is_lost_by_a_failed_command(capsys, tmp_path):
-    assert main(["run", "--methods", "feature", *tiny(tmp_path, "suite.references=[]")]) == 0
+    assert main(["run", "--methods", "feature", *tiny(tmp_path, "suite.references=[]", *CHEAP)]) == 0
     db = (tmp_path / "results.db").read_bytes()
     assert_one_line(*run_cli(capsys, "run", "--methods", "feature", *tiny(tmp_path), "trainer.epochs=x"), "wrong type")
     assert (tmp_path / "results.db").read_bytes() == db

@@ -24,7 +24,7 @@ from benchbase.loggers import STEPS_LOG
 from benchbase.results import ResultsDB
 
 from conftest import tiny_vit
-from test_run import tiny
+from test_run import instant
 
 
 def trainer(**kw):
@@ -108,13 +108,13 @@ def _env():
 
 def test_sigkill_then_same_command_resumes_to_the_same_metrics(tmp_path):
     args = [sys.executable, "-m", "benchbase", "run", "--methods", "feature",
-            *tiny(tmp_path / "killed", "suite.references=[]", "trainer.epochs=8")]
+            *instant(tmp_path / "killed", "trainer.epochs=3")]
     proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = tmp_path / "killed" / "runs" / "digits"
     deadline = time.time() + 120
     while time.time() < deadline:
         ckpt = list(runs.glob("feature-*/" + CHECKPOINT))
-        if ckpt and torch.load(ckpt[0], weights_only=True)["epoch"] >= 2:
+        if ckpt and torch.load(ckpt[0], weights_only=True)["epoch"] >= 1:
             break
         time.sleep(0.05)
     else:
@@ -126,7 +126,7 @@ def test_sigkill_then_same_command_resumes_to_the_same_metrics(tmp_path):
     # the same command again resumes from what the killed process left on disk; it and the
     # uninterrupted run for comparison run in this process (two interpreter starts fewer)
     assert main(args[3:]) == 0
-    assert main([*args[3:6], *tiny(tmp_path / "clean", "suite.references=[]", "trainer.epochs=8")]) == 0
+    assert main([*args[3:6], *instant(tmp_path / "clean", "trainer.epochs=3")]) == 0
 
     def metrics(home):
         records = [r for r in ResultsDB(home / "results.db").records() if r.method == "feature"]
@@ -139,7 +139,7 @@ def test_sigkill_then_same_command_resumes_to_the_same_metrics(tmp_path):
 
 
 def test_a_run_resumed_after_its_last_step_reports_no_throughput(tmp_path):
-    args = ["run", "--methods", "feature", *tiny(tmp_path, "suite.references=[]")]
+    args = ["run", "--methods", "feature", *instant(tmp_path, "trainer.epochs=1")]
     assert main(args) == 0
     (tmp_path / "results.db").unlink()  # as if stopped after training, before the record was stored
     assert main(args) == 0

@@ -27,6 +27,11 @@ def tiny(home, *extra, fewshot: bool = True, floors: bool = False):
     ]
 
 
+CHEAP = ("teacher.recipe.pretrain_method=none", "teacher.recipe.finetune_epochs=0", "~suite.tasks.segmentation")
+"""With :func:`tiny`: an untrained teacher and no segmentation probe, for tests about rows, records and
+tables rather than numbers."""
+
+
 def names_of(record) -> set[tuple[str, str]]:
     return {(m.extras["task"], m.name) for m in record.metrics}
 
@@ -113,7 +118,7 @@ def test_raising_method_is_stored_with_its_error_and_step(tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "raising.py").write_text(RAISING_PLUGIN)
-    args = ["--plugins-dir", str(plugins), "run", "--methods", "raising,feature", *tiny(tmp_path, "suite.references=[]")]
+    args = ["--plugins-dir", str(plugins), "run", "--methods", "raising,feature", *tiny(tmp_path, "suite.references=[]", *CHEAP)]
     assert main(args) == 1  # a row failed; the others ran
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records()}
     assert records["raising"].status == "failed" and records["raising"].failed_step == 0
@@ -128,7 +133,7 @@ def test_failing_method_is_stored_and_others_finish(tmp_path, capsys):
     (plugins / "exploding.py").write_text(NAN_PLUGIN)
     # the plugin ships no config file: it runs with its constructor's defaults
     args = ["--plugins-dir", str(plugins), "run", "--methods", "exploding,feature",
-            *tiny(tmp_path, "suite.references=[]")]
+            *tiny(tmp_path, "suite.references=[]", *CHEAP)]
     assert main(args) == 1
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records()}
     assert records["exploding"].status == "failed"
@@ -139,7 +144,7 @@ def test_failing_method_is_stored_and_others_finish(tmp_path, capsys):
 
 def test_third_party_plugin_runs_for_real(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(make_distribution(tmp_path / "site")))
-    assert main(["run", "--methods", "kd_logits", *tiny(tmp_path, "suite.references=[]")]) == 0
+    assert main(["run", "--methods", "kd_logits", *tiny(tmp_path, "suite.references=[]", *CHEAP)]) == 0
     record = next(r for r in ResultsDB(tmp_path / "results.db").records() if r.method == "kd_logits")
     assert record.status == "done" and record.config["method"]["params"]["tau"] == 4.0
     assert record.versions["plugin:kd_logits"] == "0.3.1"
@@ -192,10 +197,11 @@ def test_same_seed_repeats_exactly_and_other_seeds_differ(tmp_path):
         return {(m.extras["task"], m.name): (m.value, m.ci95, m.protocol) for m in record.metrics
                 if m.name != "images_per_second"}
 
+    cheap = ["suite.references=[]", *CHEAP]  # the run's own randomness is what is tested
     for home in ("a", "b"):
-        assert main(["run", "--methods", "feature", *tiny(tmp_path / home, "suite.references=[]")]) == 0
+        assert main(["run", "--methods", "feature", *tiny(tmp_path / home, *cheap)]) == 0
     assert metrics(tmp_path / "a", 0) == metrics(tmp_path / "b", 0)
-    assert main(["run", "--methods", "feature", *tiny(tmp_path / "a", "suite.references=[]", "seed=1")]) == 0
+    assert main(["run", "--methods", "feature", *tiny(tmp_path / "a", *cheap, "seed=1")]) == 0
     first, second = metrics(tmp_path / "a", 0), metrics(tmp_path / "a", 1)
     assert first != second
     assert "(seed 1)" in second[("fewshot", "5way-1shot")][2] and "(seed 0)" in first[("fewshot", "5way-1shot")][2]

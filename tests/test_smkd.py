@@ -36,7 +36,7 @@ from benchbase_plugins.smkd_parts import (
 )
 from benchbase_plugins.views import random_resized_crops
 from omegaconf import OmegaConf
-from test_run import tiny
+from test_run import CHEAP, tiny
 
 from benchbase.capture import ModelInput, Tap, embed
 from benchbase.cli import main
@@ -642,7 +642,7 @@ def _weights(path):
 
 def test_two_phase_recipe_end_to_end_and_phase_2_starts_from_phase_1(tmp_path):
     run = ["run", "--methods", "smkd", *tiny(tmp_path, "suite.references=[]", "method.params.local_crops=2",
-                                               "method.stages.0.trainer.epochs=1")]
+                                               "method.stages.0.trainer.epochs=1", *CHEAP)]  # SMKD has no teacher
     assert main(run) == 0
     db = ResultsDB(tmp_path / "results.db")
     (record,) = [r for r in db.records() if r.method == "smkd"]
