@@ -81,7 +81,10 @@ def test_the_predictor_embedding_is_the_students_neck_output(checkpoint):
     assert masks.shape == (3, 48, 48) and scores.shape == (3,)
 
 
-def test_the_evaluator_scores_every_ground_truth_segment(checkpoint):
+SEED = 5
+
+
+def test_the_evaluator_scores_every_ground_truth_segment(checkpoint, monkeypatch):
     data = scenes()
     evaluator = SamEverything(checkpoint=str(checkpoint), points_per_side=4, pred_iou_thresh=0.0,
                               stability_score_thresh=0.0, min_mask_region_area=4, min_mask_area=4, **DECODER)
@@ -94,6 +97,13 @@ def test_the_evaluator_scores_every_ground_truth_segment(checkpoint):
     assert all(m.n == segments for m in metrics.values())
     assert all(0 <= m.value <= 100 for m in metrics.values())
     assert "sam_tiny_random.pth" in metrics["mIoU"].protocol and "4x4 point grid" in metrics["mIoU"].protocol
+    # how many masks a model yields is its result, kept in the extras: the protocol is the column's,
+    # the same for a model that yields none
+    assert {m.extras["masks"] for m in metrics.values()} == {3}
+    monkeypatch.setattr(evaluator, "masks", lambda *args: [])
+    other = {m.name: m for m in evaluator.evaluate(model, data, torch.device("cpu"))}
+    assert {m.extras["masks"] for m in other.values()} == {0}
+    assert all(other[name].protocol == metrics[name].protocol for name in metrics)
 
 
 def test_the_decoder_sizes_are_read_from_the_checkpoint_but_its_heads(checkpoint):

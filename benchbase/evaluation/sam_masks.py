@@ -42,6 +42,9 @@ from benchbase.models import read_state_dict
 from benchbase.sam import pad_to_size, token_grid
 
 _PARTS = ("prompt_encoder.", "mask_decoder.")
+MASKS_FOUND = "masks"
+"""Metric extras key: how many masks the generator kept over the scored images (a result of the
+model, so it stays out of the protocol, which every row of a column shares)."""
 SAM_DECODER_SIZES = {"decoder_depth": 2, "decoder_mlp_dim": 2048, "iou_head_depth": 3, "iou_head_hidden_dim": 256,
                      "mask_in_chans": 16}
 """The prompt encoder's and mask decoder's sizes in segment-anything's ``build_sam._build_sam``."""
@@ -327,12 +330,13 @@ class SamEverything(Evaluator):
             f"{self.min_mask_region_area} px removed, masks under {self.min_mask_area} px dropped{scaled}, repeats "
             f"(box IoU > {self.repeat_box_iou:g}) dropped, painted largest first, masks made at each label map's "
             f"resolution; test split {self.test_split} "
-            f"(n={images} images, {masks} masks); EventSAM segment metric as released against 8-connected regions "
+            f"(n={images} images); EventSAM segment metric as released against 8-connected regions "
             f"of equal label (at least {GT_MIN_AREA} px; predicted segments too), {averaged(result)}"
         )
         return [
             Metric(name=key, value=100 * result[key], n=result["count"], protocol=f"{protocol}; {what}",
-                   extras={OUTCOMES: accumulator.outcomes(key, arrays_of=None if key == "mIoU" else "mIoU")})
+                   extras={OUTCOMES: accumulator.outcomes(key, arrays_of=None if key == "mIoU" else "mIoU"),
+                           MASKS_FOUND: masks})
             for key, what in (("mIoU", "mean matched IoU"), ("aIoU", "matched IoU weighted by ground-truth area"),
                               ("precision", "mean |gt ∩ pred| / |pred| (mP)"),
                               ("recall", "mean |gt ∩ pred| / |gt| (mR)"))
