@@ -399,7 +399,7 @@ def markdown_page(head: Sequence[str], records: Sequence[RunRecord], df: pd.Data
     """``head`` lines, the table of ``df``, its ``figures`` (paths relative to the page), then how it
     was measured (protocols, data, teacher, student, epochs, device, dates), ``notes`` lines and
     the command that generated it."""
-    lines = [*head, *floor_summary(df), _markdown_table(df), ""]
+    lines = [*head, *floor_summary(df), *unserved_tasks(records), _markdown_table(df), ""]
     lines += [f"![{figure.stem}]({figure.as_posix()})" for figure in figures]
     if figures:
         lines.append("")
@@ -467,15 +467,34 @@ SUITE_CHANGE_HEADINGS = {
 """The page heading of each suite key that changes a method's config (:data:`benchbase.methods.SUITE_CHANGES`)."""
 
 
+def _newest_suite_value(records: Sequence[RunRecord], key: str) -> Any:
+    """``suite.<key>`` as the newest record that sets it (non-empty) says; None when none does."""
+    for record in sorted(records, key=lambda r: r.created_at, reverse=True):
+        value = (record.config.get("suite") or {}).get(key)
+        if value:
+            return value
+    return None
+
+
 def scaled_down(records: Sequence[RunRecord]) -> list[str]:
     """Page lines listing what the suite scales down from the papers' protocols (``suite.scaled``),
     as the newest record that names any says; none when no record does."""
-    for record in sorted(records, key=lambda r: r.created_at, reverse=True):
-        scaled = (record.config.get("suite") or {}).get("scaled")
-        if scaled:
-            return ["Scaled down from the papers' protocols to fit the machine (`suite.scaled`):",
-                    *(f"- {line}" for line in scaled), ""]
-    return []
+    scaled = _newest_suite_value(records, "scaled")
+    if not scaled:
+        return []
+    return ["Scaled down from the papers' protocols to fit the machine (`suite.scaled`):",
+            *(f"- {line}" for line in scaled), ""]
+
+
+def unserved_tasks(records: Sequence[RunRecord]) -> list[str]:
+    """Page lines naming the tasks the suite's teacher cannot serve and why (``suite.unserved``: its
+    score is not 10 points above both floors), as the newest record that names any says."""
+    unserved = _newest_suite_value(records, "unserved")
+    if not unserved:
+        return []
+    return ["Tasks this suite's teacher cannot serve (`suite.unserved`: not 10 points above both floors, so "
+            "their columns cannot tell methods apart here):",
+            *(f"- `{task}`: {why}" for task, why in unserved.items()), ""]
 
 
 def method_protocols(records: Sequence[RunRecord]) -> list[str]:

@@ -63,7 +63,8 @@ def test_the_teacher_recipe_pretrains_with_its_methods_trainer_settings(bb):
 
 def test_suite_deviations_change_one_methods_protocol_and_are_named_on_the_page(tmp_path, bb):
     overrides = instant(tmp_path, "+suite.deviations.feature.trainer.clip_grad=1.5",
-                        "suite.scaled=['digits at 16 px instead of ImageNet at 224 px','4 epochs instead of 300']")
+                        "suite.scaled=['digits at 16 px instead of ImageNet at 224 px','4 epochs instead of 300']",
+                        "suite.unserved={top1: 'a teacher of 0 epochs scores as the floors do'}")
     assert Methods(bb, overrides).config("feature").trainer.clip_grad == 1.5
     assert Methods(bb, overrides).config("mae").trainer.clip_grad is None  # the other methods keep theirs
     assert main(["run", "--methods", "feature,mae", *overrides]) == 0
@@ -72,6 +73,9 @@ def test_suite_deviations_change_one_methods_protocol_and_are_named_on_the_page(
     assert "Suite deviations from the methods' protocols" in page
     scaled = "Scaled down from the papers' protocols to fit the machine (`suite.scaled`):\n"
     assert scaled + "- digits at 16 px instead of ImageNet at 224 px\n- 4 epochs instead of 300\n" in page
+    unserved = "Tasks this suite's teacher cannot serve (`suite.unserved`: not 10 points above both floors"
+    assert unserved in page and "- `top1`: a teacher of 0 epochs scores as the floors do\n" in page
+    assert page.index(unserved) < page.index("| role")  # with the teacher-vs-floors lines, above the table
     assert "- `mae`: trainer.betas=[0.9, 0.95], trainer.clip_grad=None, student.drop_path=0.0" in page
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records()}
     assert setting_key(records["feature"]) == setting_key(records["mae"]) == setting_key(records["teacher"])
