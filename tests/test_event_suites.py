@@ -14,6 +14,8 @@ from conftest import DATA
 
 TINY = ["trainer.epochs=1", "teacher.recipe.finetune_epochs=1", "trainer.progress=false",
         "suite.tasks.segmentation.params.epochs=1"]
+EVERYTHING = ["suite.tasks.everything.params.points_per_side=4", "+suite.tasks.everything.params.max_images=4"]
+"""SAM's segment everything (the eventsam suite's first task) on 4 test images with a 4x4 grid."""
 
 
 def test_camvid_events_suite_composes_with_sam_on_frames_and_events():
@@ -44,7 +46,7 @@ def test_camvid_events_suite_runs_on_the_real_camvid_frames(tmp_path, camvid_few
 
 
 def test_eventsam_reference_trains_the_event_student_from_scratch(tmp_path):
-    tiny = ["suite=eventsam", *TINY, "+data.digit_scene_events.params.n_train=32",
+    tiny = ["suite=eventsam", *TINY, *EVERYTHING, "+data.digit_scene_events.params.n_train=32",
             "+data.digit_scene_events.params.n_test=16", f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb"]
     assert main(["run", "--methods", "eventsam", "-m", *tiny, "method.params.importance=released_code,uniform"]) == 0
     records = ResultsDB(tmp_path / "results.db").records("eventsam")
@@ -56,12 +58,23 @@ def test_eventsam_reference_trains_the_event_student_from_scratch(tmp_path):
     # the floors of a SAM-student suite: the pixels floor reads the student's modality (3 event channels)
     pixels = by_row[("floor", "pixels", None)]
     assert pixels.status == "done" and "mIoU" in {m.name for m in pixels.metrics}
-    assert by_row[("floor", "random_init", None)].status == "done"
+    # segment everything needs a SAM encoder: the pixels floor has no cell there, random_init has one
+    assert {m.extras.get("task") for m in pixels.metrics} == {"segmentation"}
+    random_init = by_row[("floor", "random_init", None)]
+    assert random_init.status == "done" and {"everything", "segmentation"} <= {m.extras.get("task") for m in random_init.metrics}
     scratch = by_row[("reference", "supervised_segmentation", None)]
     assert scratch.status == "done", scratch.error
     assert {"mIoU", "seg_mIoU"} <= {m.name for m in scratch.metrics}
     table = (tmp_path / "leaderboards" / "eventsam.md").read_text()
     assert "eventsam (importance=uniform)" in table and "eventsam (importance=released_code)" in table
+    # 0 epochs: the teacher's encoder read on events without adaptation (its patch embedding shared by the
+    # event channels) is scored, with no training summary
+    assert main(["run", "--methods", "eventsam", *tiny, "trainer.epochs=0", "suite.floors=[]"]) == 0
+    unadapted = [r for r in ResultsDB(tmp_path / "results.db").records("eventsam")
+                 if r.method == "eventsam" and r.config["trainer"]["epochs"] == 0]
+    assert len(unadapted) == 1 and unadapted[0].status == "done", [r.error for r in unadapted]
+    tasks = {m.extras.get("task") for m in unadapted[0].metrics}
+    assert {"everything", "segmentation"} <= tasks and "train" not in tasks, tasks
 
 
 def test_every_variant_of_the_eventsam_ablation_composes_with_valid_loss_params(tmp_path):

@@ -31,7 +31,8 @@ LEADERBOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
 SUITES = sorted(p.stem for p in (LEADERBOARDS / "results").glob("*.jsonl") if not p.stem.startswith("ablation-"))
 MARGIN = 10.0  # points above the best floor
 FEWSHOT_CI = 0.5  # points, the 95% interval of one seed's episodes
-MEASURES = {"linear_probe": r"top1", "finetune": r"top1", "segmentation": r"mIoU", "fewshot": r"\d+way-\d+shot"}
+MEASURES = {"linear_probe": r"top1", "finetune": r"top1", "segmentation": r"mIoU", "fewshot": r"\d+way-\d+shot",
+            "sam_everything": r"mIoU"}
 """The metric(s) that are a task's measure, by evaluator (the other columns are secondary)."""
 
 

@@ -225,14 +225,16 @@ def test_eventsam_suite_runs_sam_on_frames_to_sam_on_events(tmp_path):
         "suite=eventsam", "trainer.epochs=1", "teacher.recipe.finetune_epochs=1", "trainer.progress=false",
         "suite.tasks.segmentation.params.epochs=1", "+data.digit_scene_events.params.n_train=32",
         "+data.digit_scene_events.params.n_test=16", f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb",
+        "suite.tasks.everything.params.points_per_side=4", "+suite.tasks.everything.params.max_images=4",
         "suite.floors=[]",  # the floors of this suite are tested in test_event_suites.py
     ]
     assert main(["run", *tiny]) == 0  # every method plugin: only eventsam fits SAM students, the rest skip
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records("eventsam")}
     assert set(records) == {"teacher", "supervised_segmentation", "eventsam"}  # the from-scratch reference row
     assert records["eventsam"].status == "done", records["eventsam"].error
-    names = {m.name for m in records["eventsam"].metrics}
-    assert {"mIoU", "seg_mIoU", "seg_aIoU", "seg_precision", "seg_recall"} <= names
+    names = {(m.extras["task"], m.name) for m in records["eventsam"].metrics}
+    assert {("segmentation", n) for n in ("mIoU", "seg_mIoU", "seg_aIoU", "seg_precision", "seg_recall")} <= names
+    assert {("everything", n) for n in ("mIoU", "aIoU", "precision", "recall")} <= names  # EventSAM's evaluation
     # the loss's training summary: the spread of the teacher's importance weights at each distilled block
     spread = {m.name: m for m in records["eventsam"].metrics if m.name.startswith(("importance_cv", "weighting_"))}
     assert set(spread) == {f"{kind}_block{b}" for b in range(4) for kind in ("importance_cv", "weighting_effect")}
