@@ -627,7 +627,7 @@ def ablation_page(records: Sequence[RunRecord], out: Path, name: str,
     ``plot`` column and a note per row on what ran and the overrides that make it."""
     from benchbase.plots import curve_plot, metric_columns
 
-    place = records[0].config["ablation"]
+    place = ablation_layout(records)
     rows = ablation_rows(records)
     df = build_ablation_table(records)
     if committed is not None:
@@ -659,6 +659,12 @@ def is_ablation(records: Sequence[RunRecord]) -> bool:
     return bool(records) and all("ablation" in r.config for r in records)
 
 
+def ablation_layout(records: Sequence[RunRecord]) -> dict[str, Any]:
+    """The spec an ablation table is laid out by (title, columns, metrics, plot): the newest
+    record's, so that a spec changed since older records were published lays out the table."""
+    return max(records, key=lambda r: r.created_at).config["ablation"]
+
+
 def ablation_rows(records: Sequence[RunRecord]) -> dict[int, list[RunRecord]]:
     """The rows of an ablation table: variant index -> its latest run per seed; the teacher's rows
     first, then the floors (negative indices), then the spec's order."""
@@ -672,7 +678,7 @@ def ablation_rows(records: Sequence[RunRecord]) -> dict[int, list[RunRecord]]:
 def build_ablation_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     """The ablation table (a :func:`metric_frame`): one row per variant in the spec's order, its
     descriptive cells, then the chosen metrics as mean and 95% CI over seeds."""
-    place = records[0].config["ablation"]
+    place = ablation_layout(records)
     rows = ablation_rows(records)
     values = {index: group[0].config["ablation"]["values"] for index, group in rows.items()}
     columns = place["columns"]

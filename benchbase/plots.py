@@ -97,18 +97,20 @@ def curve_plot(points: list[tuple[float, pd.Series]], metrics: list[str], xlabel
     of its ``_ci95`` column (no band where a row has none); one panel per metric."""
     points = sorted(points, key=lambda p: p[0])
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.0), squeeze=False)
-    xs = [x for x, _ in points]
     for ax, column in zip(axes[0], metrics):
-        ys = [float(r[column]) for _, r in points]
-        cis = [float(r[column + CI_SUFFIX]) if _finite(r[column + CI_SUFFIX]) else 0.0 for _, r in points]
+        ax.set_xlabel(xlabel)
+        ax.set_title(column, fontsize=9)
+        shown = [(x, r) for x, r in points if _finite(r[column])]  # a row without this metric has no point
+        if not shown:
+            continue
+        xs, ys = [x for x, _ in shown], [float(r[column]) for _, r in shown]
+        cis = [float(r[column + CI_SUFFIX]) if _finite(r[column + CI_SUFFIX]) else 0.0 for _, r in shown]
         ax.plot(xs, ys, marker="o")
         low, high = [y - c for y, c in zip(ys, cis)], [y + c for y, c in zip(ys, cis)]
         ax.fill_between(xs, low, high, alpha=0.25)
         middle, half = (min(low) + max(high)) / 2, max((max(high) - min(low)) / 2 * 1.1, MIN_HALF_SPAN)
         ax.set_ylim(middle - half, middle + half)  # a flat curve looks flat, not zoomed to its noise
         ax.ticklabel_format(axis="y", useOffset=False)
-        ax.set_xlabel(xlabel)
-        ax.set_title(column, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -83,6 +83,15 @@ def test_ablation_runs_variants_and_writes_a_regenerable_table(tmp_path, capsys)
         [line.split("|")[1] for line in lines]
     assert "| local " in lines[1] and "Local table" in table
 
+    # a spec changed since, rerun in another setting and published: the table takes the new spec's
+    # layout, not that of the older records that stay in the committed file
+    plugins = plugins_with_spec(tmp_path / "changed", SPEC.replace("metrics: [fewshot/5way-1shot, top1/top1]",
+                                                                   "metrics: [top1/top1]"))
+    assert main(["--plugins-dir", str(plugins), "ablate", "--publish", "tiny",
+                 *tiny(tmp_path, *CHEAP, "trainer.epochs=2", floors=True)]) == 0
+    header = next(line for line in (tmp_path / "lb" / "ablation-tiny.md").read_text().splitlines() if line.startswith("| "))
+    assert [c.strip() for c in header.split("|")[1:4]] == ["target", "beta", "top1/top1"]
+
 
 def test_unknown_ablation_and_bad_spec_are_one_line_errors(tmp_path, capsys):
     plugins = plugins_with_spec(tmp_path, SPEC.replace("plot: beta", "plot: gamma"))
@@ -117,3 +126,12 @@ def test_a_curve_follows_the_rows_that_differ_only_in_its_column():
     points = sweep_points(df, "beta", ["weights", "beta", "blocks"])
     assert sorted((x, row["mIoU"]) for x, row in points) == [(0.25, 3.0), (0.5, 1.0), (1.0, 5.0)]
     assert sweep_points(df, "beta", ["beta"]) and sweep_points(df.iloc[[1]], "beta", ["beta"]) == []
+
+
+def test_a_curve_skips_the_rows_without_a_metric(tmp_path):
+    from benchbase.plots import curve_plot
+
+    rows = [pd.Series({"m": value, "m_ci95": 0.5, "n": other, "n_ci95": float("nan")})
+            for value, other in ((1.0, float("nan")), (2.0, 3.0), (4.0, float("nan")))]
+    path = curve_plot(list(zip((0.25, 0.5, 1.0), rows)), ["m", "n"], "beta", "a curve", tmp_path / "curve.png")
+    assert path.stat().st_size > 0  # column n has one point, the others none: drawn, not a failure
