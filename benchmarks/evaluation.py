@@ -10,7 +10,9 @@ can break a near-tie between two classes either way; such episodes are scored ag
 show which side it agrees with). The time the
 arithmetic needs is the scoring's multiply-adds (E·N·Q·N·F for the query-to-class cosines, E·N·K·F
 for the class sums, E·N·F + n·F for the norms) at the rate of a large matrix product
-([4096, F] x [F, 4096]) measured in the same run.
+([4096, F] x [F, 4096]) measured in the same run. The time to read the queries' features
+(``read_queries``: one ``F.embedding_bag`` summing each episode's query rows, E·N·Q random rows of F
+values, no products) is the least any scorer that gathers them needs on the machine's memory.
 
 mIoU: predictions and labels of a split (``--images`` maps of ``--size`` px, ``--seg-classes``
 classes plus an ignore label) accumulated into one confusion matrix with benchbase's
@@ -90,6 +92,10 @@ def main() -> None:
     def sample(shots: int):
         return lambda: sample_episodes(labels, ways, shots, queries, args.episodes, torch.Generator().manual_seed(1))
 
+    def read_queries(shots: int):
+        index = episodes[shots][1].flatten(1).clamp(min=0).to(device)  # [E, N·Q]
+        return lambda: F.embedding_bag(index, features, mode="sum")
+
     def score(fn, key: str, shots: int):
         def run():
             accuracy[key] = fn(features, *episodes[shots]).cpu()
@@ -102,6 +108,7 @@ def main() -> None:
         candidates[f"sample_{shots}shot"] = sample(shots)
         candidates[f"benchbase_{shots}shot"] = score(prototype_accuracy, f"benchbase_{shots}shot", shots)
         candidates[f"loop_{shots}shot"] = score(loop_accuracy, f"loop_{shots}shot", shots)
+        candidates[f"read_queries_{shots}shot"] = read_queries(shots)
     fewshot = interleaved_medians(candidates, args.repeats, device, warmup=0)
     rate = side * side * args.dim / fewshot["matmul"]  # multiply-adds per second
     report = {}
@@ -117,6 +124,7 @@ def main() -> None:
             "speedup_over_loop": round(fewshot[f"loop_{shots}shot"] / fewshot[f"benchbase_{shots}shot"], 1),
             "arithmetic_s": round(arithmetic, 4),
             "times_arithmetic": round(fewshot[f"benchbase_{shots}shot"] / arithmetic, 2),
+            "times_read_queries": round(fewshot[f"benchbase_{shots}shot"] / fewshot[f"read_queries_{shots}shot"], 2),
             "mean_accuracy": {"benchbase": round(float(bench.mean()), 6), "loop": round(float(loop.mean()), 6)},
             "differing_episodes": len(differ),
             "of_which_float64_agrees_with": {"benchbase": int(torch.isclose(bench[differ], exact).sum()),

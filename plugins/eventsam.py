@@ -28,13 +28,13 @@ matrices converges, so the α_i collapse into one β: H(s) ≈ β P̃ + (1 − �
 are w_s = 1ᵀH(s) = β·1ᵀP̃ + (1 − β)·1 (sum over queries: how much attention each token gets).
 ``beta`` is β (the released code's 0.5 gives (1ᵀP + 1) / 2). P̃ depends on ``importance``:
 
-* ``"released_code"`` (default; ``mix_encoder.py`` since 2024-03-30): P̃ is one matrix, the
+* ``"released_code"`` (``mix_encoder.py`` since 2024-03-30): P̃ is one matrix, the
   head-averaged attention of block s + 1, evaluated as the released ``Block.forward``'s second
   attention call: block s + 1's ``attn`` applied to its own attention-branch output (after window
   un-partition, before the residual) over the whole grid, so a windowed block gives a dense N×N
   "pseudo-global" matrix (SAM interpolates its window rel-pos table). The last block gets w = 1
   (the released ``torch.ones``). No further normalisation: with β = 0.5 the weights average 1.
-* ``"paper"``: P̃ = P(n)·…·P(s+1), the chain of the teacher's head-averaged attention
+* ``"paper"`` (default): P̃ = P(n)·…·P(s+1), the chain of the teacher's head-averaged attention
   transition matrices of every later block, as the forward pass uses them: a global block's
   N×N attention, a windowed block's block-diagonal one (mass given to padding tokens dropped; see
   :func:`benchbase.sam.window_attention_to_dense`). The last block's empty chain gives w = 1.
@@ -153,8 +153,9 @@ class EventSAMLoss(Method):
             released [2, 5, 8, 11] for SAM ViT-B, [0, 1, 2, 3] for the small suites' 4 blocks.
         layer_weights: λ per distilled block; None (default): evenly from 0.1 to 1, which for four
             blocks is the released [0.1, 0.4, 0.7, 1.0].
-        importance: ``"released_code"`` (attention of block s + 1), ``"paper"`` (the chain of
-            all later blocks) or ``"uniform"`` (every weight 1); see the module docstring.
+        importance: ``"paper"`` (default: the chain of all later blocks' attention),
+            ``"released_code"`` (attention of block s + 1) or ``"uniform"`` (every weight 1); see the
+            module docstring.
         beta: β in w = β·1ᵀP + (1 − β)·1, in [0, 1] (released 0.5; 0 gives uniform weights).
         distance: ``"l1"`` (released) or ``"mse"``.
         trainable: ``"released_code"``, ``"paper_figure"`` or ``"all"``.
@@ -170,7 +171,7 @@ class EventSAMLoss(Method):
     def __init__(
         self, frame_channels: int | None = None, event_channels: int | None = None,
         distilled_blocks: list[int] | None = None, layer_weights: list[float] | None = None,
-        importance: str = "released_code", beta: float = 0.5, distance: str = "l1",
+        importance: str = "paper", beta: float = 0.5, distance: str = "l1",
         trainable: str = "released_code", init_from_teacher: bool = True, exclude_padding: bool = False,
         mix_ratio: float = 0.0,
     ):
@@ -344,21 +345,22 @@ class EventSAMLoss(Method):
         """Per distilled block s, over the training steps: ``importance_cv_block{s}``, how unequal the
         teacher's token importance was (percent; 0 for uniform weights and for the last block,
         weighted 1), and ``weighting_effect_block{s}``, by how much the weighting changed the block's
-        distance against uniform weights (percent; 0: no effect)."""
+        distance against uniform weights (percent; 0: no effect). Their protocol texts name no
+        option of the row (importance, beta, distance: those are in its config), so rows that differ
+        in them share one column; the number of steps averaged is the metric's ``n``."""
         if not self.spread_steps:
             return []
         steps, metrics = self.spread_steps, []
-        what = f"{self.importance} importance, beta {self.beta:g}"
         for block, total in sorted(self.spread.items()):
             spread, ratio = (float(v) / steps for v in total)
             metrics += [
                 Metric(f"importance_cv_block{block}", 100 * spread, steps,
-                       f"spread of the teacher's token importance at distilled block {block} ({what}): the coefficient "
-                       f"of variation of the weights over an image's tokens (std / mean, percent), averaged over the "
-                       f"images of each of {steps} training steps"),
+                       f"spread of the teacher's token importance at distilled block {block}: the coefficient of "
+                       f"variation of the weights over an image's tokens (std / mean, percent), averaged over the "
+                       f"images of each training step, then over the steps"),
                 Metric(f"weighting_effect_block{block}", 100 * (ratio - 1), steps,
-                       f"effect of the token weighting on distilled block {block}'s {self.distance} distance ({what}): "
-                       f"100 x (weighted / uniformly weighted distance - 1), averaged over {steps} training steps"),
+                       f"effect of the token weighting on distilled block {block}'s loss distance: 100 x (weighted / "
+                       f"uniformly weighted distance - 1), averaged over the training steps"),
             ]
         return metrics
 

@@ -34,8 +34,9 @@ def test_evaluation_benchmark_baselines_compute_what_benchbase_computes(capsys):
         assert fewshot[shots]["differing_episodes"] == 0
         assert fewshot[shots]["mean_accuracy"]["benchbase"] == fewshot[shots]["mean_accuracy"]["loop"]
         assert fewshot[shots]["arithmetic_s"] >= 0 and fewshot[shots]["path"] in ("gram", "direct")
-    assert set(fewshot["seconds"]) == {"matmul", *(f"{kind}_{shots}shot" for kind in ("sample", "benchbase", "loop")
-                                                   for shots in (1, 5))}
+        assert fewshot[shots]["times_read_queries"] > 0  # against reading the queries' rows once
+    assert set(fewshot["seconds"]) == {"matmul", *(f"{kind}_{shots}shot" for shots in (1, 5)
+                                                   for kind in ("sample", "benchbase", "loop", "read_queries"))}
 
 
 def test_capture_cost_benchmark_times_every_variant(capsys):

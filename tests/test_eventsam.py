@@ -120,7 +120,7 @@ def released_weights(teacher: SamTeacher, images: torch.Tensor, block: int, beta
 
 
 def test_released_code_weights_use_the_next_blocks_pseudo_global_attention():
-    loss, student, teacher = ready(beta=0.5)
+    loss, student, teacher = ready(importance="released_code", beta=0.5)
     assert set(loss.teacher_taps) == {Tap("block", 0), Tap("block", 1), Tap("block", 3),
                                       Tap("attn_out", 1), Tap("attn_out", 2)}
     frames = stacked()[:, :3]
@@ -400,3 +400,17 @@ def test_the_spread_of_the_importance_weights_is_reported_after_training(importa
         assert all(m.value == pytest.approx(0.0, abs=1e-4) for m in summary.values())
     else:
         assert summary["importance_cv_block0"].value > 1.0 and summary["weighting_effect_block0"].value != 0.0
+
+
+def test_the_spread_metrics_share_one_column_across_rows():
+    """The summary's protocol texts name no option of the row (importance, beta, distance, steps):
+    rows of an ablation that differ in those options share the `train/...` columns."""
+    protocols = []
+    for params, steps in (({}, 1), ({"importance": "released_code", "beta": 0.25, "distance": "mse"}, 2)):
+        loss, student, teacher = ready(**params)
+        inputs = loss.make_inputs(stacked(), torch.zeros(2))
+        t_caps = teacher.run(inputs.teacher, loss.teacher_taps)
+        for _ in range(steps):
+            loss(student.run(inputs.student, loss.student_taps), t_caps, inputs)
+        protocols.append({m.name: m.protocol for m in loss.training_summary()})
+    assert protocols[0] == protocols[1] and len(protocols[0]) == 2 * len(BLOCKS)
