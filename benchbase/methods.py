@@ -232,8 +232,13 @@ def with_protocol(cfg: DictConfig) -> DictConfig:
 
 def suite_trainer(cfg: Any) -> DictConfig:
     """The suite's trainer of run config ``cfg`` (what a recipe teacher trains with): ``cfg.trainer``
-    with the values its method's protocol replaced put back (``method.suite_values.trainer``)."""
-    return OmegaConf.create(suite_setting(OmegaConf.to_container(cfg, resolve=True), "trainer"))
+    with the values its method's protocol replaced put back (``method.suite_values.trainer``). Only
+    those two nodes are resolved, not the whole config (this runs for every run's identity)."""
+    method = cfg.get("method")
+    replaced = method.get("suite_values") if method is not None else None
+    plain = {"trainer": OmegaConf.to_container(cfg.trainer, resolve=True),
+             "method": {"suite_values": OmegaConf.to_container(replaced, resolve=True) if replaced else {}}}
+    return OmegaConf.create(suite_setting(plain, "trainer"))
 
 
 def background_labels(data: DataBundle) -> list[int]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +26,21 @@ _VARIANT = re.compile(r"^(?P<method>[^ ]+) \((?P<param>[^=,]+)=(?P<value>[^,)]+)
 PARAMS = "cost/params_m"
 COSTS = {THROUGHPUT: "training images/s", PARAMS: "parameters (M)"}
 """Cost columns that metrics are plotted against, with their axis labels."""
+
+
+_drawing = True
+
+
+@contextmanager
+def paths_only() -> Iterator[None]:
+    """Inside this block the plot functions return the paths they would write without drawing them
+    (for :func:`benchbase.leaderboard.check`, which compares only the tables' text)."""
+    global _drawing
+    saved, _drawing = _drawing, False
+    try:
+        yield
+    finally:
+        _drawing = saved
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
@@ -46,6 +63,8 @@ def cost_plot(df: pd.DataFrame, path: Path, title: str, cost: str = THROUGHPUT) 
     rows = df[df[cost].map(_finite)]
     if rows.empty:
         return None
+    if not _drawing:
+        return path
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.0), squeeze=False)
     for ax, column in zip(axes[0], metrics):
         for _, row in rows.iterrows():
@@ -95,6 +114,8 @@ def curve_plot(points: list[tuple[float, pd.Series]], metrics: list[str], xlabel
                path: Path) -> Path:
     """Each metric column of the table rows in ``points`` against their x value, with the 95% band
     of its ``_ci95`` column (no band where a row has none); one panel per metric."""
+    if not _drawing:
+        return path
     points = sorted(points, key=lambda p: p[0])
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.0), squeeze=False)
     for ax, column in zip(axes[0], metrics):

@@ -188,6 +188,23 @@ def test_publishing_a_database_writes_one_board_per_suite(tmp_path: Path) -> Non
     assert check(tmp_path / "boards") == ["s1.csv"]
 
 
+def test_the_check_names_the_plots_a_page_embeds_without_drawing_them(tmp_path: Path) -> None:
+    """--check compares only the tables' text: inside ``paths_only`` a plot returns the path it
+    would write (so the page embeds the same figures) and draws nothing; outside it draws."""
+    from benchbase.plots import THROUGHPUT, cost_plot, curve_plot, paths_only
+
+    df = pd.DataFrame({"method": ["a", "b"], "top1/top1": [1.0, 2.0], "top1/top1_ci95": [0.1, 0.2],
+                       THROUGHPUT: [10.0, 20.0]})
+    points = [(float(x), row) for x, (_, row) in zip((0.1, 0.2), df.iterrows())]
+    with paths_only():
+        assert cost_plot(df, tmp_path / "c.png", "s") == tmp_path / "c.png"
+        assert curve_plot(points, ["top1/top1"], "x", "t", tmp_path / "k.png") == tmp_path / "k.png"
+        assert cost_plot(df.drop(columns=[THROUGHPUT]), tmp_path / "n.png", "s") is None  # nothing to plot
+    assert not list(tmp_path.iterdir())
+    assert cost_plot(df, tmp_path / "c.png", "s").stat().st_size > 0
+    assert curve_plot(points, ["top1/top1"], "x", "t", tmp_path / "k.png").stat().st_size > 0
+
+
 def test_local_records_of_the_database_keep_borrowed_rows_and_leave_ablations_out(tmp_path: Path) -> None:
     local = tmp_path / "local"
     shared = run("supervised", 0, 7.0, suite="ablation-x", role="reference")
