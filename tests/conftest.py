@@ -51,6 +51,9 @@ def images() -> torch.Tensor:
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 """The shared real data sets (never part of the project; the product never needs them)."""
 
+LEADERBOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
+"""The committed tables and their run records (``results/*.jsonl``)."""
+
 
 @pytest.fixture(scope="session")
 def camvid_root(tmp_path_factory) -> Path:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from benchbase.leaderboard import RESULTS_DIR, check
 from benchbase.results import read_jsonl
 
-LEADERBOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
+from conftest import LEADERBOARDS
 
 
 def test_every_committed_table_is_generated_from_its_records():

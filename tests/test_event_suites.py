@@ -3,8 +3,6 @@ the eventsam suite's reference row (the event student trained from scratch) runs
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from benchbase.cli import main
@@ -13,7 +11,7 @@ from benchbase.leaderboard import current_records
 from benchbase.plugin_manager import load
 from benchbase.results import ResultsDB, read_jsonl
 
-from conftest import DATA
+from conftest import DATA, LEADERBOARDS
 
 TINY = ["trainer.epochs=1", "teacher.recipe.finetune_epochs=1", "trainer.progress=false",
         "suite.tasks.segmentation.params.epochs=1"]
@@ -103,8 +101,8 @@ def test_the_committed_eventsam_row_weights_tokens_unequally_on_the_suites_train
     that are far from uniform at every non-final distilled block, and weighting changes the
     distance the loss sees by a non-trivial amount at the first one, where the release's single
     matrix changed it by 0.1-0.3% (the records of 2026-12-02)."""
-    path = Path(__file__).resolve().parents[1] / "leaderboards" / "results" / "eventsam.jsonl"
-    rows = [r for r in current_records(read_jsonl(path)) if r.role == "method" and r.method == "eventsam"
+    records = current_records(read_jsonl(LEADERBOARDS / "results" / "eventsam.jsonl"))
+    rows = [r for r in records if r.role == "method" and r.method == "eventsam"
             and r.config["method"]["params"]["importance"] == "paper"]
     assert len(rows) == 3 and {r.seed for r in rows} == {0, 1, 2}
     for record in rows:

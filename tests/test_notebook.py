@@ -12,7 +12,7 @@ from benchbase.errors import BenchbaseError
 from benchbase.leaderboard import format_table
 from benchbase.results import ResultsDB
 
-LEADERBOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
+from conftest import LEADERBOARDS
 
 
 def quick(home: Path, *extra: str) -> list[str]:

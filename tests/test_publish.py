@@ -13,10 +13,9 @@ from benchbase.errors import BenchbaseError
 from benchbase.leaderboard import local_records, merge_records, prune, publish, write_local
 from benchbase.results import ResultsDB, read_jsonl
 
+from conftest import LEADERBOARDS
 from test_leaderboard import run
 from test_run import instant
-
-LEADERBOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
 
 
 def tree(folder: Path) -> dict[str, bytes]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import pytest
 
@@ -27,7 +26,8 @@ from benchbase.notebook import table
 from benchbase.plugin_manager import load
 from benchbase.results import read_jsonl
 
-LEADERBOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
+from conftest import LEADERBOARDS
+
 SUITES = sorted(p.stem for p in (LEADERBOARDS / "results").glob("*.jsonl") if not p.stem.startswith("ablation-"))
 MARGIN = 10.0  # points above the best floor
 FEWSHOT_CI = 0.5  # points, the 95% interval of one seed's episodes

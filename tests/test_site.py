@@ -15,6 +15,8 @@ from benchbase.components import Metric
 from benchbase.outcomes import mean_outcomes
 from benchbase.results import RunRecord, write_jsonl
 
+from conftest import LEADERBOARDS
+
 FEWSHOT = "fewshot/5way-1shot"
 EPISODES = 40
 ROWS = [  # role, method, correct queries of 10 per episode (a constant row: its value is 10x that)
@@ -45,7 +47,7 @@ def site(tmp_path_factory) -> Path:
     lb = tmp_path / "lb"
     write_jsonl(lb / "results" / "demo.jsonl", [record(*row, seed) for row in ROWS for seed in (0, 1)])
     (lb / "figures" / "demo").mkdir(parents=True)
-    shutil.copyfile(Path(__file__).resolve().parents[1] / "leaderboards" / "digits.png",
+    shutil.copyfile(LEADERBOARDS / "digits.png",
                     lb / "figures" / "demo" / "heat-map.png")
     assert main(["leaderboard", "--out", str(lb), "--html", str(tmp_path / "site")]) == 0
     assert main(["leaderboard", "--out", str(lb), "--check"]) == 0  # the Markdown tables are as before
