@@ -16,14 +16,26 @@ from conftest import DATA, LEADERBOARDS
 TINY = ["trainer.epochs=1", "teacher.recipe.finetune_epochs=1", "trainer.progress=false",
         "suite.tasks.segmentation.params.epochs=1"]
 EVERYTHING = ["suite.tasks.everything.params.points_per_side=4", "+suite.tasks.everything.params.max_images=4"]
-"""SAM's segment everything (the eventsam suite's first task) on 4 test images with a 4x4 grid."""
+"""SAM's segment everything (the event suites' first task) on 4 test images with a 4x4 grid."""
 
 
 def test_camvid_events_suite_composes_with_sam_on_frames_and_events():
     cfg = compose_config(["suite=camvid-events", "data.camvid_events.root=/somewhere"], load().config_dirs())
     assert cfg.suite.name == "camvid-events" and cfg.suite.distill.dataset == "camvid_events"
     assert (cfg.student.arch, cfg.student.input, cfg.teacher.arch, cfg.teacher.input) == ("sam", "events", "sam", "frame")
+    # EventSAM's evaluation first (the page's first columns), the linear probe an extra column
+    assert list(cfg.suite.tasks) == ["everything", "segmentation"]
+    everything = cfg.suite.tasks.everything
+    assert everything.evaluator == "sam_everything" and everything.dataset == "camvid_events"
+    assert everything.params.reference_area == 346 * 260  # EventSAM's DAVIS346 frames
     assert cfg.suite.tasks.segmentation.dataset == "camvid_events" and cfg.suite.tasks.segmentation.params.segment_metric
+    # the teacher is trained as SAM is, with its prompt sizing named among the suite's deviations
+    assert cfg.teacher.recipe.finetune_method == "sam"
+    prompts = cfg.teacher.recipe.finetune_params
+    assert any(f"{prompts.masks_per_image} masks a frame, {prompts.correction_points} correction point" in line
+               for line in cfg.suite.scaled)
+    assert any(f"{everything.params.points_per_side}x{everything.params.points_per_side} point grid" in line
+               for line in cfg.suite.scaled)
     assert list(cfg.suite.references) == ["supervised_segmentation"]
     assert cfg.data.camvid_events.root == "/somewhere"
 
@@ -32,15 +44,19 @@ def test_camvid_events_suite_composes_with_sam_on_frames_and_events():
 def test_camvid_events_suite_runs_on_the_real_camvid_frames(tmp_path, camvid_few_root):
     tiny = ["suite=camvid-events", *TINY, f"data.camvid_events.root={camvid_few_root}", "data.camvid_events.image_size=32",
             f"home={tmp_path}", f"leaderboard_dir={tmp_path}/lb", "suite.floors=[]",
-            # 40 frames a split (this test is about the data); SAM's training of its teacher prompts few
-            # masks, with one correction point
-            "+teacher.recipe.finetune_params.masks_per_image=4", "+teacher.recipe.finetune_params.correction_points=1"]
+            # 40 frames a split (this test is about the data); SAM's training of its teacher prompts 4
+            # masks a frame (the suite's single correction point kept)
+            "teacher.recipe.finetune_params.masks_per_image=4", *EVERYTHING]
     assert main(["run", "--methods", "eventsam", *tiny]) == 0
     records = {r.method: r for r in ResultsDB(tmp_path / "results.db").records("camvid-events")}
     assert set(records) == {"teacher", "supervised_segmentation", "eventsam"}
     assert all(r.status == "done" for r in records.values()), {m: r.error for m, r in records.items()}
-    metrics = {m.name: m for m in records["eventsam"].metrics}
+    metrics = {m.name: m for m in records["eventsam"].metrics if m.extras.get("task") == "segmentation"}
     assert "ignore label 11" in metrics["mIoU"].protocol and metrics["seg_mIoU"].n > 0
+    # segment everything through the teacher's frozen prompt encoder and mask decoder, on the real frames
+    everything = {m.name: m for m in records["eventsam"].metrics if m.extras.get("task") == "everything"}
+    assert {"mIoU", "aIoU", "precision", "recall"} <= set(everything), sorted(everything)
+    assert "4x4 point grid" in everything["mIoU"].protocol and everything["mIoU"].n > 0
     assert records["supervised_segmentation"].role == "reference"
     assert records["supervised_segmentation"].config["student"]["input"] == "events"
     assert "| supervised_segmentation" in (tmp_path / "leaderboards" / "camvid-events.md").read_text()
