@@ -3,7 +3,8 @@
 Few-shot: ``--episodes`` 5-way episodes (1 and 5 shots, 15 queries) on random [n, F] features of
 ``--classes`` classes. The episodes are drawn once by
 :func:`~benchbase.evaluation.fewshot.sample_episodes` (timed on its own), then scored by
-:func:`~benchbase.evaluation.fewshot.prototype_accuracy` and by a per-episode Python loop doing the
+:func:`~benchbase.evaluation.fewshot.prototype_accuracy` (on a CPU its fused kernel, elsewhere the
+batched tensor programs; ``path`` says which) and by a per-episode Python loop doing the
 same (class means of the support features, cosine of every query to each, argmax) on the same
 episodes; the per-episode accuracies of both are compared (``differing_episodes``: float32 rounding
 can break a near-tie between two classes either way; such episodes are scored again in float64 to
@@ -120,7 +121,8 @@ def main() -> None:
         differ = (bench != loop).nonzero().flatten()  # rounding of near-ties: which side float64 agrees with
         exact = loop_accuracy(features.double(), episodes[shots][0][differ], episodes[shots][1][differ])
         report[f"{shots}shot"] = {
-            "path": "gram" if uses_gram(len(labels), args.dim, args.episodes, ways, shots, queries) else "direct",
+            "path": "cpu kernel" if device.type == "cpu" else (
+                "gram" if uses_gram(len(labels), args.dim, args.episodes, ways, shots, queries) else "direct"),
             "speedup_over_loop": round(fewshot[f"loop_{shots}shot"] / fewshot[f"benchbase_{shots}shot"], 1),
             "arithmetic_s": round(arithmetic, 4),
             "times_arithmetic": round(fewshot[f"benchbase_{shots}shot"] / arithmetic, 2),

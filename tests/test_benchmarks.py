@@ -33,7 +33,7 @@ def test_evaluation_benchmark_baselines_compute_what_benchbase_computes(capsys):
     for shots in ("1shot", "5shot"):  # the same episodes, scored by benchbase and by the loop
         assert fewshot[shots]["differing_episodes"] == 0
         assert fewshot[shots]["mean_accuracy"]["benchbase"] == fewshot[shots]["mean_accuracy"]["loop"]
-        assert fewshot[shots]["arithmetic_s"] >= 0 and fewshot[shots]["path"] in ("gram", "direct")
+        assert fewshot[shots]["arithmetic_s"] >= 0 and fewshot[shots]["path"] == "cpu kernel"  # the tests run on a CPU
         assert fewshot[shots]["times_read_queries"] > 0  # against reading the queries' rows once
     assert set(fewshot["seconds"]) == {"matmul", *(f"{kind}_{shots}shot" for shots in (1, 5)
                                                    for kind in ("sample", "benchbase", "loop", "read_queries"))}

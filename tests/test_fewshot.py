@@ -21,6 +21,7 @@ from benchbase.evaluation.fewshot import (
     _linear_accuracy,
     _prototypes,
     _smallest,
+    batched_prototype_accuracy,
     cosine_linear_accuracy,
     logistic_accuracy,
     prototype_accuracy,
@@ -149,6 +150,22 @@ def test_gram_path_equals_direct_path_on_random_features():
         assert torch.equal(_gram_prototype_accuracy(features, support, query), direct_path(features, support, query))
 
 
+def test_cpu_kernel_equals_the_batched_paths_on_random_features():
+    """The fused CPU kernel against the Gram and direct tensor programs: 5- and 7-way (a 7-way episode
+    of 3 queries has 21 slots, so the kernel's last block of 8 rows is short), 1 to 5 shots, padded
+    queries (queries="all"), features wider than one vector register and not a multiple of it."""
+    features = torch.randn(LABELS.numel(), 50, generator=torch.Generator().manual_seed(10))
+    for ways, shots, queries in [(5, 1, 15), (5, 5, 3), (7, 1, 3), (5, 3, "all")]:
+        support, query = episodes(LABELS, shots, queries, 300, ways=ways)
+        expected = direct_path(features, support, query)
+        assert torch.equal(_gram_prototype_accuracy(features, support, query), expected)
+        assert torch.equal(prototype_accuracy(features, support, query), expected), (ways, shots, queries)
+    # an episode left without a query scores NaN on every path (0 / 0), the others as before
+    query[0] = -1
+    assert prototype_accuracy(features, support, query)[0].isnan() and direct_path(features, support, query)[0].isnan()
+    assert torch.equal(prototype_accuracy(features, support, query)[1:], expected[1:])
+
+
 def test_paths_are_chosen_by_size_and_small_chunks_change_nothing(monkeypatch):
     assert uses_gram(1000, 384, 10_000, 5, 1, 15) and not uses_gram(12_000, 384, 10_000, 5, 1, 15)
     assert not uses_gram(1000, 384, 20, 5, 1, 15)  # a few episodes: the n² Gram costs more than they do
@@ -162,7 +179,7 @@ def test_paths_are_chosen_by_size_and_small_chunks_change_nothing(monkeypatch):
     for path, accuracy in expected.items():
         monkeypatch.setattr(fewshot, "_GRAM_MAX_IMAGES", 10**6 if path == "gram" else 0)
         monkeypatch.setattr(fewshot, "_GRAM_GATHER_NS", 0.0)
-        assert torch.equal(prototype_accuracy(features, support, query), accuracy)
+        assert torch.equal(batched_prototype_accuracy(features, support, query), accuracy)
 
 
 def test_prototype_separable_is_perfect_and_random_is_chance():

@@ -2,8 +2,9 @@
 
 Episodes are drawn once from the split's labels with a seeded generator, so every model is scored
 on the same episodes (or read from a published episode list, see
-:mod:`benchbase.evaluation.episode_lists`); the prototype and cosine-linear classifiers score all
-episodes as batched tensor programs.
+:mod:`benchbase.evaluation.episode_lists`); the prototype classifier scores all episodes in one fused
+CPU kernel (:mod:`benchbase.evaluation.prototype_kernel`; batched tensor programs on other devices),
+the cosine-linear classifier as batched tensor programs.
 
 Shapes: n = images, F = feature width, E = episodes, N = ways, K = shots, Q = queries per class
 (with ``queries="all"``, Q is the largest number of remaining images of any class and shorter
@@ -27,6 +28,7 @@ from benchbase.data.folders import LazyImages
 from benchbase.errors import BenchbaseError
 from benchbase.evaluation.episode_lists import EpisodeList, read_episode_list
 from benchbase.evaluation.features import check_pooling, extract_features
+from benchbase.evaluation.prototype_kernel import prototype_accuracy_cpu
 from benchbase.outcomes import KEY as OUTCOMES
 from benchbase.outcomes import mean_outcomes
 
@@ -38,7 +40,8 @@ _SAMPLE_CHUNK = 1024  # episodes sampled per generator call (bounds the [chunk, 
 _CHUNK_ELEMENTS = 1 << 24  # values per chunk of episodes (64 MiB of float32): bounds every [e, ...] temporary
 _CACHE_FLOATS = 1 << 18  # feature values gathered per step of a linear scorer (1 MiB: stays in a core's L2 cache)
 _GRAM_MAX_IMAGES = 4096  # the Gram path's [n, n] matrix stays within 64 MiB
-# Costs in nanoseconds, measured on one core of the development machine (only their ratios matter):
+# Costs of the batched paths in nanoseconds, measured on one core of the development machine (only their
+# ratios matter):
 _MATMUL_NS = 0.026  # a multiply-add of a large matrix product (the Gram matrix)
 _GRAM_SLOT_NS, _GRAM_GATHER_NS = 100.0, 26.0  # the Gram path, per query and per scalar it gathers (N·K per query)
 _DIRECT_SLOT_NS, _DIRECT_FLOAT_NS = 245.0, 1.8  # the direct path, per query and per feature value (F per query)
@@ -262,9 +265,10 @@ def _gram_prototype_accuracy(features: Tensor, support_idx: Tensor, query_idx: T
 
 
 def uses_gram(images: int, dim: int, episodes: int, ways: int, shots: int, queries: int) -> bool:
-    """Whether :func:`prototype_accuracy` scores through the Gram matrix rather than batched products.
+    """Whether :func:`batched_prototype_accuracy` scores through the Gram matrix rather than batched products.
 
-    By the costs measured on one CPU core: the Gram path pays n²·F multiply-adds for the matrix,
+    By the costs of the two tensor programs measured on one CPU core (the CPU itself now takes the
+    fused kernel; no accelerator was measured): the Gram path pays n²·F multiply-adds for the matrix,
     then per query slot (E·N·Q of them) a fixed cost and N·K scalar gathers; the direct path pays
     per query slot a fixed cost and the gather and products of its F feature values. The Gram path
     wins for small splits, many episodes, wide features and few shots. Splits of more than
@@ -280,9 +284,10 @@ def uses_gram(images: int, dim: int, episodes: int, ways: int, shots: int, queri
 def prototype_accuracy(features: Tensor, support_idx: Tensor, query_idx: Tensor) -> Tensor:
     """Prototype classifier: each query goes to the class whose mean support feature is most cosine-similar.
 
-    Scored through one Gram matrix of the features where that is cheaper (:func:`uses_gram`),
-    otherwise by batched products of the query features with each episode's class means; both
-    give the same predictions (up to float rounding of exact ties).
+    On the CPU by the fused kernel (:func:`~benchbase.evaluation.prototype_kernel.prototype_accuracy_cpu`:
+    each query row read once, no gathered copies); on other devices by batched tensor programs
+    (:func:`batched_prototype_accuracy`). All give the same predictions up to float rounding of
+    exact near-ties.
 
     Args:
         features: [n, F] features.
@@ -292,6 +297,18 @@ def prototype_accuracy(features: Tensor, support_idx: Tensor, query_idx: Tensor)
     Returns:
         [E] accuracy of each episode over its queries, in [0, 1].
     """
+    features = features.float()
+    if features.device.type == "cpu":
+        return torch.from_numpy(prototype_accuracy_cpu(
+            features.contiguous().numpy(), support_idx.to(torch.int64).contiguous().numpy(),
+            query_idx.to(torch.int64).contiguous().numpy()))
+    return batched_prototype_accuracy(features, support_idx, query_idx)
+
+
+def batched_prototype_accuracy(features: Tensor, support_idx: Tensor, query_idx: Tensor) -> Tensor:
+    """:func:`prototype_accuracy` as batched tensor programs on any device (an accelerator's path):
+    through one Gram matrix of the features where that is cheaper (:func:`uses_gram`), otherwise by
+    batched products of the query features with each episode's class means. Same shapes."""
     features = features.float()
     episodes, ways, queries = query_idx.shape
     if uses_gram(features.shape[0], features.shape[1], episodes, ways, support_idx.shape[2], queries):
