@@ -31,8 +31,9 @@ def _unit_class_directions(features: np.ndarray, support: np.ndarray, out: np.nd
     ways, shots = support.shape
     dim = features.shape[1]
     for way in range(ways):
-        direction = out[way]
-        direction[:] = features[support[way, 0]]
+        direction, first = out[way], features[support[way, 0]]
+        for f in range(dim):  # an explicit loop: numba's slice assignment copies element by element
+            direction[f] = first[f]
         for shot in range(1, shots):
             row = features[support[way, shot]]
             for f in range(dim):
