@@ -70,13 +70,15 @@ def test_omniglot_suite_is_smkds_experiment_in_miniature():
     assert all(t.params.split == "novel" and t.params.queries == 15 for t in cfg.suite.tasks.values())
     assert list(cfg.suite.seeds) == [0, 1, 2]
     recipe = cfg.teacher.recipe
-    assert (recipe.pretrain_method, recipe.finetune_epochs, recipe.batch_size) == ("none", 30, 128)
+    assert (recipe.pretrain_method, recipe.finetune_epochs, recipe.batch_size) == ("none", 30, 32)
     assert recipe.finetune_params == {"label_smoothing": 0.1, "shift": 2}
     assert (cfg.teacher.embed_dim, cfg.teacher.depth, cfg.teacher.patch_size) == (96, 6, 4)
     assert cfg.student.embed_dim <= cfg.teacher.embed_dim and cfg.student.depth <= cfg.teacher.depth
     # the reference row trains with the teacher's recipe: a deviation may set a param its method file leaves out
     methods = Methods(load(), ["suite=omniglot"])
-    assert methods.params(methods.config("supervised", "reference")) == {"label_smoothing": 0.1, "shift": 2}
+    reference = methods.config("supervised", "reference")
+    assert methods.params(reference) == {"label_smoothing": 0.1, "shift": 2}
+    assert (reference.trainer.epochs, reference.trainer.batch_size) == (recipe.finetune_epochs, recipe.batch_size)
     assert methods.params(methods.config("smkd"))["momentum_teacher"] == 0.996
 
 
