@@ -6,11 +6,12 @@ Asserted here for every committed suite: the teacher clears both floors by at le
 each task's measure, unless the suite file names the task in ``suite.unserved`` with why (and then
 the margin must really be short: a declaration that no longer holds fails too); few-shot intervals
 of at most ±0.5 points per seed; three seeds in every row but the teacher's; on the few-shot suite,
-at least one pair of methods separated by the paired tests on every task.
-Not yet asserted, because the committed records do not meet them (issue 22 stays open for them):
-the omniglot teacher at or above the plain supervised ViT's 90 / 97 (5-way 1 / 5-shot; it scores
-83.4 / 93.3), and every distilled student of the few-shot suite above both floors (SMKD's
-self-distillation collapses to the random_init floor; see the suite file).
+at least one pair of methods separated by the paired tests on every task; the omniglot teacher as
+good as issue 22's plain supervised ViT (90.5 / 96.9, 5-way 1 / 5-shot) within its episodes' 95%
+interval.
+Not yet asserted, because the committed records do not meet it (issue 22 stays open for it): every
+distilled student of the few-shot suite above both floors (SMKD's self-distillation collapses to the
+random_init floor, MAE learns little in 4 epochs; see the suite file).
 """
 
 from __future__ import annotations
@@ -90,3 +91,16 @@ def test_the_few_shot_suite_separates_at_least_one_pair_of_methods_on_every_task
     for task_name, task in suite.tasks.items():
         for column in measure_columns(frame, task_name, task.evaluator):
             assert methods[f"{column}_rank"].nunique() > 1, (name, column, methods[["method", f"{column}_rank"]])
+
+
+PLAIN_VIT = {"fewshot/5way-1shot": 90.5, "fewshot/5way-5shot": 96.9}
+"""Issue 22's plain supervised ViT on the omniglot suite's split (its 30-epoch recipe, 2,000 episodes)."""
+
+
+def test_the_omniglot_teacher_is_as_good_as_the_plain_supervised_vit():
+    # "at least as good": the issue's figures are point estimates of another run on other episodes, so
+    # the teacher's mean may sit below them by no more than its own 95% interval
+    frame = table("omniglot", leaderboard_dir=LEADERBOARDS).frame
+    teacher = frame[frame.role == "teacher"].iloc[0]
+    for column, target in PLAIN_VIT.items():
+        assert teacher[column] + teacher[f"{column}_ci95"] >= target, (column, teacher[column], target)
