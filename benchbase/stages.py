@@ -91,6 +91,10 @@ def plan(methods: Methods, cfg: DictConfig, seed: int, teacher_source: str = "")
             raise BenchbaseError(f"method.stages[{index}].then={spec.then!r}; use one of {', '.join(THEN)}")
         method = spec.method or cfg.method.name
         stage_cfg = _stage_config(cfg, spec, method, index)
+        if stage_cfg.trainer.epochs < 1:  # it would hand over its untrained start
+            raise BenchbaseError(f"method.stages[{index}] ({spec.name}) trains {stage_cfg.trainer.epochs} epochs "
+                                 f"(its length follows trainer.epochs unless set): give it its own, "
+                                 f"method.stages.{index}.trainer.epochs=N")
         params = methods.params(stage_cfg)
         named = methods.identity_params(method, params)
         key = config_hash({"stage": run_identity(stage_cfg, "stage", method, named, seed), "previous": previous})

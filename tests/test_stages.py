@@ -11,6 +11,7 @@ from benchbase.components import Student
 from benchbase.config import TrainerConfig, compose_config
 from benchbase.data.digits import load_digits_bundle
 from benchbase.engine import CHECKPOINT, train
+from benchbase.errors import BenchbaseError
 from benchbase.results import ResultsDB
 from benchbase_plugins.mae import MAELoss
 from conftest import tiny_vit
@@ -89,6 +90,9 @@ def test_teach_stage_student_becomes_the_next_teacher(tmp_path):
 @pytest.mark.parametrize("stage, message", [
     ("method.stages=[{name:x,then:later}]", "then='later'"),
     ("method.stages=[{name:x,trainer:{epochz:1}}]", "method.stages[0] (x)"),
+    # a stage of zero epochs would hand over its untrained start: phase 2 of zero epochs must not
+    # silently zero a phase 1 whose length follows the run's
+    ("method.stages=[{name:x,trainer:{epochs:0}}]", "method.stages.0.trainer.epochs=N"),
 ])
 def test_bad_stage_is_a_one_line_error(tmp_path, capsys, stage, message):
     assert main(["run", "--methods", "feature", *tiny(tmp_path, stage)]) == 2
@@ -117,6 +121,8 @@ def test_smkd_phase1_follows_the_run_epochs_unless_the_stage_sets_its_own():
     assert _phase1_epochs("trainer.epochs=7") == 7  # `${trainer.epochs}` resolves to the run's, not to itself
     assert _phase1_epochs("suite=cifar") == 2
     assert _phase1_epochs("trainer.epochs=0", "method.stages.0.trainer.epochs=20") == 20
+    with pytest.raises(BenchbaseError, match=r"stages\[0\] \(phase1\) trains 0 epochs"):
+        _phase1_epochs("trainer.epochs=0")  # "phase 2 of zero epochs" needs phase 1's own length
 
 
 def test_tinymim_sequential_chain_distils_through_a_head_aligned_intermediate(tmp_path):
