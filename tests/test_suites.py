@@ -80,6 +80,8 @@ def test_omniglot_suite_is_smkds_experiment_in_miniature():
     assert methods.params(reference) == {"label_smoothing": 0.1, "shift": 2}
     assert (reference.trainer.epochs, reference.trainer.batch_size) == (recipe.finetune_epochs, recipe.batch_size)
     assert methods.params(methods.config("smkd"))["momentum_teacher"] == 0.996
+    # the students' trainer: batch 32 (chosen on omniglot-val), which SMKD's deviation follows
+    assert cfg.trainer.batch_size == 32 and methods.config("smkd").trainer.batch_size == 32
 
 
 def test_the_omniglot_validation_split_holds_out_a_base_alphabet_and_never_a_test_one():
